@@ -1,0 +1,33 @@
+//! Pure domain logic of computearbitrage. Nothing here performs I/O, reads a clock or
+//! needs an async runtime: time and data are parameters, so every function is
+//! deterministic and unit-testable.
+//!
+//! Module map:
+//! - [`cloud`]: the three clouds, CPU architectures, and name parsing with suggestions.
+//! - [`gpu`]: canonical GPU names across clouds.
+//! - [`offer`]: one spot offer, its interruption rate, and row normalisation helpers.
+//! - [`filter`]: the constraints a user can put on offers (list filter and placement
+//!   requirements), compiled against a catalog.
+//! - [`catalog`]: the in-memory, interned, price-sorted offer index with keyset paging.
+//! - [`placement`]: scoring, ranked placement, and the "nothing matches" explanation.
+//! - [`collector`]: the trait every price source implements.
+//! - [`error`]: this crate's error type.
+//! - [`fmt`]: small formatting helpers shared by messages (thousands separators, RFC 3339).
+
+pub mod catalog;
+pub mod cloud;
+pub mod collector;
+pub mod error;
+pub mod filter;
+pub mod fmt;
+pub mod gpu;
+pub mod offer;
+pub mod placement;
+
+pub use catalog::{Catalog, PageCursor};
+pub use cloud::{Architecture, Cloud};
+pub use collector::PriceCollector;
+pub use error::Error;
+pub use filter::{OfferFilter, Requirements};
+pub use offer::{InterruptionRate, Offer};
+pub use placement::{place, Candidate, Placement, ScoringPolicy};

@@ -1,0 +1,527 @@
+//! Service configuration: defaults, then a TOML file, then `COMPUTEARBITRAGE_*`
+//! environment variables, then command-line flags. Every key is documented in
+//! `docs/configuration.md`; a test keeps that table complete.
+//!
+//! Environment variables name a key by upper-casing its dotted path and writing `__`
+//! for each dot: `pricing.snapshot.interval_seconds` is
+//! `COMPUTEARBITRAGE_PRICING__SNAPSHOT__INTERVAL_SECONDS`.
+
+use crate::error::ServiceError;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Environment variables with the prefix that are not config keys.
+const NON_CONFIG_ENV: &[&str] = &[
+    "COMPUTEARBITRAGE_BOOTSTRAP_TOKEN",
+    "COMPUTEARBITRAGE_CONFIG",
+    "COMPUTEARBITRAGE_ENDPOINT",
+    "COMPUTEARBITRAGE_TOKEN",
+];
+const ENV_PREFIX: &str = "COMPUTEARBITRAGE_";
+
+/// The whole service configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the gRPC API listens on. Port 0 picks a free port and prints it.
+    pub listen: SocketAddr,
+    /// Directory for the state database and the generated admin token. Created if missing.
+    pub data_dir: PathBuf,
+    /// Log filter in `tracing` syntax (`info`, `computearbitrage=debug`). `RUST_LOG` wins if set.
+    pub log_level: String,
+    /// Log line format on stderr: `text` or `json`.
+    pub log_format: LogFormat,
+    /// Seconds that background workers and in-flight requests get to finish at shutdown.
+    pub shutdown_grace_seconds: u64,
+    /// Where state is kept.
+    pub store: StoreConfig,
+    /// Price collection and placement scoring.
+    pub pricing: PricingConfig,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Storage settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Database engine. Only `sqlite` exists so far.
+    pub engine: StoreEngine,
+    /// SQLite database file; a relative path is inside `data_dir`.
+    pub sqlite_path: PathBuf,
+}
+
+/// Supported database engines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreEngine {
+    Sqlite,
+}
+
+/// Pricing settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PricingConfig {
+    /// The bundled (or a local) price snapshot collector.
+    pub snapshot: SnapshotConfig,
+    /// How placement ranks offers.
+    pub scoring: ScoringConfig,
+}
+
+/// The snapshot collector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// Whether the snapshot collector runs.
+    pub enabled: bool,
+    /// Seconds between runs. Unchanged data is not rewritten.
+    pub interval_seconds: u64,
+    /// A directory with a `manifest.toml` and the CSV files it names, used instead of the
+    /// snapshot compiled into the binary. Empty for the bundled snapshot.
+    pub dir: PathBuf,
+}
+
+/// Placement scoring weights (see docs/placement.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScoringConfig {
+    /// Price penalty per percentage point of expected interruption rate (1.0: a 10 % rate costs like a 10 % higher price).
+    pub interruption_weight: f64,
+    /// Interruption rate, in percent, assumed for offers whose cloud publishes none.
+    pub unknown_interruption_percent: f64,
+    /// Discount, as a fraction, that offers in a preferred region get (0.10 = 10 %).
+    pub preferred_region_bonus: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            data_dir: PathBuf::from("computearbitrage-data"),
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+            shutdown_grace_seconds: 10,
+            store: StoreConfig::default(),
+            pricing: PricingConfig::default(),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            engine: StoreEngine::Sqlite,
+            sqlite_path: PathBuf::from("state.db"),
+        }
+    }
+}
+
+impl Default for PricingConfig {
+    fn default() -> Self {
+        PricingConfig {
+            snapshot: SnapshotConfig::default(),
+            scoring: ScoringConfig::default(),
+        }
+    }
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            enabled: true,
+            interval_seconds: 60,
+            dir: PathBuf::new(),
+        }
+    }
+}
+
+impl Default for ScoringConfig {
+    fn default() -> Self {
+        let policy = computearbitrage_core::ScoringPolicy::default();
+        ScoringConfig {
+            interruption_weight: policy.interruption_weight,
+            unknown_interruption_percent: policy.unknown_interruption_percent,
+            preferred_region_bonus: policy.preferred_region_bonus,
+        }
+    }
+}
+
+impl ScoringConfig {
+    pub fn policy(&self) -> computearbitrage_core::ScoringPolicy {
+        computearbitrage_core::ScoringPolicy {
+            interruption_weight: self.interruption_weight,
+            unknown_interruption_percent: self.unknown_interruption_percent,
+            preferred_region_bonus: self.preferred_region_bonus,
+        }
+    }
+}
+
+impl Config {
+    /// The SQLite file, resolved against `data_dir`.
+    pub fn sqlite_file(&self) -> PathBuf {
+        self.data_dir.join(&self.store.sqlite_path)
+    }
+}
+
+/// Command-line values that override everything else.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Loads the configuration from an optional file, the given environment, and flags.
+pub fn load(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: &Overrides,
+) -> Result<Config, ServiceError> {
+    let mut tree = toml::Value::try_from(Config::default()).expect("defaults serialize");
+    // Where each key's value came from, for error messages.
+    let mut origin: BTreeMap<String, String> = BTreeMap::new();
+
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ServiceError::config(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        let from_file: toml::Value = text
+            .parse::<toml::Table>()
+            .map(toml::Value::Table)
+            .map_err(|e| {
+                ServiceError::config(format!(
+                    "config file {} is not valid TOML: {e}",
+                    path.display()
+                ))
+            })?;
+        merge(
+            &mut tree,
+            from_file,
+            "",
+            &mut origin,
+            &format!("file {}", path.display()),
+        );
+    }
+
+    let mut env: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !NON_CONFIG_ENV.contains(&k.as_str()))
+        .collect();
+    env.sort();
+    for (name, raw) in env {
+        let key = name[ENV_PREFIX.len()..]
+            .to_ascii_lowercase()
+            .replace("__", ".");
+        if !has_key(&tree, &key) {
+            return Err(ServiceError::config(format!(
+                "environment variable {name} does not name a config key (`{key}`); see docs/configuration.md for the keys"
+            )));
+        }
+        set_key(&mut tree, &key, env_value(&raw));
+        origin.insert(key, format!("environment variable {name}"));
+    }
+
+    if let Some(listen) = &overrides.listen {
+        set_key(&mut tree, "listen", toml::Value::String(listen.clone()));
+        origin.insert("listen".into(), "flag --listen".into());
+    }
+    if let Some(dir) = &overrides.data_dir {
+        set_key(
+            &mut tree,
+            "data_dir",
+            toml::Value::String(dir.display().to_string()),
+        );
+        origin.insert("data_dir".into(), "flag --data-dir".into());
+    }
+
+    let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+        let key = e.path().to_string();
+        let from = origin
+            .iter()
+            .find(|(k, _)| key == **k || key.starts_with(&format!("{k}.")))
+            .map(|(_, o)| format!(" (set by {o})"))
+            .unwrap_or_default();
+        ServiceError::config(format!(
+            "invalid value for config key `{key}`{from}: {}",
+            e.inner()
+        ))
+    })?;
+    validate(&config, &origin)?;
+    Ok(config)
+}
+
+fn validate(config: &Config, origin: &BTreeMap<String, String>) -> Result<(), ServiceError> {
+    let fail = |key: &str, message: String| {
+        let from = origin
+            .get(key)
+            .map(|o| format!(" (set by {o})"))
+            .unwrap_or_default();
+        Err(ServiceError::config(format!(
+            "invalid value for config key `{key}`{from}: {message}"
+        )))
+    };
+    if config.pricing.snapshot.interval_seconds == 0 {
+        return fail(
+            "pricing.snapshot.interval_seconds",
+            "must be at least 1 second".into(),
+        );
+    }
+    let scoring = &config.pricing.scoring;
+    if !(0.0..=100.0).contains(&scoring.interruption_weight) {
+        return fail(
+            "pricing.scoring.interruption_weight",
+            format!("{} is outside 0..=100", scoring.interruption_weight),
+        );
+    }
+    if !(0.0..=100.0).contains(&scoring.unknown_interruption_percent) {
+        return fail(
+            "pricing.scoring.unknown_interruption_percent",
+            format!(
+                "{} is not a percentage (0..=100)",
+                scoring.unknown_interruption_percent
+            ),
+        );
+    }
+    if !(0.0..1.0).contains(&scoring.preferred_region_bonus) {
+        return fail(
+            "pricing.scoring.preferred_region_bonus",
+            format!(
+                "{} must be a fraction from 0 up to (not including) 1, such as 0.1",
+                scoring.preferred_region_bonus
+            ),
+        );
+    }
+    if config.data_dir.as_os_str().is_empty() {
+        return fail("data_dir", "must not be empty".into());
+    }
+    Ok(())
+}
+
+/// An environment value is read as a TOML value when it is one (`60`, `true`, `0.5`),
+/// otherwise as a string (`127.0.0.1:7070`).
+fn env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .filter(|v| !v.is_table())
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+fn merge(
+    base: &mut toml::Value,
+    overlay: toml::Value,
+    prefix: &str,
+    origin: &mut BTreeMap<String, String>,
+    from: &str,
+) {
+    match (base, overlay) {
+        (toml::Value::Table(base), toml::Value::Table(overlay)) => {
+            for (k, v) in overlay {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match base.get_mut(&k) {
+                    Some(existing) if existing.is_table() && v.is_table() => {
+                        merge(existing, v, &path, origin, from)
+                    }
+                    _ => {
+                        origin.insert(path, from.to_string());
+                        base.insert(k, v);
+                    }
+                }
+            }
+        }
+        (base, overlay) => *base = overlay,
+    }
+}
+
+fn has_key(tree: &toml::Value, dotted: &str) -> bool {
+    let mut node = tree;
+    for part in dotted.split('.') {
+        match node.get(part) {
+            Some(next) => node = next,
+            None => return false,
+        }
+    }
+    !node.is_table()
+}
+
+fn set_key(tree: &mut toml::Value, dotted: &str, value: toml::Value) {
+    let mut node = tree;
+    let parts: Vec<&str> = dotted.split('.').collect();
+    for part in &parts[..parts.len() - 1] {
+        node = node
+            .as_table_mut()
+            .expect("parent is a table")
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+    }
+    if let Some(table) = node.as_table_mut() {
+        table.insert(parts[parts.len() - 1].to_string(), value);
+    }
+}
+
+/// Every leaf key of the configuration, dotted, for the documentation check.
+pub fn all_keys() -> Vec<String> {
+    fn walk(value: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+        if let toml::Value::Table(table) = value {
+            for (k, v) in table {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                if v.is_table() {
+                    walk(v, &path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+    }
+    let tree = toml::Value::try_from(Config::default()).expect("defaults serialize");
+    let mut out = Vec::new();
+    walk(&tree, "", &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_without_any_source() {
+        let config = load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn file_then_env_then_flags_take_precedence_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:1\"\n[pricing.snapshot]\ninterval_seconds = 5\n",
+        )
+        .unwrap();
+        let config = load(
+            Some(&file),
+            env(&[
+                ("COMPUTEARBITRAGE_PRICING__SNAPSHOT__INTERVAL_SECONDS", "7"),
+                ("COMPUTEARBITRAGE_LISTEN", "127.0.0.1:2"),
+                ("COMPUTEARBITRAGE_BOOTSTRAP_TOKEN", "ignored-here"),
+                ("UNRELATED", "x"),
+            ]),
+            &Overrides {
+                listen: Some("127.0.0.1:3".into()),
+                data_dir: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(config.pricing.snapshot.interval_seconds, 7);
+        assert_eq!(config.listen.port(), 3);
+    }
+
+    #[test]
+    fn a_bad_value_names_the_key_and_where_it_came_from() {
+        let err = load(
+            None,
+            env(&[(
+                "COMPUTEARBITRAGE_PRICING__SNAPSHOT__INTERVAL_SECONDS",
+                "soon",
+            )]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`pricing.snapshot.interval_seconds`"), "{err}");
+        assert!(
+            err.contains("COMPUTEARBITRAGE_PRICING__SNAPSHOT__INTERVAL_SECONDS"),
+            "{err}"
+        );
+
+        let err = load(
+            None,
+            env(&[]),
+            &Overrides {
+                listen: Some("localhost".into()),
+                data_dir: None,
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("`listen`") && err.contains("--listen"),
+            "{err}"
+        );
+
+        let err = load(
+            None,
+            env(&[("COMPUTEARBITRAGE_LISTN", "x")]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("COMPUTEARBITRAGE_LISTN") && err.contains("docs/configuration.md"),
+            "{err}"
+        );
+
+        let err = load(
+            None,
+            env(&[(
+                "COMPUTEARBITRAGE_PRICING__SCORING__PREFERRED_REGION_BONUS",
+                "1.5",
+            )]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("`pricing.scoring.preferred_region_bonus`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected_with_their_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[pricing.snapshot]\nintervall = 5\n").unwrap();
+        let err = load(Some(&file), env(&[]), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("pricing.snapshot") && err.contains("intervall"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_key_is_documented() {
+        let docs = include_str!("../../../docs/configuration.md");
+        for key in all_keys() {
+            assert!(
+                docs.contains(&format!("`{key}`")),
+                "docs/configuration.md lacks `{key}`"
+            );
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! The service's error type: where an error came from and whether retrying can help.
+//! Retry decisions read [`ServiceError::is_retryable`], never message text.
+
+use computearbitrage_store::StoreError;
+
+/// Where an error originated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Config,
+    Store,
+    Collector,
+    Input,
+    Io,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Core(#[from] computearbitrage_core::Error),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ServiceError {
+    pub fn config(message: impl Into<String>) -> Self {
+        ServiceError::Config(message.into())
+    }
+
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        ServiceError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn origin(&self) -> Origin {
+        match self {
+            ServiceError::Config(_) => Origin::Config,
+            ServiceError::Store(_) => Origin::Store,
+            ServiceError::Core(computearbitrage_core::Error::Collect { .. }) => Origin::Collector,
+            ServiceError::Core(_) => Origin::Input,
+            ServiceError::Io { .. } => Origin::Io,
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ServiceError::Config(_) => false,
+            ServiceError::Store(e) => e.is_retryable(),
+            ServiceError::Core(e) => e.is_retryable(),
+            ServiceError::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::WouldBlock
+            ),
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! The `computearbitrage` command.
+
+use clap::{Parser, Subcommand};
+use computearbitrage::config::{self, LogFormat, Overrides};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "computearbitrage",
+    version,
+    about = "Cross-cloud spot placement service"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service: price collectors and the gRPC API.
+    Serve {
+        /// A TOML config file (see docs/configuration.md).
+        #[arg(long, env = "COMPUTEARBITRAGE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Listen address, e.g. 127.0.0.1:7070 (port 0 picks a free one). Overrides `listen`.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Directory for state. Overrides `data_dir`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+        } => {
+            let overrides = Overrides { listen, data_dir };
+            let config = match config::load(config.as_deref(), std::env::vars(), &overrides) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(&config.log_level, config.log_format);
+            let bootstrap_token = std::env::var("COMPUTEARBITRAGE_BOOTSTRAP_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty());
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(computearbitrage::server::serve(
+                config,
+                bootstrap_token,
+                shutdown_signal(),
+            )) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, origin = ?e.origin(), "service stopped with an error");
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(level: &str, format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

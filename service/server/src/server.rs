@@ -1,0 +1,152 @@
+//! `computearbitrage serve`: opens the store, makes sure a token exists, loads the
+//! catalog, starts the collectors and serves gRPC until SIGINT/SIGTERM.
+
+use crate::auth::{self, Authenticator, Bootstrap};
+use crate::config::{Config, StoreEngine};
+use crate::error::ServiceError;
+use crate::grpc::{PricingApi, SystemApi};
+use crate::pricing::collect::{unix_now, CollectorWorker};
+use crate::pricing::snapshot::{SnapshotCollector, SnapshotSource, SOURCE as SNAPSHOT_SOURCE};
+use crate::pricing::PriceBook;
+use crate::worker::Supervisor;
+use computearbitrage_api::pb::pricing_server::PricingServer;
+use computearbitrage_api::pb::system_server::SystemServer;
+use computearbitrage_store::{SqliteStore, Store};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Runs the service until `shutdown` resolves.
+pub async fn serve(
+    config: Config,
+    bootstrap_token: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServiceError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        ServiceError::io(
+            format!("cannot create data_dir {}", config.data_dir.display()),
+            e,
+        )
+    })?;
+    let store: Arc<dyn Store> = match config.store.engine {
+        StoreEngine::Sqlite => Arc::new(SqliteStore::open(&config.sqlite_file())?),
+    };
+    tracing::info!(engine = store.engine(), path = %config.sqlite_file().display(), "store opened");
+
+    let bootstrap = auth::bootstrap(
+        store.as_ref(),
+        bootstrap_token.as_deref(),
+        &config.data_dir,
+        unix_now(),
+    )
+    .await?;
+    let authenticator = Authenticator::load(store.as_ref()).await?;
+
+    // Serve the last stored prices at once; collectors refresh them in the background.
+    let book = Arc::new(PriceBook::default());
+    let warm = book.reload(store.as_ref()).await?;
+    tracing::info!(offers = warm, "catalog loaded from store");
+
+    let mut supervisor = Supervisor::new();
+    if config.pricing.snapshot.enabled {
+        let source = if config.pricing.snapshot.dir.as_os_str().is_empty() {
+            SnapshotSource::Bundled
+        } else {
+            SnapshotSource::Directory(config.pricing.snapshot.dir.clone())
+        };
+        let collector = SnapshotCollector::new(
+            source,
+            Duration::from_secs(config.pricing.snapshot.interval_seconds),
+        );
+        let stored = store
+            .collector_statuses()
+            .await?
+            .into_iter()
+            .find(|s| s.source == SNAPSHOT_SOURCE)
+            .and_then(|s| s.fingerprint);
+        // A first start has no catalog to serve: load the snapshot before listening.
+        let mut worker =
+            CollectorWorker::new(Arc::new(collector), store.clone(), book.clone(), stored);
+        if warm == 0 {
+            use crate::worker::Worker;
+            worker.tick().await?;
+        }
+        supervisor.spawn(worker);
+    }
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| {
+            ServiceError::io(
+                format!("cannot listen on {} (config key `listen`)", config.listen),
+                e,
+            )
+        })?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| ServiceError::io("cannot read the listening address", e))?;
+    print_banner(&format!("http://{address}"), &bootstrap);
+    tracing::info!(%address, "serving gRPC");
+
+    let interceptor = authenticator.interceptor();
+    let pricing = PricingServer::with_interceptor(
+        PricingApi {
+            book: book.clone(),
+            policy: config.pricing.scoring.policy(),
+        },
+        interceptor.clone(),
+    );
+    let system = SystemServer::with_interceptor(
+        SystemApi {
+            book: book.clone(),
+            store: store.clone(),
+        },
+        interceptor,
+    );
+    let result = tonic::transport::Server::builder()
+        .add_service(pricing)
+        .add_service(system)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    tracing::info!("shutting down");
+    supervisor
+        .shutdown(Duration::from_secs(config.shutdown_grace_seconds))
+        .await;
+    result.map_err(|e| ServiceError::io("gRPC server failed", std::io::Error::other(e)))
+}
+
+/// What a person starting the service needs to know, on stdout.
+fn print_banner(endpoint: &str, bootstrap: &Bootstrap) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "computearbitrage listening on {endpoint}");
+    match bootstrap {
+        Bootstrap::Generated { token, file } => {
+            let _ = writeln!(
+                out,
+                "Generated an API token for tenant \"default\" (printed only this once):\n  {token}\nIt is saved, readable only by you, in {}; the service keeps only its hash.",
+                file.display()
+            );
+            let _ = writeln!(
+                out,
+                "Point Terraform at this service:\n  export COMPUTEARBITRAGE_ENDPOINT={endpoint}\n  export COMPUTEARBITRAGE_TOKEN=$(cat {})",
+                file.display()
+            );
+        }
+        Bootstrap::FromEnvironment => {
+            let _ = writeln!(
+                out,
+                "Token: the value of COMPUTEARBITRAGE_BOOTSTRAP_TOKEN (tenant \"default\").\nPoint Terraform at this service:\n  export COMPUTEARBITRAGE_ENDPOINT={endpoint}\n  export COMPUTEARBITRAGE_TOKEN=<your bootstrap token>"
+            );
+        }
+        Bootstrap::Existing => {
+            let _ = writeln!(
+                out,
+                "Point Terraform at this service:\n  export COMPUTEARBITRAGE_ENDPOINT={endpoint}\n  export COMPUTEARBITRAGE_TOKEN=<a token of this service, e.g. $(cat <data_dir>/{})>",
+                auth::GENERATED_TOKEN_FILE
+            );
+        }
+    }
+    let _ = out.flush();
+}
