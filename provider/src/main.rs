@@ -1,1 +1,42 @@
-fn main() {}
+//! `terraform-provider-computearbitrage`: the Terraform/OpenTofu plugin.
+//!
+//! Module map:
+//! - [`provider`]: the provider block (`endpoint`, `token`) and the registry of data
+//!   sources.
+//! - [`client`]: the gRPC connection to the service and the mapping of its errors onto
+//!   Terraform diagnostics.
+//! - [`requirements`]: the `requirements` block, shared by the placement data source
+//!   and (later) the workload resource.
+//! - [`data_source_spot_prices`], [`data_source_placement`]: one file per data source.
+//! - [`schema`]: small helpers to declare attributes with descriptions.
+//!
+//! This is the only crate that knows the Terraform plugin protocol; it knows nothing of
+//! the service but its gRPC contract (`computearbitrage-api`).
+
+mod client;
+mod data_source_placement;
+mod data_source_spot_prices;
+mod provider;
+mod requirements;
+mod schema;
+
+fn main() {
+    // tf-provider attaches a backtrace to every diagnostic when backtraces are enabled;
+    // users must see our message, not a hundred lines of frames. Set before any thread
+    // exists.
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("terraform-provider-computearbitrage: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(tf_provider::serve(
+        "computearbitrage",
+        provider::ComputeArbitrageProvider::default(),
+    )) {
+        eprintln!("terraform-provider-computearbitrage: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,116 @@
+//! The provider block: where the service is and how to authenticate.
+
+use crate::client::{Connection, SharedConnection, DEFAULT_ENDPOINT};
+use crate::data_source_placement::PlacementDataSource;
+use crate::data_source_spot_prices::SpotPricesDataSource;
+use crate::schema::optional;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use tf_provider::schema::{AttributeType, Block, Schema};
+use tf_provider::value::Value;
+use tf_provider::{AttributePath, Diagnostics, DynamicDataSource, Provider};
+
+#[derive(Default)]
+pub struct ComputeArbitrageProvider {
+    connection: SharedConnection,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProviderConfig {
+    pub endpoint: Value<String>,
+    pub token: Value<String>,
+}
+
+/// The configured value, else the environment variable, else `None`.
+fn setting(value: &Value<String>, env: &str) -> Option<String> {
+    match value {
+        Value::Value(v) if !v.is_empty() => Some(v.clone()),
+        _ => std::env::var(env).ok().filter(|v| !v.is_empty()),
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for ComputeArbitrageProvider {
+    type Config<'a> = ProviderConfig;
+    type MetaState<'a> = tf_provider::value::ValueEmpty;
+
+    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
+        let mut token = optional(
+            AttributeType::String,
+            "API token of the service (tenant `default` unless issued otherwise). Falls back to `COMPUTEARBITRAGE_TOKEN`. At first start the service prints one and saves it in `<data_dir>/admin-token`.",
+        );
+        token.sensitive = true;
+        Some(Schema {
+            version: 1,
+            block: Block {
+                description: "Cross-cloud spot prices, placement and workloads, served by a computearbitrage service.".into(),
+                attributes: HashMap::from([
+                    (
+                        "endpoint".to_string(),
+                        optional(
+                            AttributeType::String,
+                            "URL of the computearbitrage service's gRPC API, such as `http://127.0.0.1:7070`. Falls back to `COMPUTEARBITRAGE_ENDPOINT`, then to `http://127.0.0.1:7070`.",
+                        ),
+                    ),
+                    ("token".to_string(), token),
+                ]),
+                ..Default::default()
+            },
+        })
+    }
+
+    async fn validate<'a>(&self, diags: &mut Diagnostics, config: ProviderConfig) -> Option<()> {
+        if let Value::Value(endpoint) = &config.endpoint {
+            if let Err(message) = Connection::new(endpoint, "x") {
+                diags.error("Invalid provider endpoint", message, AttributePath::new("endpoint"));
+            }
+        }
+        Some(())
+    }
+
+    async fn configure<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        _terraform_version: String,
+        config: ProviderConfig,
+    ) -> Option<()> {
+        let endpoint = setting(&config.endpoint, "COMPUTEARBITRAGE_ENDPOINT")
+            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+        let Some(token) = setting(&config.token, "COMPUTEARBITRAGE_TOKEN") else {
+            diags.error(
+                "No API token for the computearbitrage service",
+                format!(
+                    "Set `token` in the provider block or the environment variable COMPUTEARBITRAGE_TOKEN. The service at {endpoint} printed a token at its first start and saved it in <data_dir>/admin-token; or start it with COMPUTEARBITRAGE_BOOTSTRAP_TOKEN=<secret>."
+                ),
+                AttributePath::new("token"),
+            );
+            return None;
+        };
+        match Connection::new(&endpoint, &token) {
+            Ok(connection) => {
+                self.connection.set(connection).await;
+                Some(())
+            }
+            Err(message) => {
+                diags.error("Invalid provider endpoint", message, AttributePath::new("endpoint"));
+                None
+            }
+        }
+    }
+
+    fn get_data_sources(
+        &self,
+        _diags: &mut Diagnostics,
+    ) -> Option<HashMap<String, Box<dyn DynamicDataSource>>> {
+        Some(HashMap::from([
+            (
+                "spot_prices".to_string(),
+                Box::new(SpotPricesDataSource::new(self.connection.clone())) as Box<dyn DynamicDataSource>,
+            ),
+            (
+                "placement".to_string(),
+                Box::new(PlacementDataSource::new(self.connection.clone())) as Box<dyn DynamicDataSource>,
+            ),
+        ]))
+    }
+}

