@@ -34,7 +34,9 @@ impl Connection {
             ));
         }
         let channel = Endpoint::from_shared(endpoint.to_string())
-            .map_err(|e| format!("{endpoint:?} is not a valid URL ({e}); write it as http://HOST:PORT"))?
+            .map_err(|e| {
+                format!("{endpoint:?} is not a valid URL ({e}); write it as http://HOST:PORT")
+            })?
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(120))
             .connect_lazy();

@@ -2,7 +2,8 @@
 //! would run now, and the runners-up.
 
 use crate::client::{report_status, report_violations, SharedConnection};
-use crate::requirements::{self, RequirementsBlock};
+use crate::number::Number;
+use crate::requirements::{self, check_whole, whole, RequirementsBlock};
 use crate::schema::{computed, optional};
 use computearbitrage_api::{pb, validate, MAX_ALTERNATIVES};
 use serde::{Deserialize, Serialize};
@@ -26,7 +27,7 @@ impl PlacementDataSource {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PlacementState {
     pub requirements: Value<RequirementsBlock>,
-    pub max_alternatives: Value<i64>,
+    pub max_alternatives: Value<Number>,
     pub provider: Value<String>,
     pub region: Value<String>,
     pub zone: Value<String>,
@@ -69,14 +70,34 @@ impl From<&pb::PlacementCandidate> for CandidateObject {
 
 /// Names and descriptions of a candidate's fields, shared by the top level and the list.
 const CANDIDATE_FIELDS: [(&str, &str, bool); 8] = [
-    ("provider", "Cloud of the chosen offer: `aws`, `gcp` or `azure`.", false),
+    (
+        "provider",
+        "Cloud of the chosen offer: `aws`, `gcp` or `azure`.",
+        false,
+    ),
     ("region", "Region of the chosen offer.", false),
-    ("zone", "Availability zone, empty where the cloud prices per region.", false),
+    (
+        "zone",
+        "Availability zone, empty where the cloud prices per region.",
+        false,
+    ),
     ("instance_type", "Instance type of the chosen offer.", false),
     ("spot_price", "Spot price in USD per hour.", true),
-    ("on_demand_price", "On-demand price in USD per hour; null when unknown.", true),
-    ("savings_percent", "Percent saved against on-demand; null when on-demand is unknown.", true),
-    ("reason", "Why this offer ranks where it does (effective price, interruption rate, preference).", false),
+    (
+        "on_demand_price",
+        "On-demand price in USD per hour; null when unknown.",
+        true,
+    ),
+    (
+        "savings_percent",
+        "Percent saved against on-demand; null when on-demand is unknown.",
+        true,
+    ),
+    (
+        "reason",
+        "Why this offer ranks where it does (effective price, interruption rate, preference).",
+        false,
+    ),
 ];
 
 fn candidate_type() -> AttributeType {
@@ -84,7 +105,11 @@ fn candidate_type() -> AttributeType {
         CANDIDATE_FIELDS
             .iter()
             .map(|(name, _, number)| {
-                let t = if *number { AttributeType::Number } else { AttributeType::String };
+                let t = if *number {
+                    AttributeType::Number
+                } else {
+                    AttributeType::String
+                };
                 (name.to_string(), t)
             })
             .collect(),
@@ -103,7 +128,7 @@ impl PlacementState {
             alternatives: self
                 .max_alternatives
                 .as_ref_option()
-                .copied()
+                .map(whole)
                 .unwrap_or(DEFAULT_ALTERNATIVES)
                 .clamp(0, i64::from(u32::MAX)) as u32,
         }
@@ -113,10 +138,28 @@ impl PlacementState {
         let mut ok = true;
         if let Some(block) = self.requirements.as_ref_option() {
             let violations = validate::requirements(&block.to_pb());
-            report_violations(diags, AttributePath::new(requirements::BLOCK_NAME), &violations);
+            report_violations(
+                diags,
+                AttributePath::new(requirements::BLOCK_NAME),
+                &violations,
+            );
             ok &= violations.is_empty();
+            ok &= check_whole(
+                diags,
+                &block.min_gpus,
+                AttributePath::new(requirements::BLOCK_NAME).attribute("min_gpus"),
+            );
         }
-        if let Value::Value(n) = self.max_alternatives {
+        ok &= check_whole(
+            diags,
+            &self.max_alternatives,
+            AttributePath::new("max_alternatives"),
+        );
+        if let Some(n) = self
+            .max_alternatives
+            .as_ref_option()
+            .and_then(Number::as_integer)
+        {
             if !(0..=i64::from(MAX_ALTERNATIVES)).contains(&n) {
                 diags.error(
                     "Invalid value for max_alternatives",
@@ -139,13 +182,20 @@ impl DataSource for PlacementDataSource {
         let mut attributes: HashMap<String, tf_provider::schema::Attribute> = CANDIDATE_FIELDS
             .iter()
             .map(|(name, description, number)| {
-                let t = if *number { AttributeType::Number } else { AttributeType::String };
+                let t = if *number {
+                    AttributeType::Number
+                } else {
+                    AttributeType::String
+                };
                 (name.to_string(), computed(t, description))
             })
             .collect();
         attributes.insert(
             "max_alternatives".into(),
-            optional(AttributeType::Number, "How many ranked alternatives to return besides the best, 0 to 50. Default 5."),
+            optional(
+                AttributeType::Number,
+                "How many ranked alternatives to return besides the best, 0 to 50. Default 5.",
+            ),
         );
         attributes.insert(
             "alternatives".into(),
@@ -203,7 +253,13 @@ impl DataSource for PlacementDataSource {
         config.on_demand_price = best.on_demand_price;
         config.savings_percent = best.savings_percent;
         config.reason = best.reason;
-        config.alternatives = Value::Value(placement.alternatives.iter().map(CandidateObject::from).collect());
+        config.alternatives = Value::Value(
+            placement
+                .alternatives
+                .iter()
+                .map(CandidateObject::from)
+                .collect(),
+        );
         Some(config)
     }
 }

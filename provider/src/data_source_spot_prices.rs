@@ -2,6 +2,8 @@
 //! cheapest first.
 
 use crate::client::{report_status, report_violations, SharedConnection};
+use crate::number::Number;
+use crate::requirements::{check_whole, whole};
 use crate::schema::{computed, offer_object_type, optional, string_list};
 use computearbitrage_api::{pb, validate, MAX_PAGE_SIZE};
 use serde::{Deserialize, Serialize};
@@ -28,12 +30,12 @@ pub struct SpotPricesState {
     pub providers: Value<Vec<Value<String>>>,
     pub regions: Value<Vec<Value<String>>>,
     pub instance_types: Value<Vec<Value<String>>>,
-    pub min_vcpus: Value<f64>,
-    pub min_memory_gib: Value<f64>,
+    pub min_vcpus: Value<Number>,
+    pub min_memory_gib: Value<Number>,
     pub gpu_name: Value<String>,
-    pub min_gpus: Value<i64>,
-    pub max_spot_price: Value<f64>,
-    pub limit: Value<i64>,
+    pub min_gpus: Value<Number>,
+    pub max_spot_price: Value<Number>,
+    pub limit: Value<Number>,
     pub offers: Value<Vec<OfferObject>>,
 }
 
@@ -77,7 +79,12 @@ impl From<&pb::Offer> for OfferObject {
 
 fn strings(list: &Value<Vec<Value<String>>>) -> Vec<String> {
     list.as_ref_option()
-        .map(|items| items.iter().filter_map(|i| i.as_ref_option().cloned()).collect())
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i.as_ref_option().cloned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -87,11 +94,11 @@ impl SpotPricesState {
             providers: strings(&self.providers),
             regions: strings(&self.regions),
             instance_types: strings(&self.instance_types),
-            min_vcpus: self.min_vcpus.as_ref_option().copied(),
-            min_memory_gib: self.min_memory_gib.as_ref_option().copied(),
+            min_vcpus: self.min_vcpus.as_ref_option().map(Number::value),
+            min_memory_gib: self.min_memory_gib.as_ref_option().map(Number::value),
             gpu_name: self.gpu_name.as_ref_option().cloned().unwrap_or_default(),
-            min_gpus: self.min_gpus.as_ref_option().copied(),
-            max_spot_price: self.max_spot_price.as_ref_option().copied(),
+            min_gpus: self.min_gpus.as_ref_option().map(whole),
+            max_spot_price: self.max_spot_price.as_ref_option().map(Number::value),
         }
     }
 
@@ -100,7 +107,9 @@ impl SpotPricesState {
         let violations = validate::offer_filter(&self.filter());
         report_violations(diags, AttributePath::root(), &violations);
         let mut ok = violations.is_empty();
-        if let Value::Value(limit) = self.limit {
+        ok &= check_whole(diags, &self.min_gpus, AttributePath::new("min_gpus"));
+        ok &= check_whole(diags, &self.limit, AttributePath::new("limit"));
+        if let Some(limit) = self.limit.as_ref_option().and_then(Number::as_integer) {
             if !(1..=MAX_LIMIT).contains(&limit) {
                 diags.error(
                     "Invalid value for limit",
@@ -157,7 +166,11 @@ impl DataSource for SpotPricesDataSource {
             return None;
         }
         let connection = self.connection.get(diags).await?;
-        let limit = config.limit.as_ref_option().copied().unwrap_or(DEFAULT_LIMIT) as usize;
+        let limit = config
+            .limit
+            .as_ref_option()
+            .map(whole)
+            .unwrap_or(DEFAULT_LIMIT) as usize;
         let filter = config.filter();
         let mut client = connection.pricing();
         let mut offers: Vec<OfferObject> = Vec::new();
@@ -174,7 +187,13 @@ impl DataSource for SpotPricesDataSource {
             let page = match response {
                 Ok(r) => r.into_inner(),
                 Err(status) => {
-                    report_status(diags, &connection.endpoint, "listing spot prices", &status, AttributePath::root());
+                    report_status(
+                        diags,
+                        &connection.endpoint,
+                        "listing spot prices",
+                        &status,
+                        AttributePath::root(),
+                    );
                     return None;
                 }
             };

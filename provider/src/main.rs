@@ -8,6 +8,8 @@
 //! - [`requirements`]: the `requirements` block, shared by the placement data source
 //!   and (later) the workload resource.
 //! - [`data_source_spot_prices`], [`data_source_placement`]: one file per data source.
+//! - [`number`]: Terraform numbers as the protocol encodes them (int, float or
+//!   decimal string).
 //! - [`schema`]: small helpers to declare attributes with descriptions.
 //!
 //! This is the only crate that knows the Terraform plugin protocol; it knows nothing of
@@ -16,6 +18,7 @@
 mod client;
 mod data_source_placement;
 mod data_source_spot_prices;
+mod number;
 mod provider;
 mod requirements;
 mod schema;

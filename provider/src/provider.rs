@@ -62,7 +62,11 @@ impl Provider for ComputeArbitrageProvider {
     async fn validate<'a>(&self, diags: &mut Diagnostics, config: ProviderConfig) -> Option<()> {
         if let Value::Value(endpoint) = &config.endpoint {
             if let Err(message) = Connection::new(endpoint, "x") {
-                diags.error("Invalid provider endpoint", message, AttributePath::new("endpoint"));
+                diags.error(
+                    "Invalid provider endpoint",
+                    message,
+                    AttributePath::new("endpoint"),
+                );
             }
         }
         Some(())
@@ -92,7 +96,11 @@ impl Provider for ComputeArbitrageProvider {
                 Some(())
             }
             Err(message) => {
-                diags.error("Invalid provider endpoint", message, AttributePath::new("endpoint"));
+                diags.error(
+                    "Invalid provider endpoint",
+                    message,
+                    AttributePath::new("endpoint"),
+                );
                 None
             }
         }
@@ -105,11 +113,13 @@ impl Provider for ComputeArbitrageProvider {
         Some(HashMap::from([
             (
                 "spot_prices".to_string(),
-                Box::new(SpotPricesDataSource::new(self.connection.clone())) as Box<dyn DynamicDataSource>,
+                Box::new(SpotPricesDataSource::new(self.connection.clone()))
+                    as Box<dyn DynamicDataSource>,
             ),
             (
                 "placement".to_string(),
-                Box::new(PlacementDataSource::new(self.connection.clone())) as Box<dyn DynamicDataSource>,
+                Box::new(PlacementDataSource::new(self.connection.clone()))
+                    as Box<dyn DynamicDataSource>,
             ),
         ]))
     }

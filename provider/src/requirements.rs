@@ -1,6 +1,7 @@
 //! The `requirements` block: what a workload needs. Shared by the placement data
 //! source and the workload resource so both accept exactly the same constraints.
 
+use crate::number::Number;
 use crate::schema::{optional, string_list};
 use computearbitrage_api::pb;
 use serde::{Deserialize, Serialize};
@@ -12,18 +13,18 @@ pub const BLOCK_NAME: &str = "requirements";
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RequirementsBlock {
-    pub min_vcpus: Value<f64>,
-    pub min_memory_gib: Value<f64>,
+    pub min_vcpus: Value<Number>,
+    pub min_memory_gib: Value<Number>,
     pub gpu_name: Value<String>,
-    pub min_gpus: Value<i64>,
+    pub min_gpus: Value<Number>,
     pub architecture: Value<String>,
     pub providers: Value<Vec<Value<String>>>,
     pub regions: Value<Vec<Value<String>>>,
     pub exclude_regions: Value<Vec<Value<String>>>,
     pub preferred_regions: Value<Vec<Value<String>>>,
-    pub max_interruption_rate: Value<f64>,
+    pub max_interruption_rate: Value<Number>,
     pub allow_unknown_interruption_rate: Value<bool>,
-    pub max_price_per_hour: Value<f64>,
+    pub max_price_per_hour: Value<Number>,
 }
 
 pub fn block() -> NestedBlock {
@@ -43,7 +44,8 @@ pub fn block() -> NestedBlock {
     ]);
     NestedBlock::Single(Block {
         attributes,
-        description: "What the workload needs. Every constraint is optional; unset means any.".into(),
+        description: "What the workload needs. Every constraint is optional; unset means any."
+            .into(),
         ..Default::default()
     })
 }
@@ -59,22 +61,60 @@ fn strings(list: &Value<Vec<Value<String>>>) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A count for the wire: fractional values round toward zero after [`check_whole`]
+/// has reported them.
+pub fn whole(n: &Number) -> i64 {
+    n.as_integer().unwrap_or(n.value() as i64)
+}
+
+/// Reports a fractional value where a count is expected.
+pub fn check_whole(
+    diags: &mut tf_provider::Diagnostics,
+    value: &Value<Number>,
+    path: tf_provider::AttributePath,
+) -> bool {
+    match value {
+        Value::Value(n) if n.as_integer().is_none() => {
+            diags.error(
+                format!("Invalid value for {path}"),
+                format!(
+                    "{} is not a whole number; write a count such as 2",
+                    n.value()
+                ),
+                path,
+            );
+            false
+        }
+        _ => true,
+    }
+}
+
 impl RequirementsBlock {
     /// The wire message. Null and unknown values are absent.
     pub fn to_pb(&self) -> pb::Requirements {
         pb::Requirements {
-            min_vcpus: self.min_vcpus.as_ref_option().copied(),
-            min_memory_gib: self.min_memory_gib.as_ref_option().copied(),
+            min_vcpus: self.min_vcpus.as_ref_option().map(Number::value),
+            min_memory_gib: self.min_memory_gib.as_ref_option().map(Number::value),
             gpu_name: self.gpu_name.as_ref_option().cloned().unwrap_or_default(),
-            min_gpus: self.min_gpus.as_ref_option().copied(),
-            architecture: self.architecture.as_ref_option().cloned().unwrap_or_default(),
+            min_gpus: self.min_gpus.as_ref_option().map(whole),
+            architecture: self
+                .architecture
+                .as_ref_option()
+                .cloned()
+                .unwrap_or_default(),
             providers: strings(&self.providers),
             regions: strings(&self.regions),
             exclude_regions: strings(&self.exclude_regions),
             preferred_regions: strings(&self.preferred_regions),
-            max_interruption_rate: self.max_interruption_rate.as_ref_option().copied(),
-            allow_unknown_interruption_rate: self.allow_unknown_interruption_rate.as_ref_option().copied(),
-            max_price_per_hour: self.max_price_per_hour.as_ref_option().copied(),
+            max_interruption_rate: self
+                .max_interruption_rate
+                .as_ref_option()
+                .map(Number::value),
+            allow_unknown_interruption_rate: self
+                .allow_unknown_interruption_rate
+                .as_ref_option()
+                .copied(),
+            max_price_per_hour: self.max_price_per_hour.as_ref_option().map(Number::value),
         }
     }
 }

@@ -71,8 +71,8 @@ pub(crate) enum Test {
     Regions(Vec<bool>),
     ExcludeRegions(Vec<bool>),
     InstanceTypes(Vec<bool>),
-    MinVcpus(f32),
-    MinMemory(f32),
+    MinVcpus(f64),
+    MinMemory(f64),
     /// GPU names (canonical or original) that match, and the minimum count.
     Gpu {
         names: Vec<bool>,
@@ -208,14 +208,14 @@ impl OfferFilter {
             push(
                 "min_vcpus",
                 format!("min_vcpus = {}", number(min)),
-                Test::MinVcpus(min as f32),
+                Test::MinVcpus(min),
             );
         }
         if let Some(min) = self.min_memory_gib.filter(|v| *v > 0.0) {
             push(
                 "min_memory_gib",
                 format!("min_memory_gib = {}", number(min)),
-                Test::MinMemory(min as f32),
+                Test::MinMemory(min),
             );
         }
         let min_gpus = self.min_gpus.unwrap_or(0).min(u32::from(u16::MAX)) as u16;

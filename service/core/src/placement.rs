@@ -372,13 +372,13 @@ fn hint(catalog: &Catalog, test: &Test) -> Option<String> {
         Test::MinVcpus(_) => rows
             .iter()
             .map(|r| r.vcpus)
-            .reduce(f32::max)
-            .map(|v| format!("the largest has {} vCPUs", number(f64::from(v)))),
+            .reduce(f64::max)
+            .map(|v| format!("the largest has {} vCPUs", number(v))),
         Test::MinMemory(_) => rows
             .iter()
             .map(|r| r.memory_gib)
-            .reduce(f32::max)
-            .map(|v| format!("the largest is {} GiB", thousands_f(f64::from(v)))),
+            .reduce(f64::max)
+            .map(|v| format!("the largest is {} GiB", thousands_f(v))),
         Test::MinGpus(_) => rows
             .iter()
             .map(|r| r.gpu_count)

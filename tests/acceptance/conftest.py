@@ -1,0 +1,170 @@
+"""Fixtures that run the real service and a real Terraform against the built provider.
+
+Binaries come from target/debug (override with CA_BIN_DIR); Terraform from .tools/bin,
+which scripts/install-test-tools.sh fills. Both Terraform versions run every test.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+BIN_DIR = pathlib.Path(os.environ.get("CA_BIN_DIR", REPO / "target" / "debug"))
+TOOLS = REPO / ".tools" / "bin"
+FIXTURE_PRICES = pathlib.Path(__file__).parent / "fixtures" / "prices"
+BUNDLED_PRICES = REPO / "service" / "server" / "data" / "prices"
+TOKEN = "acceptance-test-token-0123456789"
+TERRAFORM_VERSIONS = ["1.15.5", "1.0.3"]
+
+
+class Service:
+    """A `computearbitrage serve` process on a free loopback port."""
+
+    def __init__(self, data_dir: pathlib.Path, snapshot_dir: pathlib.Path | None):
+        self.data_dir = data_dir
+        env = dict(os.environ)
+        env["COMPUTEARBITRAGE_BOOTSTRAP_TOKEN"] = TOKEN
+        env["RUST_LOG"] = "info"
+        if snapshot_dir is not None:
+            env["COMPUTEARBITRAGE_PRICING__SNAPSHOT__DIR"] = str(snapshot_dir)
+        self.log = open(data_dir.parent / f"{data_dir.name}.log", "w")
+        self.process = subprocess.Popen(
+            [str(BIN_DIR / "computearbitrage"), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            env=env,
+        )
+        self.endpoint = self._read_endpoint()
+
+    def _read_endpoint(self) -> str:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                break
+            if "listening on " in line:
+                return line.strip().split("listening on ", 1)[1]
+        self.stop()
+        raise RuntimeError(f"service did not start; see {self.log.name}")
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def fixture_service(tmp_path_factory):
+    service = Service(tmp_path_factory.mktemp("svc") / "fixture", FIXTURE_PRICES)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def full_service(tmp_path_factory):
+    service = Service(tmp_path_factory.mktemp("svc") / "full", None)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(params=TERRAFORM_VERSIONS, ids=[f"tf{v}" for v in TERRAFORM_VERSIONS])
+def terraform(request):
+    path = TOOLS / f"terraform-{request.param}"
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run scripts/install-test-tools.sh")
+    return path
+
+
+class Workspace:
+    """A Terraform working directory using the built provider through dev_overrides."""
+
+    def __init__(self, directory: pathlib.Path, terraform: pathlib.Path, endpoint: str | None, token: str | None):
+        self.dir = directory
+        self.terraform = terraform
+        cli_config = directory / "cli.tfrc"
+        cli_config.write_text(
+            "provider_installation {\n"
+            f'  dev_overrides {{ "computearbitrage/computearbitrage" = "{BIN_DIR}" }}\n'
+            "  direct {}\n"
+            "}\n"
+        )
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "COMPUTEARBITRAGE_"))}
+        self.env.update(
+            TF_CLI_CONFIG_FILE=str(cli_config),
+            TF_IN_AUTOMATION="1",
+            TF_INPUT="0",
+            CHECKPOINT_DISABLE="1",
+            RUST_LIB_BACKTRACE="0",
+            NO_COLOR="1",
+        )
+        if endpoint is not None:
+            self.env["COMPUTEARBITRAGE_ENDPOINT"] = endpoint
+        if token is not None:
+            self.env["COMPUTEARBITRAGE_TOKEN"] = token
+
+    def write(self, config: str, name: str = "main.tf"):
+        header = (
+            'terraform {\n  required_providers {\n'
+            '    computearbitrage = { source = "computearbitrage/computearbitrage" }\n  }\n}\n'
+        )
+        (self.dir / name).write_text(header + config)
+
+    def copy_in(self, path: pathlib.Path, name: str):
+        shutil.copy(path, self.dir / name)
+
+    def run(self, *args: str, check: bool = True, timeout: int = 120) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [str(self.terraform), *args, "-no-color"] if args[0] not in ("output", "version") else [str(self.terraform), *args],
+            cwd=self.dir,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"terraform {' '.join(args)} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+            )
+        return result
+
+    def apply(self):
+        return self.run("apply", "-auto-approve")
+
+    def outputs(self) -> dict:
+        raw = json.loads(self.run("output", "-json").stdout)
+        return {name: value["value"] for name, value in raw.items()}
+
+    def plan_is_noop(self) -> bool:
+        result = self.run("plan", "-detailed-exitcode", check=False)
+        if result.returncode not in (0, 2):
+            raise AssertionError(f"plan failed:\n{result.stdout}\n{result.stderr}")
+        return result.returncode == 0
+
+
+@pytest.fixture
+def workspace_for(tmp_path, terraform):
+    """workspace_for(service) → a Workspace pointed at that service with the test token."""
+
+    def make(service, endpoint=None, token=TOKEN):
+        return Workspace(tmp_path, terraform, endpoint or (service.endpoint if service else None), token)
+
+    return make
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,29 @@
+"""Every example the docs use is applied against the service on the bundled snapshot."""
+
+import pathlib
+
+import pytest
+
+from conftest import REPO
+
+EXAMPLES = REPO / "examples"
+DATA_SOURCE_EXAMPLES = sorted((EXAMPLES / "data-sources").glob("*/data-source.tf"))
+
+
+def test_every_documented_example_exists():
+    names = {p.parent.name for p in DATA_SOURCE_EXAMPLES}
+    assert names == {"computearbitrage_spot_prices", "computearbitrage_placement"}
+    for name in names:
+        doc = (REPO / "docs" / "data-sources" / f"{name.removeprefix('computearbitrage_')}.md").read_text()
+        assert (EXAMPLES / "data-sources" / name / "data-source.tf").read_text().strip() in doc
+
+
+@pytest.mark.parametrize("example", DATA_SOURCE_EXAMPLES, ids=lambda p: p.parent.name)
+def test_example_applies(full_service, workspace_for, example):
+    ws = workspace_for(full_service)
+    ws.copy_in(EXAMPLES / "provider" / "provider.tf", "provider.tf")
+    ws.copy_in(example, "main.tf")
+    ws.apply()
+    outputs = ws.outputs()
+    assert outputs, "each example exposes its result as outputs"
+    assert ws.plan_is_noop()
