@@ -33,7 +33,7 @@ pub struct Config {
     pub log_level: String,
     /// Log line format on stderr: `text` or `json`.
     pub log_format: LogFormat,
-    /// Seconds that background workers and in-flight requests get to finish at shutdown.
+    /// Seconds that in-flight calls and background workers get to finish at shutdown before connections are closed.
     pub shutdown_grace_seconds: u64,
     /// Where state is kept.
     pub store: StoreConfig,

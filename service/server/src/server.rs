@@ -104,15 +104,34 @@ pub async fn serve(
         },
         interceptor,
     );
-    let result = tonic::transport::Server::builder()
+    // Stop accepting on the signal, let in-flight calls finish, and close connections
+    // still open after the grace period (an idle client must not hold shutdown hostage).
+    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = signalled_tx.send(());
+    };
+    let server = tonic::transport::Server::builder()
         .add_service(pricing)
         .add_service(system)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    let deadline = async move {
+        if signalled_rx.await.is_ok() {
+            tokio::time::sleep(grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let result = tokio::select! {
+        result = server => result,
+        () = deadline => {
+            tracing::warn!(grace_seconds = grace.as_secs(), "connections still open after the grace period; closing them");
+            Ok(())
+        }
+    };
     tracing::info!("shutting down");
-    supervisor
-        .shutdown(Duration::from_secs(config.shutdown_grace_seconds))
-        .await;
+    supervisor.shutdown(grace).await;
     result.map_err(|e| ServiceError::io("gRPC server failed", std::io::Error::other(e)))
 }
 

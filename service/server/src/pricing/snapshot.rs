@@ -82,20 +82,7 @@ impl PriceCollector for SnapshotCollector {
 
     async fn collect(&self) -> Result<Vec<Offer>, Error> {
         match &self.source {
-            SnapshotSource::Bundled => {
-                parse_snapshot(BUNDLED_MANIFEST, "bundled manifest.toml", |name| {
-                    BUNDLED_FILES
-                        .iter()
-                        .find(|(n, _)| *n == name)
-                        .map(|(_, text)| Ok(text.to_string()))
-                        .unwrap_or_else(|| {
-                            Err(failure(
-                                format!("bundled snapshot has no file {name}"),
-                                false,
-                            ))
-                        })
-                })
-            }
+            SnapshotSource::Bundled => bundled_offers(),
             SnapshotSource::Directory(dir) => {
                 let dir = dir.clone();
                 tokio::task::spawn_blocking(move || {
@@ -118,6 +105,22 @@ impl PriceCollector for SnapshotCollector {
             }
         }
     }
+}
+
+/// The offers of the snapshot compiled into the binary.
+pub fn bundled_offers() -> Result<Vec<Offer>, Error> {
+    parse_snapshot(BUNDLED_MANIFEST, "bundled manifest.toml", |name| {
+        BUNDLED_FILES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, text)| Ok(text.to_string()))
+            .unwrap_or_else(|| {
+                Err(failure(
+                    format!("bundled snapshot has no file {name}"),
+                    false,
+                ))
+            })
+    })
 }
 
 /// Parses a manifest and the files it names into offers.
