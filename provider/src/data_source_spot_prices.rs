@@ -3,7 +3,7 @@
 
 use crate::client::{report_status, report_violations, SharedConnection};
 use crate::number::Number;
-use crate::requirements::{check_whole, whole};
+use crate::requirements::{check_whole, strings, whole};
 use crate::schema::{computed, offer_object_type, optional, string_list};
 use computearbitrage_api::{pb, validate, MAX_PAGE_SIZE};
 use serde::{Deserialize, Serialize};
@@ -75,17 +75,6 @@ impl From<&pb::Offer> for OfferObject {
             source: Value::Value(o.source.clone()),
         }
     }
-}
-
-fn strings(list: &Value<Vec<Value<String>>>) -> Vec<String> {
-    list.as_ref_option()
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|i| i.as_ref_option().cloned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 impl SpotPricesState {

@@ -50,7 +50,8 @@ pub fn block() -> NestedBlock {
     })
 }
 
-fn strings(list: &Value<Vec<Value<String>>>) -> Vec<String> {
+/// The known elements of a list of strings.
+pub fn strings(list: &Value<Vec<Value<String>>>) -> Vec<String> {
     list.as_ref_option()
         .map(|items| {
             items
