@@ -1,5 +1,6 @@
 """Every example the docs use is applied against the service on the bundled snapshot."""
 
+import json
 import pathlib
 
 import pytest
@@ -26,4 +27,5 @@ def test_example_applies(full_service, workspace_for, example):
     ws.apply()
     outputs = ws.outputs()
     assert outputs, "each example exposes its result as outputs"
+    assert "${" not in json.dumps(outputs), "every template in the example must render"
     assert ws.plan_is_noop()

@@ -16,6 +16,6 @@ output "placement" {
     spot_price      = data.computearbitrage_placement.web.spot_price
     savings_percent = data.computearbitrage_placement.web.savings_percent
     reason          = data.computearbitrage_placement.web.reason
-    runners_up      = [for a in data.computearbitrage_placement.web.alternatives : "${a.provider}/${a.region}/${a.instance_type} at $${a.spot_price}/h"]
+    runners_up      = [for a in data.computearbitrage_placement.web.alternatives : "${a.provider}/${a.region}/${a.instance_type} at ${a.spot_price} USD/h"]
   }
 }
