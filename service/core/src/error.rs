@@ -2,6 +2,7 @@
 //! (collector workers, the orchestrator) decide on retries from [`Error::is_retryable`],
 //! never from message text.
 
+use crate::lifecycle::WorkloadStatus;
 use crate::placement::NoMatch;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +20,22 @@ pub enum Error {
     #[error("invalid page token: {0}; start the listing again without a page token")]
     InvalidPageToken(String),
 
+    /// A status change the lifecycle does not allow. A bug or a race: not retryable.
+    #[error("a workload cannot go from {from} to {to}")]
+    InvalidTransition {
+        from: WorkloadStatus,
+        to: WorkloadStatus,
+    },
+
+    /// A compute driver call failed. `retryable` is the driver's judgement (throttling,
+    /// capacity, network: yes; bad spec, auth: no).
+    #[error("driver `{driver}` failed: {message}")]
+    Driver {
+        driver: String,
+        message: String,
+        retryable: bool,
+    },
+
     /// A price source failed. `retryable` says whether the next attempt may succeed
     /// (network, throttling) or not (malformed data, bad credentials).
     #[error("price source `{source_name}` failed: {message}")]
@@ -33,8 +50,11 @@ impl Error {
     /// Whether the same call may succeed if made again later.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Collect { retryable, .. } => *retryable,
-            Error::InvalidInput { .. } | Error::NoMatch(_) | Error::InvalidPageToken(_) => false,
+            Error::Collect { retryable, .. } | Error::Driver { retryable, .. } => *retryable,
+            Error::InvalidInput { .. }
+            | Error::NoMatch(_)
+            | Error::InvalidPageToken(_)
+            | Error::InvalidTransition { .. } => false,
         }
     }
 

@@ -11,23 +11,36 @@
 //! - [`catalog`]: the in-memory, interned, price-sorted offer index with keyset paging.
 //! - [`placement`]: scoring, ranked placement, and the "nothing matches" explanation.
 //! - [`collector`]: the trait every price source implements.
+//! - [`driver`]: the trait every compute driver implements (create, status, terminate,
+//!   list by tag, interruption events).
+//! - [`lifecycle`]: the workload state machine.
+//! - [`workload`]: the workload spec.
+//! - [`retry`]: retry policies as values.
 //! - [`error`]: this crate's error type.
 //! - [`fmt`]: small formatting helpers shared by messages (thousands separators, RFC 3339).
 
 pub mod catalog;
 pub mod cloud;
 pub mod collector;
+pub mod driver;
 pub mod error;
 pub mod filter;
 pub mod fmt;
 pub mod gpu;
+pub mod lifecycle;
 pub mod offer;
 pub mod placement;
+pub mod retry;
+pub mod workload;
 
 pub use catalog::{Catalog, PageCursor};
 pub use cloud::{Architecture, Cloud};
 pub use collector::PriceCollector;
+pub use driver::{Driver, DriverEvent, Instance, InstanceSpec, InstanceState};
 pub use error::Error;
 pub use filter::{OfferFilter, Requirements};
+pub use lifecycle::WorkloadStatus;
 pub use offer::{InterruptionRate, Offer};
 pub use placement::{place, Candidate, Placement, ScoringPolicy};
+pub use retry::RetryPolicy;
+pub use workload::{HealthCheck, OnInterruption, StorageSpec, WorkloadSpec};

@@ -1,0 +1,90 @@
+//! The contract every compute driver implements (the local driver now; AWS, GCP and
+//! Azure later). A driver creates spot instances, reports their status and address,
+//! terminates them, lists them by tag for sweeping, and streams interruption notices
+//! as the cloud announces them, so the service acts on the notice rather than
+//! discovering the loss afterwards.
+
+use crate::error::Error;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Tag every driver puts on the instances it creates, with the workload id as value.
+pub const WORKLOAD_TAG: &str = "computearbitrage-workload";
+/// Tag naming the tenant.
+pub const TENANT_TAG: &str = "computearbitrage-tenant";
+
+/// What to start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceSpec {
+    /// Derived from (run id, step): a retried create with the same token returns the
+    /// instance the first attempt made instead of making another.
+    pub idempotency_token: String,
+    pub region: String,
+    pub zone: String,
+    pub instance_type: String,
+    /// Highest hourly price to pay; the cloud reclaims the instance above it.
+    pub max_price: f64,
+    /// What runs on the instance.
+    pub command: Vec<String>,
+    /// Container image for real clouds; the local driver ignores it.
+    pub image: Option<String>,
+    pub env: BTreeMap<String, String>,
+    /// The port the workload serves on, passed as `PORT` where the driver chooses it.
+    pub port: u16,
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum InstanceState {
+    Pending,
+    Running,
+    /// The cloud announced it will reclaim the instance at `deadline` (unix seconds).
+    Interrupted {
+        deadline: i64,
+    },
+    /// The instance is gone or its process exited.
+    Terminated {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    pub instance_id: String,
+    pub state: InstanceState,
+    /// `host:port` the workload answers on, once known.
+    pub address: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    /// When the instance was created, unix seconds.
+    pub created_at: i64,
+}
+
+/// Something the cloud told us about an instance, as soon as it told us.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DriverEvent {
+    InterruptionNotice { instance_id: String, deadline: i64 },
+    Exited { instance_id: String, reason: String },
+}
+
+#[async_trait::async_trait]
+pub trait Driver: Send + Sync {
+    /// `local`, `aws`, …
+    fn name(&self) -> &str;
+
+    /// Creates a spot instance, or returns the one an earlier call with the same
+    /// idempotency token created.
+    async fn create_spot_instance(&self, spec: &InstanceSpec) -> Result<Instance, Error>;
+
+    /// Current state of an instance. An unknown id is `Terminated`, not an error.
+    async fn instance(&self, instance_id: &str) -> Result<Instance, Error>;
+
+    /// Terminates an instance; terminating a gone instance succeeds.
+    async fn terminate(&self, instance_id: &str) -> Result<(), Error>;
+
+    /// Instances carrying tag `key` (with `value`, or any value when `None`), for
+    /// sweeping orphans.
+    async fn list_by_tag(&self, key: &str, value: Option<&str>) -> Result<Vec<Instance>, Error>;
+
+    /// Waits up to `wait` for the next event; `None` when there was none.
+    async fn next_event(&self, wait: Duration) -> Option<DriverEvent>;
+}

@@ -1,0 +1,74 @@
+//! What a user asks to run: the workload spec, its defaults and its validation, and
+//! which parts can change in place.
+
+use crate::filter::Requirements;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// What to do when the cloud reclaims the instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnInterruption {
+    /// Checkpoint and re-provision elsewhere (until migration lands: terminate).
+    Migrate,
+    Terminate,
+}
+
+impl OnInterruption {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnInterruption::Migrate => "migrate",
+            OnInterruption::Terminate => "terminate",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<OnInterruption> {
+        match text {
+            "migrate" => Some(OnInterruption::Migrate),
+            "terminate" => Some(OnInterruption::Terminate),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            path: "/health".into(),
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(5),
+            unhealthy_threshold: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StorageSpec {
+    pub enabled: bool,
+    pub quota_gb: u32,
+    pub retention_days: u32,
+}
+
+/// A workload as requested.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkloadSpec {
+    pub name: String,
+    pub requirements: Requirements,
+    pub command: Vec<String>,
+    pub image: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub port: u16,
+    pub health_check: HealthCheck,
+    pub on_interruption: OnInterruption,
+    pub storage: StorageSpec,
+    pub tags: BTreeMap<String, String>,
+    /// How long provisioning may take before the run fails.
+    pub create_timeout: Duration,
+}

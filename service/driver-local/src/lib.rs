@@ -1,0 +1,687 @@
+//! The local driver: the embedded default for every cloud. It "provisions" an offer by
+//! running the workload's command as a local process with `PORT` set to a free port;
+//! the instance address is `127.0.0.1:PORT`.
+//!
+//! Module map (this file):
+//! - [`LocalDriver`]: the [`Driver`] implementation.
+//! - records: one JSON file per instance under the driver's directory, written before
+//!   the process starts and updated after, so a restarted service finds every process
+//!   it started, even one spawned just before a crash (processes carry
+//!   `COMPUTEARBITRAGE_INSTANCE_ID` in their environment, found again through `/proc`).
+//! - [`LocalDriver::inject_interruption`]: a spot interruption on demand, for tests and
+//!   demos: a notice now, the process killed after a delay.
+//!
+//! Processes run in their own process group, so the service's own signals (Ctrl-C, a
+//! kill -9 of the service) do not reach them, and termination reaches their children.
+
+use computearbitrage_core::{Driver, DriverEvent, Error, Instance, InstanceSpec, InstanceState};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, Mutex};
+
+const DRIVER: &str = "local";
+/// Environment variable that marks a process as one of ours.
+pub const INSTANCE_ENV: &str = "COMPUTEARBITRAGE_INSTANCE_ID";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+enum RecordState {
+    Starting,
+    Running,
+    Interrupted { deadline: i64 },
+    Terminated { reason: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    instance_id: String,
+    idempotency_token: String,
+    pid: Option<u32>,
+    /// Process start time in clock ticks since boot (`/proc/PID/stat` field 22): tells
+    /// our process from a later one that reused its pid.
+    start_ticks: Option<u64>,
+    port: u16,
+    tags: BTreeMap<String, String>,
+    created_at: i64,
+    state: RecordState,
+    command: Vec<String>,
+}
+
+impl Record {
+    fn to_instance(&self) -> Instance {
+        Instance {
+            instance_id: self.instance_id.clone(),
+            state: match &self.state {
+                RecordState::Starting => InstanceState::Pending,
+                RecordState::Running => InstanceState::Running,
+                RecordState::Interrupted { deadline } => InstanceState::Interrupted {
+                    deadline: *deadline,
+                },
+                RecordState::Terminated { reason } => InstanceState::Terminated {
+                    reason: reason.clone(),
+                },
+            },
+            address: Some(format!("127.0.0.1:{}", self.port)),
+            tags: self.tags.clone(),
+            created_at: self.created_at,
+        }
+    }
+
+    fn is_live(&self) -> bool {
+        matches!(
+            self.state,
+            RecordState::Running | RecordState::Interrupted { .. } | RecordState::Starting
+        )
+    }
+}
+
+struct Inner {
+    records: BTreeMap<String, Record>,
+    next_serial: u64,
+}
+
+/// The local driver. Cheap to clone; all clones share state.
+#[derive(Clone)]
+pub struct LocalDriver {
+    dir: PathBuf,
+    inner: Arc<Mutex<Inner>>,
+    events_tx: mpsc::UnboundedSender<DriverEvent>,
+    events_rx: Arc<Mutex<mpsc::UnboundedReceiver<DriverEvent>>>,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn failure(message: impl Into<String>, retryable: bool) -> Error {
+    Error::Driver {
+        driver: DRIVER.into(),
+        message: message.into(),
+        retryable,
+    }
+}
+
+/// `/proc/PID/stat`: (state, start ticks), or `None` if there is no such process.
+fn proc_stat(pid: u32) -> Option<(char, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// Whether `pid` is still the process we started (alive, not a zombie, same start).
+fn alive(pid: u32, start_ticks: Option<u64>) -> bool {
+    match proc_stat(pid) {
+        Some((state, start)) => {
+            state != 'Z' && state != 'X' && start_ticks.is_none_or(|s| s == start)
+        }
+        None => false,
+    }
+}
+
+/// A process whose environment carries `INSTANCE_ENV=instance_id`.
+fn find_by_marker(instance_id: &str) -> Option<u32> {
+    let marker = format!("{INSTANCE_ENV}={instance_id}");
+    let entries = std::fs::read_dir("/proc").ok()?;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) {
+            if environ
+                .split(|b| *b == 0)
+                .any(|var| var == marker.as_bytes())
+                && alive(pid, None)
+            {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+fn signal_group(pid: u32, signal: i32) {
+    // The process leads its own group (process_group(0) at spawn).
+    unsafe {
+        libc::kill(-(pid as i32), signal);
+    }
+}
+
+/// SIGTERM to the group, then SIGKILL if it is still there after `grace`.
+async fn stop_process(pid: u32, start_ticks: Option<u64>, grace: Duration) {
+    if !alive(pid, start_ticks) {
+        return;
+    }
+    signal_group(pid, libc::SIGTERM);
+    let deadline = tokio::time::Instant::now() + grace;
+    while tokio::time::Instant::now() < deadline {
+        if !alive(pid, start_ticks) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal_group(pid, libc::SIGKILL);
+    for _ in 0..40 {
+        if !alive(pid, start_ticks) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn free_port() -> Result<u16, Error> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| failure(format!("cannot find a free port: {e}"), true))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| failure(format!("cannot find a free port: {e}"), true))
+}
+
+impl LocalDriver {
+    /// Opens the driver's directory, reloading every record and re-checking each
+    /// process it names: processes that survived a restart are adopted.
+    pub fn open(dir: &Path) -> Result<LocalDriver, Error> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| failure(format!("cannot create {}: {e}", dir.display()), false))?;
+        let mut records = BTreeMap::new();
+        let mut next_serial = 0;
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| failure(format!("cannot read {}: {e}", dir.display()), false))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| failure(format!("cannot read {}: {e}", path.display()), false))?;
+            let mut record: Record = serde_json::from_str(&text).map_err(|e| {
+                failure(
+                    format!("corrupt instance record {}: {e}", path.display()),
+                    false,
+                )
+            })?;
+            if record.is_live() {
+                if record.pid.is_none() {
+                    // Spawned (or not) just before a crash: look for its marker.
+                    if let Some(pid) = find_by_marker(&record.instance_id) {
+                        record.pid = Some(pid);
+                        record.start_ticks = proc_stat(pid).map(|(_, s)| s);
+                        record.state = RecordState::Running;
+                    }
+                }
+                let survives = record.pid.is_some_and(|pid| alive(pid, record.start_ticks));
+                if !survives {
+                    record.state = RecordState::Terminated {
+                        reason: "process not found after a service restart".into(),
+                    };
+                }
+                write_record(dir, &record)?;
+            }
+            if let Some(serial) = record
+                .instance_id
+                .rsplit('-')
+                .next()
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                next_serial = next_serial.max(serial + 1);
+            }
+            records.insert(record.instance_id.clone(), record);
+        }
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        Ok(LocalDriver {
+            dir: dir.to_path_buf(),
+            inner: Arc::new(Mutex::new(Inner {
+                records,
+                next_serial,
+            })),
+            events_tx,
+            events_rx: Arc::new(Mutex::new(events_rx)),
+        })
+    }
+
+    /// Announces a spot interruption now and kills the process after `delay`.
+    pub async fn inject_interruption(
+        &self,
+        instance_id: &str,
+        delay: Duration,
+    ) -> Result<i64, Error> {
+        let deadline = now() + delay.as_secs() as i64;
+        let (pid, start_ticks) = {
+            let mut inner = self.inner.lock().await;
+            let record = inner
+                .records
+                .get_mut(instance_id)
+                .ok_or_else(|| failure(format!("no instance {instance_id}"), false))?;
+            if record.state != RecordState::Running {
+                return Err(failure(
+                    format!("instance {instance_id} is not running ({:?}); only a running instance can be interrupted", record.state),
+                    false,
+                ));
+            }
+            record.state = RecordState::Interrupted { deadline };
+            write_record(&self.dir, record)?;
+            (record.pid, record.start_ticks)
+        };
+        tracing::info!(
+            instance_id,
+            delay_ms = delay.as_millis() as u64,
+            "spot interruption notice injected"
+        );
+        let _ = self.events_tx.send(DriverEvent::InterruptionNotice {
+            instance_id: instance_id.to_string(),
+            deadline,
+        });
+        let driver = self.clone();
+        let id = instance_id.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Some(pid) = pid {
+                stop_process(pid, start_ticks, Duration::from_secs(2)).await;
+            }
+            driver
+                .mark_terminated(&id, "reclaimed by a spot interruption")
+                .await;
+        });
+        Ok(deadline)
+    }
+
+    async fn mark_terminated(&self, instance_id: &str, reason: &str) {
+        let mut inner = self.inner.lock().await;
+        if let Some(record) = inner.records.get_mut(instance_id) {
+            if record.is_live() {
+                record.state = RecordState::Terminated {
+                    reason: reason.to_string(),
+                };
+                if let Err(e) = write_record(&self.dir, record) {
+                    tracing::warn!(instance_id, error = %e, "cannot persist instance record");
+                }
+                let _ = self.events_tx.send(DriverEvent::Exited {
+                    instance_id: instance_id.to_string(),
+                    reason: reason.to_string(),
+                });
+            }
+        }
+    }
+
+    /// Re-checks a live record against its process.
+    fn refresh(&self, record: &mut Record) {
+        if matches!(
+            record.state,
+            RecordState::Running | RecordState::Interrupted { .. }
+        ) {
+            let ok = record.pid.is_some_and(|pid| alive(pid, record.start_ticks));
+            if !ok {
+                record.state = RecordState::Terminated {
+                    reason: "process exited".into(),
+                };
+                let _ = write_record(&self.dir, record);
+                let _ = self.events_tx.send(DriverEvent::Exited {
+                    instance_id: record.instance_id.clone(),
+                    reason: "process exited".into(),
+                });
+            }
+        }
+    }
+}
+
+fn write_record(dir: &Path, record: &Record) -> Result<(), Error> {
+    let path = dir.join(format!("{}.json", record.instance_id));
+    let tmp = dir.join(format!("{}.json.tmp", record.instance_id));
+    let text = serde_json::to_string_pretty(record).map_err(|e| failure(e.to_string(), false))?;
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| failure(format!("cannot write {}: {e}", path.display()), true))
+}
+
+#[async_trait::async_trait]
+impl Driver for LocalDriver {
+    fn name(&self) -> &str {
+        DRIVER
+    }
+
+    async fn create_spot_instance(&self, spec: &InstanceSpec) -> Result<Instance, Error> {
+        let mut inner = self.inner.lock().await;
+        if let Some(existing) = inner
+            .records
+            .values_mut()
+            .find(|r| r.idempotency_token == spec.idempotency_token)
+        {
+            self.refresh(existing);
+            return Ok(existing.to_instance());
+        }
+        let Some(program) = spec.command.first() else {
+            return Err(failure(
+                "the command is empty; give at least the program to run",
+                false,
+            ));
+        };
+        let serial = inner.next_serial;
+        inner.next_serial += 1;
+        let instance_id = format!("local-{serial}");
+        let port = free_port()?;
+        let mut record = Record {
+            instance_id: instance_id.clone(),
+            idempotency_token: spec.idempotency_token.clone(),
+            pid: None,
+            start_ticks: None,
+            port,
+            tags: spec.tags.clone(),
+            created_at: now(),
+            state: RecordState::Starting,
+            command: spec.command.clone(),
+        };
+        // Recorded before the spawn, so a crash in between leaves a trace to follow.
+        write_record(&self.dir, &record)?;
+        let log_path = self.dir.join(format!("{instance_id}.log"));
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| failure(format!("cannot create {}: {e}", log_path.display()), true))?;
+        let log_err = log.try_clone().map_err(|e| failure(e.to_string(), true))?;
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(&spec.command[1..])
+            .envs(&spec.env)
+            .env("PORT", port.to_string())
+            .env(INSTANCE_ENV, &instance_id)
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                record.state = RecordState::Terminated {
+                    reason: format!("cannot start: {e}"),
+                };
+                write_record(&self.dir, &record)?;
+                inner.records.insert(instance_id, record);
+                return Err(failure(
+                    format!("cannot start {program:?}: {e}; check the workload's `command`"),
+                    false,
+                ));
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        record.pid = Some(pid);
+        record.start_ticks = proc_stat(pid).map(|(_, s)| s);
+        record.state = RecordState::Running;
+        write_record(&self.dir, &record)?;
+        let instance = record.to_instance();
+        inner.records.insert(instance_id.clone(), record);
+        drop(inner);
+        tracing::info!(instance_id = %instance_id, pid, port, "local instance started");
+
+        // Reap the child so it never lingers as a zombie, and report its exit.
+        let driver = self.clone();
+        tokio::spawn(async move {
+            let reason = match child.wait().await {
+                Ok(status) => format!("process exited ({status})"),
+                Err(e) => format!("process lost: {e}"),
+            };
+            driver.mark_terminated(&instance_id, &reason).await;
+        });
+        Ok(instance)
+    }
+
+    async fn instance(&self, instance_id: &str) -> Result<Instance, Error> {
+        let mut inner = self.inner.lock().await;
+        match inner.records.get_mut(instance_id) {
+            Some(record) => {
+                self.refresh(record);
+                Ok(record.to_instance())
+            }
+            None => Ok(Instance {
+                instance_id: instance_id.to_string(),
+                state: InstanceState::Terminated {
+                    reason: "unknown instance".into(),
+                },
+                address: None,
+                tags: BTreeMap::new(),
+                created_at: 0,
+            }),
+        }
+    }
+
+    async fn terminate(&self, instance_id: &str) -> Result<(), Error> {
+        let target = {
+            let inner = self.inner.lock().await;
+            inner
+                .records
+                .get(instance_id)
+                .map(|r| (r.pid, r.start_ticks))
+        };
+        if let Some((Some(pid), start_ticks)) = target {
+            stop_process(pid, start_ticks, Duration::from_secs(5)).await;
+            if alive(pid, start_ticks) {
+                return Err(failure(
+                    format!("process {pid} of {instance_id} survived SIGKILL"),
+                    true,
+                ));
+            }
+        }
+        self.mark_terminated(instance_id, "terminated on request")
+            .await;
+        Ok(())
+    }
+
+    async fn list_by_tag(&self, key: &str, value: Option<&str>) -> Result<Vec<Instance>, Error> {
+        let mut inner = self.inner.lock().await;
+        let mut out = Vec::new();
+        for record in inner.records.values_mut() {
+            if record
+                .tags
+                .get(key)
+                .is_some_and(|v| value.is_none_or(|want| v == want))
+            {
+                self.refresh(record);
+                out.push(record.to_instance());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn next_event(&self, wait: Duration) -> Option<DriverEvent> {
+        let mut rx = self.events_rx.lock().await;
+        tokio::time::timeout(wait, rx.recv()).await.ok().flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(token: &str, script: &str) -> InstanceSpec {
+        InstanceSpec {
+            idempotency_token: token.into(),
+            region: "local".into(),
+            zone: String::new(),
+            instance_type: "local".into(),
+            max_price: 1.0,
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            image: None,
+            env: BTreeMap::from([("GREETING".into(), "hi".into())]),
+            port: 8080,
+            tags: BTreeMap::from([("computearbitrage-workload".into(), "w1".into())]),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_same_token_never_starts_a_second_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let driver = LocalDriver::open(dir.path()).unwrap();
+        let a = driver
+            .create_spot_instance(&spec("run-1:provision", "sleep 30"))
+            .await
+            .unwrap();
+        let b = driver
+            .create_spot_instance(&spec("run-1:provision", "sleep 30"))
+            .await
+            .unwrap();
+        assert_eq!(a.instance_id, b.instance_id);
+        assert_eq!(a.state, InstanceState::Running);
+        assert_eq!(
+            driver
+                .list_by_tag("computearbitrage-workload", Some("w1"))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        driver.terminate(&a.instance_id).await.unwrap();
+        assert!(matches!(
+            driver.instance(&a.instance_id).await.unwrap().state,
+            InstanceState::Terminated { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn port_and_env_reach_the_process_and_exit_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let driver = LocalDriver::open(dir.path()).unwrap();
+        let out = dir.path().join("seen");
+        let script = format!("echo \"$PORT $GREETING\" > {}; exit 3", out.display());
+        let inst = driver
+            .create_spot_instance(&spec("t", &script))
+            .await
+            .unwrap();
+        let event = driver.next_event(Duration::from_secs(10)).await.unwrap();
+        assert!(
+            matches!(event, DriverEvent::Exited { ref reason, .. } if reason.contains("exit status: 3")),
+            "{event:?}"
+        );
+        let port = inst
+            .address
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            std::fs::read_to_string(out).unwrap().trim(),
+            format!("{port} hi")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_a_clear_non_retryable_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let driver = LocalDriver::open(dir.path()).unwrap();
+        let mut s = spec("t", "");
+        s.command = vec!["/no/such/program".into()];
+        let err = driver.create_spot_instance(&s).await.unwrap_err();
+        assert!(!err.is_retryable());
+        assert!(err.to_string().contains("/no/such/program"));
+    }
+
+    #[tokio::test]
+    async fn an_injected_interruption_notifies_then_kills() {
+        let dir = tempfile::tempdir().unwrap();
+        let driver = LocalDriver::open(dir.path()).unwrap();
+        let inst = driver
+            .create_spot_instance(&spec("t", "sleep 30"))
+            .await
+            .unwrap();
+        driver
+            .inject_interruption(&inst.instance_id, Duration::from_millis(300))
+            .await
+            .unwrap();
+        let notice = driver.next_event(Duration::from_secs(5)).await.unwrap();
+        assert!(matches!(notice, DriverEvent::InterruptionNotice { .. }));
+        assert!(matches!(
+            driver.instance(&inst.instance_id).await.unwrap().state,
+            InstanceState::Interrupted { .. }
+        ));
+        let exited = driver.next_event(Duration::from_secs(10)).await.unwrap();
+        assert!(matches!(exited, DriverEvent::Exited { .. }), "{exited:?}");
+        assert!(matches!(
+            driver.instance(&inst.instance_id).await.unwrap().state,
+            InstanceState::Terminated { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_reopened_driver_adopts_surviving_processes_and_can_kill_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let inst = {
+            let driver = LocalDriver::open(dir.path()).unwrap();
+            driver
+                .create_spot_instance(&spec("t", "sleep 30"))
+                .await
+                .unwrap()
+        };
+        // A new driver over the same directory, as after a service restart.
+        let driver = LocalDriver::open(dir.path()).unwrap();
+        assert_eq!(
+            driver.instance(&inst.instance_id).await.unwrap().state,
+            InstanceState::Running
+        );
+        let again = driver
+            .create_spot_instance(&spec("t", "sleep 30"))
+            .await
+            .unwrap();
+        assert_eq!(
+            again.instance_id, inst.instance_id,
+            "the token still finds it"
+        );
+        driver.terminate(&inst.instance_id).await.unwrap();
+        assert!(matches!(
+            driver.instance(&inst.instance_id).await.unwrap().state,
+            InstanceState::Terminated { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_record_left_mid_spawn_is_resolved_through_the_environment_marker() {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        // Simulate a crash between spawn and the record update: the process runs with
+        // its marker, the record has no pid.
+        let record = Record {
+            instance_id: "local-7".into(),
+            idempotency_token: "tok".into(),
+            pid: None,
+            start_ticks: None,
+            port: 1,
+            tags: BTreeMap::new(),
+            created_at: 1,
+            state: RecordState::Starting,
+            command: vec!["sleep".into(), "30".into()],
+        };
+        write_record(dir.path(), &record).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env(INSTANCE_ENV, "local-7")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let driver = LocalDriver::open(dir.path()).unwrap();
+        assert_eq!(
+            driver.instance("local-7").await.unwrap().state,
+            InstanceState::Running
+        );
+        driver.terminate("local-7").await.unwrap();
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "the adopted process was killed");
+        let next = driver
+            .create_spot_instance(&spec("other", "sleep 1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            next.instance_id, "local-8",
+            "serials continue after reloaded records"
+        );
+        driver.terminate(&next.instance_id).await.unwrap();
+    }
+}
