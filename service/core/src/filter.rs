@@ -8,7 +8,7 @@ use crate::cloud::{Architecture, Cloud};
 use crate::fmt::number;
 
 /// Constraints shared by listing and placement. Empty lists and `None` mean "any".
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct OfferFilter {
     pub clouds: Vec<Cloud>,
     pub regions: Vec<String>,
@@ -48,7 +48,7 @@ impl Default for OfferFilter {
 }
 
 /// What a workload needs, for placement.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Requirements {
     /// The hard constraints. `max_spot_price` is the user's `max_price_per_hour`.
     pub filter: OfferFilter,

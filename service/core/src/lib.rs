@@ -39,7 +39,7 @@ pub use collector::PriceCollector;
 pub use driver::{Driver, DriverEvent, Instance, InstanceSpec, InstanceState};
 pub use error::Error;
 pub use filter::{OfferFilter, Requirements};
-pub use lifecycle::WorkloadStatus;
+pub use lifecycle::{Transition, WorkloadStatus};
 pub use offer::{InterruptionRate, Offer};
 pub use placement::{place, Candidate, Placement, ScoringPolicy};
 pub use retry::RetryPolicy;

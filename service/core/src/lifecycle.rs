@@ -16,7 +16,10 @@
 use crate::error::Error;
 use std::fmt;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum WorkloadStatus {
     Pending,
     Provisioning,
@@ -101,10 +104,33 @@ pub fn is_allowed(from: WorkloadStatus, to: WorkloadStatus) -> bool {
 
 /// Checks a transition; the error names both states.
 pub fn check_transition(from: WorkloadStatus, to: WorkloadStatus) -> Result<(), Error> {
-    if is_allowed(from, to) {
-        Ok(())
-    } else {
-        Err(Error::InvalidTransition { from, to })
+    Transition::new(from, to).map(|_| ())
+}
+
+/// A transition the state machine allows. The only way to build one is
+/// [`Transition::new`], and the store only applies these, so no status change can
+/// bypass the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    from: WorkloadStatus,
+    to: WorkloadStatus,
+}
+
+impl Transition {
+    pub fn new(from: WorkloadStatus, to: WorkloadStatus) -> Result<Transition, Error> {
+        if is_allowed(from, to) {
+            Ok(Transition { from, to })
+        } else {
+            Err(Error::InvalidTransition { from, to })
+        }
+    }
+
+    pub fn from(self) -> WorkloadStatus {
+        self.from
+    }
+
+    pub fn to(self) -> WorkloadStatus {
+        self.to
     }
 }
 

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// What to do when the cloud reclaims the instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OnInterruption {
     /// Checkpoint and re-provision elsewhere (until migration lands: terminate).
     Migrate,
@@ -30,7 +31,7 @@ impl OnInterruption {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HealthCheck {
     pub path: String,
     pub interval: Duration,
@@ -49,7 +50,7 @@ impl Default for HealthCheck {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct StorageSpec {
     pub enabled: bool,
     pub quota_gb: u32,
@@ -57,7 +58,7 @@ pub struct StorageSpec {
 }
 
 /// A workload as requested.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WorkloadSpec {
     pub name: String,
     pub requirements: Requirements,
@@ -71,4 +72,16 @@ pub struct WorkloadSpec {
     pub tags: BTreeMap<String, String>,
     /// How long provisioning may take before the run fails.
     pub create_timeout: Duration,
+}
+
+impl WorkloadSpec {
+    /// Whether `other` asks for the same workload: equal in every part that cannot
+    /// change in place (`command`, `image`, `port`, `requirements`). A re-apply with the
+    /// same name and identity adopts the existing workload instead of making another.
+    pub fn same_identity(&self, other: &WorkloadSpec) -> bool {
+        self.command == other.command
+            && self.image == other.image
+            && self.port == other.port
+            && self.requirements == other.requirements
+    }
 }

@@ -5,6 +5,7 @@
 //! - [`Store`] and its record types (this file).
 //! - [`sqlite`]: the embedded default adapter (rusqlite, WAL, one connection).
 //! - [`error`]: [`StoreError`], classified by retryability.
+//! - [`workloads`]: record types of workloads, runs, steps, billing, notifications.
 //! - [`suite`]: the conformance tests every adapter runs.
 //!
 //! Ownership: tenant-owned rows (tenants, tokens, and later workloads and runs) carry a
@@ -14,11 +15,13 @@
 pub mod error;
 pub mod sqlite;
 pub mod suite;
+pub mod workloads;
 
 pub use error::StoreError;
 pub use sqlite::SqliteStore;
+pub use workloads::*;
 
-use computearbitrage_core::Offer;
+use computearbitrage_core::{Offer, Transition};
 
 /// A tenant: the unit of ownership and isolation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,4 +101,138 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every token hash, to build the service's in-memory authenticator.
     async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+
+    async fn tenant_settings(&self, tenant_id: &str) -> Result<TenantSettings, StoreError>;
+
+    async fn set_tenant_settings(&self, settings: TenantSettings) -> Result<(), StoreError>;
+
+    // ---- workloads ----
+
+    /// Stores a new workload and its provisioning run in one transaction, unless an
+    /// active workload (not FAILED or TERMINATED) of the same tenant has that name.
+    async fn create_workload(
+        &self,
+        workload: WorkloadRecord,
+        run: RunRecord,
+    ) -> Result<CreateOutcome, StoreError>;
+
+    async fn workload(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<WorkloadRecord>, StoreError>;
+
+    /// The active workload of that name, if any.
+    async fn active_workload_named(
+        &self,
+        tenant_id: &str,
+        name: &str,
+    ) -> Result<Option<WorkloadRecord>, StoreError>;
+
+    /// Active workloads of a tenant.
+    async fn count_active_workloads(&self, tenant_id: &str) -> Result<u64, StoreError>;
+
+    /// Every workload in one of `statuses`, across tenants (for the monitor and sweeps).
+    async fn workloads_in(
+        &self,
+        statuses: &[computearbitrage_core::WorkloadStatus],
+    ) -> Result<Vec<WorkloadRecord>, StoreError>;
+
+    /// Applies a checked transition if the workload is still in `transition.from()`;
+    /// returns whether it was applied (false: someone else moved it first). The change
+    /// and its history row are written together.
+    async fn transition_workload(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        transition: Transition,
+        reason: &str,
+        at: i64,
+        changes: WorkloadChanges,
+    ) -> Result<bool, StoreError>;
+
+    /// Changes fields without changing the status.
+    async fn update_workload(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        changes: WorkloadChanges,
+        at: i64,
+    ) -> Result<(), StoreError>;
+
+    async fn transitions(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Vec<TransitionRecord>, StoreError>;
+
+    // ---- workflow runs ----
+
+    async fn create_run(&self, run: RunRecord) -> Result<(), StoreError>;
+
+    async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError>;
+
+    /// Runs of a workload, oldest first.
+    async fn runs_of(
+        &self,
+        tenant_id: &str,
+        workload_id: &str,
+    ) -> Result<Vec<RunRecord>, StoreError>;
+
+    /// Every run still `running`, across tenants: what to resume after a restart.
+    async fn unfinished_runs(&self) -> Result<Vec<RunRecord>, StoreError>;
+
+    /// Dead runs of a tenant.
+    async fn dead_runs(&self, tenant_id: &str) -> Result<Vec<RunRecord>, StoreError>;
+
+    async fn finish_run(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        error: Option<String>,
+        failed_step: Option<String>,
+        at: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Sets a dead run running again (for replay); returns false if it was not dead.
+    async fn revive_run(&self, run_id: &str, at: i64) -> Result<bool, StoreError>;
+
+    /// Inserts or replaces one step's ledger row.
+    async fn save_step(&self, step: StepRecord) -> Result<(), StoreError>;
+
+    /// The ledger of a run, in the order steps were first started.
+    async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>, StoreError>;
+
+    // ---- billing ----
+
+    /// Records a segment; recording the same (workload, instance) again is a no-op.
+    async fn add_billing(&self, record: BillingRecord) -> Result<(), StoreError>;
+
+    async fn billing(
+        &self,
+        tenant_id: &str,
+        workload_id: &str,
+    ) -> Result<Vec<BillingRecord>, StoreError>;
+
+    // ---- notifications ----
+
+    async fn enqueue_notification(
+        &self,
+        notification: NotificationRecord,
+    ) -> Result<(), StoreError>;
+
+    /// Pending notifications whose next attempt is due at `now`, oldest first.
+    async fn due_notifications(
+        &self,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<NotificationRecord>, StoreError>;
+
+    async fn save_notification(&self, notification: NotificationRecord) -> Result<(), StoreError>;
+
+    async fn notifications(
+        &self,
+        tenant_id: &str,
+        workload_id: &str,
+    ) -> Result<Vec<NotificationRecord>, StoreError>;
 }

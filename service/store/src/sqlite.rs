@@ -2,9 +2,11 @@
 //! writers anyway, and every call runs on tokio's blocking pool so it never stalls the
 //! async workers.
 
+use crate::workloads::*;
 use crate::{CollectorOutcome, CollectorStatus, Store, StoreError, Tenant, TokenRecord};
 use computearbitrage_core::offer::Gpu;
 use computearbitrage_core::{Architecture, Cloud, InterruptionRate, Offer};
+use computearbitrage_core::{Transition, WorkloadStatus};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -12,7 +14,8 @@ use std::sync::{Arc, Mutex};
 const ENGINE: &str = "sqlite";
 
 /// Ordered schema migrations; the index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE tenants (
     id          TEXT PRIMARY KEY,
     created_at  INTEGER NOT NULL
@@ -50,7 +53,98 @@ CREATE TABLE collector_status (
     offers           INTEGER NOT NULL DEFAULT 0,
     fingerprint      TEXT
 );
-"#];
+"#,
+    r#"
+CREATE TABLE tenant_settings (
+    tenant_id                 TEXT PRIMARY KEY REFERENCES tenants(id),
+    webhook_url               TEXT,
+    webhook_secret            TEXT,
+    max_concurrent_workloads  INTEGER
+);
+CREATE TABLE workloads (
+    id                   TEXT PRIMARY KEY,
+    tenant_id            TEXT NOT NULL REFERENCES tenants(id),
+    name                 TEXT NOT NULL,
+    spec                 TEXT NOT NULL,
+    status               TEXT NOT NULL,
+    status_reason        TEXT NOT NULL,
+    failed_step          TEXT,
+    placement            TEXT,
+    instance_id          TEXT,
+    endpoint             TEXT,
+    instance_started_at  INTEGER,
+    created_at           INTEGER NOT NULL,
+    updated_at           INTEGER NOT NULL
+);
+-- One active workload per (tenant, name): the key of idempotent, adoptable creates.
+CREATE UNIQUE INDEX workloads_active_name ON workloads (tenant_id, name)
+    WHERE status NOT IN ('FAILED', 'TERMINATED');
+CREATE INDEX workloads_by_status ON workloads (status);
+CREATE TABLE workload_transitions (
+    workload_id  TEXT NOT NULL REFERENCES workloads(id),
+    tenant_id    TEXT NOT NULL,
+    seq          INTEGER NOT NULL,
+    from_status  TEXT NOT NULL,
+    to_status    TEXT NOT NULL,
+    reason       TEXT NOT NULL,
+    at           INTEGER NOT NULL,
+    PRIMARY KEY (workload_id, seq)
+);
+CREATE TABLE runs (
+    id           TEXT PRIMARY KEY,
+    tenant_id    TEXT NOT NULL REFERENCES tenants(id),
+    workload_id  TEXT NOT NULL REFERENCES workloads(id),
+    kind         TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    reason       TEXT NOT NULL,
+    error        TEXT,
+    failed_step  TEXT,
+    replays      INTEGER NOT NULL DEFAULT 0,
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL
+);
+CREATE INDEX runs_by_status ON runs (status);
+CREATE INDEX runs_by_workload ON runs (workload_id);
+CREATE TABLE run_steps (
+    run_id       TEXT NOT NULL REFERENCES runs(id),
+    step         TEXT NOT NULL,
+    attempts     INTEGER NOT NULL,
+    completed    INTEGER NOT NULL,
+    output       TEXT,
+    last_error   TEXT,
+    started_at   INTEGER NOT NULL,
+    finished_at  INTEGER,
+    PRIMARY KEY (run_id, step)
+);
+CREATE TABLE billing (
+    tenant_id      TEXT NOT NULL REFERENCES tenants(id),
+    workload_id    TEXT NOT NULL REFERENCES workloads(id),
+    instance_id    TEXT NOT NULL,
+    provider       TEXT NOT NULL,
+    region         TEXT NOT NULL,
+    instance_type  TEXT NOT NULL,
+    price_per_hour REAL NOT NULL,
+    started_at     INTEGER NOT NULL,
+    ended_at       INTEGER NOT NULL,
+    cost           REAL NOT NULL,
+    PRIMARY KEY (workload_id, instance_id)
+);
+CREATE TABLE notifications (
+    id               TEXT PRIMARY KEY,
+    tenant_id        TEXT NOT NULL REFERENCES tenants(id),
+    workload_id      TEXT NOT NULL,
+    kind             TEXT NOT NULL,
+    payload          TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    attempts         INTEGER NOT NULL,
+    next_attempt_at  INTEGER NOT NULL,
+    last_error       TEXT,
+    created_at       INTEGER NOT NULL,
+    delivered_at     INTEGER
+);
+CREATE INDEX notifications_due ON notifications (status, next_attempt_at);
+"#,
+];
 
 /// SQLite-backed [`Store`].
 #[derive(Clone)]
@@ -193,6 +287,229 @@ fn offer_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Offer, Str
         observed_at: row.get("observed_at")?,
         source: row.get("source")?,
     }))
+}
+
+fn corrupt(message: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        engine: ENGINE,
+        message: message.into(),
+    }
+}
+
+fn placement_json(p: &PlacementRecord) -> String {
+    serde_json::json!({
+        "provider": p.provider,
+        "region": p.region,
+        "zone": p.zone,
+        "instance_type": p.instance_type,
+        "price_per_hour": p.price_per_hour,
+        "on_demand_price_per_hour": p.on_demand_price_per_hour,
+    })
+    .to_string()
+}
+
+fn placement_from_json(text: &str) -> Result<PlacementRecord, StoreError> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| corrupt(format!("placement: {e}")))?;
+    let s = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    Ok(PlacementRecord {
+        provider: s("provider"),
+        region: s("region"),
+        zone: s("zone"),
+        instance_type: s("instance_type"),
+        price_per_hour: v
+            .get("price_per_hour")
+            .and_then(|x| x.as_f64())
+            .unwrap_or(0.0),
+        on_demand_price_per_hour: v.get("on_demand_price_per_hour").and_then(|x| x.as_f64()),
+    })
+}
+
+const WORKLOAD_COLUMNS: &str = "id, tenant_id, name, spec, status, status_reason, failed_step, placement, instance_id, endpoint, instance_started_at, created_at, updated_at";
+
+fn workload_from_row(
+    row: &rusqlite::Row<'_>,
+) -> rusqlite::Result<Result<WorkloadRecord, StoreError>> {
+    let spec: String = row.get(3)?;
+    let status: String = row.get(4)?;
+    let placement: Option<String> = row.get(7)?;
+    let build = || -> Result<WorkloadRecord, StoreError> {
+        Ok(WorkloadRecord {
+            id: row.get(0).map_err(classify)?,
+            tenant_id: row.get(1).map_err(classify)?,
+            name: row.get(2).map_err(classify)?,
+            spec: serde_json::from_str(&spec)
+                .map_err(|e| corrupt(format!("workload spec: {e}")))?,
+            status: WorkloadStatus::parse(&status)
+                .ok_or_else(|| corrupt(format!("unknown status {status:?}")))?,
+            status_reason: row.get(5).map_err(classify)?,
+            failed_step: row.get(6).map_err(classify)?,
+            placement: placement.as_deref().map(placement_from_json).transpose()?,
+            instance_id: row.get(8).map_err(classify)?,
+            endpoint: row.get(9).map_err(classify)?,
+            instance_started_at: row.get(10).map_err(classify)?,
+            created_at: row.get(11).map_err(classify)?,
+            updated_at: row.get(12).map_err(classify)?,
+        })
+    };
+    Ok(build())
+}
+
+fn query_workloads(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<WorkloadRecord>, StoreError> {
+    let mut stmt = conn.prepare(sql).map_err(classify)?;
+    let rows = stmt
+        .query_map(params, workload_from_row)
+        .map_err(classify)?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row.map_err(classify)??);
+    }
+    Ok(out)
+}
+
+const RUN_COLUMNS: &str = "id, tenant_id, workload_id, kind, status, reason, error, failed_step, replays, created_at, updated_at";
+
+fn run_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<RunRecord, StoreError>> {
+    let kind: String = row.get(3)?;
+    let status: String = row.get(4)?;
+    let (Some(kind), Some(status)) = (RunKind::parse(&kind), RunStatus::parse(&status)) else {
+        return Ok(Err(corrupt(format!(
+            "run kind {kind:?} / status {status:?}"
+        ))));
+    };
+    Ok(Ok(RunRecord {
+        id: row.get(0)?,
+        tenant_id: row.get(1)?,
+        workload_id: row.get(2)?,
+        kind,
+        status,
+        reason: row.get(5)?,
+        error: row.get(6)?,
+        failed_step: row.get(7)?,
+        replays: row.get(8)?,
+        created_at: row.get(9)?,
+        updated_at: row.get(10)?,
+    }))
+}
+
+fn query_runs(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<RunRecord>, StoreError> {
+    let mut stmt = conn.prepare(sql).map_err(classify)?;
+    let rows = stmt.query_map(params, run_from_row).map_err(classify)?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row.map_err(classify)??);
+    }
+    Ok(out)
+}
+
+const NOTIFICATION_COLUMNS: &str = "id, tenant_id, workload_id, kind, payload, status, attempts, next_attempt_at, last_error, created_at, delivered_at";
+
+fn query_notifications(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<NotificationRecord>, StoreError> {
+    let mut stmt = conn.prepare(sql).map_err(classify)?;
+    let rows = stmt
+        .query_map(params, |row| {
+            let status: String = row.get(5)?;
+            Ok((
+                status,
+                NotificationRecord {
+                    id: row.get(0)?,
+                    tenant_id: row.get(1)?,
+                    workload_id: row.get(2)?,
+                    kind: row.get(3)?,
+                    payload: row.get(4)?,
+                    status: NotificationStatus::Pending,
+                    attempts: row.get(6)?,
+                    next_attempt_at: row.get(7)?,
+                    last_error: row.get(8)?,
+                    created_at: row.get(9)?,
+                    delivered_at: row.get(10)?,
+                },
+            ))
+        })
+        .map_err(classify)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (status, mut record) = row.map_err(classify)?;
+        record.status = NotificationStatus::parse(&status)
+            .ok_or_else(|| corrupt(format!("notification status {status:?}")))?;
+        out.push(record);
+    }
+    Ok(out)
+}
+
+/// Applies `changes` to a workload row inside an open transaction.
+fn apply_changes(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    changes: &WorkloadChanges,
+    at: i64,
+) -> Result<(), StoreError> {
+    if let Some(p) = &changes.placement {
+        tx.execute(
+            "UPDATE workloads SET placement = ?1 WHERE id = ?2",
+            params![p.as_ref().map(placement_json), id],
+        )
+        .map_err(classify)?;
+    }
+    if let Some(v) = &changes.instance_id {
+        tx.execute(
+            "UPDATE workloads SET instance_id = ?1 WHERE id = ?2",
+            params![v, id],
+        )
+        .map_err(classify)?;
+    }
+    if let Some(v) = &changes.endpoint {
+        tx.execute(
+            "UPDATE workloads SET endpoint = ?1 WHERE id = ?2",
+            params![v, id],
+        )
+        .map_err(classify)?;
+    }
+    if let Some(v) = &changes.instance_started_at {
+        tx.execute(
+            "UPDATE workloads SET instance_started_at = ?1 WHERE id = ?2",
+            params![v, id],
+        )
+        .map_err(classify)?;
+    }
+    if let Some(v) = &changes.failed_step {
+        tx.execute(
+            "UPDATE workloads SET failed_step = ?1 WHERE id = ?2",
+            params![v, id],
+        )
+        .map_err(classify)?;
+    }
+    if let Some(spec) = &changes.spec {
+        let text = serde_json::to_string(spec).map_err(|e| corrupt(e.to_string()))?;
+        tx.execute(
+            "UPDATE workloads SET spec = ?1 WHERE id = ?2",
+            params![text, id],
+        )
+        .map_err(classify)?;
+    }
+    tx.execute(
+        "UPDATE workloads SET updated_at = ?1 WHERE id = ?2",
+        params![at, id],
+    )
+    .map_err(classify)?;
+    Ok(())
 }
 
 #[async_trait::async_trait]
@@ -400,6 +717,506 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn tenant_settings(&self, tenant_id: &str) -> Result<TenantSettings, StoreError> {
+        let tenant_id = tenant_id.to_string();
+        self.with_conn(move |conn| {
+            let found = conn
+                .query_row(
+                    "SELECT webhook_url, webhook_secret, max_concurrent_workloads FROM tenant_settings WHERE tenant_id = ?1",
+                    [&tenant_id],
+                    |row| {
+                        Ok(TenantSettings {
+                            tenant_id: tenant_id.clone(),
+                            webhook_url: row.get(0)?,
+                            webhook_secret: row.get(1)?,
+                            max_concurrent_workloads: row.get(2)?,
+                        })
+                    },
+                )
+                .optional()
+                .map_err(classify)?;
+            Ok(found.unwrap_or(TenantSettings {
+                tenant_id,
+                ..Default::default()
+            }))
+        })
+        .await
+    }
+
+    async fn set_tenant_settings(&self, settings: TenantSettings) -> Result<(), StoreError> {
+        self.with_conn(move |conn| {
+            conn.execute(
+                "INSERT INTO tenant_settings (tenant_id, webhook_url, webhook_secret, max_concurrent_workloads)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (tenant_id) DO UPDATE SET webhook_url = excluded.webhook_url,
+                    webhook_secret = excluded.webhook_secret,
+                    max_concurrent_workloads = excluded.max_concurrent_workloads",
+                params![settings.tenant_id, settings.webhook_url, settings.webhook_secret, settings.max_concurrent_workloads],
+            )
+            .map(|_| ())
+            .map_err(classify)
+        })
+        .await
+    }
+
+    async fn create_workload(
+        &self,
+        workload: WorkloadRecord,
+        run: RunRecord,
+    ) -> Result<CreateOutcome, StoreError> {
+        self.with_conn(move |conn| {
+            let tx = conn.transaction().map_err(classify)?;
+            let existing = query_workloads(
+                &tx,
+                &format!("SELECT {WORKLOAD_COLUMNS} FROM workloads WHERE tenant_id = ?1 AND name = ?2 AND status NOT IN ('FAILED', 'TERMINATED')"),
+                params![workload.tenant_id, workload.name],
+            )?;
+            if let Some(found) = existing.into_iter().next() {
+                return Ok(CreateOutcome::Existing(Box::new(found)));
+            }
+            let spec = serde_json::to_string(&workload.spec).map_err(|e| corrupt(e.to_string()))?;
+            tx.execute(
+                &format!("INSERT INTO workloads ({WORKLOAD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+                params![
+                    workload.id,
+                    workload.tenant_id,
+                    workload.name,
+                    spec,
+                    workload.status.as_str(),
+                    workload.status_reason,
+                    workload.failed_step,
+                    workload.placement.as_ref().map(placement_json),
+                    workload.instance_id,
+                    workload.endpoint,
+                    workload.instance_started_at,
+                    workload.created_at,
+                    workload.updated_at,
+                ],
+            )
+            .map_err(classify)?;
+            insert_run(&tx, &run)?;
+            tx.commit().map_err(classify)?;
+            Ok(CreateOutcome::Created)
+        })
+        .await
+    }
+
+    async fn workload(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<WorkloadRecord>, StoreError> {
+        let (tenant_id, id) = (tenant_id.to_string(), id.to_string());
+        self.with_conn(move |conn| {
+            Ok(query_workloads(
+                conn,
+                &format!(
+                    "SELECT {WORKLOAD_COLUMNS} FROM workloads WHERE tenant_id = ?1 AND id = ?2"
+                ),
+                params![tenant_id, id],
+            )?
+            .into_iter()
+            .next())
+        })
+        .await
+    }
+
+    async fn active_workload_named(
+        &self,
+        tenant_id: &str,
+        name: &str,
+    ) -> Result<Option<WorkloadRecord>, StoreError> {
+        let (tenant_id, name) = (tenant_id.to_string(), name.to_string());
+        self.with_conn(move |conn| {
+            Ok(query_workloads(
+                conn,
+                &format!("SELECT {WORKLOAD_COLUMNS} FROM workloads WHERE tenant_id = ?1 AND name = ?2 AND status NOT IN ('FAILED', 'TERMINATED')"),
+                params![tenant_id, name],
+            )?
+            .into_iter()
+            .next())
+        })
+        .await
+    }
+
+    async fn count_active_workloads(&self, tenant_id: &str) -> Result<u64, StoreError> {
+        let tenant_id = tenant_id.to_string();
+        self.with_conn(move |conn| {
+            conn.query_row(
+                "SELECT COUNT(*) FROM workloads WHERE tenant_id = ?1 AND status NOT IN ('FAILED', 'TERMINATED')",
+                [&tenant_id],
+                |row| row.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(classify)
+        })
+        .await
+    }
+
+    async fn workloads_in(
+        &self,
+        statuses: &[WorkloadStatus],
+    ) -> Result<Vec<WorkloadRecord>, StoreError> {
+        let names: Vec<String> = statuses
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        self.with_conn(move |conn| {
+            query_workloads(
+                conn,
+                &format!("SELECT {WORKLOAD_COLUMNS} FROM workloads WHERE status IN ({}) ORDER BY created_at, id", names.join(", ")),
+                [],
+            )
+        })
+        .await
+    }
+
+    async fn transition_workload(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        transition: Transition,
+        reason: &str,
+        at: i64,
+        changes: WorkloadChanges,
+    ) -> Result<bool, StoreError> {
+        let (tenant_id, id, reason) = (tenant_id.to_string(), id.to_string(), reason.to_string());
+        self.with_conn(move |conn| {
+            let tx = conn.transaction().map_err(classify)?;
+            let updated = tx
+                .execute(
+                    "UPDATE workloads SET status = ?1, status_reason = ?2, updated_at = ?3
+                     WHERE tenant_id = ?4 AND id = ?5 AND status = ?6",
+                    params![transition.to().as_str(), reason, at, tenant_id, id, transition.from().as_str()],
+                )
+                .map_err(classify)?;
+            if updated == 0 {
+                return Ok(false);
+            }
+            apply_changes(&tx, &id, &changes, at)?;
+            tx.execute(
+                "INSERT INTO workload_transitions (workload_id, tenant_id, seq, from_status, to_status, reason, at)
+                 VALUES (?1, ?2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM workload_transitions WHERE workload_id = ?1), ?3, ?4, ?5, ?6)",
+                params![id, tenant_id, transition.from().as_str(), transition.to().as_str(), reason, at],
+            )
+            .map_err(classify)?;
+            tx.commit().map_err(classify)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn update_workload(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        changes: WorkloadChanges,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        let (tenant_id, id) = (tenant_id.to_string(), id.to_string());
+        self.with_conn(move |conn| {
+            let tx = conn.transaction().map_err(classify)?;
+            let owned: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM workloads WHERE tenant_id = ?1 AND id = ?2",
+                    params![tenant_id, id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(classify)?;
+            if owned.is_none() {
+                return Err(StoreError::Conflict {
+                    engine: ENGINE,
+                    message: format!("no workload {id} in tenant {tenant_id}"),
+                });
+            }
+            apply_changes(&tx, &id, &changes, at)?;
+            tx.commit().map_err(classify)
+        })
+        .await
+    }
+
+    async fn transitions(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Vec<TransitionRecord>, StoreError> {
+        let (tenant_id, id) = (tenant_id.to_string(), id.to_string());
+        self.with_conn(move |conn| {
+            let mut stmt = conn
+                .prepare("SELECT from_status, to_status, reason, at FROM workload_transitions WHERE tenant_id = ?1 AND workload_id = ?2 ORDER BY seq")
+                .map_err(classify)?;
+            let rows = stmt
+                .query_map(params![tenant_id, id], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?, row.get::<_, i64>(3)?))
+                })
+                .map_err(classify)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (from, to, reason, at) = row.map_err(classify)?;
+                out.push(TransitionRecord {
+                    from: WorkloadStatus::parse(&from).ok_or_else(|| corrupt(format!("status {from:?}")))?,
+                    to: WorkloadStatus::parse(&to).ok_or_else(|| corrupt(format!("status {to:?}")))?,
+                    reason,
+                    at,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn create_run(&self, run: RunRecord) -> Result<(), StoreError> {
+        self.with_conn(move |conn| insert_run(conn, &run)).await
+    }
+
+    async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        let run_id = run_id.to_string();
+        self.with_conn(move |conn| {
+            Ok(query_runs(
+                conn,
+                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"),
+                [&run_id],
+            )?
+            .into_iter()
+            .next())
+        })
+        .await
+    }
+
+    async fn runs_of(
+        &self,
+        tenant_id: &str,
+        workload_id: &str,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let (tenant_id, workload_id) = (tenant_id.to_string(), workload_id.to_string());
+        self.with_conn(move |conn| {
+            query_runs(
+                conn,
+                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = ?1 AND workload_id = ?2 ORDER BY created_at, id"),
+                params![tenant_id, workload_id],
+            )
+        })
+        .await
+    }
+
+    async fn unfinished_runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        self.with_conn(|conn| {
+            query_runs(conn, &format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = 'running' ORDER BY created_at, id"), [])
+        })
+        .await
+    }
+
+    async fn dead_runs(&self, tenant_id: &str) -> Result<Vec<RunRecord>, StoreError> {
+        let tenant_id = tenant_id.to_string();
+        self.with_conn(move |conn| {
+            query_runs(
+                conn,
+                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = ?1 AND status = 'dead' ORDER BY updated_at, id"),
+                [&tenant_id],
+            )
+        })
+        .await
+    }
+
+    async fn finish_run(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        error: Option<String>,
+        failed_step: Option<String>,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        let run_id = run_id.to_string();
+        self.with_conn(move |conn| {
+            conn.execute(
+                "UPDATE runs SET status = ?1, error = ?2, failed_step = ?3, updated_at = ?4 WHERE id = ?5",
+                params![status.as_str(), error, failed_step, at, run_id],
+            )
+            .map(|_| ())
+            .map_err(classify)
+        })
+        .await
+    }
+
+    async fn revive_run(&self, run_id: &str, at: i64) -> Result<bool, StoreError> {
+        let run_id = run_id.to_string();
+        self.with_conn(move |conn| {
+            let tx = conn.transaction().map_err(classify)?;
+            let n = tx
+                .execute(
+                    "UPDATE runs SET status = 'running', error = NULL, failed_step = NULL, replays = replays + 1, updated_at = ?1
+                     WHERE id = ?2 AND status = 'dead'",
+                    params![at, run_id],
+                )
+                .map_err(classify)?;
+            // A replay gives the failed step a fresh set of attempts; completed steps stay done.
+            tx.execute("UPDATE run_steps SET attempts = 0, last_error = NULL WHERE run_id = ?1 AND completed = 0", [&run_id])
+                .map_err(classify)?;
+            tx.commit().map_err(classify)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn save_step(&self, step: StepRecord) -> Result<(), StoreError> {
+        self.with_conn(move |conn| {
+            conn.execute(
+                "INSERT INTO run_steps (run_id, step, attempts, completed, output, last_error, started_at, finished_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (run_id, step) DO UPDATE SET attempts = excluded.attempts, completed = excluded.completed,
+                    output = excluded.output, last_error = excluded.last_error, finished_at = excluded.finished_at",
+                params![step.run_id, step.step, step.attempts, step.completed, step.output, step.last_error, step.started_at, step.finished_at],
+            )
+            .map(|_| ())
+            .map_err(classify)
+        })
+        .await
+    }
+
+    async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>, StoreError> {
+        let run_id = run_id.to_string();
+        self.with_conn(move |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT run_id, step, attempts, completed, output, last_error, started_at, finished_at
+                     FROM run_steps WHERE run_id = ?1 ORDER BY started_at, rowid",
+                )
+                .map_err(classify)?;
+            let rows = stmt
+                .query_map([&run_id], |row| {
+                    Ok(StepRecord {
+                        run_id: row.get(0)?,
+                        step: row.get(1)?,
+                        attempts: row.get(2)?,
+                        completed: row.get(3)?,
+                        output: row.get(4)?,
+                        last_error: row.get(5)?,
+                        started_at: row.get(6)?,
+                        finished_at: row.get(7)?,
+                    })
+                })
+                .map_err(classify)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(classify)
+        })
+        .await
+    }
+
+    async fn add_billing(&self, r: BillingRecord) -> Result<(), StoreError> {
+        self.with_conn(move |conn| {
+            conn.execute(
+                "INSERT INTO billing (tenant_id, workload_id, instance_id, provider, region, instance_type, price_per_hour, started_at, ended_at, cost)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (workload_id, instance_id) DO NOTHING",
+                params![r.tenant_id, r.workload_id, r.instance_id, r.provider, r.region, r.instance_type, r.price_per_hour, r.started_at, r.ended_at, r.cost],
+            )
+            .map(|_| ())
+            .map_err(classify)
+        })
+        .await
+    }
+
+    async fn billing(
+        &self,
+        tenant_id: &str,
+        workload_id: &str,
+    ) -> Result<Vec<BillingRecord>, StoreError> {
+        let (tenant_id, workload_id) = (tenant_id.to_string(), workload_id.to_string());
+        self.with_conn(move |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT tenant_id, workload_id, instance_id, provider, region, instance_type, price_per_hour, started_at, ended_at, cost
+                     FROM billing WHERE tenant_id = ?1 AND workload_id = ?2 ORDER BY started_at",
+                )
+                .map_err(classify)?;
+            let rows = stmt
+                .query_map(params![tenant_id, workload_id], |row| {
+                    Ok(BillingRecord {
+                        tenant_id: row.get(0)?,
+                        workload_id: row.get(1)?,
+                        instance_id: row.get(2)?,
+                        provider: row.get(3)?,
+                        region: row.get(4)?,
+                        instance_type: row.get(5)?,
+                        price_per_hour: row.get(6)?,
+                        started_at: row.get(7)?,
+                        ended_at: row.get(8)?,
+                        cost: row.get(9)?,
+                    })
+                })
+                .map_err(classify)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(classify)
+        })
+        .await
+    }
+
+    async fn enqueue_notification(&self, n: NotificationRecord) -> Result<(), StoreError> {
+        self.save_notification(n).await
+    }
+
+    async fn due_notifications(
+        &self,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<NotificationRecord>, StoreError> {
+        self.with_conn(move |conn| {
+            query_notifications(
+                conn,
+                &format!("SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE status = 'pending' AND next_attempt_at <= ?1 ORDER BY next_attempt_at, created_at LIMIT ?2"),
+                params![now, limit],
+            )
+        })
+        .await
+    }
+
+    async fn save_notification(&self, n: NotificationRecord) -> Result<(), StoreError> {
+        self.with_conn(move |conn| {
+            conn.execute(
+                &format!("INSERT OR REPLACE INTO notifications ({NOTIFICATION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+                params![n.id, n.tenant_id, n.workload_id, n.kind, n.payload, n.status.as_str(), n.attempts, n.next_attempt_at, n.last_error, n.created_at, n.delivered_at],
+            )
+            .map(|_| ())
+            .map_err(classify)
+        })
+        .await
+    }
+
+    async fn notifications(
+        &self,
+        tenant_id: &str,
+        workload_id: &str,
+    ) -> Result<Vec<NotificationRecord>, StoreError> {
+        let (tenant_id, workload_id) = (tenant_id.to_string(), workload_id.to_string());
+        self.with_conn(move |conn| {
+            query_notifications(
+                conn,
+                &format!("SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE tenant_id = ?1 AND workload_id = ?2 ORDER BY created_at, id"),
+                params![tenant_id, workload_id],
+            )
+        })
+        .await
+    }
+}
+
+fn insert_run(conn: &Connection, run: &RunRecord) -> Result<(), StoreError> {
+    conn.execute(
+        &format!("INSERT INTO runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+        params![
+            run.id,
+            run.tenant_id,
+            run.workload_id,
+            run.kind.as_str(),
+            run.status.as_str(),
+            run.reason,
+            run.error,
+            run.failed_step,
+            run.replays,
+            run.created_at,
+            run.updated_at
+        ],
+    )
+    .map(|_| ())
+    .map_err(classify)
 }
 
 #[cfg(test)]

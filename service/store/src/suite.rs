@@ -2,9 +2,16 @@
 //! [`run_all`] on a fresh, empty store (and [`check_persisted`] after reopening a
 //! durable one), so engines cannot drift apart.
 
+use crate::workloads::*;
 use crate::{CollectorOutcome, Store, StoreError, TokenRecord};
 use computearbitrage_core::offer::Gpu;
 use computearbitrage_core::{Architecture, Cloud, InterruptionRate, Offer};
+use computearbitrage_core::{
+    HealthCheck, OnInterruption, Requirements, StorageSpec, Transition, WorkloadSpec,
+    WorkloadStatus,
+};
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 fn sample_offer(source: &str, instance_type: &str, spot: f64) -> Offer {
     Offer {
@@ -38,6 +45,380 @@ pub async fn run_all(store: &dyn Store) {
     offers_round_trip_and_replace_per_source(store).await;
     collector_runs_keep_last_success_and_failure(store).await;
     tenants_and_tokens(store).await;
+    workloads_are_unique_per_active_name_and_isolated_by_tenant(store).await;
+    transitions_are_compare_and_set_with_history(store).await;
+    runs_keep_a_step_ledger_and_replay_dead_ones(store).await;
+    billing_and_notifications(store).await;
+}
+
+fn spec(name: &str) -> WorkloadSpec {
+    WorkloadSpec {
+        name: name.into(),
+        requirements: Requirements::default(),
+        command: vec!["server".into()],
+        image: None,
+        env: BTreeMap::new(),
+        port: 8080,
+        health_check: HealthCheck::default(),
+        on_interruption: OnInterruption::Migrate,
+        storage: StorageSpec::default(),
+        tags: BTreeMap::from([("team".into(), "ml".into())]),
+        create_timeout: Duration::from_secs(600),
+    }
+}
+
+fn workload(id: &str, tenant: &str, name: &str) -> WorkloadRecord {
+    WorkloadRecord {
+        id: id.into(),
+        tenant_id: tenant.into(),
+        name: name.into(),
+        spec: spec(name),
+        status: WorkloadStatus::Pending,
+        status_reason: "created".into(),
+        failed_step: None,
+        placement: None,
+        instance_id: None,
+        endpoint: None,
+        instance_started_at: None,
+        created_at: 100,
+        updated_at: 100,
+    }
+}
+
+fn run(id: &str, tenant: &str, workload_id: &str, kind: RunKind) -> RunRecord {
+    RunRecord {
+        id: id.into(),
+        tenant_id: tenant.into(),
+        workload_id: workload_id.into(),
+        kind,
+        status: RunStatus::Running,
+        reason: "test".into(),
+        error: None,
+        failed_step: None,
+        replays: 0,
+        created_at: 100,
+        updated_at: 100,
+    }
+}
+
+async fn workloads_are_unique_per_active_name_and_isolated_by_tenant(store: &dyn Store) {
+    store.ensure_tenant("default", 1).await.unwrap();
+    store.ensure_tenant("other", 1).await.unwrap();
+    let w = workload("w1", "default", "web");
+    assert_eq!(
+        store
+            .create_workload(w.clone(), run("r1", "default", "w1", RunKind::Provision))
+            .await
+            .unwrap(),
+        CreateOutcome::Created
+    );
+    assert_eq!(store.workload("default", "w1").await.unwrap().unwrap(), w);
+    // Same name again: the existing one comes back and nothing is written.
+    match store
+        .create_workload(
+            workload("w2", "default", "web"),
+            run("r2", "default", "w2", RunKind::Provision),
+        )
+        .await
+        .unwrap()
+    {
+        CreateOutcome::Existing(found) => assert_eq!(found.id, "w1"),
+        other => panic!("expected Existing, got {other:?}"),
+    }
+    assert!(
+        store.run("r2").await.unwrap().is_none(),
+        "the second run was not stored"
+    );
+    // Another tenant may use the name, and cannot see the first tenant's workload.
+    assert_eq!(
+        store
+            .create_workload(
+                workload("w3", "other", "web"),
+                run("r3", "other", "w3", RunKind::Provision)
+            )
+            .await
+            .unwrap(),
+        CreateOutcome::Created
+    );
+    assert!(store.workload("other", "w1").await.unwrap().is_none());
+    assert_eq!(store.count_active_workloads("default").await.unwrap(), 1);
+    // A FAILED workload frees its name.
+    let t = Transition::new(WorkloadStatus::Pending, WorkloadStatus::Failed).unwrap();
+    assert!(store
+        .transition_workload("default", "w1", t, "quota", 101, WorkloadChanges::default())
+        .await
+        .unwrap());
+    assert!(store
+        .active_workload_named("default", "web")
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(store.count_active_workloads("default").await.unwrap(), 0);
+    assert_eq!(
+        store
+            .create_workload(
+                workload("w4", "default", "web"),
+                run("r4", "default", "w4", RunKind::Provision)
+            )
+            .await
+            .unwrap(),
+        CreateOutcome::Created
+    );
+    assert_eq!(
+        store
+            .active_workload_named("default", "web")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        "w4"
+    );
+}
+
+async fn transitions_are_compare_and_set_with_history(store: &dyn Store) {
+    let to_provisioning =
+        Transition::new(WorkloadStatus::Pending, WorkloadStatus::Provisioning).unwrap();
+    let placement = PlacementRecord {
+        provider: "gcp".into(),
+        region: "us-central1".into(),
+        zone: String::new(),
+        instance_type: "e2-small".into(),
+        price_per_hour: 0.005,
+        on_demand_price_per_hour: Some(0.0168),
+    };
+    let changes = WorkloadChanges {
+        placement: Some(Some(placement.clone())),
+        ..Default::default()
+    };
+    assert!(store
+        .transition_workload(
+            "default",
+            "w4",
+            to_provisioning,
+            "placed",
+            110,
+            changes.clone()
+        )
+        .await
+        .unwrap());
+    // The same transition again finds the workload no longer PENDING.
+    assert!(!store
+        .transition_workload("default", "w4", to_provisioning, "placed", 111, changes)
+        .await
+        .unwrap());
+    // Another tenant cannot move it.
+    let to_running =
+        Transition::new(WorkloadStatus::Provisioning, WorkloadStatus::Running).unwrap();
+    assert!(!store
+        .transition_workload(
+            "other",
+            "w4",
+            to_running,
+            "x",
+            112,
+            WorkloadChanges::default()
+        )
+        .await
+        .unwrap());
+    let running = WorkloadChanges {
+        instance_id: Some(Some("local-1".into())),
+        endpoint: Some(Some("127.0.0.1:9000".into())),
+        instance_started_at: Some(Some(112)),
+        ..Default::default()
+    };
+    assert!(store
+        .transition_workload("default", "w4", to_running, "healthy", 113, running)
+        .await
+        .unwrap());
+    let w = store.workload("default", "w4").await.unwrap().unwrap();
+    assert_eq!(w.status, WorkloadStatus::Running);
+    assert_eq!(w.placement, Some(placement));
+    assert_eq!(w.endpoint.as_deref(), Some("127.0.0.1:9000"));
+    let mut new_spec = w.spec.clone();
+    new_spec.tags.insert("env".into(), "prod".into());
+    store
+        .update_workload(
+            "default",
+            "w4",
+            WorkloadChanges {
+                spec: Some(new_spec.clone()),
+                endpoint: Some(None),
+                ..Default::default()
+            },
+            120,
+        )
+        .await
+        .unwrap();
+    let w = store.workload("default", "w4").await.unwrap().unwrap();
+    assert_eq!(w.spec, new_spec);
+    assert_eq!(w.endpoint, None);
+    assert_eq!(w.updated_at, 120);
+    assert!(store
+        .update_workload("other", "w4", WorkloadChanges::default(), 121)
+        .await
+        .is_err());
+    let history = store.transitions("default", "w4").await.unwrap();
+    let edges: Vec<(WorkloadStatus, WorkloadStatus)> =
+        history.iter().map(|t| (t.from, t.to)).collect();
+    assert_eq!(
+        edges,
+        vec![
+            (WorkloadStatus::Pending, WorkloadStatus::Provisioning),
+            (WorkloadStatus::Provisioning, WorkloadStatus::Running)
+        ]
+    );
+    assert_eq!(history[1].reason, "healthy");
+    assert_eq!(
+        store
+            .workloads_in(&[WorkloadStatus::Running])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+async fn runs_keep_a_step_ledger_and_replay_dead_ones(store: &dyn Store) {
+    let unfinished: Vec<String> = store
+        .unfinished_runs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(unfinished, vec!["r1", "r3", "r4"]);
+    let step = |name: &str, attempts, completed, at| StepRecord {
+        run_id: "r4".into(),
+        step: name.into(),
+        attempts,
+        completed,
+        output: completed.then(|| "{\"ok\":true}".to_string()),
+        last_error: (!completed).then(|| "boom".to_string()),
+        started_at: at,
+        finished_at: completed.then_some(at + 1),
+    };
+    store
+        .save_step(step("quota-check", 1, true, 200))
+        .await
+        .unwrap();
+    store
+        .save_step(step("provision", 1, false, 201))
+        .await
+        .unwrap();
+    store
+        .save_step(step("provision", 3, false, 201))
+        .await
+        .unwrap();
+    let ledger = store.steps("r4").await.unwrap();
+    assert_eq!(ledger.len(), 2);
+    assert_eq!(
+        (
+            ledger[1].step.as_str(),
+            ledger[1].attempts,
+            ledger[1].completed
+        ),
+        ("provision", 3, false)
+    );
+    store
+        .finish_run(
+            "r4",
+            RunStatus::Dead,
+            Some("boom".into()),
+            Some("provision".into()),
+            210,
+        )
+        .await
+        .unwrap();
+    let dead = store.dead_runs("default").await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].failed_step.as_deref(), Some("provision"));
+    assert!(store.dead_runs("other").await.unwrap().is_empty());
+    assert!(store.revive_run("r4", 220).await.unwrap());
+    assert!(
+        !store.revive_run("r4", 221).await.unwrap(),
+        "only dead runs revive"
+    );
+    let revived = store.run("r4").await.unwrap().unwrap();
+    assert_eq!((revived.status, revived.replays), (RunStatus::Running, 1));
+    let ledger = store.steps("r4").await.unwrap();
+    assert!(ledger[0].completed, "completed steps stay completed");
+    assert_eq!(ledger[1].attempts, 0, "the failed step gets fresh attempts");
+    store
+        .create_run(run("r5", "default", "w4", RunKind::Terminate))
+        .await
+        .unwrap();
+    let kinds: Vec<RunKind> = store
+        .runs_of("default", "w4")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.kind)
+        .collect();
+    assert_eq!(kinds, vec![RunKind::Provision, RunKind::Terminate]);
+}
+
+async fn billing_and_notifications(store: &dyn Store) {
+    let bill = BillingRecord {
+        tenant_id: "default".into(),
+        workload_id: "w4".into(),
+        instance_id: "local-1".into(),
+        provider: "gcp".into(),
+        region: "us-central1".into(),
+        instance_type: "e2-small".into(),
+        price_per_hour: 0.005,
+        started_at: 0,
+        ended_at: 7200,
+        cost: 0.01,
+    };
+    store.add_billing(bill.clone()).await.unwrap();
+    store.add_billing(bill.clone()).await.unwrap();
+    assert_eq!(store.billing("default", "w4").await.unwrap(), vec![bill]);
+    assert!(store.billing("other", "w4").await.unwrap().is_empty());
+
+    let n = NotificationRecord {
+        id: "n1".into(),
+        tenant_id: "default".into(),
+        workload_id: "w4".into(),
+        kind: "workload.ready".into(),
+        payload: "{}".into(),
+        status: NotificationStatus::Pending,
+        attempts: 0,
+        next_attempt_at: 300,
+        last_error: None,
+        created_at: 300,
+        delivered_at: None,
+    };
+    store.enqueue_notification(n.clone()).await.unwrap();
+    assert!(store.due_notifications(299, 10).await.unwrap().is_empty());
+    assert_eq!(
+        store.due_notifications(300, 10).await.unwrap(),
+        vec![n.clone()]
+    );
+    let delivered = NotificationRecord {
+        status: NotificationStatus::Delivered,
+        attempts: 1,
+        delivered_at: Some(301),
+        ..n
+    };
+    store.save_notification(delivered.clone()).await.unwrap();
+    assert!(store.due_notifications(1000, 10).await.unwrap().is_empty());
+    assert_eq!(
+        store.notifications("default", "w4").await.unwrap(),
+        vec![delivered]
+    );
+
+    assert_eq!(
+        store.tenant_settings("default").await.unwrap().webhook_url,
+        None
+    );
+    let settings = TenantSettings {
+        tenant_id: "default".into(),
+        webhook_url: Some("http://127.0.0.1:1/hook".into()),
+        webhook_secret: Some("s3cret".into()),
+        max_concurrent_workloads: Some(3),
+    };
+    store.set_tenant_settings(settings.clone()).await.unwrap();
+    assert_eq!(store.tenant_settings("default").await.unwrap(), settings);
 }
 
 /// Checks, after reopening a durable store that went through [`run_all`], that its
@@ -46,6 +427,16 @@ pub async fn check_persisted(store: &dyn Store) {
     let offers = store.load_offers().await.unwrap();
     assert_eq!(offers.len(), 2, "offers must survive a reopen");
     assert_eq!(store.list_tokens().await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .workload("default", "w4")
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        WorkloadStatus::Running
+    );
+    assert_eq!(store.steps("r4").await.unwrap().len(), 2);
     assert_eq!(store.collector_statuses().await.unwrap().len(), 1);
 }
 
