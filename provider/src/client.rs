@@ -2,6 +2,7 @@
 //! translation of service errors into diagnostics a Terraform user can act on.
 
 use computearbitrage_api::pb::pricing_client::PricingClient;
+use computearbitrage_api::pb::workloads_client::WorkloadsClient;
 use computearbitrage_api::validate::{PathStep, Violation};
 use computearbitrage_api::ERROR_FIELD_METADATA;
 use std::sync::Arc;
@@ -13,9 +14,10 @@ use tonic::transport::{Channel, Endpoint};
 
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7070";
 
-type AuthInterceptor =
+pub type AuthInterceptor =
     Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send + Sync>;
 pub type Pricing = PricingClient<InterceptedService<Channel, AuthInterceptor>>;
+pub type Workloads = WorkloadsClient<InterceptedService<Channel, AuthInterceptor>>;
 
 /// A configured connection.
 #[derive(Clone)]
@@ -50,15 +52,22 @@ impl Connection {
         })
     }
 
-    pub fn pricing(&self) -> Pricing {
+    fn interceptor(&self) -> AuthInterceptor {
         let authorization = self.authorization.clone();
-        let interceptor: AuthInterceptor = Box::new(move |mut request: tonic::Request<()>| {
+        Box::new(move |mut request: tonic::Request<()>| {
             request
                 .metadata_mut()
                 .insert("authorization", authorization.clone());
             Ok(request)
-        });
-        PricingClient::with_interceptor(self.channel.clone(), interceptor)
+        })
+    }
+
+    pub fn pricing(&self) -> Pricing {
+        PricingClient::with_interceptor(self.channel.clone(), self.interceptor())
+    }
+
+    pub fn workloads(&self) -> Workloads {
+        WorkloadsClient::with_interceptor(self.channel.clone(), self.interceptor())
     }
 }
 

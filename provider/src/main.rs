@@ -7,7 +7,9 @@
 //!   Terraform diagnostics.
 //! - [`requirements`]: the `requirements` block, shared by the placement data source
 //!   and (later) the workload resource.
-//! - [`data_source_spot_prices`], [`data_source_placement`]: one file per data source.
+//! - [`data_source_spot_prices`], [`data_source_placement`], [`resource_workload`]: one
+//!   file per data source and resource.
+//! - [`duration`]: `timeouts` durations (`10m`, `1h30m`).
 //! - [`number`]: Terraform numbers as the protocol encodes them (int, float or
 //!   decimal string).
 //! - [`schema`]: small helpers to declare attributes with descriptions.
@@ -18,9 +20,11 @@
 mod client;
 mod data_source_placement;
 mod data_source_spot_prices;
+mod duration;
 mod number;
 mod provider;
 mod requirements;
+mod resource_workload;
 mod schema;
 
 fn main() {

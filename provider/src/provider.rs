@@ -3,12 +3,13 @@
 use crate::client::{Connection, SharedConnection, DEFAULT_ENDPOINT};
 use crate::data_source_placement::PlacementDataSource;
 use crate::data_source_spot_prices::SpotPricesDataSource;
+use crate::resource_workload::WorkloadResource;
 use crate::schema::optional;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use tf_provider::schema::{AttributeType, Block, Schema};
 use tf_provider::value::Value;
-use tf_provider::{AttributePath, Diagnostics, DynamicDataSource, Provider};
+use tf_provider::{AttributePath, Diagnostics, DynamicDataSource, DynamicResource, Provider};
 
 #[derive(Default)]
 pub struct ComputeArbitrageProvider {
@@ -104,6 +105,16 @@ impl Provider for ComputeArbitrageProvider {
                 None
             }
         }
+    }
+
+    fn get_resources(
+        &self,
+        _diags: &mut Diagnostics,
+    ) -> Option<HashMap<String, Box<dyn DynamicResource>>> {
+        Some(HashMap::from([(
+            "workload".to_string(),
+            Box::new(WorkloadResource::new(self.connection.clone())) as Box<dyn DynamicResource>,
+        )]))
     }
 
     fn get_data_sources(

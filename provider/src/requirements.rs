@@ -11,7 +11,7 @@ use tf_provider::value::Value;
 
 pub const BLOCK_NAME: &str = "requirements";
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct RequirementsBlock {
     pub min_vcpus: Value<Number>,
     pub min_memory_gib: Value<Number>,

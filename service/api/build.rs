@@ -6,6 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_build::configure()
         .build_server(true)
         .build_client(true)
+        // JSON output of the operator CLI.
+        .type_attribute(".", "#[derive(serde::Serialize)]")
         .compile_protos(
             &["proto/computearbitrage/v1/computearbitrage.proto"],
             &["proto"],

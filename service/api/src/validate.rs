@@ -194,6 +194,178 @@ pub fn list_offers(req: &pb::ListOffersRequest) -> Vec<Violation> {
     out
 }
 
+/// Rules for a workload's name, command, port, env, tags, on_interruption and timeout
+/// (the blocks have their own functions, so callers can place their paths).
+pub fn workload_fields(spec: &pb::WorkloadSpec) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let name = &spec.name;
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && !name.ends_with('-');
+    if !name_ok {
+        out.push(Violation::field(
+            "name",
+            format!("{name:?} is not a valid workload name; use 1 to 63 lower-case letters, digits and dashes, starting and ending with a letter or digit, such as \"web-api\""),
+        ));
+    }
+    if spec.command.is_empty() {
+        out.push(Violation::field(
+            "command",
+            "the command is empty; give the program and its arguments, such as [\"python3\", \"server.py\"]",
+        ));
+    }
+    for (i, arg) in spec.command.iter().enumerate().take(1) {
+        if arg.trim().is_empty() {
+            out.push(Violation::element(
+                "command",
+                i,
+                "the program is an empty string; name the program to run",
+            ));
+        }
+    }
+    if spec.port == 0 || spec.port > 65_535 {
+        out.push(Violation::field(
+            "port",
+            format!(
+                "{} is not a TCP port; use 1 to 65535, the port the workload serves on",
+                spec.port
+            ),
+        ));
+    }
+    for key in spec.env.keys() {
+        let ok = !key.is_empty()
+            && !key.contains('=')
+            && !key.contains('\0')
+            && !key.starts_with(|c: char| c.is_ascii_digit());
+        if !ok {
+            out.push(Violation::field(
+                "env",
+                format!("{key:?} is not an environment variable name; use letters, digits and underscores, not starting with a digit"),
+            ));
+        }
+        if key == "PORT" {
+            out.push(Violation::field(
+                "env",
+                "PORT is set by the driver to the port the workload must serve on; remove it from env and use `port`",
+            ));
+        }
+    }
+    for key in spec.tags.keys() {
+        if key.trim().is_empty() {
+            out.push(Violation::field(
+                "tags",
+                "a tag key is empty; give every tag a name",
+            ));
+        }
+    }
+    if !["", "migrate", "terminate"].contains(&spec.on_interruption.as_str()) {
+        out.push(Violation::field(
+            "on_interruption",
+            format!(
+                "{:?} is not a choice; use \"migrate\" (move the workload) or \"terminate\"",
+                spec.on_interruption
+            ),
+        ));
+    }
+    out
+}
+
+/// Rules for the `health_check` block (paths relative to the block).
+pub fn health_check(check: &pb::HealthCheck) -> Vec<Violation> {
+    let mut out = Vec::new();
+    if !check.path.is_empty() && !check.path.starts_with('/') {
+        out.push(Violation::field(
+            "path",
+            format!(
+                "{:?} must start with \"/\", such as \"/health\"",
+                check.path
+            ),
+        ));
+    }
+    if check.path.chars().any(|c| c.is_control() || c == ' ') {
+        out.push(Violation::field(
+            "path",
+            "the path contains spaces or control characters; percent-encode them",
+        ));
+    }
+    let interval = if check.interval_seconds == 0 {
+        30
+    } else {
+        check.interval_seconds
+    };
+    if check.interval_seconds > 86_400 {
+        out.push(Violation::field(
+            "interval_seconds",
+            "more than a day between checks; use 1 to 86400",
+        ));
+    }
+    if check.timeout_seconds > interval {
+        out.push(Violation::field(
+            "timeout_seconds",
+            format!(
+                "{} s is longer than the {} s interval; a check must end before the next starts",
+                check.timeout_seconds, interval
+            ),
+        ));
+    }
+    if check.unhealthy_threshold > 100 {
+        out.push(Violation::field(
+            "unhealthy_threshold",
+            "more than 100 failures; use 1 to 100",
+        ));
+    }
+    out
+}
+
+/// Rules for the `storage` block (paths relative to the block).
+pub fn storage(storage: &pb::StorageSpec) -> Vec<Violation> {
+    let mut out = Vec::new();
+    if storage.quota_gb > 1_000_000 {
+        out.push(Violation::field(
+            "quota_gb",
+            "more than 1,000,000 GB; use a realistic quota",
+        ));
+    }
+    if storage.retention_days > 3_650 {
+        out.push(Violation::field(
+            "retention_days",
+            "more than ten years; use 0 to 3650 days",
+        ));
+    }
+    out
+}
+
+/// Every rule of a workload spec, with paths as the API message nests them.
+pub fn workload_spec(spec: &pb::WorkloadSpec) -> Vec<Violation> {
+    let mut out = workload_fields(spec);
+    match &spec.requirements {
+        Some(r) => out.extend(
+            requirements(r)
+                .into_iter()
+                .map(|v| v.within("requirements")),
+        ),
+        None => out.push(Violation::field(
+            "requirements",
+            "requirements are missing; send at least an empty message",
+        )),
+    }
+    if let Some(check) = &spec.health_check {
+        out.extend(
+            health_check(check)
+                .into_iter()
+                .map(|v| v.within("health_check")),
+        );
+    }
+    if let Some(s) = &spec.storage {
+        out.extend(storage(s).into_iter().map(|v| v.within("storage")));
+    }
+    out
+}
+
 fn providers(list: &[String], out: &mut Vec<Violation>) {
     for (i, name) in list.iter().enumerate() {
         if crate::PROVIDERS.contains(&name.as_str()) {
@@ -342,6 +514,61 @@ mod tests {
                 "alternatives"
             ]
         );
+    }
+
+    fn valid_spec() -> pb::WorkloadSpec {
+        pb::WorkloadSpec {
+            name: "web-api".into(),
+            requirements: Some(pb::Requirements::default()),
+            command: vec!["python3".into(), "server.py".into()],
+            port: 8080,
+            on_interruption: "migrate".into(),
+            health_check: Some(pb::HealthCheck {
+                path: "/health".into(),
+                interval_seconds: 10,
+                timeout_seconds: 2,
+                unhealthy_threshold: 3,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn workload_specs_are_checked_field_by_field() {
+        assert!(workload_spec(&valid_spec()).is_empty());
+        let mut bad = valid_spec();
+        bad.name = "Web_API".into();
+        bad.command = vec![];
+        bad.port = 0;
+        bad.on_interruption = "pause".into();
+        bad.env.insert("PORT".into(), "1".into());
+        bad.health_check = Some(pb::HealthCheck {
+            path: "health".into(),
+            interval_seconds: 5,
+            timeout_seconds: 10,
+            unhealthy_threshold: 3,
+        });
+        let paths: Vec<String> = workload_spec(&bad)
+            .iter()
+            .map(|v| v.dotted_path())
+            .collect();
+        assert_eq!(
+            paths,
+            vec![
+                "name",
+                "command",
+                "port",
+                "env",
+                "on_interruption",
+                "health_check.path",
+                "health_check.timeout_seconds"
+            ]
+        );
+        let messages: Vec<String> = workload_spec(&bad)
+            .iter()
+            .map(|v| v.message.clone())
+            .collect();
+        assert!(messages[4].contains("\"migrate\""), "{}", messages[4]);
     }
 
     #[test]

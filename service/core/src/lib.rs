@@ -16,6 +16,7 @@
 //! - [`lifecycle`]: the workload state machine.
 //! - [`workload`]: the workload spec.
 //! - [`retry`]: retry policies as values.
+//! - [`workflow`]: the provisioning and termination workflows as data (steps, retries).
 //! - [`error`]: this crate's error type.
 //! - [`fmt`]: small formatting helpers shared by messages (thousands separators, RFC 3339).
 
@@ -31,6 +32,7 @@ pub mod lifecycle;
 pub mod offer;
 pub mod placement;
 pub mod retry;
+pub mod workflow;
 pub mod workload;
 
 pub use catalog::{Catalog, PageCursor};

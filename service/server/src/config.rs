@@ -39,6 +39,54 @@ pub struct Config {
     pub store: StoreConfig,
     /// Price collection and placement scoring.
     pub pricing: PricingConfig,
+    /// Workload orchestration.
+    pub workloads: WorkloadsConfig,
+    /// The health monitor.
+    pub monitor: MonitorConfig,
+}
+
+/// Workload orchestration settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkloadsConfig {
+    /// Active workloads a tenant may have at once, unless its own settings say otherwise.
+    pub max_concurrent_workloads: u32,
+    /// Seconds a new instance may take to report running.
+    pub wait_running_timeout_seconds: u64,
+    /// Milliseconds between an injected interruption notice and the kill (local driver).
+    pub interruption_delay_ms: u64,
+    /// Seconds between sweeps for instances no workload owns.
+    pub orphan_sweep_interval_seconds: u64,
+}
+
+impl Default for WorkloadsConfig {
+    fn default() -> Self {
+        WorkloadsConfig {
+            max_concurrent_workloads: 10,
+            wait_running_timeout_seconds: 120,
+            interruption_delay_ms: 2000,
+            orphan_sweep_interval_seconds: 60,
+        }
+    }
+}
+
+/// Health monitor settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonitorConfig {
+    /// Milliseconds between monitor polls; a check starts at most this late.
+    pub tick_ms: u64,
+    /// Most health checks in flight at once.
+    pub max_concurrent_checks: u32,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            tick_ms: 100,
+            max_concurrent_checks: 256,
+        }
+    }
 }
 
 /// Log line format.
@@ -111,6 +159,8 @@ impl Default for Config {
             shutdown_grace_seconds: 10,
             store: StoreConfig::default(),
             pricing: PricingConfig::default(),
+            workloads: WorkloadsConfig::default(),
+            monitor: MonitorConfig::default(),
         }
     }
 }
@@ -296,6 +346,27 @@ fn validate(config: &Config, origin: &BTreeMap<String, String>) -> Result<(), Se
                 "{} must be a fraction from 0 up to (not including) 1, such as 0.1",
                 scoring.preferred_region_bonus
             ),
+        );
+    }
+    if config.workloads.max_concurrent_workloads == 0 {
+        return fail(
+            "workloads.max_concurrent_workloads",
+            "must be at least 1".into(),
+        );
+    }
+    if config.monitor.tick_ms == 0 || config.monitor.tick_ms > 10_000 {
+        return fail(
+            "monitor.tick_ms",
+            format!("{} is outside 1..=10000 ms", config.monitor.tick_ms),
+        );
+    }
+    if config.monitor.max_concurrent_checks == 0 {
+        return fail("monitor.max_concurrent_checks", "must be at least 1".into());
+    }
+    if config.workloads.orphan_sweep_interval_seconds == 0 {
+        return fail(
+            "workloads.orphan_sweep_interval_seconds",
+            "must be at least 1 second".into(),
         );
     }
     if config.data_dir.as_os_str().is_empty() {

@@ -9,6 +9,7 @@ pub enum Origin {
     Config,
     Store,
     Collector,
+    Driver,
     Input,
     Io,
 }
@@ -46,6 +47,7 @@ impl ServiceError {
             ServiceError::Config(_) => Origin::Config,
             ServiceError::Store(_) => Origin::Store,
             ServiceError::Core(computearbitrage_core::Error::Collect { .. }) => Origin::Collector,
+            ServiceError::Core(computearbitrage_core::Error::Driver { .. }) => Origin::Driver,
             ServiceError::Core(_) => Origin::Input,
             ServiceError::Io { .. } => Origin::Io,
         }

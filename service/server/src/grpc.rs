@@ -47,8 +47,11 @@ fn core_error(error: Error) -> Status {
         Error::InvalidInput { .. } | Error::InvalidPageToken(_) => {
             Status::invalid_argument(error.to_string())
         }
-        Error::Collect { retryable, .. } if retryable => Status::unavailable(error.to_string()),
-        Error::Collect { .. } => Status::internal(error.to_string()),
+        Error::Collect { retryable, .. } | Error::Driver { retryable, .. } if retryable => {
+            Status::unavailable(error.to_string())
+        }
+        Error::Collect { .. } | Error::Driver { .. } => Status::internal(error.to_string()),
+        Error::InvalidTransition { .. } => Status::failed_precondition(error.to_string()),
     }
 }
 

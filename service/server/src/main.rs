@@ -1,6 +1,7 @@
 //! The `computearbitrage` command.
 
 use clap::{Parser, Subcommand};
+use computearbitrage::cli::{self, ClientCommand};
 use computearbitrage::config::{self, LogFormat, Overrides};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,6 +15,8 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    connection: Connection,
 }
 
 #[derive(Subcommand)]
@@ -30,11 +33,59 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Talk to a running service (prints JSON).
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+/// Where the operator commands find the service.
+#[derive(clap::Args, Debug)]
+struct Connection {
+    /// The service's gRPC URL.
+    #[arg(
+        long,
+        global = true,
+        env = "COMPUTEARBITRAGE_ENDPOINT",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    endpoint: String,
+    /// An API token of the service.
+    #[arg(
+        long,
+        global = true,
+        env = "COMPUTEARBITRAGE_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Client(command) => {
+            let Some(token) = cli.connection.token else {
+                eprintln!("error: no token; set COMPUTEARBITRAGE_TOKEN or pass --token");
+                return ExitCode::from(2);
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let target = cli::Target {
+                endpoint: cli.connection.endpoint,
+                token,
+            };
+            match runtime.block_on(cli::run(target, command)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve {
             config,
             listen,

@@ -5,12 +5,21 @@ use crate::auth::{self, Authenticator, Bootstrap};
 use crate::config::{Config, StoreEngine};
 use crate::error::ServiceError;
 use crate::grpc::{PricingApi, SystemApi};
+use crate::grpc_workloads::{AdminApi, WorkloadsApi};
 use crate::pricing::collect::{unix_now, CollectorWorker};
 use crate::pricing::snapshot::{SnapshotCollector, SnapshotSource, SOURCE as SNAPSHOT_SOURCE};
 use crate::pricing::PriceBook;
 use crate::worker::Supervisor;
+use crate::workloads::background::{DriverEventListener, OrphanSweeper, RunResumer};
+use crate::workloads::monitor::{Monitor, MonitorWorker};
+use crate::workloads::notify::NotificationSender;
+use crate::workloads::{Orchestrator, Settings};
+use computearbitrage_api::pb::admin_server::AdminServer;
 use computearbitrage_api::pb::pricing_server::PricingServer;
 use computearbitrage_api::pb::system_server::SystemServer;
+use computearbitrage_api::pb::workloads_server::WorkloadsServer;
+use computearbitrage_core::WorkloadStatus;
+use computearbitrage_driver_local::LocalDriver;
 use computearbitrage_store::{SqliteStore, Store};
 use std::future::Future;
 use std::sync::Arc;
@@ -75,6 +84,56 @@ pub async fn serve(
         supervisor.spawn(worker);
     }
 
+    // Workloads: the local driver stands in for every cloud on embedded defaults.
+    let local = LocalDriver::open(&config.data_dir.join("local-driver"))?;
+    let monitor = Monitor::new(config.monitor.max_concurrent_checks as usize);
+    let orchestrator = Orchestrator::new(
+        store.clone(),
+        book.clone(),
+        config.pricing.scoring.policy(),
+        local.clone(),
+        monitor.clone(),
+        Settings {
+            max_concurrent_workloads: config.workloads.max_concurrent_workloads,
+            wait_running_timeout: Duration::from_secs(
+                config.workloads.wait_running_timeout_seconds,
+            ),
+            interruption_delay: Duration::from_millis(config.workloads.interruption_delay_ms),
+            pause_at: std::env::var("CA_TEST_PAUSE_AT")
+                .ok()
+                .filter(|v| !v.is_empty()),
+        },
+    );
+    for workload in store
+        .workloads_in(&[WorkloadStatus::Running, WorkloadStatus::Unhealthy])
+        .await?
+    {
+        monitor.watch(&workload);
+    }
+    tracing::info!(watched = monitor.watched(), "health monitor loaded");
+    supervisor.spawn(RunResumer {
+        orchestrator: orchestrator.clone(),
+        interval: Duration::from_secs(5),
+    });
+    supervisor.spawn(DriverEventListener {
+        orchestrator: orchestrator.clone(),
+        driver: Arc::new(local),
+    });
+    supervisor.spawn(MonitorWorker {
+        monitor: monitor.clone(),
+        handler: orchestrator.clone(),
+        tick: Duration::from_millis(config.monitor.tick_ms),
+    });
+    supervisor.spawn(OrphanSweeper {
+        orchestrator: orchestrator.clone(),
+        interval: Duration::from_secs(config.workloads.orphan_sweep_interval_seconds),
+    });
+    supervisor.spawn(NotificationSender {
+        store: store.clone(),
+        http: reqwest::Client::new(),
+        interval: Duration::from_millis(500),
+    });
+
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| {
@@ -102,8 +161,15 @@ pub async fn serve(
             book: book.clone(),
             store: store.clone(),
         },
-        interceptor,
+        interceptor.clone(),
     );
+    let workloads = WorkloadsServer::with_interceptor(
+        WorkloadsApi {
+            orchestrator: orchestrator.clone(),
+        },
+        interceptor.clone(),
+    );
+    let admin = AdminServer::with_interceptor(AdminApi { orchestrator }, interceptor);
     // Stop accepting on the signal, let in-flight calls finish, and close connections
     // still open after the grace period (an idle client must not hold shutdown hostage).
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
@@ -115,6 +181,8 @@ pub async fn serve(
     let server = tonic::transport::Server::builder()
         .add_service(pricing)
         .add_service(system)
+        .add_service(workloads)
+        .add_service(admin)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
     let deadline = async move {
         if signalled_rx.await.is_ok() {

@@ -1,0 +1,271 @@
+//! Background workers of the orchestrator: the driver event listener (acts on
+//! interruption notices as they arrive), the run resumer (restarts unfinished runs
+//! after a crash or a store outage), and the orphan sweeper (kills instances no
+//! workload owns).
+
+use super::monitor::{HealthEvent, HealthHandler};
+use super::{notify, Orchestrator};
+use crate::error::ServiceError;
+use crate::worker::Worker;
+use computearbitrage_core::driver::{TENANT_TAG, WORKLOAD_TAG};
+use computearbitrage_core::{Driver, DriverEvent, InstanceState, OnInterruption, WorkloadStatus};
+use computearbitrage_store::{WorkloadChanges, WorkloadRecord};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+impl Orchestrator {
+    async fn workload_with_instance(
+        &self,
+        instance_id: &str,
+    ) -> Result<Option<WorkloadRecord>, ServiceError> {
+        let candidates = self
+            .store
+            .workloads_in(&[
+                WorkloadStatus::Running,
+                WorkloadStatus::Unhealthy,
+                WorkloadStatus::Provisioning,
+            ])
+            .await?;
+        Ok(candidates
+            .into_iter()
+            .find(|w| w.instance_id.as_deref() == Some(instance_id)))
+    }
+
+    /// Acts on what a driver reported.
+    pub async fn on_driver_event(self: &Arc<Self>, event: DriverEvent) -> Result<(), ServiceError> {
+        match event {
+            DriverEvent::InterruptionNotice {
+                instance_id,
+                deadline,
+            } => {
+                let Some(workload) = self.workload_with_instance(&instance_id).await? else {
+                    return Ok(());
+                };
+                tracing::warn!(tenant = %workload.tenant_id, workload_id = %workload.id, instance_id, deadline, "spot interruption notice");
+                self.monitor.unwatch(&workload.id);
+                let reason = format!(
+                    "spot interruption: instance {instance_id} is reclaimed at {}",
+                    computearbitrage_core::fmt::rfc3339(deadline)
+                );
+                if workload.status == WorkloadStatus::Running {
+                    self.transition(
+                        &workload,
+                        WorkloadStatus::Running,
+                        WorkloadStatus::Interrupted,
+                        &reason,
+                        WorkloadChanges::default(),
+                    )
+                    .await?;
+                }
+                notify::enqueue(
+                    self,
+                    &workload,
+                    "workload.interrupted",
+                    json!({ "instance_id": instance_id, "deadline": computearbitrage_core::fmt::rfc3339(deadline), "on_interruption": workload.spec.on_interruption.as_str() }),
+                )
+                .await?;
+                let why = match workload.spec.on_interruption {
+                    OnInterruption::Terminate => "spot interruption; on_interruption = \"terminate\"".to_string(),
+                    OnInterruption::Migrate => {
+                        "spot interruption; on_interruption = \"migrate\", but migration is not available yet, so the workload was terminated".to_string()
+                    }
+                };
+                if workload.status != WorkloadStatus::Provisioning {
+                    self.start_termination(&workload, &why).await?;
+                }
+            }
+            DriverEvent::Exited {
+                instance_id,
+                reason,
+            } => {
+                let Some(workload) = self.workload_with_instance(&instance_id).await? else {
+                    return Ok(());
+                };
+                if workload.status == WorkloadStatus::Running {
+                    let why = format!("instance {instance_id} exited: {reason}");
+                    self.transition(
+                        &workload,
+                        WorkloadStatus::Running,
+                        WorkloadStatus::Unhealthy,
+                        &why,
+                        WorkloadChanges::default(),
+                    )
+                    .await?;
+                    notify::enqueue(
+                        self,
+                        &workload,
+                        "workload.unhealthy",
+                        json!({ "reason": why }),
+                    )
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl HealthHandler for Orchestrator {
+    async fn on_health_event(&self, event: HealthEvent) -> Result<(), ServiceError> {
+        match event {
+            HealthEvent::Unhealthy {
+                tenant,
+                workload_id,
+                failures,
+                last_error,
+            } => {
+                let Some(workload) = self.store.workload(&tenant, &workload_id).await? else {
+                    return Ok(());
+                };
+                if workload.status == WorkloadStatus::Running {
+                    let reason =
+                        format!("{failures} consecutive health checks failed; last: {last_error}");
+                    self.transition(
+                        &workload,
+                        WorkloadStatus::Running,
+                        WorkloadStatus::Unhealthy,
+                        &reason,
+                        WorkloadChanges::default(),
+                    )
+                    .await?;
+                    notify::enqueue(
+                        self,
+                        &workload,
+                        "workload.unhealthy",
+                        json!({ "failures": failures, "last_error": last_error }),
+                    )
+                    .await?;
+                }
+            }
+            HealthEvent::Recovered {
+                tenant,
+                workload_id,
+            } => {
+                let Some(workload) = self.store.workload(&tenant, &workload_id).await? else {
+                    return Ok(());
+                };
+                if workload.status == WorkloadStatus::Unhealthy {
+                    self.transition(
+                        &workload,
+                        WorkloadStatus::Unhealthy,
+                        WorkloadStatus::Running,
+                        "health check passed again",
+                        WorkloadChanges::default(),
+                    )
+                    .await?;
+                    notify::enqueue(self, &workload, "workload.recovered", json!({})).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Waits for driver events and acts on them at once.
+pub struct DriverEventListener {
+    pub orchestrator: Arc<Orchestrator>,
+    pub driver: Arc<dyn Driver>,
+}
+
+#[async_trait::async_trait]
+impl Worker for DriverEventListener {
+    fn name(&self) -> String {
+        format!("driver-events:{}", self.driver.name())
+    }
+
+    fn interval(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    async fn tick(&mut self) -> Result<(), ServiceError> {
+        // Bounded wait, so shutdown is noticed within a second.
+        if let Some(event) = self.driver.next_event(Duration::from_secs(1)).await {
+            self.orchestrator.on_driver_event(event).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Restarts runs that are `running` in the store but not executing here.
+pub struct RunResumer {
+    pub orchestrator: Arc<Orchestrator>,
+    pub interval: Duration,
+}
+
+#[async_trait::async_trait]
+impl Worker for RunResumer {
+    fn name(&self) -> String {
+        "run-resumer".into()
+    }
+
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    async fn tick(&mut self) -> Result<(), ServiceError> {
+        self.orchestrator.resume_unfinished().await.map(|_| ())
+    }
+}
+
+/// Terminates live instances that no active workload owns.
+pub struct OrphanSweeper {
+    pub orchestrator: Arc<Orchestrator>,
+    pub interval: Duration,
+}
+
+impl OrphanSweeper {
+    pub async fn sweep(&self) -> Result<Vec<String>, ServiceError> {
+        let orch = &self.orchestrator;
+        let mut swept = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for driver in orch.drivers.values() {
+            if !seen.insert(driver.name().to_string()) {
+                continue;
+            }
+            for instance in driver.list_by_tag(WORKLOAD_TAG, None).await? {
+                if matches!(instance.state, InstanceState::Terminated { .. }) {
+                    continue;
+                }
+                let (Some(workload_id), Some(tenant)) = (
+                    instance.tags.get(WORKLOAD_TAG),
+                    instance.tags.get(TENANT_TAG),
+                ) else {
+                    continue;
+                };
+                let owner = orch.store.workload(tenant, workload_id).await?;
+                let orphan = match &owner {
+                    None => true,
+                    Some(w) => match w.status {
+                        WorkloadStatus::Failed | WorkloadStatus::Terminated => true,
+                        WorkloadStatus::Pending | WorkloadStatus::Provisioning => false,
+                        // A live instance that is not the workload's current one.
+                        _ => w.instance_id.as_deref() != Some(instance.instance_id.as_str()),
+                    },
+                };
+                if orphan {
+                    tracing::warn!(instance_id = %instance.instance_id, workload_id = %workload_id, "terminating an orphaned instance");
+                    driver.terminate(&instance.instance_id).await?;
+                    swept.push(instance.instance_id);
+                }
+            }
+        }
+        Ok(swept)
+    }
+}
+
+#[async_trait::async_trait]
+impl Worker for OrphanSweeper {
+    fn name(&self) -> String {
+        "orphan-sweeper".into()
+    }
+
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    async fn tick(&mut self) -> Result<(), ServiceError> {
+        self.sweep().await.map(|_| ())
+    }
+}

@@ -1,0 +1,417 @@
+//! Workloads: the durable orchestrator and everything that changes a workload.
+//!
+//! - [`Orchestrator`] (this file): the operations the API calls (apply, update,
+//!   delete, replay, interrupt) and the shared context of the workflows.
+//! - [`engine`]: executes workflow runs step by step against the ledger in the store,
+//!   with retries, dead letters and crash-safe resumption.
+//! - [`steps`]: what each provisioning and termination step does.
+//! - [`monitor`]: health checks of running workloads.
+//! - [`notify`]: signed webhook notifications with retries.
+//! - [`background`]: the workers that listen to driver events, resume runs and sweep
+//!   orphaned instances.
+//!
+//! Invariant: only this module changes a workload's status, and only through
+//! `core::lifecycle::Transition`.
+
+pub mod background;
+pub mod engine;
+pub mod monitor;
+pub mod notify;
+pub mod steps;
+
+use crate::error::ServiceError;
+use crate::pricing::PriceBook;
+use computearbitrage_core::{
+    Cloud, Driver, ScoringPolicy, Transition, WorkloadSpec, WorkloadStatus,
+};
+use computearbitrage_driver_local::LocalDriver;
+use computearbitrage_store::{
+    CreateOutcome, RunKind, RunRecord, RunStatus, Store, WorkloadChanges, WorkloadRecord,
+};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Unix milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A random id with a readable prefix (`wl_…`, `run_…`).
+pub fn new_id(prefix: &str) -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 10];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    format!("{prefix}_{}", hex::encode(bytes))
+}
+
+/// Orchestrator settings from the service configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Quota of active workloads per tenant unless the tenant overrides it.
+    pub max_concurrent_workloads: u32,
+    /// How long an instance may take to report running.
+    pub wait_running_timeout: Duration,
+    /// Default delay between an injected interruption notice and the kill.
+    pub interruption_delay: Duration,
+    /// Where the engine pauses for the crash test (`STEP:before|after|uncommitted`).
+    pub pause_at: Option<String>,
+}
+
+/// An API-level failure of an orchestrator operation.
+#[derive(Debug, thiserror::Error)]
+pub enum OperationError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+}
+
+impl From<computearbitrage_store::StoreError> for OperationError {
+    fn from(e: computearbitrage_store::StoreError) -> Self {
+        OperationError::Service(e.into())
+    }
+}
+
+pub struct Orchestrator {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) book: Arc<PriceBook>,
+    pub(crate) policy: ScoringPolicy,
+    pub(crate) drivers: HashMap<Cloud, Arc<dyn Driver>>,
+    pub(crate) local: Option<LocalDriver>,
+    pub(crate) monitor: Arc<monitor::Monitor>,
+    pub(crate) http: reqwest::Client,
+    pub(crate) settings: Settings,
+    /// Runs executing in this process: run id → workload id.
+    pub(crate) in_flight: Mutex<HashMap<String, String>>,
+    /// Workloads whose provisioning must stop at the next step boundary.
+    pub(crate) cancelled: Mutex<HashSet<String>>,
+}
+
+impl Orchestrator {
+    pub fn new(
+        store: Arc<dyn Store>,
+        book: Arc<PriceBook>,
+        policy: ScoringPolicy,
+        local: LocalDriver,
+        monitor: Arc<monitor::Monitor>,
+        settings: Settings,
+    ) -> Arc<Orchestrator> {
+        // The local driver stands in for every cloud on embedded defaults.
+        let shared: Arc<dyn Driver> = Arc::new(local.clone());
+        let drivers = Cloud::ALL
+            .into_iter()
+            .map(|c| (c, shared.clone()))
+            .collect();
+        Arc::new(Orchestrator {
+            store,
+            book,
+            policy,
+            drivers,
+            local: Some(local),
+            monitor,
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("an HTTP client without TLS builds"),
+            settings,
+            in_flight: Mutex::new(HashMap::new()),
+            cancelled: Mutex::new(HashSet::new()),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub(crate) fn driver(&self, provider: &str) -> Result<Arc<dyn Driver>, ServiceError> {
+        Cloud::parse(provider)
+            .and_then(|c| self.drivers.get(&c).cloned())
+            .ok_or_else(|| ServiceError::config(format!("no driver for provider {provider:?}")))
+    }
+
+    /// Creates a workload and starts provisioning it, or returns the active workload
+    /// of the same name if it asks for the same thing (the adopt path of a create that
+    /// Terraform lost).
+    pub async fn apply(
+        self: &Arc<Self>,
+        tenant: &str,
+        spec: WorkloadSpec,
+    ) -> Result<WorkloadRecord, OperationError> {
+        let now = now_ms();
+        let id = new_id("wl");
+        let record = WorkloadRecord {
+            id: id.clone(),
+            tenant_id: tenant.to_string(),
+            name: spec.name.clone(),
+            spec: spec.clone(),
+            status: WorkloadStatus::Pending,
+            status_reason: "accepted; provisioning will start".into(),
+            failed_step: None,
+            placement: None,
+            instance_id: None,
+            endpoint: None,
+            instance_started_at: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let run = RunRecord {
+            id: new_id("run"),
+            tenant_id: tenant.to_string(),
+            workload_id: id.clone(),
+            kind: RunKind::Provision,
+            status: RunStatus::Running,
+            reason: "created".into(),
+            error: None,
+            failed_step: None,
+            replays: 0,
+            created_at: now,
+            updated_at: now,
+        };
+        let run_id = run.id.clone();
+        match self.store.create_workload(record.clone(), run).await? {
+            CreateOutcome::Created => {
+                tracing::info!(tenant, workload_id = %id, name = %spec.name, "workload accepted");
+                self.spawn_run(run_id);
+                Ok(record)
+            }
+            CreateOutcome::Existing(existing) => {
+                if existing.spec.same_identity(&spec) {
+                    tracing::info!(tenant, workload_id = %existing.id, name = %spec.name, "adopted the existing workload of this name");
+                    Ok(*existing)
+                } else {
+                    Err(OperationError::AlreadyExists(format!(
+                        "workload {:?} already exists ({}, {}) with a different command, image, port or requirements; choose another name, or destroy it first",
+                        spec.name, existing.id, existing.status
+                    )))
+                }
+            }
+        }
+    }
+
+    pub async fn get(&self, tenant: &str, id: &str) -> Result<WorkloadRecord, OperationError> {
+        self.store.workload(tenant, id).await?.ok_or_else(|| {
+            OperationError::NotFound(format!(
+                "no workload {id:?}; it may have been created in another tenant or never existed"
+            ))
+        })
+    }
+
+    /// Changes what can change in place: tags, health check, on_interruption, env.
+    pub async fn update(
+        &self,
+        tenant: &str,
+        id: &str,
+        apply: impl FnOnce(&mut WorkloadSpec),
+    ) -> Result<WorkloadRecord, OperationError> {
+        let current = self.get(tenant, id).await?;
+        if current.status == WorkloadStatus::Terminated {
+            return Err(OperationError::FailedPrecondition(format!(
+                "workload {id} is TERMINATED and cannot change; create a new one"
+            )));
+        }
+        let mut spec = current.spec.clone();
+        apply(&mut spec);
+        self.store
+            .update_workload(
+                tenant,
+                id,
+                WorkloadChanges {
+                    spec: Some(spec),
+                    ..Default::default()
+                },
+                now_ms(),
+            )
+            .await?;
+        let updated = self.get(tenant, id).await?;
+        if matches!(
+            updated.status,
+            WorkloadStatus::Running | WorkloadStatus::Unhealthy
+        ) {
+            self.monitor.watch(&updated);
+        }
+        Ok(updated)
+    }
+
+    /// Starts termination unless it is under way or done.
+    pub async fn delete(
+        self: &Arc<Self>,
+        tenant: &str,
+        id: &str,
+        reason: &str,
+    ) -> Result<WorkloadRecord, OperationError> {
+        let workload = self.get(tenant, id).await?;
+        if workload.status == WorkloadStatus::Terminated {
+            return Ok(workload);
+        }
+        self.start_termination(&workload, reason).await?;
+        self.get(tenant, id).await
+    }
+
+    /// Starts a termination run for a workload, unless one is already running.
+    pub(crate) async fn start_termination(
+        self: &Arc<Self>,
+        workload: &WorkloadRecord,
+        reason: &str,
+    ) -> Result<(), ServiceError> {
+        let runs = self
+            .store
+            .runs_of(&workload.tenant_id, &workload.id)
+            .await?;
+        if runs
+            .iter()
+            .any(|r| r.kind == RunKind::Terminate && r.status == RunStatus::Running)
+        {
+            return Ok(());
+        }
+        self.cancelled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(workload.id.clone());
+        let now = now_ms();
+        let run = RunRecord {
+            id: new_id("run"),
+            tenant_id: workload.tenant_id.clone(),
+            workload_id: workload.id.clone(),
+            kind: RunKind::Terminate,
+            status: RunStatus::Running,
+            reason: reason.to_string(),
+            error: None,
+            failed_step: None,
+            replays: 0,
+            created_at: now,
+            updated_at: now,
+        };
+        let run_id = run.id.clone();
+        self.store.create_run(run).await?;
+        tracing::info!(tenant = %workload.tenant_id, workload_id = %workload.id, reason, "termination started");
+        self.spawn_run(run_id);
+        Ok(())
+    }
+
+    /// Puts a dead run back to work from its first unfinished step.
+    pub async fn replay(
+        self: &Arc<Self>,
+        tenant: &str,
+        run_id: &str,
+    ) -> Result<RunRecord, OperationError> {
+        let run = self
+            .store
+            .run(run_id)
+            .await?
+            .filter(|r| r.tenant_id == tenant)
+            .ok_or_else(|| OperationError::NotFound(format!("no run {run_id:?}")))?;
+        if run.status != RunStatus::Dead {
+            return Err(OperationError::FailedPrecondition(format!(
+                "run {run_id} is {}, not a dead letter; only dead runs can be replayed",
+                run.status.as_str()
+            )));
+        }
+        if run.kind == RunKind::Provision {
+            return Err(OperationError::FailedPrecondition(format!(
+                "run {run_id} provisioned a workload that has FAILED and released its instance; apply the workload again instead of replaying"
+            )));
+        }
+        self.store.revive_run(run_id, now_ms()).await?;
+        tracing::info!(tenant, run_id, "dead letter replayed");
+        self.spawn_run(run_id.to_string());
+        Ok(self.store.run(run_id).await?.unwrap_or(run))
+    }
+
+    /// Local driver only: a spot interruption of the workload's instance.
+    pub async fn inject_interruption(
+        &self,
+        tenant: &str,
+        id: &str,
+        delay: Option<Duration>,
+    ) -> Result<(String, i64), OperationError> {
+        let workload = self.get(tenant, id).await?;
+        let Some(instance_id) = workload
+            .instance_id
+            .clone()
+            .filter(|_| workload.status == WorkloadStatus::Running)
+        else {
+            return Err(OperationError::FailedPrecondition(format!(
+                "workload {id} is {}; only a RUNNING workload can be interrupted",
+                workload.status
+            )));
+        };
+        let Some(local) = &self.local else {
+            return Err(OperationError::FailedPrecondition(
+                "interruptions can only be injected with the local driver".into(),
+            ));
+        };
+        let deadline = local
+            .inject_interruption(
+                &instance_id,
+                delay.unwrap_or(self.settings.interruption_delay),
+            )
+            .await
+            .map_err(|e| OperationError::Service(e.into()))?;
+        Ok((instance_id, deadline))
+    }
+
+    /// Applies a checked transition; succeeds if the workload is already in `to`
+    /// (a step redone after a crash between its effect and its ledger entry).
+    pub(crate) async fn transition(
+        &self,
+        workload: &WorkloadRecord,
+        from: WorkloadStatus,
+        to: WorkloadStatus,
+        reason: &str,
+        changes: WorkloadChanges,
+    ) -> Result<(), ServiceError> {
+        let transition = Transition::new(from, to)?;
+        let applied = self
+            .store
+            .transition_workload(
+                &workload.tenant_id,
+                &workload.id,
+                transition,
+                reason,
+                now_ms(),
+                changes.clone(),
+            )
+            .await?;
+        if applied {
+            tracing::info!(tenant = %workload.tenant_id, workload_id = %workload.id, from = %from, to = %to, reason, "workload status changed");
+            return Ok(());
+        }
+        let current = self
+            .store
+            .workload(&workload.tenant_id, &workload.id)
+            .await?
+            .map(|w| w.status);
+        if current == Some(to) {
+            self.store
+                .update_workload(&workload.tenant_id, &workload.id, changes, now_ms())
+                .await?;
+            return Ok(());
+        }
+        Err(computearbitrage_core::Error::InvalidInput {
+            field: "status".into(),
+            message: format!(
+                "workload {} is {}, not {from}; it changed concurrently",
+                workload.id,
+                current
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "gone".into())
+            ),
+        }
+        .into())
+    }
+
+    pub(crate) fn is_cancelled(&self, workload_id: &str) -> bool {
+        self.cancelled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(workload_id)
+    }
+}

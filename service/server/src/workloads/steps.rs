@@ -1,0 +1,475 @@
+//! What each workflow step does. Steps are written to be safe to run again: a step
+//! redone after a crash between its effect and its ledger entry finds its effect
+//! already there (idempotency tokens for the driver, "already in the target status"
+//! for transitions).
+
+use super::engine::{StepContext, StepError};
+use super::{notify, now_ms, Orchestrator};
+use computearbitrage_core::driver::{TENANT_TAG, WORKLOAD_TAG};
+use computearbitrage_core::workflow::*;
+use computearbitrage_core::{place, InstanceSpec, InstanceState, WorkloadStatus};
+use computearbitrage_store::{BillingRecord, PlacementRecord, WorkloadChanges, WorkloadRecord};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Runs one step.
+pub async fn execute(
+    orch: &Arc<Orchestrator>,
+    step: &str,
+    ctx: &StepContext<'_>,
+) -> Result<Value, StepError> {
+    match step {
+        QUOTA_CHECK => quota_check(orch, ctx).await,
+        PLACEMENT => placement(orch, ctx).await,
+        MARK_PROVISIONING => mark_provisioning(orch, ctx).await,
+        PROVISION => provision(orch, ctx).await,
+        WAIT_RUNNING => wait_running(orch, ctx).await,
+        WAIT_HEALTHY => wait_healthy(orch, ctx).await,
+        REGISTER_ROUTING => register_routing(orch, ctx).await,
+        STORAGE_INIT => Ok(storage_init(ctx)),
+        START_MONITORING => {
+            let current = orch
+                .get(&ctx.workload.tenant_id, &ctx.workload.id)
+                .await
+                .map_err(|e| StepError::transient(e.to_string()))?;
+            orch.monitor.watch(&current);
+            Ok(json!({ "watching": current.endpoint }))
+        }
+        NOTIFY => {
+            let current = orch
+                .get(&ctx.workload.tenant_id, &ctx.workload.id)
+                .await
+                .map_err(|e| StepError::transient(e.to_string()))?;
+            notify::enqueue(
+                orch,
+                &current,
+                "workload.ready",
+                json!({ "endpoint": current.endpoint }),
+            )
+            .await?;
+            Ok(json!({ "notified": "workload.ready" }))
+        }
+        MARK_STOPPING => mark_stopping(orch, ctx).await,
+        STOP_MONITORING => {
+            orch.monitor.unwatch(&ctx.workload.id);
+            Ok(json!({}))
+        }
+        TERMINATE_INSTANCE => terminate_instance(orch, ctx).await,
+        STORAGE_RETENTION => Ok(storage_retention(ctx)),
+        REMOVE_ROUTING => {
+            orch.store
+                .update_workload(
+                    &ctx.workload.tenant_id,
+                    &ctx.workload.id,
+                    WorkloadChanges {
+                        endpoint: Some(None),
+                        ..Default::default()
+                    },
+                    now_ms(),
+                )
+                .await?;
+            Ok(json!({}))
+        }
+        MARK_TERMINATED => mark_terminated(orch, ctx).await,
+        RECORD_BILLING => record_billing(orch, ctx).await,
+        other => Err(StepError::permanent(format!("unknown step {other}"))),
+    }
+}
+
+async fn quota_check(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, StepError> {
+    let tenant = &ctx.workload.tenant_id;
+    let settings = orch.store.tenant_settings(tenant).await?;
+    let max = settings
+        .max_concurrent_workloads
+        .unwrap_or(orch.settings.max_concurrent_workloads);
+    // The count includes this workload.
+    let active = orch.store.count_active_workloads(tenant).await?;
+    if active > u64::from(max) {
+        return Err(StepError::permanent(format!(
+            "quota exceeded: tenant {tenant:?} may run {max} concurrent workloads (max_concurrent_workloads) and this would be number {active}; destroy a workload or raise the quota"
+        )));
+    }
+    Ok(json!({ "active": active, "max": max }))
+}
+
+async fn placement(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, StepError> {
+    let catalog = orch.book.catalog();
+    let placed = place(&catalog, &ctx.workload.spec.requirements, 0, &orch.policy)?;
+    let offer = placed.best.offer;
+    Ok(json!({
+        "provider": offer.cloud.as_str(),
+        "region": offer.region,
+        "zone": offer.zone,
+        "instance_type": offer.instance_type,
+        "spot_price": offer.spot_price,
+        "on_demand_price": offer.on_demand_price,
+        "reason": placed.best.reason,
+    }))
+}
+
+fn placement_record(output: &Value) -> PlacementRecord {
+    let s = |k: &str| {
+        output
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    PlacementRecord {
+        provider: s("provider"),
+        region: s("region"),
+        zone: s("zone"),
+        instance_type: s("instance_type"),
+        price_per_hour: output
+            .get("spot_price")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0),
+        on_demand_price_per_hour: output.get("on_demand_price").and_then(Value::as_f64),
+    }
+}
+
+async fn mark_provisioning(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, StepError> {
+    let placed = placement_record(ctx.output(PLACEMENT)?);
+    let reason = format!(
+        "placed on {} {} in {}",
+        placed.provider, placed.instance_type, placed.region
+    );
+    orch.transition(
+        ctx.workload,
+        WorkloadStatus::Pending,
+        WorkloadStatus::Provisioning,
+        &reason,
+        WorkloadChanges {
+            placement: Some(Some(placed)),
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(json!({}))
+}
+
+async fn provision(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, StepError> {
+    let placed = placement_record(ctx.output(PLACEMENT)?);
+    let spec = &ctx.workload.spec;
+    let mut tags = spec.tags.clone();
+    tags.insert(WORKLOAD_TAG.into(), ctx.workload.id.clone());
+    tags.insert(TENANT_TAG.into(), ctx.workload.tenant_id.clone());
+    let driver = orch.driver(&placed.provider)?;
+    let instance = driver
+        .create_spot_instance(&InstanceSpec {
+            idempotency_token: ctx.token(PROVISION),
+            region: placed.region.clone(),
+            zone: placed.zone.clone(),
+            instance_type: placed.instance_type.clone(),
+            // The seed's 10 % buffer over the spot price.
+            max_price: placed.price_per_hour * 1.1,
+            command: spec.command.clone(),
+            image: spec.image.clone(),
+            env: spec.env.clone(),
+            port: spec.port,
+            tags,
+        })
+        .await?;
+    let started_ms = now_ms();
+    orch.store
+        .update_workload(
+            &ctx.workload.tenant_id,
+            &ctx.workload.id,
+            WorkloadChanges {
+                instance_id: Some(Some(instance.instance_id.clone())),
+                instance_started_at: Some(Some(started_ms)),
+                ..Default::default()
+            },
+            started_ms,
+        )
+        .await?;
+    Ok(
+        json!({ "instance_id": instance.instance_id, "started_at_ms": started_ms, "driver": driver.name() }),
+    )
+}
+
+fn instance_id(ctx: &StepContext<'_>) -> Result<String, StepError> {
+    ctx.output(PROVISION)?
+        .get("instance_id")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| StepError::permanent("the provision step recorded no instance id"))
+}
+
+async fn wait_running(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, StepError> {
+    let placed = placement_record(ctx.output(PLACEMENT)?);
+    let driver = orch.driver(&placed.provider)?;
+    let id = instance_id(ctx)?;
+    let deadline = tokio::time::Instant::now() + orch.settings.wait_running_timeout;
+    loop {
+        let instance = driver.instance(&id).await?;
+        match instance.state {
+            InstanceState::Running => {
+                let address = instance
+                    .address
+                    .ok_or_else(|| StepError::transient("running but no address yet"))?;
+                return Ok(json!({ "address": address }));
+            }
+            InstanceState::Terminated { reason } => {
+                return Err(StepError::permanent(format!(
+                    "instance {id} stopped before running: {reason}"
+                )));
+            }
+            InstanceState::Interrupted { .. } => {
+                return Err(StepError::permanent(format!(
+                    "instance {id} was interrupted before running"
+                )));
+            }
+            InstanceState::Pending => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(StepError::permanent(format!(
+                "instance {id} did not report running within {} s",
+                orch.settings.wait_running_timeout.as_secs()
+            )));
+        }
+        if orch.is_cancelled(&ctx.workload.id) {
+            return Err(StepError::permanent("cancelled"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_healthy(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, StepError> {
+    let address = ctx
+        .output(WAIT_RUNNING)?
+        .get("address")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let check = &ctx.workload.spec.health_check;
+    let url = format!("http://{address}{}", check.path);
+    let placed = placement_record(ctx.output(PLACEMENT)?);
+    let driver = orch.driver(&placed.provider)?;
+    let id = instance_id(ctx)?;
+    // The whole create may take create_timeout, counted from when it was accepted.
+    let budget_ms =
+        ctx.workload.spec.create_timeout.as_millis() as i64 - (now_ms() - ctx.workload.created_at);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(budget_ms.max(1_000) as u64);
+    let mut last_error: String;
+    loop {
+        match orch.http.get(&url).timeout(check.timeout).send().await {
+            Ok(response) if response.status().is_success() => {
+                return Ok(json!({ "url": url, "status": response.status().as_u16() }));
+            }
+            Ok(response) => last_error = format!("HTTP {}", response.status()),
+            Err(e) => last_error = describe_http_error(&e),
+        }
+        if let InstanceState::Terminated { reason } = driver.instance(&id).await?.state {
+            return Err(StepError::permanent(format!("the workload exited before its health check passed ({reason}); last check of {url}: {last_error}")));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(StepError::permanent(format!(
+                "health check GET {url} did not succeed within the create timeout ({} s); last error: {last_error}",
+                ctx.workload.spec.create_timeout.as_secs()
+            )));
+        }
+        if orch.is_cancelled(&ctx.workload.id) {
+            return Err(StepError::permanent("cancelled"));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A short, useful description of a failed request ("connection refused").
+pub fn describe_http_error(e: &reqwest::Error) -> String {
+    use std::error::Error;
+    if e.is_timeout() {
+        return "timed out".into();
+    }
+    let mut source: Option<&(dyn Error + 'static)> = e.source();
+    let mut text = e.to_string();
+    while let Some(s) = source {
+        text = s.to_string();
+        source = s.source();
+    }
+    text
+}
+
+async fn register_routing(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, StepError> {
+    let address = ctx
+        .output(WAIT_RUNNING)?
+        .get("address")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    orch.transition(
+        ctx.workload,
+        WorkloadStatus::Provisioning,
+        WorkloadStatus::Running,
+        "health check passed",
+        WorkloadChanges {
+            endpoint: Some(Some(address.clone())),
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(json!({ "endpoint": address }))
+}
+
+fn storage_init(ctx: &StepContext<'_>) -> Value {
+    let storage = &ctx.workload.spec.storage;
+    json!({
+        "enabled": storage.enabled,
+        "quota_gb": storage.quota_gb,
+        "retention_days": storage.retention_days,
+        "namespace": format!("workloads/{}/", ctx.workload.id),
+    })
+}
+
+async fn mark_stopping(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, StepError> {
+    // Provisioning of this workload stops at its next step boundary; wait for it, so
+    // it cannot start an instance after this run has looked for instances.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let provisioning = orch
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|(run, workload)| workload == &ctx.workload.id && run != &ctx.run.id);
+        if !provisioning {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(StepError::transient(
+                "provisioning of this workload has not stopped yet",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let current = orch
+        .get(&ctx.workload.tenant_id, &ctx.workload.id)
+        .await
+        .map_err(|e| StepError::transient(e.to_string()))?;
+    match current.status {
+        // Cleanup after an interruption or failed health goes straight to TERMINATED.
+        WorkloadStatus::Interrupted
+        | WorkloadStatus::Unhealthy
+        | WorkloadStatus::Stopping
+        | WorkloadStatus::Terminated => {}
+        from => {
+            orch.transition(
+                &current,
+                from,
+                WorkloadStatus::Stopping,
+                &ctx.run.reason,
+                WorkloadChanges::default(),
+            )
+            .await?;
+        }
+    }
+    Ok(json!({ "from": current.status.as_str() }))
+}
+
+/// Terminates every live instance of the workload; returns their ids.
+pub async fn release_instances(
+    orch: &Orchestrator,
+    workload: &WorkloadRecord,
+) -> Result<Vec<String>, StepError> {
+    let mut released = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for driver in orch.drivers.values() {
+        if !seen.insert(driver.name().to_string()) {
+            continue;
+        }
+        for instance in driver.list_by_tag(WORKLOAD_TAG, Some(&workload.id)).await? {
+            if !matches!(instance.state, InstanceState::Terminated { .. }) {
+                driver.terminate(&instance.instance_id).await?;
+                released.push(instance.instance_id);
+            }
+        }
+    }
+    Ok(released)
+}
+
+async fn terminate_instance(
+    orch: &Orchestrator,
+    ctx: &StepContext<'_>,
+) -> Result<Value, StepError> {
+    let released = release_instances(orch, ctx.workload).await?;
+    Ok(json!({ "terminated": released, "ended_at_ms": now_ms() }))
+}
+
+fn storage_retention(ctx: &StepContext<'_>) -> Value {
+    let storage = &ctx.workload.spec.storage;
+    if storage.enabled {
+        json!({ "expires_at_ms": now_ms() + i64::from(storage.retention_days) * 86_400_000 })
+    } else {
+        json!({ "enabled": false })
+    }
+}
+
+async fn mark_terminated(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, StepError> {
+    let current = orch
+        .get(&ctx.workload.tenant_id, &ctx.workload.id)
+        .await
+        .map_err(|e| StepError::transient(e.to_string()))?;
+    if current.status != WorkloadStatus::Terminated {
+        orch.transition(
+            &current,
+            current.status,
+            WorkloadStatus::Terminated,
+            &ctx.run.reason,
+            WorkloadChanges::default(),
+        )
+        .await?;
+        notify::enqueue(
+            orch,
+            &current,
+            "workload.terminated",
+            json!({ "reason": ctx.run.reason }),
+        )
+        .await?;
+    }
+    Ok(json!({}))
+}
+
+async fn record_billing(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, StepError> {
+    let workload = &ctx.workload;
+    let ended = ctx
+        .output(TERMINATE_INSTANCE)?
+        .get("ended_at_ms")
+        .and_then(Value::as_i64)
+        .unwrap_or_else(now_ms);
+    let (Some(placed), Some(started), Some(instance_id)) = (
+        &workload.placement,
+        workload.instance_started_at,
+        &workload.instance_id,
+    ) else {
+        return Ok(json!({ "billed": false, "why": "no instance was started" }));
+    };
+    let record = bill(workload, placed, instance_id, started, ended);
+    let cost = record.cost;
+    orch.store.add_billing(record).await?;
+    Ok(json!({ "billed": true, "cost": cost }))
+}
+
+/// The cost of one instance segment: duration × the price paid for it.
+pub fn bill(
+    workload: &WorkloadRecord,
+    placed: &PlacementRecord,
+    instance_id: &str,
+    started_ms: i64,
+    ended_ms: i64,
+) -> BillingRecord {
+    let seconds = (ended_ms - started_ms).max(0) as f64 / 1000.0;
+    BillingRecord {
+        tenant_id: workload.tenant_id.clone(),
+        workload_id: workload.id.clone(),
+        instance_id: instance_id.to_string(),
+        provider: placed.provider.clone(),
+        region: placed.region.clone(),
+        instance_type: placed.instance_type.clone(),
+        price_per_hour: placed.price_per_hour,
+        started_at: started_ms,
+        ended_at: ended_ms,
+        cost: placed.price_per_hour * seconds / 3600.0,
+    }
+}
