@@ -15,7 +15,7 @@ use crate::client::{report_status, report_violations, Connection, SharedConnecti
 use crate::duration;
 use crate::number::Number;
 use crate::requirements::{self, check_whole, strings, whole, RequirementsBlock};
-use crate::schema::{attribute, computed, optional, string_list};
+use crate::schema::{attribute, computed, optional, optional_computed, string_list};
 use computearbitrage_api::{pb, validate};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -100,6 +100,15 @@ fn map_of(value: &StringMap) -> HashMap<String, String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The new value, but in the prior representation when it is the same number:
+/// Terraform compares decimals exactly, and the state's `0.00688` is not float64's.
+fn same_number(prior: &Value<Number>, new: Option<f64>) -> Value<Number> {
+    match (prior, new) {
+        (Value::Value(p), Some(n)) if p.value() == n => prior.clone(),
+        (_, new) => new.map(Number::from).into(),
+    }
 }
 
 fn count(value: &Value<Number>) -> u32 {
@@ -257,6 +266,31 @@ impl WorkloadState {
         ok
     }
 
+    /// Fills unset Optional+Computed attributes with the defaults the service applies,
+    /// so the state always says what is in effect (and an import plans clean).
+    fn fill_defaults(&mut self) {
+        if self.port.is_null() {
+            self.port = Value::Value(Number::from(DEFAULT_PORT));
+        }
+        if self.on_interruption.is_null() {
+            self.on_interruption = Value::Value("migrate".into());
+        }
+        if let Value::Value(check) = &mut self.health_check {
+            if check.path.is_null() {
+                check.path = Value::Value("/health".into());
+            }
+            for (value, default) in [
+                (&mut check.interval_seconds, 30),
+                (&mut check.timeout_seconds, 5),
+                (&mut check.unhealthy_threshold, 3),
+            ] {
+                if value.is_null() {
+                    *value = Value::Value(Number::from(default));
+                }
+            }
+        }
+    }
+
     fn set_computed_unknown(&mut self) {
         self.id = Value::Unknown;
         self.status = Value::Unknown;
@@ -294,8 +328,9 @@ impl WorkloadState {
         self.instance_type = Value::Value(w.instance_type.clone());
         self.instance_id = Value::Value(w.instance_id.clone());
         self.endpoint = Value::Value(w.endpoint.clone());
-        self.price_per_hour = w.price_per_hour.map(Number::from).into();
-        self.on_demand_price_per_hour = w.on_demand_price_per_hour.map(Number::from).into();
+        self.price_per_hour = same_number(&self.price_per_hour, w.price_per_hour);
+        self.on_demand_price_per_hour =
+            same_number(&self.on_demand_price_per_hour, w.on_demand_price_per_hour);
         self.created_at = Value::Value(w.created_at.clone());
     }
 
@@ -370,9 +405,11 @@ impl WorkloadState {
                     ))),
                 })
             },
-            on_interruption: Some(spec.on_interruption.clone())
-                .filter(|o| o != "migrate" && !o.is_empty())
-                .into(),
+            on_interruption: Value::Value(if spec.on_interruption.is_empty() {
+                "migrate".into()
+            } else {
+                spec.on_interruption.clone()
+            }),
             storage: if storage.enabled {
                 Value::Value(StorageBlock {
                     enabled: Value::Value(true),
@@ -444,8 +481,8 @@ impl Resource for WorkloadResource {
             ("command".to_string(), attribute(string_list(), AttributeConstraint::Required, "The program and its arguments, run on the instance. The local driver runs it as a process with `PORT` set. Changing it replaces the workload.")),
             ("image".to_string(), optional(AttributeType::String, "Container image for real clouds; the local driver ignores it. Changing it replaces the workload.")),
             ("env".to_string(), optional(string_map.clone(), "Environment variables of the workload. Changes are stored in place and apply when the workload is next provisioned.")),
-            ("port".to_string(), optional(AttributeType::Number, "The port the workload serves on, passed as `PORT` (the local driver picks a free port instead). Default 8080. Changing it replaces the workload.")),
-            ("on_interruption".to_string(), optional(AttributeType::String, "What to do when the cloud reclaims the capacity: `migrate` (default) or `terminate`. Until migration ships, both terminate the workload.")),
+            ("port".to_string(), optional_computed(AttributeType::Number, "The port the workload serves on, passed as `PORT` (the local driver picks a free port instead). Default 8080. Changing it replaces the workload.")),
+            ("on_interruption".to_string(), optional_computed(AttributeType::String, "What to do when the cloud reclaims the capacity: `migrate` (default) or `terminate`. Until migration ships, both terminate the workload.")),
             ("tags".to_string(), optional(string_map, "Tags for the instance and the workload; changed in place.")),
             ("status".to_string(), computed(AttributeType::String, "Lifecycle status: `RUNNING` after create; `UNHEALTHY`, `INTERRUPTED`, … as the service observes.")),
             ("provider".to_string(), computed(AttributeType::String, "Cloud the workload runs on. May change when the service moves it; never a diff.")),
@@ -462,25 +499,25 @@ impl Resource for WorkloadResource {
             attributes: HashMap::from([
                 (
                     "path".to_string(),
-                    optional(
+                    optional_computed(
                         AttributeType::String,
                         "HTTP path checked with GET; 2xx is healthy. Default `/health`.",
                     ),
                 ),
                 (
                     "interval_seconds".to_string(),
-                    optional(AttributeType::Number, "Seconds between checks. Default 30."),
+                    optional_computed(AttributeType::Number, "Seconds between checks. Default 30."),
                 ),
                 (
                     "timeout_seconds".to_string(),
-                    optional(
+                    optional_computed(
                         AttributeType::Number,
                         "Seconds before a check counts as failed; at most the interval. Default 5.",
                     ),
                 ),
                 (
                     "unhealthy_threshold".to_string(),
-                    optional(
+                    optional_computed(
                         AttributeType::Number,
                         "Consecutive failures before the workload is UNHEALTHY. Default 3.",
                     ),
@@ -584,6 +621,7 @@ impl Resource for WorkloadResource {
         _meta: ValueEmpty,
     ) -> Option<(WorkloadState, ValueEmpty)> {
         proposed.check(diags);
+        proposed.fill_defaults();
         proposed.set_computed_unknown();
         Some((proposed, ValueEmpty::default()))
     }
@@ -598,6 +636,7 @@ impl Resource for WorkloadResource {
         _meta: ValueEmpty,
     ) -> Option<(WorkloadState, ValueEmpty, Vec<AttributePath>)> {
         proposed.check(diags);
+        proposed.fill_defaults();
         // Placement may change under Terraform when the service moves the workload:
         // keep what refresh saw, so it is never a diff.
         proposed.copy_computed(&prior);

@@ -47,3 +47,12 @@ pub fn offer_object_type() -> AttributeType {
         ("source".to_string(), AttributeType::String),
     ]))
 }
+
+/// Optional in configuration; when unset, the provider plans the default.
+pub fn optional_computed(attr_type: AttributeType, description: &str) -> Attribute {
+    attribute(
+        attr_type,
+        AttributeConstraint::OptionalComputed,
+        description,
+    )
+}

@@ -22,6 +22,7 @@ FIXTURE_PRICES = pathlib.Path(__file__).parent / "fixtures" / "prices"
 BUNDLED_PRICES = REPO / "service" / "server" / "data" / "prices"
 TOKEN = "acceptance-test-token-0123456789"
 TERRAFORM_VERSIONS = ["1.15.5", "1.0.3"]
+WORKLOAD_SERVER = REPO / "tests" / "workloads" / "http_server.py"
 
 
 class Service:
@@ -55,6 +56,16 @@ class Service:
         self.stop()
         raise RuntimeError(f"service did not start; see {self.log.name}")
 
+    def cli(self, *args: str, check: bool = True) -> dict:
+        """Runs an operator command of the service binary and returns its JSON."""
+        env = dict(os.environ, COMPUTEARBITRAGE_ENDPOINT=self.endpoint, COMPUTEARBITRAGE_TOKEN=TOKEN)
+        result = subprocess.run(
+            [str(BIN_DIR / "computearbitrage"), *args], capture_output=True, text=True, env=env, timeout=60
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"computearbitrage {' '.join(args)} failed: {result.stderr}")
+        return json.loads(result.stdout) if result.returncode == 0 else {"error": result.stderr}
+
     def stop(self):
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -64,11 +75,39 @@ class Service:
                 self.process.kill()
                 self.process.wait()
         self.log.close()
+        kill_workload_processes(self.data_dir)
+
+
+def kill_workload_processes(data_dir: pathlib.Path):
+    """Workload processes outlive the service by design; tests must not leave any."""
+    for record in (data_dir / "local-driver").glob("*.json"):
+        pid = json.loads(record.read_text()).get("pid")
+        if pid:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
 
 
 @pytest.fixture(scope="session")
 def fixture_service(tmp_path_factory):
     service = Service(tmp_path_factory.mktemp("svc") / "fixture", FIXTURE_PRICES)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def workload_service(tmp_path_factory):
+    """A service for workload tests, with fast health checks configured per workload."""
+    service = Service(tmp_path_factory.mktemp("svc") / "workloads", None)
     yield service
     service.stop()
 
@@ -152,6 +191,18 @@ class Workspace:
         if result.returncode not in (0, 2):
             raise AssertionError(f"plan failed:\n{result.stdout}\n{result.stderr}")
         return result.returncode == 0
+
+
+@pytest.fixture
+def workload_for_service(tmp_path, terraform):
+    """workload_for_service(service, directory=None) → a Workspace for that service."""
+
+    def make(service, directory=None):
+        path = directory or tmp_path / "main"
+        path.mkdir(parents=True, exist_ok=True)
+        return Workspace(path, terraform, service.endpoint, TOKEN)
+
+    return make
 
 
 @pytest.fixture

@@ -248,9 +248,12 @@ async fn wait_healthy(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Valu
     let placed = placement_record(ctx.output(PLACEMENT)?);
     let driver = orch.driver(&placed.provider)?;
     let id = instance_id(ctx)?;
-    // The whole create may take create_timeout, counted from when it was accepted.
-    let budget_ms =
-        ctx.workload.spec.create_timeout.as_millis() as i64 - (now_ms() - ctx.workload.created_at);
+    // The whole create may take create_timeout, counted from when it was accepted. The
+    // run gives up a margin before that (10 %, at least 1 s), so a caller waiting
+    // exactly create_timeout sees FAILED with this step's error, not a timeout.
+    let total_ms = ctx.workload.spec.create_timeout.as_millis() as i64;
+    let margin_ms = (total_ms / 10).max(1_000);
+    let budget_ms = total_ms - margin_ms - (now_ms() - ctx.workload.created_at);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(budget_ms.max(1_000) as u64);
     let mut last_error: String;
     loop {

@@ -1,0 +1,165 @@
+"""computearbitrage_workload under real Terraform, on the local driver: real processes,
+real HTTP, the service's own ledger and billing."""
+
+import json
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from conftest import WORKLOAD_SERVER, process_alive
+
+
+def config(name, command_extra="", tags='{ team = "ml" }', health="", extra=""):
+    return f"""
+resource "computearbitrage_workload" "web" {{
+  name    = "{name}"
+  command = ["{sys.executable}", "{WORKLOAD_SERVER}"{command_extra}]
+  env     = {{ WORKLOAD_NAME = "{name}" }}
+  tags    = {tags}
+  requirements {{
+    min_vcpus      = 2
+    min_memory_gib = 4
+  }}
+  health_check {{
+    interval_seconds = 2
+    timeout_seconds  = 1
+    {health}
+  }}
+  {extra}
+}}
+output "web" {{ value = computearbitrage_workload.web }}
+"""
+
+
+def get(endpoint, path="/"):
+    with urllib.request.urlopen(f"http://{endpoint}{path}", timeout=5) as r:
+        return json.loads(r.read())
+
+
+def unique(name, terraform):
+    return f"{name}-{terraform.name.split('-')[-1].replace('.', '')}"
+
+
+def test_apply_update_replace_destroy(workload_service, workload_for_service, terraform):
+    name = unique("web", terraform)
+    ws = workload_for_service(workload_service)
+    ws.write(config(name))
+    ws.apply()
+    web = ws.outputs()["web"]
+    assert web["status"] == "RUNNING"
+    assert web["provider"] in ("aws", "gcp", "azure") and web["instance_type"] and web["price_per_hour"] > 0
+    answer = get(web["endpoint"])
+    assert answer["workload"] == name
+    first_pid = answer["pid"]
+    assert ws.plan_is_noop(), "a second plan must be a no-op"
+
+    # Tags change in place: same workload, same process.
+    ws.write(config(name, tags='{ team = "ml", env = "prod" }'))
+    plan = ws.run("plan").stdout
+    assert "update in-place" in plan and "must be replaced" not in plan
+    ws.apply()
+    after_tags = ws.outputs()["web"]
+    assert after_tags["id"] == web["id"]
+    assert workload_service.cli("workload", "get", web["id"])["spec"]["tags"] == {"team": "ml", "env": "prod"}
+    assert get(after_tags["endpoint"])["pid"] == first_pid
+
+    # The command forces a replacement.
+    ws.write(config(name, command_extra=', "--v2"', tags='{ team = "ml", env = "prod" }'))
+    plan = ws.run("plan").stdout
+    assert "forces replacement" in plan and "must be replaced" in plan
+    ws.apply()
+    replaced = ws.outputs()["web"]
+    assert replaced["id"] != web["id"]
+    second_pid = get(replaced["endpoint"])["pid"]
+    assert not process_alive(first_pid), "the replaced workload's process is gone"
+    assert workload_service.cli("workload", "get", web["id"])["status"] == "TERMINATED"
+
+    ws.run("destroy", "-auto-approve")
+    assert not process_alive(second_pid), "destroy stops the process"
+    assert workload_service.cli("workload", "get", replaced["id"])["status"] == "TERMINATED"
+    billing = workload_service.cli("workload", "billing", replaced["id"])
+    assert len(billing["records"]) == 1
+    record = billing["records"][0]
+    assert record["cost"] > 0 and billing["total_cost"] == record["cost"]
+    assert abs(record["cost"] - record["price_per_hour"] * record["duration_seconds"] / 3600) < 1e-12
+
+
+def test_out_of_band_termination_is_recreated(workload_service, workload_for_service, terraform):
+    name = unique("oob", terraform)
+    ws = workload_for_service(workload_service)
+    ws.write(config(name))
+    ws.apply()
+    first = ws.outputs()["web"]
+    workload_service.cli("workload", "delete", first["id"], "--reason", "operator cleanup")
+    deadline = time.monotonic() + 30
+    while workload_service.cli("workload", "get", first["id"])["status"] != "TERMINATED":
+        assert time.monotonic() < deadline, "out-of-band delete did not finish"
+        time.sleep(0.3)
+    plan = ws.run("plan", "-detailed-exitcode", check=False)
+    assert plan.returncode == 2, plan.stdout + plan.stderr
+    assert "will be created" in plan.stdout
+    ws.apply()
+    second = ws.outputs()["web"]
+    assert second["id"] != first["id"] and second["status"] == "RUNNING"
+    ws.run("destroy", "-auto-approve")
+
+
+def test_import_by_id_gives_a_clean_plan(workload_service, workload_for_service, terraform, tmp_path):
+    name = unique("imp", terraform)
+    ws = workload_for_service(workload_service)
+    ws.write(config(name))
+    ws.apply()
+    created = ws.outputs()["web"]
+    # A second working directory with the same configuration and no state.
+    other = workload_for_service(workload_service, directory=tmp_path / "importer")
+    # No output block: `import` writes no outputs, and the resource is what must plan clean.
+    other.write(config(name).split('output "web"')[0])
+    result = other.run("import", "computearbitrage_workload.web", created["id"])
+    assert "Import successful" in result.stdout
+    assert other.plan_is_noop(), other.run("plan", check=False).stdout
+    other.run("destroy", "-auto-approve")
+    assert workload_service.cli("workload", "get", created["id"])["status"] == "TERMINATED"
+
+
+def test_invalid_values_give_diagnostics_on_their_attributes(workload_service, workload_for_service):
+    ws = workload_for_service(workload_service)
+    ws.write(
+        config(
+            "bad-values",
+            health='path = "health"\n    unhealthy_threshold = 0',
+            extra='on_interruption = "pause"\n  timeouts {\n    create = "ten minutes"\n  }',
+        ).replace("timeout_seconds  = 1", "timeout_seconds  = 10")
+    )
+    result = ws.run("plan", check=False)
+    text = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 1
+    assert 'Invalid value for on_interruption' in text and 'use "migrate" (move the workload) or "terminate"' in text
+    assert "Invalid value for health_check[0].path" in text and 'must start with "/"' in text
+    assert "Invalid value for health_check[0].timeout_seconds" in text and "longer than the 2 s interval" in text
+    assert "Invalid value for health_check.unhealthy_threshold" in text
+    assert "Invalid value for timeouts.create" in text and '"ten minutes" is not a duration' in text
+    assert "backtrace" not in text.lower()
+
+
+def test_a_workload_that_never_gets_healthy_fails_create_naming_the_step(workload_service, workload_for_service, terraform, tmp_path):
+    name = unique("sick", terraform)
+    status_file = tmp_path / "health"
+    status_file.write_text("fail")
+    ws = workload_for_service(workload_service)
+    ws.write(
+        config(name, extra='timeouts {\n    create = "5s"\n  }').replace(
+            f'WORKLOAD_NAME = "{name}"', f'WORKLOAD_NAME = "{name}", HEALTH_STATUS_FILE = "{status_file}"'
+        )
+    )
+    started = time.monotonic()
+    result = ws.run("apply", "-auto-approve", check=False)
+    elapsed = time.monotonic() - started
+    text = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 1
+    assert f'Workload "{name}" failed to start: step wait-healthy failed' in text, text
+    assert "HTTP 503" in text and "create timeout (5 s)" in text
+    assert elapsed < 60
+    # Nothing of it is left running, and the next plan wants to create it again.
+    assert "will be created" in ws.run("plan").stdout
