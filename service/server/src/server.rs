@@ -87,7 +87,7 @@ pub async fn serve(
     // Workloads: the local driver stands in for every cloud on embedded defaults.
     let local = LocalDriver::open(&config.data_dir.join("local-driver"))?;
     let monitor = Monitor::new(config.monitor.max_concurrent_checks as usize);
-    let orchestrator = Orchestrator::new(
+    let orchestrator = Orchestrator::with_local_driver(
         store.clone(),
         book.clone(),
         config.pricing.scoring.policy(),

@@ -18,6 +18,8 @@ pub mod engine;
 pub mod monitor;
 pub mod notify;
 pub mod steps;
+#[cfg(test)]
+mod tests;
 
 use crate::error::ServiceError;
 use crate::pricing::PriceBook;
@@ -96,26 +98,22 @@ pub struct Orchestrator {
 }
 
 impl Orchestrator {
+    /// An orchestrator with a driver per cloud. `local` enables interruption injection.
     pub fn new(
         store: Arc<dyn Store>,
         book: Arc<PriceBook>,
         policy: ScoringPolicy,
-        local: LocalDriver,
+        drivers: HashMap<Cloud, Arc<dyn Driver>>,
+        local: Option<LocalDriver>,
         monitor: Arc<monitor::Monitor>,
         settings: Settings,
     ) -> Arc<Orchestrator> {
-        // The local driver stands in for every cloud on embedded defaults.
-        let shared: Arc<dyn Driver> = Arc::new(local.clone());
-        let drivers = Cloud::ALL
-            .into_iter()
-            .map(|c| (c, shared.clone()))
-            .collect();
         Arc::new(Orchestrator {
             store,
             book,
             policy,
             drivers,
-            local: Some(local),
+            local,
             monitor,
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(0)
@@ -125,6 +123,23 @@ impl Orchestrator {
             in_flight: Mutex::new(HashMap::new()),
             cancelled: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// The embedded default: the local driver stands in for every cloud.
+    pub fn with_local_driver(
+        store: Arc<dyn Store>,
+        book: Arc<PriceBook>,
+        policy: ScoringPolicy,
+        local: LocalDriver,
+        monitor: Arc<monitor::Monitor>,
+        settings: Settings,
+    ) -> Arc<Orchestrator> {
+        let shared: Arc<dyn Driver> = Arc::new(local.clone());
+        let drivers = Cloud::ALL
+            .into_iter()
+            .map(|c| (c, shared.clone()))
+            .collect();
+        Self::new(store, book, policy, drivers, Some(local), monitor, settings)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

@@ -1,0 +1,328 @@
+//! Engine tests with a scripted driver: retry and backoff under paused time, dead
+//! letters, and replay from the first unfinished step.
+
+use super::*;
+use computearbitrage_core::driver::WORKLOAD_TAG;
+use computearbitrage_core::{
+    Architecture, DriverEvent, Error, HealthCheck, Instance, InstanceSpec, InstanceState, Offer,
+    OnInterruption, Requirements, StorageSpec,
+};
+use computearbitrage_store::{RunKind, SqliteStore, WorkloadChanges};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+/// A driver whose create fails as scripted and whose terminate fails while `broken`.
+#[derive(Default)]
+struct ScriptedDriver {
+    create_failures: Mutex<Vec<Error>>,
+    creates: AtomicU32,
+    terminate_broken: AtomicBool,
+    instances: Mutex<Vec<Instance>>,
+}
+
+#[async_trait::async_trait]
+impl Driver for ScriptedDriver {
+    fn name(&self) -> &str {
+        "scripted"
+    }
+    async fn create_spot_instance(&self, spec: &InstanceSpec) -> Result<Instance, Error> {
+        self.creates.fetch_add(1, Ordering::SeqCst);
+        let mut failures = self.create_failures.lock().unwrap();
+        if !failures.is_empty() {
+            return Err(failures.remove(0));
+        }
+        let instance = Instance {
+            instance_id: format!("i-{}", spec.idempotency_token),
+            state: InstanceState::Running,
+            address: Some("127.0.0.1:9".into()),
+            tags: spec.tags.clone(),
+            created_at: 0,
+        };
+        self.instances.lock().unwrap().push(instance.clone());
+        Ok(instance)
+    }
+    async fn instance(&self, id: &str) -> Result<Instance, Error> {
+        Ok(self
+            .instances
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|i| i.instance_id == id)
+            .cloned()
+            .unwrap())
+    }
+    async fn terminate(&self, id: &str) -> Result<(), Error> {
+        if self.terminate_broken.load(Ordering::SeqCst) {
+            return Err(Error::Driver {
+                driver: "scripted".into(),
+                message: "permission denied".into(),
+                retryable: false,
+            });
+        }
+        for i in self
+            .instances
+            .lock()
+            .unwrap()
+            .iter_mut()
+            .filter(|i| i.instance_id == id)
+        {
+            i.state = InstanceState::Terminated {
+                reason: "terminated".into(),
+            };
+        }
+        Ok(())
+    }
+    async fn list_by_tag(&self, key: &str, value: Option<&str>) -> Result<Vec<Instance>, Error> {
+        Ok(self
+            .instances
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|i| {
+                i.tags
+                    .get(key)
+                    .is_some_and(|v| value.is_none_or(|w| v == w))
+            })
+            .cloned()
+            .collect())
+    }
+    async fn next_event(&self, wait: Duration) -> Option<DriverEvent> {
+        tokio::time::sleep(wait).await;
+        None
+    }
+}
+
+fn throttled() -> Error {
+    Error::Driver {
+        driver: "scripted".into(),
+        message: "throttled".into(),
+        retryable: true,
+    }
+}
+
+async fn setup(driver: Arc<ScriptedDriver>) -> Arc<Orchestrator> {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+    store.ensure_tenant("default", 0).await.unwrap();
+    store
+        .replace_offers(
+            "test",
+            vec![Offer {
+                cloud: Cloud::Aws,
+                region: "us-east-1".into(),
+                zone: "use1-az1".into(),
+                instance_type: "m5.large".into(),
+                vcpus: 2.0,
+                memory_gib: 8.0,
+                architecture: Architecture::X86_64,
+                gpu: None,
+                on_demand_price: Some(0.096),
+                spot_price: 0.036,
+                interruption_rate: computearbitrage_core::InterruptionRate::Unknown,
+                observed_at: 0,
+                source: "test".into(),
+            }],
+        )
+        .await
+        .unwrap();
+    let book = Arc::new(PriceBook::default());
+    book.reload(store.as_ref()).await.unwrap();
+    let shared: Arc<dyn Driver> = driver;
+    let drivers = Cloud::ALL
+        .into_iter()
+        .map(|c| (c, shared.clone()))
+        .collect();
+    Orchestrator::new(
+        store,
+        book,
+        ScoringPolicy::default(),
+        drivers,
+        None,
+        monitor::Monitor::new(4),
+        Settings {
+            max_concurrent_workloads: 10,
+            wait_running_timeout: Duration::from_secs(5),
+            interruption_delay: Duration::from_secs(2),
+            pause_at: None,
+        },
+    )
+}
+
+fn workload_spec(name: &str) -> WorkloadSpec {
+    WorkloadSpec {
+        name: name.into(),
+        requirements: Requirements::default(),
+        command: vec!["server".into()],
+        image: None,
+        env: BTreeMap::new(),
+        port: 8080,
+        health_check: HealthCheck::default(),
+        on_interruption: OnInterruption::Terminate,
+        storage: StorageSpec::default(),
+        tags: BTreeMap::new(),
+        create_timeout: Duration::from_secs(60),
+    }
+}
+
+async fn wait_for_run(orch: &Orchestrator, workload_id: &str, kind: RunKind) -> RunRecord {
+    loop {
+        let runs = orch.store.runs_of("default", workload_id).await.unwrap();
+        if let Some(run) = runs
+            .into_iter()
+            .find(|r| r.kind == kind && r.status != RunStatus::Running)
+        {
+            return run;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retryable_errors_back_off_exponentially_then_the_run_is_a_dead_letter() {
+    let driver = Arc::new(ScriptedDriver::default());
+    *driver.create_failures.lock().unwrap() =
+        vec![throttled(), throttled(), throttled(), throttled()];
+    let orch = setup(driver.clone()).await;
+    let start = tokio::time::Instant::now();
+    let workload = orch.apply("default", workload_spec("retry")).await.unwrap();
+    let run = wait_for_run(&orch, &workload.id, RunKind::Provision).await;
+    let elapsed = start.elapsed().as_secs_f64();
+    assert_eq!(
+        driver.creates.load(Ordering::SeqCst),
+        4,
+        "the policy allows 4 attempts"
+    );
+    // Pauses of 0.5, 1 and 2 s, each ±20 %.
+    assert!(
+        (2.8..=4.2).contains(&elapsed),
+        "virtual time spent backing off: {elapsed}"
+    );
+    assert_eq!(run.status, RunStatus::Dead);
+    assert_eq!(run.failed_step.as_deref(), Some("provision"));
+    let failed = orch.get("default", &workload.id).await.unwrap();
+    assert_eq!(failed.status, WorkloadStatus::Failed);
+    assert!(
+        failed
+            .status_reason
+            .contains("step provision failed after 4 attempts"),
+        "{}",
+        failed.status_reason
+    );
+    let ledger = orch.store.steps(&run.id).await.unwrap();
+    let provision = ledger.iter().find(|s| s.step == "provision").unwrap();
+    assert_eq!((provision.attempts, provision.completed), (4, false));
+    assert_eq!(
+        provision.last_error.as_deref(),
+        Some("driver `scripted` failed: throttled")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_permanent_error_fails_at_once_without_backoff() {
+    let driver = Arc::new(ScriptedDriver::default());
+    *driver.create_failures.lock().unwrap() = vec![Error::Driver {
+        driver: "scripted".into(),
+        message: "bad image".into(),
+        retryable: false,
+    }];
+    let orch = setup(driver.clone()).await;
+    let start = tokio::time::Instant::now();
+    let workload = orch
+        .apply("default", workload_spec("permanent"))
+        .await
+        .unwrap();
+    let run = wait_for_run(&orch, &workload.id, RunKind::Provision).await;
+    assert_eq!(run.status, RunStatus::Dead);
+    assert_eq!(driver.creates.load(Ordering::SeqCst), 1);
+    assert!(
+        start.elapsed() < Duration::from_millis(100),
+        "no backoff for a permanent error"
+    );
+    assert!(run
+        .error
+        .unwrap()
+        .contains("after 1 attempt: driver `scripted` failed: bad image"));
+}
+
+#[tokio::test]
+async fn a_dead_termination_is_replayed_from_its_failed_step() {
+    let driver = Arc::new(ScriptedDriver::default());
+    let orch = setup(driver.clone()).await;
+    // A workload whose provisioning failed (nothing answers on its address), with a
+    // live instance left behind that termination must remove.
+    let mut spec = workload_spec("stuck");
+    spec.create_timeout = Duration::from_secs(2);
+    let workload = orch.apply("default", spec).await.unwrap();
+    wait_for_run(&orch, &workload.id, RunKind::Provision).await;
+    let mut tags = BTreeMap::new();
+    tags.insert(WORKLOAD_TAG.to_string(), workload.id.clone());
+    driver.instances.lock().unwrap().push(Instance {
+        instance_id: "i-live".into(),
+        state: InstanceState::Running,
+        address: None,
+        tags,
+        created_at: 0,
+    });
+    driver.terminate_broken.store(true, Ordering::SeqCst);
+    let current = orch.get("default", &workload.id).await.unwrap();
+    orch.store
+        .update_workload(
+            "default",
+            &workload.id,
+            WorkloadChanges {
+                instance_id: Some(Some("i-live".into())),
+                ..Default::default()
+            },
+            1,
+        )
+        .await
+        .unwrap();
+    orch.start_termination(&current, "test").await.unwrap();
+    let dead = wait_for_run(&orch, &workload.id, RunKind::Terminate).await;
+    assert_eq!(dead.status, RunStatus::Dead);
+    assert_eq!(dead.failed_step.as_deref(), Some("terminate-instance"));
+    assert_eq!(
+        orch.store
+            .dead_runs("default")
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.kind == RunKind::Terminate)
+            .count(),
+        1
+    );
+
+    driver.terminate_broken.store(false, Ordering::SeqCst);
+    orch.replay("default", &dead.id).await.unwrap();
+    loop {
+        if orch.store.run(&dead.id).await.unwrap().unwrap().status == RunStatus::Completed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        orch.get("default", &workload.id).await.unwrap().status,
+        WorkloadStatus::Terminated
+    );
+    let ledger = orch.store.steps(&dead.id).await.unwrap();
+    let attempts: Vec<(&str, u32)> = ledger
+        .iter()
+        .map(|s| (s.step.as_str(), s.attempts))
+        .collect();
+    assert_eq!(
+        attempts[0],
+        ("mark-stopping", 1),
+        "completed steps are not redone on replay"
+    );
+    assert_eq!(
+        attempts[2],
+        ("terminate-instance", 1),
+        "the failed step gets fresh attempts"
+    );
+    assert!(ledger.iter().all(|s| s.completed));
+    assert!(driver
+        .instances
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|i| matches!(i.state, InstanceState::Terminated { .. })));
+}

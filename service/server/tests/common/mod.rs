@@ -1,0 +1,329 @@
+//! Shared helpers of the integration tests: a real service process, an authenticated
+//! gRPC client, a webhook receiver, and process inspection.
+#![allow(dead_code)]
+
+use computearbitrage_api::pb;
+use computearbitrage_api::pb::admin_client::AdminClient;
+use computearbitrage_api::pb::workloads_client::WorkloadsClient;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::transport::Channel;
+
+pub const TOKEN: &str = "integration-test-token-0123456789";
+
+pub struct Service {
+    pub child: Child,
+    pub endpoint: String,
+    pub data_dir: PathBuf,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+impl Service {
+    /// Starts `computearbitrage serve` with extra environment variables.
+    pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Service {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_computearbitrage"));
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("COMPUTEARBITRAGE_BOOTSTRAP_TOKEN", TOKEN)
+            .env("COMPUTEARBITRAGE_SHUTDOWN_GRACE_SECONDS", "1")
+            .env("RUST_LOG", "info")
+            .env_remove("CA_TEST_PAUSE_AT")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("service starts");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let endpoint = loop {
+            let line = lines
+                .next()
+                .expect("the service printed its endpoint")
+                .unwrap();
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.trim().to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Service {
+            child,
+            endpoint,
+            data_dir: data_dir.to_path_buf(),
+            stderr,
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.endpoint.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    pub async fn workloads(&self) -> WorkloadsClient<Channel> {
+        WorkloadsClient::new(self.channel().await)
+    }
+
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.channel().await)
+    }
+
+    /// Waits until stderr contains `text`.
+    pub fn wait_for_log(&self, text: &str, timeout: Duration) {
+        let start = Instant::now();
+        while !self.stderr.lock().unwrap().contains(text) {
+            assert!(
+                start.elapsed() < timeout,
+                "no {text:?} in the log within {timeout:?}:\n{}",
+                self.stderr.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kill -9.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn authed<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    request
+}
+
+pub fn workload_server() -> String {
+    format!(
+        "{}/../../tests/workloads/http_server.py",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// A spec running the test HTTP server, with fast health checks.
+pub fn spec(name: &str, env: &[(&str, &str)]) -> pb::WorkloadSpec {
+    let mut vars: std::collections::HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    vars.insert("WORKLOAD_NAME".into(), name.into());
+    pb::WorkloadSpec {
+        name: name.into(),
+        requirements: Some(pb::Requirements {
+            min_vcpus: Some(2.0),
+            min_memory_gib: Some(4.0),
+            ..Default::default()
+        }),
+        command: vec!["python3".into(), workload_server()],
+        env: vars,
+        port: 8080,
+        health_check: Some(pb::HealthCheck {
+            path: "/health".into(),
+            interval_seconds: 1,
+            timeout_seconds: 1,
+            unhealthy_threshold: 2,
+        }),
+        on_interruption: "terminate".into(),
+        create_timeout_seconds: 60,
+        ..Default::default()
+    }
+}
+
+pub async fn get(client: &mut WorkloadsClient<Channel>, id: &str) -> pb::Workload {
+    client
+        .get_workload(authed(pb::GetWorkloadRequest { id: id.into() }))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Polls until the workload's status is one of `want`.
+pub async fn wait_status(
+    client: &mut WorkloadsClient<Channel>,
+    id: &str,
+    want: &[&str],
+    timeout: Duration,
+) -> pb::Workload {
+    let start = Instant::now();
+    loop {
+        let w = get(client, id).await;
+        if want.contains(&w.status.as_str()) {
+            return w;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "workload {id} stayed {} ({}) instead of {want:?}",
+            w.status,
+            w.status_reason
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Live processes whose environment has `KEY=VALUE`.
+pub fn processes_with_env(key: &str, value: &str) -> Vec<u32> {
+    let marker = format!("{key}={value}");
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit(')').next().unwrap_or("").split_whitespace().next() == Some("Z"))
+            .unwrap_or(true);
+        if !zombie && environ.split(|b| *b == 0).any(|v| v == marker.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Kills every workload process started under `data_dir` (they outlive the service).
+pub fn kill_workloads(data_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("local-driver")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.path().extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        if let Some(pid) = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["pid"].as_i64())
+        {
+            let _ = Command::new("kill")
+                .args(["-KILL", &format!("-{pid}")])
+                .status();
+        }
+    }
+}
+
+/// A webhook receiver on loopback that records every request.
+#[derive(Clone, Default)]
+pub struct Receiver {
+    pub requests: Arc<Mutex<Vec<(Vec<(String, String)>, String)>>>,
+}
+
+impl Receiver {
+    /// Starts the receiver; returns its URL.
+    pub async fn start(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let requests = self.requests.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let requests = requests.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let (head_end, length) = loop {
+                        let n = socket.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..pos]).to_string();
+                            let length = head
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                                })
+                                .unwrap_or(0);
+                            break (pos + 4, length);
+                        }
+                    };
+                    while buf.len() < head_end + length {
+                        let n = socket.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            break;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                    let headers = head
+                        .lines()
+                        .skip(1)
+                        .filter_map(|l| {
+                            l.split_once(':')
+                                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                        })
+                        .collect();
+                    let body = String::from_utf8_lossy(&buf[head_end..]).to_string();
+                    requests.lock().unwrap().push((headers, body));
+                    let _ = socket
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                });
+            }
+        });
+        url
+    }
+
+    pub fn bodies(&self) -> Vec<(Vec<(String, String)>, String)> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub async fn wait_for_type(
+        &self,
+        kind: &str,
+        timeout: Duration,
+    ) -> (Vec<(String, String)>, String) {
+        let start = Instant::now();
+        loop {
+            if let Some(found) = self
+                .bodies()
+                .into_iter()
+                .find(|(_, body)| body.contains(&format!("\"type\":\"{kind}\"")))
+            {
+                return found;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "no {kind} notification within {timeout:?}; got {:?}",
+                self.bodies()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
