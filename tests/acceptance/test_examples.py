@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import urllib.request
 
 import pytest
 
@@ -9,6 +10,7 @@ from conftest import REPO
 
 EXAMPLES = REPO / "examples"
 DATA_SOURCE_EXAMPLES = sorted((EXAMPLES / "data-sources").glob("*/data-source.tf"))
+RESOURCE_EXAMPLES = sorted((EXAMPLES / "resources").glob("*/resource.tf"))
 
 
 def test_every_documented_example_exists():
@@ -17,6 +19,9 @@ def test_every_documented_example_exists():
     for name in names:
         doc = (REPO / "docs" / "data-sources" / f"{name.removeprefix('computearbitrage_')}.md").read_text()
         assert (EXAMPLES / "data-sources" / name / "data-source.tf").read_text().strip() in doc
+    assert [p.parent.name for p in RESOURCE_EXAMPLES] == ["computearbitrage_workload"]
+    doc = (REPO / "docs" / "resources" / "workload.md").read_text()
+    assert RESOURCE_EXAMPLES[0].read_text().strip() in doc
 
 
 @pytest.mark.parametrize("example", DATA_SOURCE_EXAMPLES, ids=lambda p: p.parent.name)
@@ -29,3 +34,17 @@ def test_example_applies(full_service, workspace_for, example):
     assert outputs, "each example exposes its result as outputs"
     assert "${" not in json.dumps(outputs), "every template in the example must render"
     assert ws.plan_is_noop()
+
+
+@pytest.mark.parametrize("example", RESOURCE_EXAMPLES, ids=lambda p: p.parent.name)
+def test_resource_example_applies_answers_and_destroys(workload_service, workload_for_service, example):
+    ws = workload_for_service(workload_service)
+    ws.copy_in(EXAMPLES / "provider" / "provider.tf", "provider.tf")
+    ws.copy_in(example, "main.tf")
+    ws.apply()
+    web = ws.outputs()["web"]
+    assert web["status"] == "RUNNING"
+    with urllib.request.urlopen(f"http://{web['endpoint']}/", timeout=5) as response:
+        assert response.status == 200
+    assert ws.plan_is_noop()
+    ws.run("destroy", "-auto-approve")

@@ -163,3 +163,63 @@ def test_a_workload_that_never_gets_healthy_fails_create_naming_the_step(workloa
     assert elapsed < 60
     # Nothing of it is left running, and the next plan wants to create it again.
     assert "will be created" in ws.run("plan").stdout
+
+
+def workload_pids(name):
+    """Live processes whose environment has WORKLOAD_NAME=name."""
+    import os
+
+    marker = f"WORKLOAD_NAME={name}".encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if marker in f.read().split(b"\0") and process_alive(int(entry)):
+                    pids.append(int(entry))
+        except OSError:
+            pass
+    return pids
+
+
+def test_a_create_interrupted_by_ctrl_c_is_adopted_on_the_next_apply(workload_service, workload_for_service, terraform, tmp_path):
+    import os
+    import signal
+    import subprocess
+
+    name = unique("ctrlc", terraform)
+    status_file = tmp_path / "health"
+    status_file.write_text("fail")
+    ws = workload_for_service(workload_service)
+    ws.write(config(name).replace(f'WORKLOAD_NAME = "{name}"', f'WORKLOAD_NAME = "{name}", HEALTH_STATUS_FILE = "{status_file}"'))
+    # Its own session, so Ctrl-C can reach the whole process group as a terminal's does
+    # (Terraform and its provider plugin alike).
+    apply = subprocess.Popen(
+        [str(ws.terraform), "apply", "-auto-approve", "-no-color"],
+        cwd=ws.dir, env=ws.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )
+    # Wait until the service has started the workload's process, then press Ctrl-C.
+    deadline = time.monotonic() + 60
+    while not workload_pids(name):
+        assert time.monotonic() < deadline and apply.poll() is None, "the create never started a process"
+        time.sleep(0.1)
+    os.killpg(apply.pid, signal.SIGINT)
+    output, _ = apply.communicate(timeout=60)
+    assert apply.returncode != 0, output
+    assert "computearbitrage_workload.web" not in ws.run("state", "list", check=False).stdout
+    first_pids = workload_pids(name)
+    assert len(first_pids) == 1
+
+    # The workload gets healthy; applying again adopts it instead of starting another.
+    status_file.write_text("ok")
+    ws.apply()
+    web = ws.outputs()["web"]
+    assert web["status"] == "RUNNING"
+    assert workload_pids(name) == first_pids, "no second process was started"
+    assert get(web["endpoint"])["pid"] == first_pids[0]
+    runs = workload_service.cli("workload", "runs", web["id"])["runs"]
+    assert len(runs) == 1, "one provisioning run, adopted"
+    ws.run("destroy", "-auto-approve")
+    assert not workload_pids(name)
