@@ -79,13 +79,19 @@ class Service:
 
 
 def kill_workload_processes(data_dir: pathlib.Path):
-    """Workload processes outlive the service by design; tests must not leave any."""
+    """Workload processes outlive the service by design; tests must not leave any.
+    Only processes still carrying their instance's marker are killed: pids are reused."""
     for record in (data_dir / "local-driver").glob("*.json"):
-        pid = json.loads(record.read_text()).get("pid")
-        if pid:
+        instance_id = json.loads(record.read_text()).get("instance_id")
+        marker = f"COMPUTEARBITRAGE_INSTANCE_ID={instance_id}".encode()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) <= 1:
+                continue
             try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if marker in f.read().split(bytes(1)):
+                        os.killpg(int(entry), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
                 pass
 
 

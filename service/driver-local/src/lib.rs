@@ -116,14 +116,19 @@ fn proc_stat(pid: u32) -> Option<(char, u64)> {
     Some((state, start))
 }
 
-/// Whether `pid` is still the process we started (alive, not a zombie, same start).
+/// Whether `pid` is still the process we started: alive, not a zombie, and started at
+/// the recorded time. Without a recorded start time nothing is ours: pids are reused
+/// quickly, and signalling a stranger's process group must never happen.
 fn alive(pid: u32, start_ticks: Option<u64>) -> bool {
-    match proc_stat(pid) {
-        Some((state, start)) => {
-            state != 'Z' && state != 'X' && start_ticks.is_none_or(|s| s == start)
-        }
-        None => false,
+    match (proc_stat(pid), start_ticks) {
+        (Some((state, start)), Some(expected)) => state != 'Z' && state != 'X' && start == expected,
+        _ => false,
     }
+}
+
+/// Alive and not a zombie, whoever started it.
+fn running(pid: u32) -> bool {
+    proc_stat(pid).is_some_and(|(state, _)| state != 'Z' && state != 'X')
 }
 
 /// A process whose environment carries `INSTANCE_ENV=instance_id`.
@@ -142,7 +147,7 @@ fn find_by_marker(instance_id: &str) -> Option<u32> {
             if environ
                 .split(|b| *b == 0)
                 .any(|var| var == marker.as_bytes())
-                && alive(pid, None)
+                && running(pid)
             {
                 return Some(pid);
             }
@@ -152,6 +157,10 @@ fn find_by_marker(instance_id: &str) -> Option<u32> {
 }
 
 fn signal_group(pid: u32, signal: i32) {
+    // kill(-1) and kill(-0) would reach every process, or our own group.
+    if pid <= 1 {
+        return;
+    }
     // The process leads its own group (process_group(0) at spawn).
     unsafe {
         libc::kill(-(pid as i32), signal);
@@ -178,6 +187,15 @@ async fn stop_process(pid: u32, start_ticks: Option<u64>, grace: Duration) {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Eight hex digits from the clock and the process id.
+fn unique_part() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{:08x}", nanos ^ std::process::id().rotate_left(16))
 }
 
 fn free_port() -> Result<u16, Error> {
@@ -369,7 +387,8 @@ impl Driver for LocalDriver {
         };
         let serial = inner.next_serial;
         inner.next_serial += 1;
-        let instance_id = format!("local-{serial}");
+        // Unique across services on one machine, since the id marks the process.
+        let instance_id = format!("local-{}-{serial}", unique_part());
         let port = free_port()?;
         let mut record = Record {
             instance_id: instance_id.clone(),
@@ -649,7 +668,7 @@ mod tests {
         // Simulate a crash between spawn and the record update: the process runs with
         // its marker, the record has no pid.
         let record = Record {
-            instance_id: "local-7".into(),
+            instance_id: "local-test-7".into(),
             idempotency_token: "tok".into(),
             pid: None,
             start_ticks: None,
@@ -662,25 +681,26 @@ mod tests {
         write_record(dir.path(), &record).unwrap();
         let mut child = std::process::Command::new("sleep")
             .arg("30")
-            .env(INSTANCE_ENV, "local-7")
+            .env(INSTANCE_ENV, "local-test-7")
             .process_group(0)
             .spawn()
             .unwrap();
         let driver = LocalDriver::open(dir.path()).unwrap();
         assert_eq!(
-            driver.instance("local-7").await.unwrap().state,
+            driver.instance("local-test-7").await.unwrap().state,
             InstanceState::Running
         );
-        driver.terminate("local-7").await.unwrap();
+        driver.terminate("local-test-7").await.unwrap();
         let status = child.wait().unwrap();
         assert!(!status.success(), "the adopted process was killed");
         let next = driver
             .create_spot_instance(&spec("other", "sleep 1"))
             .await
             .unwrap();
-        assert_eq!(
-            next.instance_id, "local-8",
-            "serials continue after reloaded records"
+        assert!(
+            next.instance_id.ends_with("-8"),
+            "serials continue after reloaded records: {}",
+            next.instance_id
         );
         driver.terminate(&next.instance_id).await.unwrap();
     }

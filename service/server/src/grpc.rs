@@ -26,7 +26,7 @@ pub struct SystemApi {
 }
 
 /// INVALID_ARGUMENT naming every violation; the first one's path goes in metadata.
-fn invalid(violations: Vec<validate::Violation>) -> Status {
+pub(crate) fn invalid(violations: Vec<validate::Violation>) -> Status {
     let message = violations
         .iter()
         .map(|v| v.to_string())

@@ -2,11 +2,11 @@
 //! calls into the orchestrator. The tenant always comes from the auth interceptor.
 
 use crate::auth::TenantId;
-use crate::grpc::requirements_from_pb;
+use crate::grpc::{invalid, requirements_from_pb};
 use crate::workloads::{OperationError, Orchestrator};
 use computearbitrage_api::pb::admin_server::Admin;
 use computearbitrage_api::pb::workloads_server::Workloads;
-use computearbitrage_api::{pb, validate, ERROR_FIELD_METADATA};
+use computearbitrage_api::{pb, validate};
 use computearbitrage_core::fmt::rfc3339;
 use computearbitrage_core::{HealthCheck, OnInterruption, StorageSpec, WorkloadSpec};
 use computearbitrage_store::{RunRecord, TenantSettings, WorkloadRecord};
@@ -30,21 +30,6 @@ fn tenant<T>(request: &Request<T>) -> Result<String, Status> {
         .get::<TenantId>()
         .map(|t| t.0.clone())
         .ok_or_else(|| Status::unauthenticated("no tenant on this request"))
-}
-
-fn invalid(violations: Vec<validate::Violation>) -> Status {
-    let message = violations
-        .iter()
-        .map(|v| v.to_string())
-        .collect::<Vec<_>>()
-        .join("; ");
-    let mut status = Status::invalid_argument(message);
-    if let Some(first) = violations.first() {
-        if let Ok(value) = first.dotted_path().parse() {
-            status.metadata_mut().insert(ERROR_FIELD_METADATA, value);
-        }
-    }
-    status
 }
 
 fn status_of(error: OperationError) -> Status {
@@ -188,6 +173,17 @@ pub fn workload_to_pb(w: &WorkloadRecord) -> pb::Workload {
     }
 }
 
+async fn runs_to_pb(
+    orch: &Orchestrator,
+    runs: &[RunRecord],
+) -> Result<pb::ListRunsResponse, Status> {
+    let mut out = Vec::with_capacity(runs.len());
+    for run in runs {
+        out.push(run_to_pb(orch, run).await?);
+    }
+    Ok(pb::ListRunsResponse { runs: out })
+}
+
 async fn run_to_pb(orch: &Orchestrator, run: &RunRecord) -> Result<pb::Run, Status> {
     let steps = orch
         .store()
@@ -328,11 +324,7 @@ impl Workloads for WorkloadsApi {
             .runs_of(&tenant, &workload_id)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        let mut out = Vec::new();
-        for run in &runs {
-            out.push(run_to_pb(&self.orchestrator, run).await?);
-        }
-        Ok(Response::new(pb::ListRunsResponse { runs: out }))
+        Ok(Response::new(runs_to_pb(&self.orchestrator, &runs).await?))
     }
 
     async fn list_dead_letters(
@@ -346,11 +338,7 @@ impl Workloads for WorkloadsApi {
             .dead_runs(&tenant)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        let mut out = Vec::new();
-        for run in &runs {
-            out.push(run_to_pb(&self.orchestrator, run).await?);
-        }
-        Ok(Response::new(pb::ListRunsResponse { runs: out }))
+        Ok(Response::new(runs_to_pb(&self.orchestrator, &runs).await?))
     }
 
     async fn replay_dead_letter(

@@ -219,11 +219,7 @@ impl OrphanSweeper {
     pub async fn sweep(&self) -> Result<Vec<String>, ServiceError> {
         let orch = &self.orchestrator;
         let mut swept = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for driver in orch.drivers.values() {
-            if !seen.insert(driver.name().to_string()) {
-                continue;
-            }
+        for driver in orch.distinct_drivers() {
             for instance in driver.list_by_tag(WORKLOAD_TAG, None).await? {
                 if matches!(instance.state, InstanceState::Terminated { .. }) {
                     continue;

@@ -142,6 +142,16 @@ impl Orchestrator {
         Self::new(store, book, policy, drivers, Some(local), monitor, settings)
     }
 
+    /// Each driver once (one driver may serve several clouds).
+    pub(crate) fn distinct_drivers(&self) -> Vec<Arc<dyn Driver>> {
+        let mut seen = HashSet::new();
+        self.drivers
+            .values()
+            .filter(|d| seen.insert(d.name().to_string()))
+            .cloned()
+            .collect()
+    }
+
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }

@@ -377,11 +377,7 @@ pub async fn release_instances(
     workload: &WorkloadRecord,
 ) -> Result<Vec<String>, StepError> {
     let mut released = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for driver in orch.drivers.values() {
-        if !seen.insert(driver.name().to_string()) {
-            continue;
-        }
+    for driver in orch.distinct_drivers() {
         for instance in driver.list_by_tag(WORKLOAD_TAG, Some(&workload.id)).await? {
             if !matches!(instance.state, InstanceState::Terminated { .. }) {
                 driver.terminate(&instance.instance_id).await?;

@@ -211,6 +211,7 @@ pub fn processes_with_env(key: &str, value: &str) -> Vec<u32> {
 }
 
 /// Kills every workload process started under `data_dir` (they outlive the service).
+/// Only processes still carrying their instance's marker: pids are reused quickly.
 pub fn kill_workloads(data_dir: &Path) {
     let Ok(entries) = std::fs::read_dir(data_dir.join("local-driver")) else {
         return;
@@ -220,13 +221,18 @@ pub fn kill_workloads(data_dir: &Path) {
             continue;
         }
         let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-        if let Some(pid) = serde_json::from_str::<serde_json::Value>(&text)
+        let Some(id) = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
-            .and_then(|v| v["pid"].as_i64())
-        {
-            let _ = Command::new("kill")
-                .args(["-KILL", &format!("-{pid}")])
-                .status();
+            .and_then(|v| v["instance_id"].as_str().map(str::to_string))
+        else {
+            continue;
+        };
+        for pid in processes_with_env("COMPUTEARBITRAGE_INSTANCE_ID", &id) {
+            if pid > 1 {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &format!("-{pid}")])
+                    .status();
+            }
         }
     }
 }
