@@ -32,6 +32,11 @@ fn tenant<T>(request: &Request<T>) -> Result<String, Status> {
         .ok_or_else(|| Status::unauthenticated("no tenant on this request"))
 }
 
+/// A store failure: UNAVAILABLE when a retry may help, INTERNAL otherwise.
+fn store_status(error: computearbitrage_store::StoreError) -> Status {
+    status_of(OperationError::from(error))
+}
+
 fn status_of(error: OperationError) -> Status {
     match error {
         OperationError::NotFound(m) => Status::not_found(m),
@@ -185,11 +190,7 @@ async fn runs_to_pb(
 }
 
 async fn run_to_pb(orch: &Orchestrator, run: &RunRecord) -> Result<pb::Run, Status> {
-    let steps = orch
-        .store()
-        .steps(&run.id)
-        .await
-        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let steps = orch.store().steps(&run.id).await.map_err(store_status)?;
     Ok(pb::Run {
         id: run.id.clone(),
         workload_id: run.workload_id.clone(),
@@ -323,7 +324,7 @@ impl Workloads for WorkloadsApi {
             .store()
             .runs_of(&tenant, &workload_id)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(store_status)?;
         Ok(Response::new(runs_to_pb(&self.orchestrator, &runs).await?))
     }
 
@@ -337,7 +338,7 @@ impl Workloads for WorkloadsApi {
             .store()
             .dead_runs(&tenant)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(store_status)?;
         Ok(Response::new(runs_to_pb(&self.orchestrator, &runs).await?))
     }
 
@@ -370,7 +371,7 @@ impl Workloads for WorkloadsApi {
             .store()
             .billing(&tenant, &workload_id)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(store_status)?;
         let total_cost = records.iter().map(|r| r.cost).sum();
         Ok(Response::new(pb::GetBillingResponse {
             records: records
@@ -402,7 +403,7 @@ impl Workloads for WorkloadsApi {
             .store()
             .notifications(&tenant, &workload_id)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(store_status)?;
         Ok(Response::new(pb::ListNotificationsResponse {
             notifications: list
                 .into_iter()
@@ -433,10 +434,7 @@ impl Admin for AdminApi {
         let tenant = tenant(&request)?;
         let req = request.into_inner();
         let store = self.orchestrator.store();
-        let mut settings = store
-            .tenant_settings(&tenant)
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let mut settings = store.tenant_settings(&tenant).await.map_err(store_status)?;
         if req.url.is_empty() {
             settings.webhook_url = None;
             settings.webhook_secret = None;
@@ -464,7 +462,7 @@ impl Admin for AdminApi {
         store
             .set_tenant_settings(settings)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(store_status)?;
         tracing::info!(tenant, "webhook updated");
         Ok(Response::new(pb::SetWebhookResponse {}))
     }
