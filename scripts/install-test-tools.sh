@@ -37,5 +37,10 @@ if [ ! -x "$tools/bin/terraform-1.0.3" ]; then
   rm -rf "$download"
 fi
 
-"$tools/bin/terraform-1.15.5" version | head -1
-"$tools/bin/terraform-1.0.3" version | head -1
+# Captured whole, not piped into `head`: Terraform 1.0.3 exits 255 when its stdout
+# closes before it has written, which fails this script under pipefail.
+export CHECKPOINT_DISABLE=1
+for terraform in "$tools/bin/terraform-1.15.5" "$tools/bin/terraform-1.0.3"; do
+  version="$("$terraform" version)"
+  echo "${version%%$'\n'*}"
+done
