@@ -235,4 +235,38 @@ pub trait Store: Send + Sync + 'static {
         tenant_id: &str,
         workload_id: &str,
     ) -> Result<Vec<NotificationRecord>, StoreError>;
+
+    // ---- routing ----
+
+    /// Announces every committed change of a workload row (create, transition,
+    /// update) in this process, so the router's cache follows the store without
+    /// polling. A receiver that lags gets `Lagged` and must reload everything.
+    fn workload_changes(&self) -> tokio::sync::broadcast::Receiver<WorkloadChange>;
+
+    /// One workload by id, whatever its tenant: only for the router, which then checks
+    /// the caller's credential against the workload's tenant.
+    async fn workload_for_routing(&self, id: &str) -> Result<Option<WorkloadRecord>, StoreError>;
+
+    /// Records an opened TCP connection.
+    async fn open_connection(&self, connection: ConnectionRecord) -> Result<(), StoreError>;
+
+    /// Sets the byte counters of open connections: `(id, to_backend, from_backend)`.
+    async fn record_connection_bytes(
+        &self,
+        counters: Vec<(String, u64, u64)>,
+    ) -> Result<(), StoreError>;
+
+    /// Removes a closed connection's row.
+    async fn close_connection(&self, id: &str) -> Result<(), StoreError>;
+
+    /// Removes every row of a router (it restarted, so they are closed); returns how
+    /// many there were.
+    async fn close_router_connections(&self, router_id: &str) -> Result<u64, StoreError>;
+
+    /// Open connections of a workload, oldest first.
+    async fn connections(
+        &self,
+        tenant_id: &str,
+        workload_id: &str,
+    ) -> Result<Vec<ConnectionRecord>, StoreError>;
 }

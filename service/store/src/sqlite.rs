@@ -13,6 +13,9 @@ use std::sync::{Arc, Mutex};
 
 const ENGINE: &str = "sqlite";
 
+/// Changes buffered per subscriber before it lags and must reload.
+const CHANGE_FEED_CAPACITY: usize = 4096;
+
 /// Ordered schema migrations; the index + 1 is the schema version.
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -144,12 +147,34 @@ CREATE TABLE notifications (
 );
 CREATE INDEX notifications_due ON notifications (status, next_attempt_at);
 "#,
+    r#"
+ALTER TABLE workloads ADD COLUMN access_token_hash TEXT;
+ALTER TABLE workloads ADD COLUMN tcp_endpoint TEXT;
+ALTER TABLE workloads ADD COLUMN tcp_listen_port INTEGER;
+-- A router TCP port belongs to one active workload at a time.
+CREATE UNIQUE INDEX workloads_active_tcp_port ON workloads (tcp_listen_port)
+    WHERE tcp_listen_port IS NOT NULL AND status NOT IN ('FAILED', 'TERMINATED');
+CREATE TABLE router_connections (
+    id                  TEXT PRIMARY KEY,
+    router_id           TEXT NOT NULL,
+    tenant_id           TEXT NOT NULL,
+    workload_id         TEXT NOT NULL,
+    backend             TEXT NOT NULL,
+    client              TEXT NOT NULL,
+    started_at          INTEGER NOT NULL,
+    bytes_to_backend    INTEGER NOT NULL DEFAULT 0,
+    bytes_from_backend  INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX router_connections_by_workload ON router_connections (workload_id);
+CREATE INDEX router_connections_by_router ON router_connections (router_id);
+"#,
 ];
 
 /// SQLite-backed [`Store`].
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    changes: tokio::sync::broadcast::Sender<WorkloadChange>,
 }
 
 fn classify(err: rusqlite::Error) -> StoreError {
@@ -223,7 +248,16 @@ impl SqliteStore {
         }
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
+            changes: tokio::sync::broadcast::channel(CHANGE_FEED_CAPACITY).0,
         })
+    }
+
+    /// Tells change-feed subscribers (if any) that a workload row changed.
+    fn announce(&self, tenant_id: &str, workload_id: &str) {
+        let _ = self.changes.send(WorkloadChange {
+            tenant_id: tenant_id.to_string(),
+            workload_id: workload_id.to_string(),
+        });
     }
 
     /// Runs `f` with the connection on the blocking pool.
@@ -330,7 +364,7 @@ fn placement_from_json(text: &str) -> Result<PlacementRecord, StoreError> {
     })
 }
 
-const WORKLOAD_COLUMNS: &str = "id, tenant_id, name, spec, status, status_reason, failed_step, placement, instance_id, endpoint, instance_started_at, created_at, updated_at";
+const WORKLOAD_COLUMNS: &str = "id, tenant_id, name, spec, status, status_reason, failed_step, placement, instance_id, endpoint, instance_started_at, created_at, updated_at, access_token_hash, tcp_endpoint, tcp_listen_port";
 
 fn workload_from_row(
     row: &rusqlite::Row<'_>,
@@ -355,6 +389,9 @@ fn workload_from_row(
             instance_started_at: row.get(10).map_err(classify)?,
             created_at: row.get(11).map_err(classify)?,
             updated_at: row.get(12).map_err(classify)?,
+            access_token_hash: row.get(13).map_err(classify)?,
+            tcp_endpoint: row.get(14).map_err(classify)?,
+            tcp_listen_port: row.get(15).map_err(classify)?,
         })
     };
     Ok(build())
@@ -485,6 +522,13 @@ fn apply_changes(
     if let Some(v) = &changes.instance_started_at {
         tx.execute(
             "UPDATE workloads SET instance_started_at = ?1 WHERE id = ?2",
+            params![v, id],
+        )
+        .map_err(classify)?;
+    }
+    if let Some(v) = &changes.tcp_endpoint {
+        tx.execute(
+            "UPDATE workloads SET tcp_endpoint = ?1 WHERE id = ?2",
             params![v, id],
         )
         .map_err(classify)?;
@@ -765,7 +809,8 @@ impl Store for SqliteStore {
         workload: WorkloadRecord,
         run: RunRecord,
     ) -> Result<CreateOutcome, StoreError> {
-        self.with_conn(move |conn| {
+        let (tenant_id, workload_id) = (workload.tenant_id.clone(), workload.id.clone());
+        let outcome = self.with_conn(move |conn| {
             let tx = conn.transaction().map_err(classify)?;
             let existing = query_workloads(
                 &tx,
@@ -777,7 +822,7 @@ impl Store for SqliteStore {
             }
             let spec = serde_json::to_string(&workload.spec).map_err(|e| corrupt(e.to_string()))?;
             tx.execute(
-                &format!("INSERT INTO workloads ({WORKLOAD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+                &format!("INSERT INTO workloads ({WORKLOAD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
                 params![
                     workload.id,
                     workload.tenant_id,
@@ -792,6 +837,9 @@ impl Store for SqliteStore {
                     workload.instance_started_at,
                     workload.created_at,
                     workload.updated_at,
+                    workload.access_token_hash,
+                    workload.tcp_endpoint,
+                    workload.tcp_listen_port,
                 ],
             )
             .map_err(classify)?;
@@ -799,7 +847,11 @@ impl Store for SqliteStore {
             tx.commit().map_err(classify)?;
             Ok(CreateOutcome::Created)
         })
-        .await
+        .await?;
+        if outcome == CreateOutcome::Created {
+            self.announce(&tenant_id, &workload_id);
+        }
+        Ok(outcome)
     }
 
     async fn workload(
@@ -882,7 +934,8 @@ impl Store for SqliteStore {
         changes: WorkloadChanges,
     ) -> Result<bool, StoreError> {
         let (tenant_id, id, reason) = (tenant_id.to_string(), id.to_string(), reason.to_string());
-        self.with_conn(move |conn| {
+        let (tenant, workload) = (tenant_id.clone(), id.clone());
+        let applied = self.with_conn(move |conn| {
             let tx = conn.transaction().map_err(classify)?;
             let updated = tx
                 .execute(
@@ -904,7 +957,11 @@ impl Store for SqliteStore {
             tx.commit().map_err(classify)?;
             Ok(true)
         })
-        .await
+        .await?;
+        if applied {
+            self.announce(&tenant, &workload);
+        }
+        Ok(applied)
     }
 
     async fn update_workload(
@@ -915,6 +972,7 @@ impl Store for SqliteStore {
         at: i64,
     ) -> Result<(), StoreError> {
         let (tenant_id, id) = (tenant_id.to_string(), id.to_string());
+        let (tenant, workload) = (tenant_id.clone(), id.clone());
         self.with_conn(move |conn| {
             let tx = conn.transaction().map_err(classify)?;
             let owned: Option<String> = tx
@@ -934,7 +992,9 @@ impl Store for SqliteStore {
             apply_changes(&tx, &id, &changes, at)?;
             tx.commit().map_err(classify)
         })
-        .await
+        .await?;
+        self.announce(&tenant, &workload);
+        Ok(())
     }
 
     async fn transitions(
@@ -1193,6 +1253,111 @@ impl Store for SqliteStore {
                 &format!("SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE tenant_id = ?1 AND workload_id = ?2 ORDER BY created_at, id"),
                 params![tenant_id, workload_id],
             )
+        })
+        .await
+    }
+
+    fn workload_changes(&self) -> tokio::sync::broadcast::Receiver<WorkloadChange> {
+        self.changes.subscribe()
+    }
+
+    async fn workload_for_routing(&self, id: &str) -> Result<Option<WorkloadRecord>, StoreError> {
+        let id = id.to_string();
+        self.with_conn(move |conn| {
+            Ok(query_workloads(
+                conn,
+                &format!("SELECT {WORKLOAD_COLUMNS} FROM workloads WHERE id = ?1"),
+                params![id],
+            )?
+            .into_iter()
+            .next())
+        })
+        .await
+    }
+
+    async fn open_connection(&self, c: ConnectionRecord) -> Result<(), StoreError> {
+        self.with_conn(move |conn| {
+            conn.execute(
+                "INSERT INTO router_connections (id, router_id, tenant_id, workload_id, backend, client, started_at, bytes_to_backend, bytes_from_backend)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![c.id, c.router_id, c.tenant_id, c.workload_id, c.backend, c.client, c.started_at, c.bytes_to_backend as i64, c.bytes_from_backend as i64],
+            )
+            .map(|_| ())
+            .map_err(classify)
+        })
+        .await
+    }
+
+    async fn record_connection_bytes(
+        &self,
+        counters: Vec<(String, u64, u64)>,
+    ) -> Result<(), StoreError> {
+        self.with_conn(move |conn| {
+            let tx = conn.transaction().map_err(classify)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached("UPDATE router_connections SET bytes_to_backend = ?2, bytes_from_backend = ?3 WHERE id = ?1")
+                    .map_err(classify)?;
+                for (id, to_backend, from_backend) in &counters {
+                    stmt.execute(params![id, *to_backend as i64, *from_backend as i64])
+                        .map_err(classify)?;
+                }
+            }
+            tx.commit().map_err(classify)
+        })
+        .await
+    }
+
+    async fn close_connection(&self, id: &str) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.with_conn(move |conn| {
+            conn.execute("DELETE FROM router_connections WHERE id = ?1", params![id])
+                .map(|_| ())
+                .map_err(classify)
+        })
+        .await
+    }
+
+    async fn close_router_connections(&self, router_id: &str) -> Result<u64, StoreError> {
+        let router_id = router_id.to_string();
+        self.with_conn(move |conn| {
+            conn.execute(
+                "DELETE FROM router_connections WHERE router_id = ?1",
+                params![router_id],
+            )
+            .map(|n| n as u64)
+            .map_err(classify)
+        })
+        .await
+    }
+
+    async fn connections(
+        &self,
+        tenant_id: &str,
+        workload_id: &str,
+    ) -> Result<Vec<ConnectionRecord>, StoreError> {
+        let (tenant_id, workload_id) = (tenant_id.to_string(), workload_id.to_string());
+        self.with_conn(move |conn| {
+            let mut stmt = conn
+                .prepare("SELECT id, router_id, tenant_id, workload_id, backend, client, started_at, bytes_to_backend, bytes_from_backend
+                          FROM router_connections WHERE tenant_id = ?1 AND workload_id = ?2 ORDER BY started_at, id")
+                .map_err(classify)?;
+            let rows = stmt
+                .query_map(params![tenant_id, workload_id], |row| {
+                    Ok(ConnectionRecord {
+                        id: row.get(0)?,
+                        router_id: row.get(1)?,
+                        tenant_id: row.get(2)?,
+                        workload_id: row.get(3)?,
+                        backend: row.get(4)?,
+                        client: row.get(5)?,
+                        started_at: row.get(6)?,
+                        bytes_to_backend: row.get::<_, i64>(7)? as u64,
+                        bytes_from_backend: row.get::<_, i64>(8)? as u64,
+                    })
+                })
+                .map_err(classify)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(classify)
         })
         .await
     }

@@ -49,6 +49,174 @@ pub async fn run_all(store: &dyn Store) {
     transitions_are_compare_and_set_with_history(store).await;
     runs_keep_a_step_ledger_and_replay_dead_ones(store).await;
     billing_and_notifications(store).await;
+    workload_changes_are_announced_after_commit(store).await;
+    tcp_ports_are_unique_among_active_workloads(store).await;
+    connection_records_open_count_and_close(store).await;
+}
+
+async fn workload_changes_are_announced_after_commit(store: &dyn Store) {
+    store.ensure_tenant("feed", 1).await.unwrap();
+    let mut changes = store.workload_changes();
+    let mut w = workload("w-feed", "feed", "feed-api");
+    w.access_token_hash = Some("ab".repeat(32));
+    let created = store
+        .create_workload(w, run("r-feed", "feed", "w-feed", RunKind::Provision))
+        .await
+        .unwrap();
+    assert_eq!(created, CreateOutcome::Created);
+    let expect = WorkloadChange {
+        tenant_id: "feed".into(),
+        workload_id: "w-feed".into(),
+    };
+    assert_eq!(changes.try_recv().unwrap(), expect, "create is announced");
+    // The router reads the row as soon as it hears of it: it must be committed.
+    let seen = store.workload_for_routing("w-feed").await.unwrap().unwrap();
+    assert_eq!(seen.tenant_id, "feed");
+    assert_eq!(seen.access_token_hash, Some("ab".repeat(32)));
+
+    let applied = store
+        .transition_workload(
+            "feed",
+            "w-feed",
+            Transition::new(WorkloadStatus::Pending, WorkloadStatus::Provisioning).unwrap(),
+            "placed",
+            101,
+            WorkloadChanges {
+                endpoint: Some(Some("127.0.0.1:9".into())),
+                tcp_endpoint: Some(Some("127.0.0.1:10".into())),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(applied);
+    assert_eq!(
+        changes.try_recv().unwrap(),
+        expect,
+        "transition is announced"
+    );
+    let seen = store.workload_for_routing("w-feed").await.unwrap().unwrap();
+    assert_eq!(seen.tcp_endpoint.as_deref(), Some("127.0.0.1:10"));
+
+    // A compare-and-set that loses changes nothing and announces nothing.
+    let lost = store
+        .transition_workload(
+            "feed",
+            "w-feed",
+            Transition::new(WorkloadStatus::Pending, WorkloadStatus::Provisioning).unwrap(),
+            "placed again",
+            102,
+            WorkloadChanges::default(),
+        )
+        .await
+        .unwrap();
+    assert!(!lost);
+    assert!(changes.try_recv().is_err(), "a lost CAS is not announced");
+
+    store
+        .update_workload(
+            "feed",
+            "w-feed",
+            WorkloadChanges {
+                endpoint: Some(Some("127.0.0.1:11".into())),
+                ..Default::default()
+            },
+            103,
+        )
+        .await
+        .unwrap();
+    assert_eq!(changes.try_recv().unwrap(), expect, "update is announced");
+    assert!(store.workload_for_routing("nope").await.unwrap().is_none());
+}
+
+async fn tcp_ports_are_unique_among_active_workloads(store: &dyn Store) {
+    store.ensure_tenant("tcp-a", 1).await.unwrap();
+    store.ensure_tenant("tcp-b", 1).await.unwrap();
+    let mut a = workload("w-tcp-a", "tcp-a", "db");
+    a.tcp_listen_port = Some(21_000);
+    store
+        .create_workload(a, run("r-tcp-a", "tcp-a", "w-tcp-a", RunKind::Provision))
+        .await
+        .unwrap();
+    let mut b = workload("w-tcp-b", "tcp-b", "db");
+    b.tcp_listen_port = Some(21_000);
+    let err = store
+        .create_workload(
+            b.clone(),
+            run("r-tcp-b", "tcp-b", "w-tcp-b", RunKind::Provision),
+        )
+        .await
+        .expect_err("the port is taken by an active workload of another tenant");
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    assert!(store
+        .workload_for_routing("w-tcp-b")
+        .await
+        .unwrap()
+        .is_none());
+
+    // Once the first one has ended, the port is free again.
+    for (from, to) in [(WorkloadStatus::Pending, WorkloadStatus::Failed)] {
+        assert!(store
+            .transition_workload(
+                "tcp-a",
+                "w-tcp-a",
+                Transition::new(from, to).unwrap(),
+                "gone",
+                2,
+                WorkloadChanges::default()
+            )
+            .await
+            .unwrap());
+    }
+    store
+        .create_workload(b, run("r-tcp-b", "tcp-b", "w-tcp-b", RunKind::Provision))
+        .await
+        .unwrap();
+}
+
+async fn connection_records_open_count_and_close(store: &dyn Store) {
+    let record = |id: &str, router: &str| ConnectionRecord {
+        id: id.into(),
+        router_id: router.into(),
+        tenant_id: "conn".into(),
+        workload_id: "w-conn".into(),
+        backend: "127.0.0.1:5000".into(),
+        client: "127.0.0.1:40000".into(),
+        started_at: 10,
+        bytes_to_backend: 0,
+        bytes_from_backend: 0,
+    };
+    store.open_connection(record("c1", "r1")).await.unwrap();
+    store.open_connection(record("c2", "r1")).await.unwrap();
+    store.open_connection(record("c3", "r2")).await.unwrap();
+    store
+        .record_connection_bytes(vec![("c1".into(), 5, 7), ("gone".into(), 1, 1)])
+        .await
+        .unwrap();
+    let open = store.connections("conn", "w-conn").await.unwrap();
+    assert_eq!(open.len(), 3);
+    let c1 = open.iter().find(|c| c.id == "c1").unwrap();
+    assert_eq!((c1.bytes_to_backend, c1.bytes_from_backend), (5, 7));
+    assert!(
+        store
+            .connections("other", "w-conn")
+            .await
+            .unwrap()
+            .is_empty(),
+        "isolated by tenant"
+    );
+
+    store.close_connection("c1").await.unwrap();
+    assert_eq!(store.close_router_connections("r1").await.unwrap(), 1);
+    let left: Vec<String> = store
+        .connections("conn", "w-conn")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(left, vec!["c3".to_string()]);
+    assert_eq!(store.close_router_connections("r2").await.unwrap(), 1);
 }
 
 fn spec(name: &str) -> WorkloadSpec {
@@ -64,6 +232,8 @@ fn spec(name: &str) -> WorkloadSpec {
         storage: StorageSpec::default(),
         tags: BTreeMap::from([("team".into(), "ml".into())]),
         create_timeout: Duration::from_secs(600),
+        tcp_port: None,
+        tcp_listen_port: None,
     }
 }
 
@@ -80,6 +250,9 @@ fn workload(id: &str, tenant: &str, name: &str) -> WorkloadRecord {
         instance_id: None,
         endpoint: None,
         instance_started_at: None,
+        access_token_hash: None,
+        tcp_endpoint: None,
+        tcp_listen_port: None,
         created_at: 100,
         updated_at: 100,
     }

@@ -32,6 +32,14 @@ pub struct WorkloadRecord {
     pub endpoint: Option<String>,
     /// When the current instance was created, unix seconds (start of billing).
     pub instance_started_at: Option<i64>,
+    /// Hex SHA-256 of the workload's router access token; the token itself is derived
+    /// by the service and never stored.
+    pub access_token_hash: Option<String>,
+    /// Where the workload answers TCP (`127.0.0.1:PORT` locally), when it asked for it.
+    pub tcp_endpoint: Option<String>,
+    /// The router's stable TCP listener port for this workload; unique among active
+    /// workloads.
+    pub tcp_listen_port: Option<u16>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -45,6 +53,7 @@ pub struct WorkloadChanges {
     pub endpoint: Option<Option<String>>,
     pub instance_started_at: Option<Option<i64>>,
     pub failed_step: Option<Option<String>>,
+    pub tcp_endpoint: Option<Option<String>>,
     pub spec: Option<WorkloadSpec>,
 }
 
@@ -208,6 +217,30 @@ pub struct TenantSettings {
     pub webhook_secret: Option<String>,
     /// Overrides the service-wide quota when set.
     pub max_concurrent_workloads: Option<u32>,
+}
+
+/// A committed change of one workload row, announced by [`crate::Store::workload_changes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadChange {
+    pub tenant_id: String,
+    pub workload_id: String,
+}
+
+/// One open TCP connection through a router, while it is open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionRecord {
+    pub id: String,
+    /// The router process that holds it: its rows are cleared when it restarts.
+    pub router_id: String,
+    pub tenant_id: String,
+    pub workload_id: String,
+    /// The backend address the connection was forwarded to.
+    pub backend: String,
+    /// The client's address.
+    pub client: String,
+    pub started_at: i64,
+    pub bytes_to_backend: u64,
+    pub bytes_from_backend: u64,
 }
 
 /// The result of [`crate::Store::create_workload`].
