@@ -4,12 +4,15 @@
 #
 #   1. Rust: unit and integration tests of every crate, and the benchmarks in test
 #      mode (each benchmark runs once, as a smoke test).
-#   2. Acceptance: real Terraform 1.15.5 and 1.0.3 against the built provider and a
+#   2. The router benchmark in short mode (wrk, nginx and haproxy from Debian packages,
+#      installed by the script) and a 30 s run of the router parser's fuzz target.
+#   3. Acceptance: real Terraform 1.15.5 and 1.0.3 against the built provider and a
 #      real service (tests/acceptance, pytest).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 export RUST_LIB_BACKTRACE=0
+export CHECKPOINT_DISABLE=1 TF_IN_AUTOMATION=1 TF_INPUT=0
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 echo "== installing test tools"
@@ -20,6 +23,12 @@ cargo build --workspace --bins --locked
 
 echo "== rust tests"
 cargo test --workspace --locked --all-targets
+
+echo "== router benchmark, short mode (numbers are reported, not asserted)"
+./scripts/bench-router.sh --short
+
+echo "== fuzzing the router's request parsing"
+FUZZ_SECONDS="${FUZZ_SECONDS:-30}" ./scripts/fuzz.sh
 
 echo "== acceptance tests (real Terraform)"
 .tools/venv/bin/python -m pytest tests/acceptance -q -p no:cacheprovider "$@"

@@ -12,10 +12,11 @@
 //! - A workload terminated out of band (or FAILED) is removed from state on refresh.
 
 use crate::client::{report_status, report_violations, Connection, SharedConnection};
+use computearbitrage_api::ERROR_FIELD_METADATA;
 use crate::duration;
 use crate::number::Number;
 use crate::requirements::{self, check_whole, strings, whole, RequirementsBlock};
-use crate::schema::{attribute, computed, optional, optional_computed, string_list};
+use crate::schema::{attribute, computed, optional, optional_computed, sensitive, string_list};
 use computearbitrage_api::{pb, validate};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -71,6 +72,8 @@ pub struct WorkloadState {
     pub image: Value<String>,
     pub env: StringMap,
     pub port: Value<Number>,
+    pub tcp_port: Value<Number>,
+    pub tcp_listen_port: Value<Number>,
     #[serde(with = "serde_as_vec")]
     pub health_check: Value<HealthCheckBlock>,
     pub on_interruption: Value<String>,
@@ -86,9 +89,26 @@ pub struct WorkloadState {
     pub instance_type: Value<String>,
     pub instance_id: Value<String>,
     pub endpoint: Value<String>,
+    pub access_token: Value<String>,
+    pub tcp_endpoint: Value<String>,
+    pub backend_endpoint: Value<String>,
     pub price_per_hour: Value<Number>,
     pub on_demand_price_per_hour: Value<Number>,
     pub created_at: Value<String>,
+}
+
+fn port_of(value: &Value<Number>) -> Option<u32> {
+    value
+        .as_ref_option()
+        .map(|n| whole(n).clamp(0, 65_536) as u32)
+}
+
+fn non_empty(text: &str) -> Value<String> {
+    if text.is_empty() {
+        Value::Null
+    } else {
+        Value::Value(text.to_string())
+    }
 }
 
 fn map_of(value: &StringMap) -> HashMap<String, String> {
@@ -169,7 +189,26 @@ impl WorkloadState {
             create_timeout_seconds: self
                 .timeout(|t| &t.create, DEFAULT_CREATE_TIMEOUT)
                 .as_secs() as u32,
+            tcp_port: port_of(&self.tcp_port),
+            tcp_listen_port: port_of(&self.tcp_listen_port),
         }
+    }
+
+    /// Plans `tcp_listen_port` when the configuration leaves it to the service: null
+    /// without `tcp_port`, kept from `prior` while `tcp_port` is unchanged, otherwise
+    /// known only after apply.
+    fn plan_tcp_listen_port(&mut self, config: &WorkloadState, prior: Option<&WorkloadState>) {
+        if !config.tcp_listen_port.is_null() {
+            return;
+        }
+        self.tcp_listen_port = if self.tcp_port.is_null() {
+            Value::Null
+        } else {
+            match prior {
+                Some(prior) if prior.tcp_port == self.tcp_port => prior.tcp_listen_port.clone(),
+                _ => Value::Unknown,
+            }
+        };
     }
 
     /// Reports every invalid known value on its attribute path.
@@ -182,6 +221,10 @@ impl WorkloadState {
             Some(validate::PathStep::Field("name")) => self.name.is_value(),
             Some(validate::PathStep::Field("command")) => self.command.is_value(),
             Some(validate::PathStep::Field("port")) => self.port.is_value(),
+            Some(validate::PathStep::Field("tcp_port")) => self.tcp_port.is_value(),
+            Some(validate::PathStep::Field("tcp_listen_port")) => {
+                self.tcp_listen_port.is_value() && !self.tcp_port.is_unknown()
+            }
             _ => true,
         });
         if self.port.is_null() {
@@ -190,6 +233,12 @@ impl WorkloadState {
         report_violations(diags, AttributePath::root(), &top);
         ok &= top.is_empty();
         ok &= check_whole(diags, &self.port, AttributePath::new("port"));
+        ok &= check_whole(diags, &self.tcp_port, AttributePath::new("tcp_port"));
+        ok &= check_whole(
+            diags,
+            &self.tcp_listen_port,
+            AttributePath::new("tcp_listen_port"),
+        );
         if let Some(block) = self.requirements.as_ref_option() {
             let v = validate::requirements(&block.to_pb());
             report_violations(diags, AttributePath::new(requirements::BLOCK_NAME), &v);
@@ -300,6 +349,13 @@ impl WorkloadState {
         self.instance_type = Value::Unknown;
         self.instance_id = Value::Unknown;
         self.endpoint = Value::Unknown;
+        self.access_token = Value::Unknown;
+        self.tcp_endpoint = if self.tcp_port.is_null() {
+            Value::Null
+        } else {
+            Value::Unknown
+        };
+        self.backend_endpoint = Value::Unknown;
         self.price_per_hour = Value::Unknown;
         self.on_demand_price_per_hour = Value::Unknown;
         self.created_at = Value::Unknown;
@@ -314,6 +370,9 @@ impl WorkloadState {
         self.instance_type = from.instance_type.clone();
         self.instance_id = from.instance_id.clone();
         self.endpoint = from.endpoint.clone();
+        self.access_token = from.access_token.clone();
+        self.tcp_endpoint = from.tcp_endpoint.clone();
+        self.backend_endpoint = from.backend_endpoint.clone();
         self.price_per_hour = from.price_per_hour.clone();
         self.on_demand_price_per_hour = from.on_demand_price_per_hour.clone();
         self.created_at = from.created_at.clone();
@@ -328,6 +387,10 @@ impl WorkloadState {
         self.instance_type = Value::Value(w.instance_type.clone());
         self.instance_id = Value::Value(w.instance_id.clone());
         self.endpoint = Value::Value(w.endpoint.clone());
+        self.access_token = Value::Value(w.access_token.clone());
+        self.tcp_endpoint = non_empty(&w.tcp_endpoint);
+        self.tcp_listen_port = w.tcp_listen_port.map(|p| Number::from(i64::from(p))).into();
+        self.backend_endpoint = non_empty(&w.backend_endpoint);
         self.price_per_hour = same_number(&self.price_per_hour, w.price_per_hour);
         self.on_demand_price_per_hour =
             same_number(&self.on_demand_price_per_hour, w.on_demand_price_per_hour);
@@ -393,6 +456,8 @@ impl WorkloadState {
             image: Some(spec.image.clone()).filter(|i| !i.is_empty()).into(),
             env: map_or_null(&spec.env),
             port: Value::Value(Number::from(i64::from(spec.port))),
+            tcp_port: spec.tcp_port.map(|p| Number::from(i64::from(p))).into(),
+            tcp_listen_port: Value::Null,
             health_check: if default_check {
                 Value::Null
             } else {
@@ -428,6 +493,9 @@ impl WorkloadState {
             instance_type: Value::Null,
             instance_id: Value::Null,
             endpoint: Value::Null,
+            access_token: Value::Null,
+            tcp_endpoint: Value::Null,
+            backend_endpoint: Value::Null,
             price_per_hour: Value::Null,
             on_demand_price_per_hour: Value::Null,
             created_at: Value::Null,
@@ -476,7 +544,7 @@ impl Resource for WorkloadResource {
     fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
         let string_map = AttributeType::Map(Box::new(AttributeType::String));
         let attributes = HashMap::from([
-            ("id".to_string(), computed(AttributeType::String, "The workload id assigned by the service (`wl_…`). Use it to import.")),
+            ("id".to_string(), computed(AttributeType::String, "The workload id assigned by the service (`wl-…`). Use it to import.")),
             ("name".to_string(), attribute(AttributeType::String, AttributeConstraint::Required, "Name, unique among the tenant's active workloads: 1 to 63 lower-case letters, digits and dashes. Changing it replaces the workload.")),
             ("command".to_string(), attribute(string_list(), AttributeConstraint::Required, "The program and its arguments, run on the instance. The local driver runs it as a process with `PORT` set. Changing it replaces the workload.")),
             ("image".to_string(), optional(AttributeType::String, "Container image for real clouds; the local driver ignores it. Changing it replaces the workload.")),
@@ -490,7 +558,12 @@ impl Resource for WorkloadResource {
             ("zone".to_string(), computed(AttributeType::String, "Zone, empty where the cloud prices per region.")),
             ("instance_type".to_string(), computed(AttributeType::String, "Instance type the workload runs on.")),
             ("instance_id".to_string(), computed(AttributeType::String, "The driver's instance id.")),
-            ("endpoint".to_string(), computed(AttributeType::String, "Where the workload answers, `host:port`.")),
+            ("endpoint".to_string(), computed(AttributeType::String, "The workload's stable URL through the router (`http://router/w/<id>/`, or `http://<id>.<base domain>/` with host routing). It stays the same when the workload moves. Requests need `access_token` or the tenant's token, as `Authorization: Bearer …` or `?token=…`.")),
+            ("access_token".to_string(), sensitive(computed(AttributeType::String, "A token that reaches this workload, and only it, through the router. Sensitive."))),
+            ("backend_endpoint".to_string(), computed(AttributeType::String, "The current instance's own `host:port`; changes when the workload moves, so use `endpoint` instead.")),
+            ("tcp_port".to_string(), optional(AttributeType::Number, "A raw TCP port the workload serves on (the local driver sets `TCP_PORT` to a free port instead). When set, the router exposes it on `tcp_endpoint`. Changing it replaces the workload.")),
+            ("tcp_listen_port".to_string(), optional_computed(AttributeType::Number, "The router's stable TCP listener port for `tcp_port`: the one requested (within the router's TCP port range, default 20000-20999), or allocated when unset. Changing it replaces the workload.")),
+            ("tcp_endpoint".to_string(), computed(AttributeType::String, "`host:port` of the router's TCP listener for this workload, when `tcp_port` is set. Null otherwise.")),
             ("price_per_hour".to_string(), computed(AttributeType::Number, "Spot price paid, USD per hour.")),
             ("on_demand_price_per_hour".to_string(), computed(AttributeType::Number, "On-demand price of the same offer, USD per hour; null when unknown.")),
             ("created_at".to_string(), computed(AttributeType::String, "When the service accepted the workload (RFC 3339).")),
@@ -617,9 +690,10 @@ impl Resource for WorkloadResource {
         &self,
         diags: &mut Diagnostics,
         mut proposed: WorkloadState,
-        _config: WorkloadState,
+        config: WorkloadState,
         _meta: ValueEmpty,
     ) -> Option<(WorkloadState, ValueEmpty)> {
+        proposed.plan_tcp_listen_port(&config, None);
         proposed.check(diags);
         proposed.fill_defaults();
         proposed.set_computed_unknown();
@@ -631,10 +705,11 @@ impl Resource for WorkloadResource {
         diags: &mut Diagnostics,
         prior: WorkloadState,
         mut proposed: WorkloadState,
-        _config: WorkloadState,
+        config: WorkloadState,
         private: ValueEmpty,
         _meta: ValueEmpty,
     ) -> Option<(WorkloadState, ValueEmpty, Vec<AttributePath>)> {
+        proposed.plan_tcp_listen_port(&config, Some(&prior));
         proposed.check(diags);
         proposed.fill_defaults();
         // Placement may change under Terraform when the service moves the workload:
@@ -654,6 +729,16 @@ impl Resource for WorkloadResource {
         if proposed.port.is_unknown() || port(&proposed) != port(&prior) {
             replace.push(AttributePath::new("port"));
         }
+        if proposed.tcp_port.is_unknown() || port_of(&proposed.tcp_port) != port_of(&prior.tcp_port)
+        {
+            replace.push(AttributePath::new("tcp_port"));
+        }
+        if proposed.tcp_listen_port.is_value()
+            && port_of(&proposed.tcp_listen_port) != port_of(&prior.tcp_listen_port)
+        {
+            replace.push(AttributePath::new("tcp_listen_port"));
+        }
+
         let requirements =
             |s: &WorkloadState| s.requirements.as_ref_option().map(RequirementsBlock::to_pb);
         if proposed.requirements != prior.requirements
@@ -700,6 +785,19 @@ impl Resource for WorkloadResource {
                     format!("A workload named {name:?} already exists"),
                     status.message().to_string(),
                     AttributePath::new("name"),
+                );
+                return None;
+            }
+            // What only the service can check (the router's TCP ports) lands on the
+            // attribute like plan-time validation does.
+            Err(status)
+                if status.code() == tonic::Code::InvalidArgument
+                    && status.metadata().get(ERROR_FIELD_METADATA).and_then(|v| v.to_str().ok()) == Some("tcp_listen_port") =>
+            {
+                diags.error(
+                    "Invalid value for tcp_listen_port",
+                    status.message().to_string(),
+                    AttributePath::new("tcp_listen_port"),
                 );
                 return None;
             }
@@ -875,7 +973,7 @@ impl Resource for WorkloadResource {
                 Some((WorkloadState::from_workload(&w), ValueEmpty::default()))
             }
             Err(status) if status.code() == tonic::Code::NotFound => {
-                diags.root_error(format!("No workload {id:?} to import"), "Workload ids look like `wl_…`; list them from the service. A workload of another tenant is not visible.");
+                diags.root_error(format!("No workload {id:?} to import"), "Workload ids look like `wl-…`; list them from the service. A workload of another tenant is not visible.");
                 None
             }
             Err(status) => {

@@ -48,6 +48,12 @@ pub fn offer_object_type() -> AttributeType {
     ]))
 }
 
+/// Marks an attribute sensitive: Terraform hides it in plans and output.
+pub fn sensitive(mut attribute: Attribute) -> Attribute {
+    attribute.sensitive = true;
+    attribute
+}
+
 /// Optional in configuration; when unset, the provider plans the default.
 pub fn optional_computed(attr_type: AttributeType, description: &str) -> Attribute {
     attribute(

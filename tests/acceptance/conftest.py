@@ -35,6 +35,13 @@ class Service:
         env["RUST_LOG"] = "info"
         if snapshot_dir is not None:
             env["COMPUTEARBITRAGE_PRICING__SNAPSHOT__DIR"] = str(snapshot_dir)
+        # Several services run in one session: free router ports, own TCP ranges.
+        env["COMPUTEARBITRAGE_ROUTER__LISTEN"] = "127.0.0.1:0"
+        env["COMPUTEARBITRAGE_ROUTER__METRICS_LISTEN"] = "127.0.0.1:0"
+        tcp_min = free_port_block()
+        env["COMPUTEARBITRAGE_ROUTER__TCP_PORT_MIN"] = str(tcp_min)
+        env["COMPUTEARBITRAGE_ROUTER__TCP_PORT_MAX"] = str(tcp_min + 9)
+        self.tcp_ports = (tcp_min, tcp_min + 9)
         self.log = open(data_dir.parent / f"{data_dir.name}.log", "w")
         self.process = subprocess.Popen(
             [str(BIN_DIR / "computearbitrage"), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
@@ -43,16 +50,18 @@ class Service:
             text=True,
             env=env,
         )
-        self.endpoint = self._read_endpoint()
+        self.endpoint = self._read_after("listening on ")
+        # `http://host:port` of the router.
+        self.router = self._read_after("through the router at ").split()[0]
 
-    def _read_endpoint(self) -> str:
+    def _read_after(self, marker: str) -> str:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             line = self.process.stdout.readline()
             if not line:
                 break
-            if "listening on " in line:
-                return line.strip().split("listening on ", 1)[1]
+            if marker in line:
+                return line.strip().split(marker, 1)[1]
         self.stop()
         raise RuntimeError(f"service did not start; see {self.log.name}")
 
@@ -93,6 +102,28 @@ def kill_workload_processes(data_dir: pathlib.Path):
                         os.killpg(int(entry), signal.SIGKILL)
             except (OSError, ProcessLookupError):
                 pass
+
+
+def free_port_block(size: int = 10) -> int:
+    """The first of `size` consecutive ports that are free now."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            start = probe.getsockname()[1]
+        if start + size > 65000:
+            continue
+        try:
+            held = []
+            for port in range(start, start + size):
+                s = socket.socket()
+                held.append(s)
+                s.bind(("127.0.0.1", port))
+            return start
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
 
 
 def process_alive(pid: int) -> bool:

@@ -42,9 +42,12 @@ def test_resource_example_applies_answers_and_destroys(workload_service, workloa
     ws.copy_in(EXAMPLES / "provider" / "provider.tf", "provider.tf")
     ws.copy_in(example, "main.tf")
     ws.apply()
-    web = ws.outputs()["web"]
+    outputs = ws.outputs()
+    web = outputs["web"]
     assert web["status"] == "RUNNING"
-    with urllib.request.urlopen(f"http://{web['endpoint']}/", timeout=5) as response:
+    # Through the router, with the token the example exposes (as a sensitive output).
+    request = urllib.request.Request(web["endpoint"], headers={"Authorization": f"Bearer {outputs['web_token']}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
         assert response.status == 200
     assert ws.plan_is_noop()
     ws.run("destroy", "-auto-approve")

@@ -2,8 +2,10 @@
 real HTTP, the service's own ledger and billing."""
 
 import json
+import socket
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -29,12 +31,17 @@ resource "computearbitrage_workload" "web" {{
   }}
   {extra}
 }}
-output "web" {{ value = computearbitrage_workload.web }}
+output "web" {{
+  value     = computearbitrage_workload.web
+  sensitive = true
+}}
 """
 
 
-def get(endpoint, path="/"):
-    with urllib.request.urlopen(f"http://{endpoint}{path}", timeout=5) as r:
+def get(web, path="/"):
+    """GET through the router: the workload's stable `endpoint`, with its access token."""
+    request = urllib.request.Request(web["endpoint"] + path.lstrip("/"), headers={"Authorization": f"Bearer {web['access_token']}"})
+    with urllib.request.urlopen(request, timeout=5) as r:
         return json.loads(r.read())
 
 
@@ -50,7 +57,7 @@ def test_apply_update_replace_destroy(workload_service, workload_for_service, te
     web = ws.outputs()["web"]
     assert web["status"] == "RUNNING"
     assert web["provider"] in ("aws", "gcp", "azure") and web["instance_type"] and web["price_per_hour"] > 0
-    answer = get(web["endpoint"])
+    answer = get(web)
     assert answer["workload"] == name
     first_pid = answer["pid"]
     assert ws.plan_is_noop(), "a second plan must be a no-op"
@@ -63,7 +70,7 @@ def test_apply_update_replace_destroy(workload_service, workload_for_service, te
     after_tags = ws.outputs()["web"]
     assert after_tags["id"] == web["id"]
     assert workload_service.cli("workload", "get", web["id"])["spec"]["tags"] == {"team": "ml", "env": "prod"}
-    assert get(after_tags["endpoint"])["pid"] == first_pid
+    assert get(after_tags)["pid"] == first_pid
 
     # The command forces a replacement.
     ws.write(config(name, command_extra=', "--v2"', tags='{ team = "ml", env = "prod" }'))
@@ -72,7 +79,7 @@ def test_apply_update_replace_destroy(workload_service, workload_for_service, te
     ws.apply()
     replaced = ws.outputs()["web"]
     assert replaced["id"] != web["id"]
-    second_pid = get(replaced["endpoint"])["pid"]
+    second_pid = get(replaced)["pid"]
     assert not process_alive(first_pid), "the replaced workload's process is gone"
     assert workload_service.cli("workload", "get", web["id"])["status"] == "TERMINATED"
 
@@ -84,6 +91,61 @@ def test_apply_update_replace_destroy(workload_service, workload_for_service, te
     record = billing["records"][0]
     assert record["cost"] > 0 and billing["total_cost"] == record["cost"]
     assert abs(record["cost"] - record["price_per_hour"] * record["duration_seconds"] / 3600) < 1e-12
+
+
+def test_the_endpoint_is_the_router_address_for_http_and_tcp(workload_service, workload_for_service, terraform):
+    name = unique("routed", terraform)
+    ws = workload_for_service(workload_service)
+    ws.write(config(name, extra="tcp_port = 9000"))
+    ws.apply()
+    web = ws.outputs()["web"]
+    assert web["endpoint"] == f"{workload_service.router}/w/{web['id']}/"
+    assert web["backend_endpoint"] and web["backend_endpoint"] not in web["endpoint"]
+    answer = get(web, "/some/path?q=1")
+    assert answer["workload"] == name and answer["path"] == "/some/path?q=1"
+    assert answer["headers"]["x-workload-id"] == web["id"]
+
+    # No credential: 401; a browser's ?token= works and is not forwarded.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(web["endpoint"], timeout=5)
+    assert refused.value.code == 401
+    with urllib.request.urlopen(f"{web['endpoint']}page?token={web['access_token']}&a=b", timeout=5) as r:
+        assert json.loads(r.read())["path"] == "/page?a=b"
+
+    # TCP: the router's stable listener echoes through to the workload's TCP_PORT.
+    host, port = web["tcp_endpoint"].rsplit(":", 1)
+    assert int(port) == web["tcp_listen_port"]
+    with socket.create_connection((host, int(port)), timeout=5) as connection:
+        connection.sendall(b"ping")
+        assert connection.recv(100) == f"{name}: ping".encode()
+    assert ws.plan_is_noop(), "tcp_listen_port and the endpoints plan clean"
+    ws.run("destroy", "-auto-approve")
+
+
+def test_router_tcp_ports_that_cannot_be_had_are_diagnostics_on_tcp_listen_port(workload_service, workload_for_service, terraform, tmp_path):
+    low, high = workload_service.tcp_ports
+    first = workload_for_service(workload_service)
+    first.write(config(unique("tcpa", terraform), extra=f"tcp_port = 9000\n  tcp_listen_port = {high}"))
+    first.apply()
+    assert first.outputs()["web"]["tcp_listen_port"] == high
+
+    second = workload_for_service(workload_service, directory=tmp_path / "second")
+    second.write(config(unique("tcpb", terraform), extra=f"tcp_port = 9000\n  tcp_listen_port = {high}"))
+    taken = second.run("apply", "-auto-approve", check=False)
+    assert taken.returncode != 0
+    assert "Invalid value for tcp_listen_port" in taken.stderr and "already used by another workload" in taken.stderr, taken.stderr
+    assert "tcp_listen_port" in taken.stderr.split("Invalid value for tcp_listen_port")[1]
+
+    second.write(config(unique("tcpb", terraform), extra=f"tcp_port = 9000\n  tcp_listen_port = {high + 1}"))
+    outside = second.run("apply", "-auto-approve", check=False)
+    assert outside.returncode != 0
+    assert f"outside the router's TCP port range {low}-{high}" in outside.stderr, outside.stderr
+
+    # A port without tcp_port is caught at plan time.
+    second.write(config(unique("tcpb", terraform), extra=f"tcp_listen_port = {low}"))
+    plan = second.run("plan", check=False)
+    assert plan.returncode != 0 and "only means something with tcp_port" in plan.stderr, plan.stderr
+    first.run("destroy", "-auto-approve")
 
 
 def test_out_of_band_termination_is_recreated(workload_service, workload_for_service, terraform):
@@ -218,7 +280,7 @@ def test_a_create_interrupted_by_ctrl_c_is_adopted_on_the_next_apply(workload_se
     web = ws.outputs()["web"]
     assert web["status"] == "RUNNING"
     assert workload_pids(name) == first_pids, "no second process was started"
-    assert get(web["endpoint"])["pid"] == first_pids[0]
+    assert get(web)["pid"] == first_pids[0]
     runs = workload_service.cli("workload", "runs", web["id"])["runs"]
     assert len(runs) == 1, "one provisioning run, adopted"
     ws.run("destroy", "-auto-approve")

@@ -3,12 +3,16 @@
 
 GET /health answers 200, or 503 when $HEALTH_STATUS_FILE names a file that contains
 "fail" (tests flip it to make the workload unhealthy). Any other path answers 200 with
-a JSON body naming the workload ($WORKLOAD_NAME), its pid, and the request path.
+a JSON body naming the workload ($WORKLOAD_NAME), its pid, the request path and the
+request headers whose names start with x- or are traceparent. When $TCP_PORT is set it
+also echoes raw TCP there, prefixing each reply with the workload's name and ": ".
 """
 import json
 import os
 import signal
+import socket
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -22,7 +26,8 @@ class Handler(BaseHTTPRequestHandler):
                     failing = f.read().strip() == "fail"
             self.reply(503 if failing else 200, {"healthy": not failing})
             return
-        self.reply(200, {"workload": os.environ.get("WORKLOAD_NAME", ""), "pid": os.getpid(), "path": self.path})
+        headers = {k.lower(): v for k, v in self.headers.items() if k.lower().startswith("x-") or k.lower() == "traceparent"}
+        self.reply(200, {"workload": os.environ.get("WORKLOAD_NAME", ""), "pid": os.getpid(), "path": self.path, "headers": headers})
 
     def reply(self, code, body):
         data = json.dumps(body).encode()
@@ -36,7 +41,23 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+def echo(connection):
+    prefix = (os.environ.get("WORKLOAD_NAME", "") + ": ").encode()
+    with connection:
+        while data := connection.recv(65536):
+            connection.sendall(prefix + data)
+
+
+def serve_tcp(port):
+    listener = socket.create_server(("127.0.0.1", port))
+    while True:
+        connection, _ = listener.accept()
+        threading.Thread(target=echo, args=(connection,), daemon=True).start()
+
+
 def main():
+    if os.environ.get("TCP_PORT"):
+        threading.Thread(target=serve_tcp, args=(int(os.environ["TCP_PORT"]),), daemon=True).start()
     server = ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server.serve_forever()

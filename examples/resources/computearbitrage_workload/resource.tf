@@ -1,6 +1,7 @@
 # A small web server on the cheapest spot capacity with at least 2 vCPUs and 4 GiB, on
 # any cloud. On embedded defaults the local driver runs the command as a local process
-# with PORT set, and `endpoint` is where it answers.
+# with PORT set. `endpoint` is its stable address on the router, which stays the same
+# when the workload moves; requests need `access_token` (or the tenant's token).
 resource "computearbitrage_workload" "web" {
   name    = "hello-web"
   command = ["sh", "-c", "exec python3 -m http.server \"$PORT\" --bind 127.0.0.1"]
@@ -32,4 +33,10 @@ output "web" {
     price    = computearbitrage_workload.web.price_per_hour
     status   = computearbitrage_workload.web.status
   }
+}
+
+# curl -H "Authorization: Bearer $(terraform output -raw web_token)" <endpoint>
+output "web_token" {
+  value     = computearbitrage_workload.web.access_token
+  sensitive = true
 }

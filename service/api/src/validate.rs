@@ -23,7 +23,8 @@ pub struct Violation {
 }
 
 impl Violation {
-    fn field(name: &'static str, message: impl Into<String>) -> Self {
+    /// A violation of one top-level field.
+    pub fn field(name: &'static str, message: impl Into<String>) -> Self {
         Violation {
             path: vec![PathStep::Field(name)],
             message: message.into(),
@@ -236,6 +237,27 @@ pub fn workload_fields(spec: &pb::WorkloadSpec) -> Vec<Violation> {
             ),
         ));
     }
+    if let Some(port) = spec.tcp_port {
+        if port == 0 || port > 65_535 {
+            out.push(Violation::field(
+                "tcp_port",
+                format!("{port} is not a TCP port; use 1 to 65535, the raw TCP port the workload serves on"),
+            ));
+        }
+    }
+    if let Some(port) = spec.tcp_listen_port {
+        if spec.tcp_port.is_none() {
+            out.push(Violation::field(
+                "tcp_listen_port",
+                "only means something with tcp_port; set tcp_port to expose a TCP port, or remove tcp_listen_port",
+            ));
+        } else if port == 0 || port > 65_535 {
+            out.push(Violation::field(
+                "tcp_listen_port",
+                format!("{port} is not a TCP port; use a port of the router's TCP range (default 20000-20999), or leave it unset to get one"),
+            ));
+        }
+    }
     for key in spec.env.keys() {
         let ok = !key.is_empty()
             && !key.contains('=')
@@ -251,6 +273,12 @@ pub fn workload_fields(spec: &pb::WorkloadSpec) -> Vec<Violation> {
             out.push(Violation::field(
                 "env",
                 "PORT is set by the driver to the port the workload must serve on; remove it from env and use `port`",
+            ));
+        }
+        if key == "TCP_PORT" {
+            out.push(Violation::field(
+                "env",
+                "TCP_PORT is set by the driver to the TCP port the workload must serve on; remove it from env and use `tcp_port`",
             ));
         }
     }

@@ -31,6 +31,9 @@ pub struct InstanceSpec {
     pub env: BTreeMap<String, String>,
     /// The port the workload serves on, passed as `PORT` where the driver chooses it.
     pub port: u16,
+    /// The raw TCP port the workload serves on, when it asked for TCP exposure;
+    /// passed as `TCP_PORT` where the driver chooses it.
+    pub tcp_port: Option<u16>,
     pub tags: BTreeMap<String, String>,
 }
 
@@ -54,6 +57,8 @@ pub struct Instance {
     pub state: InstanceState,
     /// `host:port` the workload answers on, once known.
     pub address: Option<String>,
+    /// `host:port` of the workload's TCP port, when it asked for one.
+    pub tcp_address: Option<String>,
     pub tags: BTreeMap<String, String>,
     /// When the instance was created, unix seconds.
     pub created_at: i64,

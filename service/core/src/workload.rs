@@ -72,6 +72,12 @@ pub struct WorkloadSpec {
     pub tags: BTreeMap<String, String>,
     /// How long provisioning may take before the run fails.
     pub create_timeout: Duration,
+    /// The port the workload serves raw TCP on, when it asks the router to expose one.
+    #[serde(default)]
+    pub tcp_port: Option<u16>,
+    /// The router listener port the user asked for; allocated when `None`.
+    #[serde(default)]
+    pub tcp_listen_port: Option<u16>,
 }
 
 impl WorkloadSpec {
@@ -82,6 +88,8 @@ impl WorkloadSpec {
         self.command == other.command
             && self.image == other.image
             && self.port == other.port
+            && self.tcp_port == other.tcp_port
+            && self.tcp_listen_port == other.tcp_listen_port
             && self.requirements == other.requirements
     }
 }

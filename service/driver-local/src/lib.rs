@@ -1,6 +1,7 @@
 //! The local driver: the embedded default for every cloud. It "provisions" an offer by
-//! running the workload's command as a local process with `PORT` set to a free port;
-//! the instance address is `127.0.0.1:PORT`.
+//! running the workload's command as a local process with `PORT` set to a free port
+//! (and `TCP_PORT` to another when it asked for TCP exposure); the instance address
+//! is `127.0.0.1:PORT`.
 //!
 //! Module map (this file):
 //! - [`LocalDriver`]: the [`Driver`] implementation.
@@ -43,6 +44,9 @@ struct Record {
     /// our process from a later one that reused its pid.
     start_ticks: Option<u64>,
     port: u16,
+    /// The `TCP_PORT` given to a workload that asked for TCP exposure.
+    #[serde(default)]
+    tcp_port: Option<u16>,
     tags: BTreeMap<String, String>,
     created_at: i64,
     state: RecordState,
@@ -64,6 +68,7 @@ impl Record {
                 },
             },
             address: Some(format!("127.0.0.1:{}", self.port)),
+            tcp_address: self.tcp_port.map(|p| format!("127.0.0.1:{p}")),
             tags: self.tags.clone(),
             created_at: self.created_at,
         }
@@ -390,12 +395,17 @@ impl Driver for LocalDriver {
         // Unique across services on one machine, since the id marks the process.
         let instance_id = format!("local-{}-{serial}", unique_part());
         let port = free_port()?;
+        let tcp_port = match spec.tcp_port {
+            Some(_) => Some(free_port()?),
+            None => None,
+        };
         let mut record = Record {
             instance_id: instance_id.clone(),
             idempotency_token: spec.idempotency_token.clone(),
             pid: None,
             start_ticks: None,
             port,
+            tcp_port,
             tags: spec.tags.clone(),
             created_at: now(),
             state: RecordState::Starting,
@@ -413,6 +423,7 @@ impl Driver for LocalDriver {
             .envs(&spec.env)
             .env("PORT", port.to_string())
             .env(INSTANCE_ENV, &instance_id)
+            .envs(tcp_port.map(|p| ("TCP_PORT", p.to_string())))
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -467,6 +478,7 @@ impl Driver for LocalDriver {
                     reason: "unknown instance".into(),
                 },
                 address: None,
+                tcp_address: None,
                 tags: BTreeMap::new(),
                 created_at: 0,
             }),
@@ -532,6 +544,7 @@ mod tests {
             image: None,
             env: BTreeMap::from([("GREETING".into(), "hi".into())]),
             port: 8080,
+            tcp_port: None,
             tags: BTreeMap::from([("computearbitrage-workload".into(), "w1".into())]),
         }
     }
@@ -673,6 +686,7 @@ mod tests {
             pid: None,
             start_ticks: None,
             port: 1,
+            tcp_port: None,
             tags: BTreeMap::new(),
             created_at: 1,
             state: RecordState::Starting,

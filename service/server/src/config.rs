@@ -43,6 +43,57 @@ pub struct Config {
     pub workloads: WorkloadsConfig,
     /// The health monitor.
     pub monitor: MonitorConfig,
+    /// The HTTP/TCP router that gives every workload one stable endpoint.
+    pub router: RouterConfig,
+}
+
+/// The router (see docs/routing.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterConfig {
+    /// Whether `serve` runs the router in the same process. Turn it off when a separate `computearbitrage router` process serves the routes.
+    pub enabled: bool,
+    /// Address the HTTP router listens on. Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// The router's URL as users reach it, used to build each workload's `endpoint`. Empty: `http://` + the listen address.
+    pub public_url: String,
+    /// Base domain of host routing: `{workload-id}.{base_domain}` names a workload, and endpoints use that form. Empty: host routing is off and endpoints use the `/w/{workload-id}/` path form.
+    pub base_domain: String,
+    /// Address of the Prometheus `/metrics` endpoint. Empty turns it off.
+    pub metrics_listen: String,
+    /// Address the per-workload TCP listeners bind.
+    pub tcp_bind: std::net::IpAddr,
+    /// First port of the range TCP listener ports are allocated from.
+    pub tcp_port_min: u16,
+    /// Last port of that range (inclusive).
+    pub tcp_port_max: u16,
+    /// Names this router's rows in the connection table; its rows are cleared when a router with this id starts.
+    pub id: String,
+    /// `Retry-After` seconds of the 503 answer for a workload that is starting, stopping or moving.
+    pub retry_after_seconds: u32,
+    /// Milliseconds to wait for a backend to accept a connection.
+    pub connect_timeout_ms: u64,
+    /// HTTP router threads, each a single-thread runtime with its own listener (SO_REUSEPORT) and backend pool. 0: one per CPU.
+    pub threads: u32,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 7080)),
+            public_url: String::new(),
+            base_domain: String::new(),
+            metrics_listen: "127.0.0.1:7081".into(),
+            tcp_bind: std::net::IpAddr::from([127, 0, 0, 1]),
+            tcp_port_min: 20000,
+            tcp_port_max: 20999,
+            id: "embedded".into(),
+            retry_after_seconds: 2,
+            connect_timeout_ms: 2000,
+            threads: 0,
+        }
+    }
 }
 
 /// Workload orchestration settings.
@@ -161,6 +212,7 @@ impl Default for Config {
             pricing: PricingConfig::default(),
             workloads: WorkloadsConfig::default(),
             monitor: MonitorConfig::default(),
+            router: RouterConfig::default(),
         }
     }
 }
@@ -369,6 +421,54 @@ fn validate(config: &Config, origin: &BTreeMap<String, String>) -> Result<(), Se
             "must be at least 1 second".into(),
         );
     }
+    let router = &config.router;
+    if router.tcp_port_min == 0 || router.tcp_port_min > router.tcp_port_max {
+        return fail(
+            "router.tcp_port_min",
+            format!(
+                "the range {}..={} is empty or starts at 0; set router.tcp_port_min <= router.tcp_port_max, both >= 1",
+                router.tcp_port_min, router.tcp_port_max
+            ),
+        );
+    }
+    let scheme_ok = ["http://", "https://"]
+        .iter()
+        .any(|scheme| router.public_url.starts_with(scheme));
+    if !router.public_url.is_empty() && !scheme_ok {
+        return fail(
+            "router.public_url",
+            format!(
+                "{:?} must start with http:// or https://",
+                router.public_url
+            ),
+        );
+    }
+    if !router.base_domain.is_empty()
+        && computearbitrage_router::parse::normalize_host(&router.base_domain).is_none()
+    {
+        return fail(
+            "router.base_domain",
+            format!(
+                "{:?} is not a DNS name such as run.example.com",
+                router.base_domain
+            ),
+        );
+    }
+    if !router.metrics_listen.is_empty() && router.metrics_listen.parse::<SocketAddr>().is_err() {
+        return fail(
+            "router.metrics_listen",
+            format!(
+                "{:?} is not an address such as 127.0.0.1:7081 (empty turns metrics off)",
+                router.metrics_listen
+            ),
+        );
+    }
+    if router.id.is_empty() {
+        return fail("router.id", "must not be empty".into());
+    }
+    if router.connect_timeout_ms == 0 {
+        return fail("router.connect_timeout_ms", "must be at least 1".into());
+    }
     if config.data_dir.as_os_str().is_empty() {
         return fail("data_dir", "must not be empty".into());
     }
@@ -508,6 +608,59 @@ mod tests {
         .unwrap();
         assert_eq!(config.pricing.snapshot.interval_seconds, 7);
         assert_eq!(config.listen.port(), 3);
+    }
+
+    #[test]
+    fn bad_router_settings_name_their_key_and_the_fix() {
+        for (vars, key, hint) in [
+            (
+                vec![
+                    ("COMPUTEARBITRAGE_ROUTER__TCP_PORT_MIN", "30000"),
+                    ("COMPUTEARBITRAGE_ROUTER__TCP_PORT_MAX", "29999"),
+                ],
+                "router.tcp_port_min",
+                "<=",
+            ),
+            (
+                vec![("COMPUTEARBITRAGE_ROUTER__PUBLIC_URL", "router.example.com")],
+                "router.public_url",
+                "http://",
+            ),
+            (
+                vec![("COMPUTEARBITRAGE_ROUTER__BASE_DOMAIN", "bad domain")],
+                "router.base_domain",
+                "DNS name",
+            ),
+            (
+                vec![("COMPUTEARBITRAGE_ROUTER__METRICS_LISTEN", "everywhere")],
+                "router.metrics_listen",
+                "empty turns metrics off",
+            ),
+            (
+                vec![("COMPUTEARBITRAGE_ROUTER__LISTEN", "7080")],
+                "router.listen",
+                "COMPUTEARBITRAGE_ROUTER__LISTEN",
+            ),
+        ] {
+            let err = load(None, env(&vars), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("`{key}`")) && err.contains(hint),
+                "{err}"
+            );
+        }
+        let ok = load(
+            None,
+            env(&[
+                ("COMPUTEARBITRAGE_ROUTER__BASE_DOMAIN", "run.example.com"),
+                ("COMPUTEARBITRAGE_ROUTER__ENABLED", "false"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(ok.router.base_domain, "run.example.com");
+        assert!(!ok.router.enabled);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub enum Origin {
     Driver,
     Input,
     Io,
+    Router,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,8 @@ pub enum ServiceError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Core(#[from] computearbitrage_core::Error),
+    #[error(transparent)]
+    Router(#[from] computearbitrage_router::RouterError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -50,6 +53,8 @@ impl ServiceError {
             ServiceError::Core(computearbitrage_core::Error::Driver { .. }) => Origin::Driver,
             ServiceError::Core(_) => Origin::Input,
             ServiceError::Io { .. } => Origin::Io,
+            ServiceError::Router(computearbitrage_router::RouterError::Store(_)) => Origin::Store,
+            ServiceError::Router(_) => Origin::Router,
         }
     }
 
@@ -58,6 +63,7 @@ impl ServiceError {
             ServiceError::Config(_) => false,
             ServiceError::Store(e) => e.is_retryable(),
             ServiceError::Core(e) => e.is_retryable(),
+            ServiceError::Router(e) => e.is_retryable(),
             ServiceError::Io { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::Interrupted

@@ -3,6 +3,7 @@
 
 use crate::auth::TenantId;
 use crate::grpc::{invalid, requirements_from_pb};
+use crate::routing::PublicAddress;
 use crate::workloads::{OperationError, Orchestrator};
 use computearbitrage_api::pb::admin_server::Admin;
 use computearbitrage_api::pb::workloads_server::Workloads;
@@ -16,6 +17,8 @@ use tonic::{Request, Response, Status};
 
 pub struct WorkloadsApi {
     pub orchestrator: Arc<Orchestrator>,
+    /// Where users reach workloads: builds `endpoint` and `tcp_endpoint`.
+    pub public: PublicAddress,
 }
 
 pub struct AdminApi {
@@ -42,6 +45,10 @@ fn status_of(error: OperationError) -> Status {
         OperationError::NotFound(m) => Status::not_found(m),
         OperationError::AlreadyExists(m) => Status::already_exists(m),
         OperationError::FailedPrecondition(m) => Status::failed_precondition(m),
+        OperationError::InvalidField { field, message } => {
+            invalid(vec![validate::Violation::field(field, message)])
+        }
+        OperationError::Exhausted(m) => Status::resource_exhausted(m),
         OperationError::Service(e) if e.is_retryable() => Status::unavailable(e.to_string()),
         OperationError::Service(e) => Status::internal(e.to_string()),
     }
@@ -102,6 +109,9 @@ pub fn spec_from_pb(spec: &pb::WorkloadSpec) -> WorkloadSpec {
         } else {
             spec.create_timeout_seconds
         })),
+        // Validation has checked both are ports.
+        tcp_port: spec.tcp_port.map(|p| p as u16),
+        tcp_listen_port: spec.tcp_listen_port.map(|p| p as u16),
     }
 }
 
@@ -123,7 +133,19 @@ fn requirements_to_pb(r: &computearbitrage_core::Requirements) -> pb::Requiremen
     }
 }
 
-pub fn workload_to_pb(w: &WorkloadRecord) -> pb::Workload {
+impl WorkloadsApi {
+    fn to_pb(&self, w: &WorkloadRecord) -> pb::Workload {
+        workload_to_pb(w, &self.public, &self.orchestrator.settings.access_tokens)
+    }
+}
+
+/// The wire form of a workload, as its owner sees it: with its router endpoints and
+/// access token.
+pub fn workload_to_pb(
+    w: &WorkloadRecord,
+    public: &PublicAddress,
+    tokens: &crate::auth::AccessTokenKey,
+) -> pb::Workload {
     let s = &w.spec;
     let placement = w.placement.clone();
     pb::Workload {
@@ -149,6 +171,8 @@ pub fn workload_to_pb(w: &WorkloadRecord) -> pb::Workload {
             }),
             tags: s.tags.clone().into_iter().collect(),
             create_timeout_seconds: s.create_timeout.as_secs() as u32,
+            tcp_port: s.tcp_port.map(u32::from),
+            tcp_listen_port: s.tcp_listen_port.map(u32::from),
         }),
         status: w.status.to_string(),
         status_reason: w.status_reason.clone(),
@@ -170,7 +194,18 @@ pub fn workload_to_pb(w: &WorkloadRecord) -> pb::Workload {
             .map(|p| p.instance_type.clone())
             .unwrap_or_default(),
         instance_id: w.instance_id.clone().unwrap_or_default(),
-        endpoint: w.endpoint.clone().unwrap_or_default(),
+        endpoint: public.endpoint(&w.id),
+        backend_endpoint: w.endpoint.clone().unwrap_or_default(),
+        access_token: if w.access_token_hash.is_some() {
+            tokens.token_for(&w.id)
+        } else {
+            String::new()
+        },
+        tcp_listen_port: w.tcp_listen_port.map(u32::from),
+        tcp_endpoint: w
+            .tcp_listen_port
+            .map(|p| public.tcp_endpoint(p))
+            .unwrap_or_default(),
         price_per_hour: placement.as_ref().map(|p| p.price_per_hour),
         on_demand_price_per_hour: placement.as_ref().and_then(|p| p.on_demand_price_per_hour),
         created_at: rfc3339(w.created_at / 1000),
@@ -237,7 +272,7 @@ impl Workloads for WorkloadsApi {
             .apply(&tenant, spec_from_pb(&spec))
             .await
             .map_err(status_of)?;
-        Ok(Response::new(workload_to_pb(&record)))
+        Ok(Response::new(self.to_pb(&record)))
     }
 
     async fn get_workload(
@@ -251,7 +286,7 @@ impl Workloads for WorkloadsApi {
             .get(&tenant, &id)
             .await
             .map_err(status_of)?;
-        Ok(Response::new(workload_to_pb(&record)))
+        Ok(Response::new(self.to_pb(&record)))
     }
 
     async fn update_workload(
@@ -287,7 +322,7 @@ impl Workloads for WorkloadsApi {
             })
             .await
             .map_err(status_of)?;
-        Ok(Response::new(workload_to_pb(&record)))
+        Ok(Response::new(self.to_pb(&record)))
     }
 
     async fn delete_workload(
@@ -306,7 +341,7 @@ impl Workloads for WorkloadsApi {
             .delete(&tenant, &req.id, &reason)
             .await
             .map_err(status_of)?;
-        Ok(Response::new(workload_to_pb(&record)))
+        Ok(Response::new(self.to_pb(&record)))
     }
 
     async fn list_runs(
@@ -465,6 +500,48 @@ impl Admin for AdminApi {
             .map_err(store_status)?;
         tracing::info!(tenant, "webhook updated");
         Ok(Response::new(pb::SetWebhookResponse {}))
+    }
+
+    type WatchRoutesStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::RouteChanged, Status>> + Send + 'static>,
+    >;
+
+    async fn watch_routes(
+        &self,
+        request: Request<pb::WatchRoutesRequest>,
+    ) -> Result<Response<Self::WatchRoutesStream>, Status> {
+        let tenant = tenant(&request)?;
+        if tenant != crate::auth::DEFAULT_TENANT {
+            return Err(Status::permission_denied(format!(
+                "the route feed spans every tenant; use a token of the operator tenant \"{}\" (the service's admin token)",
+                crate::auth::DEFAULT_TENANT
+            )));
+        }
+        let mut changes = self.orchestrator.store().workload_changes();
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                let message = match changes.recv().await {
+                    Ok(change) => pb::RouteChanged {
+                        workload_id: change.workload_id,
+                        resync: false,
+                    },
+                    Err(RecvError::Lagged(_)) => pb::RouteChanged {
+                        workload_id: String::new(),
+                        resync: true,
+                    },
+                    Err(RecvError::Closed) => return,
+                };
+                if tx.send(Ok(message)).await.is_err() {
+                    return; // the router went away
+                }
+            }
+        });
+        tracing::info!("a router subscribed to route changes");
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn inject_interruption(

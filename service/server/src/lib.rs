@@ -11,6 +11,9 @@
 //!   the collector worker.
 //! - [`workloads`]: the orchestrator (durable workflows), the health monitor,
 //!   notifications and the driver-event, resumer and sweeper workers.
+//! - [`routing`]: runs the router (in `serve` or as `computearbitrage router`) and
+//!   builds each workload's public `endpoint`; [`routing_remote`] is the route feed of
+//!   a separate router process.
 //! - [`worker`]: the background-worker trait and its supervisor.
 //! - [`error`]: [`error::ServiceError`], classified by origin and retryability.
 //!
@@ -23,6 +26,8 @@ pub mod error;
 pub mod grpc;
 pub mod grpc_workloads;
 pub mod pricing;
+pub mod routing;
+pub mod routing_remote;
 pub mod server;
 pub mod worker;
 pub mod workloads;

@@ -6,6 +6,9 @@ use computearbitrage::config::{self, LogFormat, Overrides};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "computearbitrage",
@@ -30,6 +33,17 @@ enum Command {
         #[arg(long)]
         listen: Option<String>,
         /// Directory for state. Overrides `data_dir`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Run only the HTTP/TCP router, as its own process, next to a running service
+    /// whose `router.enabled` is false. It shares the service's store (same config /
+    /// data dir) and follows its route changes via --endpoint, with the admin token.
+    Router {
+        /// A TOML config file (see docs/configuration.md).
+        #[arg(long, env = "COMPUTEARBITRAGE_CONFIG")]
+        config: Option<PathBuf>,
+        /// The service's data directory. Overrides `data_dir`.
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
@@ -81,6 +95,44 @@ fn main() -> ExitCode {
             match runtime.block_on(cli::run(target, command)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Router { config, data_dir } => {
+            let overrides = Overrides {
+                listen: None,
+                data_dir,
+            };
+            let config = match config::load(config.as_deref(), std::env::vars(), &overrides) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let Some(token) = cli.connection.token else {
+                eprintln!("error: the router follows the service's route changes with the admin token; set COMPUTEARBITRAGE_TOKEN or pass --token");
+                return ExitCode::from(2);
+            };
+            init_logging(&config.log_level, config.log_format);
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(computearbitrage::routing::run_standalone(
+                config,
+                cli.connection.endpoint,
+                token,
+                shutdown_signal(),
+            )) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, origin = ?e.origin(), "router stopped with an error");
                     eprintln!("error: {e}");
                     ExitCode::FAILURE
                 }

@@ -1,7 +1,7 @@
 //! `computearbitrage serve`: opens the store, makes sure a token exists, loads the
 //! catalog, starts the collectors and serves gRPC until SIGINT/SIGTERM.
 
-use crate::auth::{self, Authenticator, Bootstrap};
+use crate::auth::{self, AccessTokenKey, Authenticator, Bootstrap};
 use crate::config::{Config, StoreEngine};
 use crate::error::ServiceError;
 use crate::grpc::{PricingApi, SystemApi};
@@ -9,6 +9,7 @@ use crate::grpc_workloads::{AdminApi, WorkloadsApi};
 use crate::pricing::collect::{unix_now, CollectorWorker};
 use crate::pricing::snapshot::{SnapshotCollector, SnapshotSource, SOURCE as SNAPSHOT_SOURCE};
 use crate::pricing::PriceBook;
+use crate::routing::{Feed, PublicAddress, RunningRouter};
 use crate::worker::Supervisor;
 use crate::workloads::background::{DriverEventListener, OrphanSweeper, RunResumer};
 use crate::workloads::monitor::{Monitor, MonitorWorker};
@@ -102,6 +103,8 @@ pub async fn serve(
             pause_at: std::env::var("CA_TEST_PAUSE_AT")
                 .ok()
                 .filter(|v| !v.is_empty()),
+            access_tokens: AccessTokenKey::load_or_create(&config.data_dir)?,
+            tcp_ports: config.router.tcp_port_min..=config.router.tcp_port_max,
         },
     );
     for workload in store
@@ -134,6 +137,20 @@ pub async fn serve(
         interval: Duration::from_millis(500),
     });
 
+    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    let router = if config.router.enabled {
+        Some(RunningRouter::start(store.clone(), &config.router, grace, Feed::Local).await?)
+    } else {
+        None
+    };
+    let public = PublicAddress::new(
+        &config.router,
+        router
+            .as_ref()
+            .map(|r| r.http_address)
+            .unwrap_or(config.router.listen),
+    );
+
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| {
@@ -146,6 +163,21 @@ pub async fn serve(
         .local_addr()
         .map_err(|e| ServiceError::io("cannot read the listening address", e))?;
     print_banner(&format!("http://{address}"), &bootstrap);
+    let router_line = match &router {
+        Some(router) => format!(
+            "Workloads are reachable through the router at http://{}{}",
+            router.http_address,
+            router
+                .metrics_address
+                .map(|m| format!(" (metrics: http://{m}/metrics)"))
+                .unwrap_or_default()
+        ),
+        None => format!(
+            "Workloads are reachable through the router at {} (router.enabled is false: run `computearbitrage router` there)",
+            public.base_url()
+        ),
+    };
+    say(&router_line);
     tracing::info!(%address, "serving gRPC");
 
     let interceptor = authenticator.interceptor();
@@ -166,13 +198,13 @@ pub async fn serve(
     let workloads = WorkloadsServer::with_interceptor(
         WorkloadsApi {
             orchestrator: orchestrator.clone(),
+            public,
         },
         interceptor.clone(),
     );
     let admin = AdminServer::with_interceptor(AdminApi { orchestrator }, interceptor);
     // Stop accepting on the signal, let in-flight calls finish, and close connections
     // still open after the grace period (an idle client must not hold shutdown hostage).
-    let grace = Duration::from_secs(config.shutdown_grace_seconds);
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
@@ -199,8 +231,20 @@ pub async fn serve(
         }
     };
     tracing::info!("shutting down");
+    if let Some(router) = router {
+        router.shutdown().await;
+    }
     supervisor.shutdown(grace).await;
     result.map_err(|e| ServiceError::io("gRPC server failed", std::io::Error::other(e)))
+}
+
+/// One line on stdout. A closed stdout (the reader went away) is not a reason to stop
+/// serving, so write errors are ignored, never panicked on as `println!` would.
+pub(crate) fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 /// What a person starting the service needs to know, on stdout.

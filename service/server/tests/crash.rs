@@ -52,7 +52,11 @@ async fn crash_and_recover(step: &str, when: &str) {
         1,
         "exactly one process after a crash at {pause}"
     );
-    let answer = reqwest::get(format!("http://{}/", running.endpoint))
+    // Reached through the router, with the workload's own token.
+    let answer = reqwest::Client::new()
+        .get(&running.endpoint)
+        .bearer_auth(&running.access_token)
+        .send()
         .await
         .unwrap()
         .text()

@@ -23,6 +23,8 @@ impl Service {
             .arg(data_dir)
             .env("COMPUTEARBITRAGE_BOOTSTRAP_TOKEN", TOKEN)
             .env("COMPUTEARBITRAGE_SHUTDOWN_GRACE_SECONDS", "1")
+            .env("COMPUTEARBITRAGE_ROUTER__LISTEN", "127.0.0.1:0")
+            .env("COMPUTEARBITRAGE_ROUTER__METRICS_LISTEN", "")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -83,7 +85,7 @@ async fn serves_authenticated_pricing_and_survives_restart() {
         .list_offers(pb::ListOffersRequest::default())
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
     let wrong = "definitely-not-the-token-42";
     let err = pricing
         .list_offers(authed(pb::ListOffersRequest::default(), wrong))
@@ -262,6 +264,8 @@ fn first_start_without_bootstrap_prints_a_token_once() {
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())
             .env_remove("COMPUTEARBITRAGE_BOOTSTRAP_TOKEN")
+            .env("COMPUTEARBITRAGE_ROUTER__LISTEN", "127.0.0.1:0")
+            .env("COMPUTEARBITRAGE_ROUTER__METRICS_LISTEN", "")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -350,7 +350,7 @@ async fn invalid_specs_are_rejected_with_the_field_named() {
     );
     let err = client
         .get_workload(authed(pb::GetWorkloadRequest {
-            id: "wl_nope".into(),
+            id: "wl-nope".into(),
         }))
         .await
         .unwrap_err();

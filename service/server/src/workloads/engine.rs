@@ -355,6 +355,7 @@ impl Orchestrator {
                 computearbitrage_store::WorkloadChanges {
                     failed_step: Some(Some(step.to_string())),
                     endpoint: Some(None),
+                    tcp_endpoint: Some(None),
                     ..Default::default()
                 },
             )

@@ -42,12 +42,12 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// A random id with a readable prefix (`wl_…`, `run_…`).
+/// A random id with a readable prefix (`wl-…`, `run-…`: DNS-safe, so a workload id can be a host label).
 pub fn new_id(prefix: &str) -> String {
     use rand::RngCore;
     let mut bytes = [0u8; 10];
     rand::thread_rng().fill_bytes(&mut bytes);
-    format!("{prefix}_{}", hex::encode(bytes))
+    format!("{prefix}-{}", hex::encode(bytes))
 }
 
 /// Orchestrator settings from the service configuration.
@@ -61,6 +61,10 @@ pub struct Settings {
     pub interruption_delay: Duration,
     /// Where the engine pauses for the crash test (`STEP:before|after|uncommitted`).
     pub pause_at: Option<String>,
+    /// Derives each workload's router access token.
+    pub access_tokens: crate::auth::AccessTokenKey,
+    /// Router TCP listener ports are allocated from (and requested within) this range.
+    pub tcp_ports: std::ops::RangeInclusive<u16>,
 }
 
 /// An API-level failure of an orchestrator operation.
@@ -72,6 +76,15 @@ pub enum OperationError {
     AlreadyExists(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A field of the request cannot be honoured (names the field, like validation).
+    #[error("{field}: {message}")]
+    InvalidField {
+        field: &'static str,
+        message: String,
+    },
+    /// A shared, finite resource ran out.
+    #[error("{0}")]
+    Exhausted(String),
     #[error(transparent)]
     Service(#[from] ServiceError),
 }
@@ -184,6 +197,9 @@ impl Orchestrator {
             instance_id: None,
             endpoint: None,
             instance_started_at: None,
+            access_token_hash: Some(self.settings.access_tokens.hash_for(&id)),
+            tcp_endpoint: None,
+            tcp_listen_port: None,
             created_at: now,
             updated_at: now,
         };
@@ -201,7 +217,8 @@ impl Orchestrator {
             updated_at: now,
         };
         let run_id = run.id.clone();
-        match self.store.create_workload(record.clone(), run).await? {
+        let (record, outcome) = self.create_with_tcp_port(record, run).await?;
+        match outcome {
             CreateOutcome::Created => {
                 tracing::info!(tenant, workload_id = %id, name = %spec.name, "workload accepted");
                 self.spawn_run(run_id);
@@ -219,6 +236,93 @@ impl Orchestrator {
                 }
             }
         }
+    }
+
+    /// Stores the workload, giving it a router TCP port when it asked for TCP exposure:
+    /// the one it requested, or the lowest free one of the range. The store's unique
+    /// index settles races between concurrent creates.
+    async fn create_with_tcp_port(
+        &self,
+        mut record: WorkloadRecord,
+        run: RunRecord,
+    ) -> Result<(WorkloadRecord, CreateOutcome), OperationError> {
+        if record.spec.tcp_port.is_none() {
+            let outcome = self.store.create_workload(record.clone(), run).await?;
+            return Ok((record, outcome));
+        }
+        let range = self.settings.tcp_ports.clone();
+        if let Some(requested) = record.spec.tcp_listen_port {
+            if !range.contains(&requested) {
+                return Err(OperationError::InvalidField {
+                    field: "tcp_listen_port",
+                    message: format!(
+                        "{requested} is outside the router's TCP port range {}-{}; choose a port in it, or leave tcp_listen_port unset to get one",
+                        range.start(),
+                        range.end()
+                    ),
+                });
+            }
+        }
+        for _ in 0..8 {
+            let port = match record.spec.tcp_listen_port {
+                Some(requested) => requested,
+                None => {
+                    let taken: HashSet<u16> = self
+                        .store
+                        .workloads_in(
+                            &WorkloadStatus::ALL
+                                .into_iter()
+                                .filter(|s| s.is_active())
+                                .collect::<Vec<_>>(),
+                        )
+                        .await?
+                        .into_iter()
+                        .filter_map(|w| w.tcp_listen_port)
+                        .collect();
+                    range.clone().find(|p| !taken.contains(p)).ok_or_else(|| {
+                        OperationError::Exhausted(format!(
+                            "every router TCP port in {}-{} is in use; destroy a workload with tcp_port, or widen router.tcp_port_min/max",
+                            range.start(),
+                            range.end()
+                        ))
+                    })?
+                }
+            };
+            record.tcp_listen_port = Some(port);
+            match self
+                .store
+                .create_workload(record.clone(), run.clone())
+                .await
+            {
+                Ok(outcome) => return Ok((record, outcome)),
+                Err(computearbitrage_store::StoreError::Conflict { .. }) => {
+                    // Either the requested port is taken, or a concurrent create
+                    // took the one we picked; the same name may also exist now.
+                    if let Some(existing) = self
+                        .store
+                        .active_workload_named(&record.tenant_id, &record.name)
+                        .await?
+                    {
+                        return Ok((record, CreateOutcome::Existing(Box::new(existing))));
+                    }
+                    if record.spec.tcp_listen_port.is_some() {
+                        return Err(OperationError::InvalidField {
+                            field: "tcp_listen_port",
+                            message: format!(
+                                "{port} is already used by another workload; choose another port, or leave tcp_listen_port unset to get a free one"
+                            ),
+                        });
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(OperationError::Service(ServiceError::Store(
+            computearbitrage_store::StoreError::Unavailable {
+                engine: self.store.engine(),
+                message: "could not allocate a router TCP port after 8 tries; retry".into(),
+            },
+        )))
     }
 
     pub async fn get(&self, tenant: &str, id: &str) -> Result<WorkloadRecord, OperationError> {

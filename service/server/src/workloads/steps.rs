@@ -64,6 +64,7 @@ pub async fn execute(
                     &ctx.workload.id,
                     WorkloadChanges {
                         endpoint: Some(None),
+                        tcp_endpoint: Some(None),
                         ..Default::default()
                     },
                     now_ms(),
@@ -168,6 +169,7 @@ async fn provision(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, 
             image: spec.image.clone(),
             env: spec.env.clone(),
             port: spec.port,
+            tcp_port: spec.tcp_port,
             tags,
         })
         .await?;
@@ -209,7 +211,7 @@ async fn wait_running(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Valu
                 let address = instance
                     .address
                     .ok_or_else(|| StepError::transient("running but no address yet"))?;
-                return Ok(json!({ "address": address }));
+                return Ok(json!({ "address": address, "tcp_address": instance.tcp_address }));
             }
             InstanceState::Terminated { reason } => {
                 return Err(StepError::permanent(format!(
@@ -295,13 +297,19 @@ pub fn describe_http_error(e: &reqwest::Error) -> String {
     text
 }
 
+/// Publishes the backend to the router: the RUNNING transition and the addresses are
+/// one store write, which the router's cache follows.
 async fn register_routing(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, StepError> {
-    let address = ctx
-        .output(WAIT_RUNNING)?
+    let running = ctx.output(WAIT_RUNNING)?;
+    let address = running
         .get("address")
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
+    let tcp_address = running
+        .get("tcp_address")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     orch.transition(
         ctx.workload,
         WorkloadStatus::Provisioning,
@@ -309,11 +317,12 @@ async fn register_routing(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<
         "health check passed",
         WorkloadChanges {
             endpoint: Some(Some(address.clone())),
+            tcp_endpoint: Some(tcp_address.clone()),
             ..Default::default()
         },
     )
     .await?;
-    Ok(json!({ "endpoint": address }))
+    Ok(json!({ "endpoint": address, "tcp_endpoint": tcp_address }))
 }
 
 fn storage_init(ctx: &StepContext<'_>) -> Value {

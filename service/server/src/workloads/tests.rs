@@ -35,6 +35,7 @@ impl Driver for ScriptedDriver {
             instance_id: format!("i-{}", spec.idempotency_token),
             state: InstanceState::Running,
             address: Some("127.0.0.1:9".into()),
+            tcp_address: None,
             tags: spec.tags.clone(),
             created_at: 0,
         };
@@ -143,6 +144,8 @@ async fn setup(driver: Arc<ScriptedDriver>) -> Arc<Orchestrator> {
             wait_running_timeout: Duration::from_secs(5),
             interruption_delay: Duration::from_secs(2),
             pause_at: None,
+            access_tokens: crate::auth::AccessTokenKey::random(),
+            tcp_ports: 20000..=20999,
         },
     )
 }
@@ -160,6 +163,8 @@ fn workload_spec(name: &str) -> WorkloadSpec {
         storage: StorageSpec::default(),
         tags: BTreeMap::new(),
         create_timeout: Duration::from_secs(60),
+        tcp_port: None,
+        tcp_listen_port: None,
     }
 }
 
@@ -259,6 +264,7 @@ async fn a_dead_termination_is_replayed_from_its_failed_step() {
         instance_id: "i-live".into(),
         state: InstanceState::Running,
         address: None,
+        tcp_address: None,
         tags,
         created_at: 0,
     });

@@ -18,6 +18,10 @@ pub const TOKEN: &str = "integration-test-token-0123456789";
 pub struct Service {
     pub child: Child,
     pub endpoint: String,
+    /// `http://host:port` of the router.
+    pub router: String,
+    /// `http://host:port/metrics` of the router's metrics.
+    pub metrics: String,
     pub data_dir: PathBuf,
     pub stderr: Arc<Mutex<String>>,
 }
@@ -25,6 +29,7 @@ pub struct Service {
 impl Service {
     /// Starts `computearbitrage serve` with extra environment variables.
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Service {
+        let tcp_range = free_port_range();
         let mut command = Command::new(env!("CARGO_BIN_EXE_computearbitrage"));
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -33,6 +38,17 @@ impl Service {
             .env("COMPUTEARBITRAGE_SHUTDOWN_GRACE_SECONDS", "1")
             .env("RUST_LOG", "info")
             .env_remove("CA_TEST_PAUSE_AT")
+            // Many services run at once: free ports, and a TCP range of their own.
+            .env("COMPUTEARBITRAGE_ROUTER__LISTEN", "127.0.0.1:0")
+            .env("COMPUTEARBITRAGE_ROUTER__METRICS_LISTEN", "127.0.0.1:0")
+            .env(
+                "COMPUTEARBITRAGE_ROUTER__TCP_PORT_MIN",
+                tcp_range.0.to_string(),
+            )
+            .env(
+                "COMPUTEARBITRAGE_ROUTER__TCP_PORT_MAX",
+                tcp_range.1.to_string(),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in env {
@@ -59,10 +75,27 @@ impl Service {
                 break rest.trim().to_string();
             }
         };
+        let (router, metrics) = loop {
+            let line = lines
+                .next()
+                .expect("the service printed its router address")
+                .unwrap();
+            if let Some(rest) = line.split("through the router at ").nth(1) {
+                let router = rest.split_whitespace().next().unwrap().to_string();
+                let metrics = rest
+                    .split("(metrics: ")
+                    .nth(1)
+                    .map(|m| m.trim_end_matches(')').to_string())
+                    .unwrap_or_default();
+                break (router, metrics);
+            }
+        };
         std::thread::spawn(move || for _ in lines {});
         Service {
             child,
             endpoint,
+            router,
+            metrics,
             data_dir: data_dir.to_path_buf(),
             stderr,
         }
@@ -330,6 +363,23 @@ impl Receiver {
                 self.bodies()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Ten ports no other test service uses: a block starting at a port that is free now,
+/// chosen from a per-process range so concurrent services do not collide.
+pub fn free_port_range() -> (u16, u16) {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 30_000 + (std::process::id() % 2_000) as u16 * 10;
+    loop {
+        let offset = NEXT.fetch_add(10, Ordering::Relaxed);
+        let start = base.wrapping_add(offset);
+        if (1024..60_000).contains(&start)
+            && (start..start + 10).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        {
+            return (start, start + 9);
         }
     }
 }

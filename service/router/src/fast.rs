@@ -1,0 +1,562 @@
+//! The HTTP/1.1 fast path. Most traffic is plain keep-alive HTTP/1.1 to a serving
+//! workload; for that, this module parses the head (httparse), applies the same routing,
+//! credential and header rules as [`crate::http`], and relays the exchange over one
+//! backend connection owned by the client connection, in the client's own task.
+//!
+//! Anything else is handed to hyper at a request boundary, with the bytes already read:
+//! HTTP/2, `Upgrade`, chunked or `Expect` request bodies, HTTP/1.0, a malformed head,
+//! and every request that is not forwarded (401, 404, 400, 503) or whose backend cannot
+//! be reached before the request was committed (hyper retries or answers 502). So those
+//! answers are exactly the ones [`crate::http`] gives, from one implementation.
+
+use crate::http::HttpRouter;
+use crate::metrics::{GaugeGuard, WorkloadMetrics};
+use crate::parse;
+use crate::table::Access;
+use bytes::{Buf, Bytes, BytesMut};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// Longest request or response head relayed here; longer ones go to hyper (431).
+const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEADERS: usize = 96;
+const COPY_BUFFER: usize = 64 * 1024;
+
+/// How the fast path left a client connection.
+pub(crate) enum Outcome {
+    /// Done: the client or the router closed it.
+    Closed,
+    /// Continue with hyper; these bytes were read from the client and not consumed.
+    HandOff(Bytes),
+}
+
+/// A request the fast path forwards.
+struct Plan {
+    head_len: usize,
+    head: Vec<u8>,
+    body_len: u64,
+    backend: String,
+    is_head: bool,
+    client_close: bool,
+    metrics: Arc<WorkloadMetrics>,
+}
+
+struct Upstream {
+    address: String,
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+fn is_hop_by_hop(name: &str) -> bool {
+    [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// Parses and decides one request; `Ok(None)` when the head is not complete yet,
+/// `Err(())` to hand the connection to hyper.
+fn plan(router: &HttpRouter, buf: &[u8], peer_ip: &str) -> Result<Option<Plan>, ()> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let head_len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(()),
+    };
+    let (Some(method), Some(path), Some(1)) = (request.method, request.path, request.version)
+    else {
+        return Err(());
+    };
+    if method == "CONNECT" || !path.starts_with('/') {
+        return Err(());
+    }
+    let (mut host, mut workload_header, mut authorization, mut traceparent) =
+        (None, None, None, None);
+    let mut content_length: Option<u64> = None;
+    let mut client_close = false;
+    for h in request.headers.iter() {
+        let once = |slot: &Option<&[u8]>| if slot.is_some() { Err(()) } else { Ok(()) };
+        match h.name {
+            n if n.eq_ignore_ascii_case("host") => {
+                once(&host)?;
+                host = Some(h.value);
+            }
+            n if n.eq_ignore_ascii_case("x-workload-id") => {
+                once(&workload_header)?;
+                workload_header = Some(h.value);
+            }
+            n if n.eq_ignore_ascii_case("authorization") => {
+                once(&authorization)?;
+                authorization = Some(h.value);
+            }
+            n if n.eq_ignore_ascii_case("traceparent") => {
+                once(&traceparent)?;
+                traceparent = Some(h.value);
+            }
+            n if n.eq_ignore_ascii_case("content-length") => {
+                let text = std::str::from_utf8(h.value).map_err(|_| ())?.trim();
+                if content_length.is_some()
+                    || text.is_empty()
+                    || !text.bytes().all(|b| b.is_ascii_digit())
+                {
+                    return Err(());
+                }
+                content_length = Some(text.parse().map_err(|_| ())?);
+            }
+            n if n.eq_ignore_ascii_case("transfer-encoding")
+                || n.eq_ignore_ascii_case("upgrade")
+                || n.eq_ignore_ascii_case("expect")
+                || n.eq_ignore_ascii_case("te")
+                || n.eq_ignore_ascii_case("trailer") =>
+            {
+                return Err(());
+            }
+            n if n.eq_ignore_ascii_case("connection") => {
+                for token in std::str::from_utf8(h.value).map_err(|_| ())?.split(',') {
+                    match token.trim() {
+                        t if t.eq_ignore_ascii_case("close") => client_close = true,
+                        t if t.eq_ignore_ascii_case("keep-alive") || t.is_empty() => {}
+                        // Other connection options name headers to drop: rare, hyper's.
+                        _ => return Err(()),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let host_text = match host {
+        Some(v) => Some(std::str::from_utf8(v).map_err(|_| ())?),
+        None => None,
+    };
+    let target = parse::find_target(host_text, workload_header, path, router.base_domain())
+        .map_err(|_| ())?;
+    let bearer = authorization.and_then(parse::bearer_token);
+    let (route_path, query) = match target.path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target.path_and_query.as_str(), None),
+    };
+    let (query_token, query) = match query {
+        Some(q) => {
+            let (token, rest) = parse::take_query_token(q);
+            (token, (!rest.is_empty()).then_some(rest))
+        }
+        None => (None, None),
+    };
+    let token = bearer.or(query_token.as_deref());
+    let Access::Granted(route) = router.table().authorize(token, &target.workload_id) else {
+        return Err(());
+    };
+    let Some(backend) = route.serving_backend() else {
+        return Err(());
+    };
+    let strip_authorization = bearer.is_some() && token == bearer;
+
+    let mut head = Vec::with_capacity(head_len + 256);
+    head.extend_from_slice(method.as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(route_path.as_bytes());
+    if let Some(q) = &query {
+        head.push(b'?');
+        head.extend_from_slice(q.as_bytes());
+    }
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut put = |name: &str, value: &[u8]| {
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value);
+        head.extend_from_slice(b"\r\n");
+    };
+    let keep_trace = traceparent.is_some_and(parse::is_valid_traceparent);
+    for h in request.headers.iter() {
+        let n = h.name;
+        if is_hop_by_hop(n)
+            || n.eq_ignore_ascii_case("host")
+            || n.eq_ignore_ascii_case("x-workload-id")
+            || n.eq_ignore_ascii_case("x-forwarded-for")
+            || n.eq_ignore_ascii_case("x-forwarded-proto")
+            || n.eq_ignore_ascii_case("x-forwarded-host")
+            || n.eq_ignore_ascii_case("traceparent")
+            || (!keep_trace && n.eq_ignore_ascii_case("tracestate"))
+            || (strip_authorization && n.eq_ignore_ascii_case("authorization"))
+        {
+            continue;
+        }
+        put(n, h.value);
+    }
+    put("host", backend.as_bytes());
+    put("x-forwarded-for", peer_ip.as_bytes());
+    put("x-forwarded-proto", b"http");
+    if let Some(h) = host.filter(|h| !h.is_empty()) {
+        put("x-forwarded-host", h);
+    }
+    put("x-workload-id", route.workload_id.as_bytes());
+    match traceparent.filter(|_| keep_trace) {
+        Some(t) => put("traceparent", t),
+        None => put("traceparent", parse::new_traceparent().as_bytes()),
+    }
+    head.extend_from_slice(b"\r\n");
+    Ok(Some(Plan {
+        head_len,
+        head,
+        body_len: content_length.unwrap_or(0),
+        backend: backend.to_string(),
+        is_head: method == "HEAD",
+        client_close,
+        metrics: router.metrics_of(&route.workload_id),
+    }))
+}
+
+/// Relays requests until the client leaves, `stop` is set between requests, or a
+/// request needs hyper.
+pub(crate) async fn run(
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    router: &HttpRouter,
+    stop: &mut watch::Receiver<bool>,
+) -> Outcome {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut upstream: Option<Upstream> = None;
+    let peer_ip = peer.ip().to_string();
+    loop {
+        // A whole request head.
+        let plan = loop {
+            if !buf.is_empty() {
+                match plan(router, &buf, &peer_ip) {
+                    Ok(Some(plan)) => break plan,
+                    Ok(None) if buf.len() <= MAX_HEAD => {}
+                    _ => return Outcome::HandOff(buf.freeze()),
+                }
+            }
+            if *stop.borrow() && buf.is_empty() {
+                return Outcome::Closed;
+            }
+            let read = tokio::select! {
+                read = client.read_buf(&mut buf) => read,
+                _ = stop.wait_for(|s| *s), if buf.is_empty() => return Outcome::Closed,
+            };
+            match read {
+                Ok(0) | Err(_) => return Outcome::Closed,
+                Ok(_) => {}
+            }
+        };
+        let started = Instant::now();
+        let _in_flight = GaugeGuard::new(plan.metrics.clone(), |m| &m.active_http);
+
+        // The backend connection of this client connection, for this backend.
+        if upstream.as_ref().map(|u| u.address.as_str()) != Some(plan.backend.as_str()) {
+            let connected =
+                tokio::time::timeout(router.connect_timeout(), TcpStream::connect(&plan.backend))
+                    .await;
+            match connected {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    upstream = Some(Upstream {
+                        address: plan.backend.clone(),
+                        stream,
+                        buf: BytesMut::with_capacity(16 * 1024),
+                    });
+                }
+                // hyper retries (idempotent) or answers 502.
+                _ => return Outcome::HandOff(buf.freeze()),
+            }
+        }
+        let Some(up) = upstream.as_mut() else {
+            return Outcome::HandOff(buf.freeze());
+        };
+
+        // The request: head and the body part already read go in one write.
+        let buffered_body = (buf.len() - plan.head_len).min(plan.body_len as usize);
+        let whole = buffered_body as u64 == plan.body_len;
+        let mut first = plan.head;
+        first.extend_from_slice(&buf[plan.head_len..plan.head_len + buffered_body]);
+        if up.stream.write_all(&first).await.is_err() {
+            // A backend that closed an idle connection: let hyper start afresh.
+            return Outcome::HandOff(buf.freeze());
+        }
+        let mut sent = buffered_body as u64;
+        let request_bytes = buf.split_to(plan.head_len + buffered_body);
+        if !whole {
+            let remaining = plan.body_len - sent;
+            let mut body = (&mut *client).take(remaining);
+            match copy_exact(&mut body, &mut up.stream, remaining).await {
+                Ok(n) => sent += n,
+                Err(_) => return Outcome::Closed,
+            }
+        }
+        plan.metrics
+            .bytes_to_backend
+            .fetch_add(sent, Ordering::Relaxed);
+
+        // The response head (1xx heads are relayed and the next one read).
+        let response = loop {
+            match relay_head(up, client, plan.is_head, plan.client_close).await {
+                Ok(Some(head)) => break head,
+                Ok(None) => continue,
+                Err(Failure::BeforeHead) if whole => {
+                    // Nothing reached the client: hyper retries or answers.
+                    let mut again = BytesMut::from(&request_bytes[..]);
+                    again.extend_from_slice(&buf);
+                    return Outcome::HandOff(again.freeze());
+                }
+                Err(Failure::BeforeHead) => {
+                    // The body was streamed, so the request cannot be replayed.
+                    plan.metrics.observe(502, started.elapsed());
+                    let text = "the workload failed to answer after receiving the request body; retry later\n";
+                    let reply = format!(
+                        "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                        text.len()
+                    );
+                    let _ = client.write_all(reply.as_bytes()).await;
+                    return Outcome::Closed;
+                }
+                Err(Failure::After) => return Outcome::Closed,
+            }
+        };
+        plan.metrics.observe(response.status, started.elapsed());
+        let mut head = response.head;
+        let copied = match response.framing {
+            Framing::None => client.write_all(&head).await.map(|()| 0),
+            Framing::Length(n) => {
+                // Head and the body bytes already read in one write: a small answer
+                // is one syscall.
+                let from_buffer = (up.buf.len() as u64).min(n) as usize;
+                head.extend_from_slice(&up.buf.split_to(from_buffer));
+                match client.write_all(&head).await {
+                    Ok(()) => {
+                        let mut rest = (&mut up.stream).take(n - from_buffer as u64);
+                        copy_exact(&mut rest, client, n - from_buffer as u64)
+                            .await
+                            .map(|m| m + from_buffer as u64)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Framing::Chunked => match client.write_all(&head).await {
+                Ok(()) => copy_chunked(up, client).await,
+                Err(e) => Err(e),
+            },
+            Framing::UntilClose => {
+                let pending = std::mem::take(&mut up.buf);
+                let mut total = pending.len() as u64;
+                head.extend_from_slice(&pending);
+                let mut result = client.write_all(&head).await;
+                if result.is_ok() {
+                    result = tokio::io::copy(&mut up.stream, client).await.map(|n| {
+                        total += n;
+                    });
+                }
+                result.map(|()| total)
+            }
+        };
+        match copied {
+            Ok(n) => {
+                plan.metrics
+                    .bytes_from_backend
+                    .fetch_add(n, Ordering::Relaxed);
+            }
+            Err(_) => return Outcome::Closed,
+        }
+        if response.backend_close || !up.buf.is_empty() {
+            upstream = None;
+        }
+        if plan.client_close || response.framing == Framing::UntilClose {
+            let _ = client.shutdown().await;
+            return Outcome::Closed;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+struct ResponseHead {
+    /// The rewritten head, for the caller to write (with the first body bytes).
+    head: Vec<u8>,
+    status: u16,
+    framing: Framing,
+    backend_close: bool,
+}
+
+enum Failure {
+    /// The backend failed before any byte of the answer reached the client.
+    BeforeHead,
+    After,
+}
+
+/// Reads one response head from the backend and rewrites it. Informational (1xx) heads
+/// are written to the client here and `Ok(None)` returned: the final one follows.
+async fn relay_head(
+    up: &mut Upstream,
+    client: &mut TcpStream,
+    is_head: bool,
+    client_close: bool,
+) -> Result<Option<ResponseHead>, Failure> {
+    let (head, status, framing, backend_close, head_len) = loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut headers);
+        match response.parse(&up.buf) {
+            Ok(httparse::Status::Complete(n)) => {
+                let status = response.code.unwrap_or(502);
+                let reason = response.reason.unwrap_or("");
+                let mut length = None;
+                let mut chunked = false;
+                let mut close = response.version == Some(0);
+                let mut out = Vec::with_capacity(n + 32);
+                out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
+                for h in response.headers.iter() {
+                    let name = h.name;
+                    if name.eq_ignore_ascii_case("content-length") {
+                        length = std::str::from_utf8(h.value)
+                            .ok()
+                            .and_then(|v| v.trim().parse::<u64>().ok());
+                    } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                        chunked = std::str::from_utf8(h.value)
+                            .map(|v| v.trim().to_ascii_lowercase().ends_with("chunked"))
+                            .unwrap_or(false);
+                    } else if name.eq_ignore_ascii_case("connection") {
+                        close |= std::str::from_utf8(h.value)
+                            .map(|v| v.to_ascii_lowercase().contains("close"))
+                            .unwrap_or(true);
+                    }
+                    // Framing headers stay: the body is relayed as it is framed.
+                    let framing_header = name.eq_ignore_ascii_case("transfer-encoding")
+                        || name.eq_ignore_ascii_case("trailer");
+                    if is_hop_by_hop(name) && !framing_header {
+                        continue;
+                    }
+                    out.extend_from_slice(name.as_bytes());
+                    out.extend_from_slice(b": ");
+                    out.extend_from_slice(h.value);
+                    out.extend_from_slice(b"\r\n");
+                }
+                let framing =
+                    if (100..200).contains(&status) || status == 204 || status == 304 || is_head {
+                        Framing::None
+                    } else if chunked {
+                        Framing::Chunked
+                    } else if let Some(n) = length {
+                        Framing::Length(n)
+                    } else {
+                        Framing::UntilClose
+                    };
+                if client_close || framing == Framing::UntilClose {
+                    out.extend_from_slice(b"connection: close\r\n");
+                }
+                out.extend_from_slice(b"\r\n");
+                break (out, status, framing, close, n);
+            }
+            Ok(httparse::Status::Partial) if up.buf.len() <= MAX_HEAD => {}
+            _ => return Err(Failure::BeforeHead),
+        }
+        match up.stream.read_buf(&mut up.buf).await {
+            Ok(0) | Err(_) => return Err(Failure::BeforeHead),
+            Ok(_) => {}
+        }
+    };
+    up.buf.advance(head_len);
+    if status == 101 {
+        // Never asked for: a broken backend.
+        return Err(Failure::BeforeHead);
+    }
+    if (100..200).contains(&status) {
+        client.write_all(&head).await.map_err(|_| Failure::After)?;
+        return Ok(None);
+    }
+    Ok(Some(ResponseHead {
+        head,
+        status,
+        framing,
+        backend_close,
+    }))
+}
+
+/// Copies exactly `n` bytes (fewer is an error).
+async fn copy_exact<R, W>(from: &mut R, to: &mut W, n: u64) -> std::io::Result<u64>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let copied = tokio::io::copy_buf(
+        &mut tokio::io::BufReader::with_capacity(COPY_BUFFER, from),
+        to,
+    )
+    .await?;
+    if copied == n {
+        Ok(copied)
+    } else {
+        Err(std::io::ErrorKind::UnexpectedEof.into())
+    }
+}
+
+/// Relays a chunked body as it is framed, reading the framing only to find its end.
+async fn copy_chunked(up: &mut Upstream, client: &mut TcpStream) -> std::io::Result<u64> {
+    let mut total = 0u64;
+    loop {
+        let line = read_line(up).await?;
+        let size_text = std::str::from_utf8(&line)
+            .ok()
+            .and_then(|l| l.trim_end().split(';').next())
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        let size = u64::from_str_radix(&size_text, 16)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
+        client.write_all(&line).await?;
+        if size == 0 {
+            // Trailers, up to the empty line.
+            loop {
+                let trailer = read_line(up).await?;
+                client.write_all(&trailer).await?;
+                if trailer.as_ref() == b"\r\n" {
+                    return Ok(total);
+                }
+            }
+        }
+        // The chunk and its CRLF.
+        let mut left = size + 2;
+        while left > 0 {
+            if up.buf.is_empty() && up.stream.read_buf(&mut up.buf).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let take = (up.buf.len() as u64).min(left) as usize;
+            let part = up.buf.split_to(take);
+            client.write_all(&part).await?;
+            left -= take as u64;
+        }
+        total += size;
+    }
+}
+
+/// One CRLF-terminated line from the backend, with its CRLF.
+async fn read_line(up: &mut Upstream) -> std::io::Result<Bytes> {
+    loop {
+        if let Some(end) = up.buf.windows(2).position(|w| w == b"\r\n") {
+            return Ok(up.buf.split_to(end + 2).freeze());
+        }
+        if up.buf.len() > MAX_HEAD {
+            return Err(std::io::ErrorKind::InvalidData.into());
+        }
+        if up.stream.read_buf(&mut up.buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! Per-workload Prometheus metrics, kept in atomics and rendered in the text format.
+//! Requests that never reach a workload (401, 404, bad input) count under the
+//! workload label `-`, so a client cannot grow the label set with made-up ids.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Upper bounds of the latency histogram, in seconds.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// The label of requests that were not routed to a workload.
+pub const UNROUTED: &str = "-";
+
+#[derive(Default)]
+pub struct WorkloadMetrics {
+    /// By status class: 1xx … 5xx.
+    responses: [AtomicU64; 5],
+    /// Per bucket, not cumulative: a request increments one counter (these are shared
+    /// by every router thread), and rendering sums them.
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_micros: AtomicU64,
+    pub bytes_to_backend: AtomicU64,
+    pub bytes_from_backend: AtomicU64,
+    pub active_http: AtomicI64,
+    pub active_tcp: AtomicI64,
+    pub tcp_connections: AtomicU64,
+}
+
+impl WorkloadMetrics {
+    /// Counts a response and the time to its headers.
+    pub fn observe(&self, status: u16, elapsed: Duration) {
+        let class = usize::from((status / 100).clamp(1, 5)) - 1;
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+        let seconds = elapsed.as_secs_f64();
+        if let Some(bucket) = LATENCY_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .map(|i| &self.latency_buckets[i])
+        {
+            bucket.fetch_add(1, Ordering::Relaxed);
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.responses
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// Every workload's metrics.
+#[derive(Default)]
+pub struct Metrics {
+    workloads: RwLock<BTreeMap<String, Arc<WorkloadMetrics>>>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        Arc::new(Metrics::default())
+    }
+
+    /// The metrics of a workload (only called for routed workloads, or [`UNROUTED`]).
+    pub fn workload(&self, workload_id: &str) -> Arc<WorkloadMetrics> {
+        // The hot path: a shared read, no allocation.
+        if let Some(found) = self
+            .workloads
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(workload_id)
+        {
+            return found.clone();
+        }
+        let mut map = self.workloads.write().unwrap_or_else(|p| p.into_inner());
+        map.entry(workload_id.to_string()).or_default().clone()
+    }
+
+    /// Drops the series of workloads that are gone for good (`routed` says no) and have
+    /// nothing open any more, so the label set does not grow with every workload ever
+    /// run.
+    pub fn prune(&self, routed: impl Fn(&str) -> bool) -> usize {
+        let mut map = self.workloads.write().unwrap_or_else(|p| p.into_inner());
+        let before = map.len();
+        map.retain(|id, m| {
+            id == UNROUTED
+                || routed(id)
+                || m.active_http.load(Ordering::Relaxed) > 0
+                || m.active_tcp.load(Ordering::Relaxed) > 0
+        });
+        before - map.len()
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let snapshot: Vec<(String, Arc<WorkloadMetrics>)> = self
+            .workloads
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut out = String::new();
+        let header = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        header(
+            &mut out,
+            "computearbitrage_router_requests_total",
+            "counter",
+            "HTTP responses by workload and status class.",
+        );
+        for (w, m) in &snapshot {
+            for (i, c) in m.responses.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "computearbitrage_router_requests_total{{workload=\"{w}\",class=\"{}xx\"}} {}",
+                    i + 1,
+                    c.load(Ordering::Relaxed)
+                );
+            }
+        }
+        header(
+            &mut out,
+            "computearbitrage_router_request_duration_seconds",
+            "histogram",
+            "Time from request to response headers.",
+        );
+        for (w, m) in &snapshot {
+            let mut cumulative = 0;
+            for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&m.latency_buckets) {
+                cumulative += bucket.load(Ordering::Relaxed);
+                let _ = writeln!(out, "computearbitrage_router_request_duration_seconds_bucket{{workload=\"{w}\",le=\"{bound}\"}} {cumulative}");
+            }
+            let count = m.latency_count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "computearbitrage_router_request_duration_seconds_bucket{{workload=\"{w}\",le=\"+Inf\"}} {count}");
+            let _ = writeln!(
+                out,
+                "computearbitrage_router_request_duration_seconds_sum{{workload=\"{w}\"}} {}",
+                m.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+            );
+            let _ = writeln!(out, "computearbitrage_router_request_duration_seconds_count{{workload=\"{w}\"}} {count}");
+        }
+        header(
+            &mut out,
+            "computearbitrage_router_bytes_total",
+            "counter",
+            "Body and stream bytes moved, by direction.",
+        );
+        for (w, m) in &snapshot {
+            let _ = writeln!(out, "computearbitrage_router_bytes_total{{workload=\"{w}\",direction=\"to_backend\"}} {}", m.bytes_to_backend.load(Ordering::Relaxed));
+            let _ = writeln!(out, "computearbitrage_router_bytes_total{{workload=\"{w}\",direction=\"from_backend\"}} {}", m.bytes_from_backend.load(Ordering::Relaxed));
+        }
+        header(
+            &mut out,
+            "computearbitrage_router_active_connections",
+            "gauge",
+            "Requests in flight (http) and open TCP connections (tcp).",
+        );
+        for (w, m) in &snapshot {
+            let _ = writeln!(out, "computearbitrage_router_active_connections{{workload=\"{w}\",protocol=\"http\"}} {}", m.active_http.load(Ordering::Relaxed));
+            let _ = writeln!(out, "computearbitrage_router_active_connections{{workload=\"{w}\",protocol=\"tcp\"}} {}", m.active_tcp.load(Ordering::Relaxed));
+        }
+        header(
+            &mut out,
+            "computearbitrage_router_tcp_connections_total",
+            "counter",
+            "TCP connections forwarded.",
+        );
+        for (w, m) in &snapshot {
+            let _ = writeln!(
+                out,
+                "computearbitrage_router_tcp_connections_total{{workload=\"{w}\"}} {}",
+                m.tcp_connections.load(Ordering::Relaxed)
+            );
+        }
+        out
+    }
+}
+
+/// Decrements a gauge when dropped, so every exit path (errors, cancellations) counts.
+pub struct GaugeGuard(Arc<WorkloadMetrics>, fn(&WorkloadMetrics) -> &AtomicI64);
+
+impl GaugeGuard {
+    pub fn new(metrics: Arc<WorkloadMetrics>, gauge: fn(&WorkloadMetrics) -> &AtomicI64) -> Self {
+        gauge(&metrics).fetch_add(1, Ordering::Relaxed);
+        GaugeGuard(metrics, gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        (self.1)(&self.0).fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_classes_histogram_bytes_and_gauges() {
+        let metrics = Metrics::default();
+        let m = metrics.workload("wl-1");
+        m.observe(200, Duration::from_millis(2));
+        m.observe(503, Duration::from_millis(700));
+        m.bytes_to_backend.fetch_add(10, Ordering::Relaxed);
+        let guard = GaugeGuard::new(m.clone(), |m| &m.active_tcp);
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                "computearbitrage_router_requests_total{workload=\"wl-1\",class=\"2xx\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text
+            .contains("computearbitrage_router_requests_total{workload=\"wl-1\",class=\"5xx\"} 1"));
+        assert!(text.contains("computearbitrage_router_request_duration_seconds_bucket{workload=\"wl-1\",le=\"0.0025\"} 1"));
+        assert!(text.contains(
+            "computearbitrage_router_request_duration_seconds_bucket{workload=\"wl-1\",le=\"1\"} 2"
+        ));
+        assert!(text.contains(
+            "computearbitrage_router_request_duration_seconds_count{workload=\"wl-1\"} 2"
+        ));
+        assert!(text.contains(
+            "computearbitrage_router_bytes_total{workload=\"wl-1\",direction=\"to_backend\"} 10"
+        ));
+        assert!(text.contains(
+            "computearbitrage_router_active_connections{workload=\"wl-1\",protocol=\"tcp\"} 1"
+        ));
+        drop(guard);
+        assert!(metrics.render().contains(
+            "computearbitrage_router_active_connections{workload=\"wl-1\",protocol=\"tcp\"} 0"
+        ));
+    }
+}
+
+/// Serves `GET /metrics` (any path, in fact) until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper_util::rt::TokioIo;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let metrics = metrics.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_req| {
+                        let body = metrics.render();
+                        async move {
+                            let mut response = http::Response::new(Full::new(Bytes::from(body)));
+                            response.headers_mut().insert(
+                                http::header::CONTENT_TYPE,
+                                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                            );
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+            () = &mut shutdown => return,
+        }
+    }
+}
