@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Fuzzes the router's request parsing (fuzz/fuzz_targets/parse_request.rs: Host,
+# X-Workload-Id, /w/{id}/, bearer and ?token= credentials, traceparent) for a while,
+# and fails if it finds a crash or a broken invariant.
+#
+#   scripts/fuzz.sh [SECONDS]        # default: $FUZZ_SECONDS, else 30
+#
+# Installs cargo-fuzz into .tools/cargo on the first run; works with stable Rust (see
+# FUZZ_SANITIZER below). The first build takes a few minutes. The corpus grows in
+# fuzz/corpus/parse_request (git-ignored), starting from fuzz/seeds/parse_request; a
+# crashing input is saved in fuzz/artifacts/parse_request and printed in hex.
+# FUZZ_VERBOSE=1 shows every libFuzzer line (new coverage, pulses). FUZZ_SANITIZER
+# picks a cargo-fuzz sanitizer (default: none).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+
+target=parse_request
+seconds="${1:-${FUZZ_SECONDS:-30}}"
+if ! [[ "$seconds" =~ ^[0-9]+$ ]] || [ "$seconds" -eq 0 ]; then
+    echo "usage: $0 [SECONDS] (a positive whole number; got '$seconds')" >&2
+    exit 2
+fi
+cargo_fuzz_version=0.13.2
+tools="$root/.tools/cargo"
+export PATH="$tools/bin:$PATH"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export RUST_LIB_BACKTRACE=0
+
+if ! cargo fuzz --version 2>/dev/null | grep -qF " $cargo_fuzz_version"; then
+    echo "== installing cargo-fuzz $cargo_fuzz_version into .tools/cargo"
+    cargo install cargo-fuzz --version "=$cargo_fuzz_version" --locked --root "$tools" --quiet
+fi
+
+# No sanitizer by default: the parser is safe Rust, so ASan would add nothing but
+# slowness, and cargo-fuzz then needs no nightly flags. FUZZ_SANITIZER=address (etc.)
+# needs `-Zsanitizer`, which stable rustc only takes with RUSTC_BOOTSTRAP=1.
+# Debug assertions (overflow checks) are on.
+sanitizer="${FUZZ_SANITIZER:-none}"
+if [ "$sanitizer" != none ]; then
+    export RUSTC_BOOTSTRAP=1
+fi
+fuzz_flags=(--sanitizer "$sanitizer" --debug-assertions)
+
+echo "== building fuzz target $target"
+start=$(date +%s)
+CARGO_TERM_QUIET=true cargo fuzz build "${fuzz_flags[@]}" "$target"
+echo "   built in $(($(date +%s) - start)) s"
+
+corpus="fuzz/corpus/$target"
+seeds="fuzz/seeds/$target"
+artifacts="fuzz/artifacts/$target"
+mkdir -p "$corpus" "$artifacts"
+cp -n "$seeds"/* "$corpus"/ 2>/dev/null || true
+
+echo "== fuzzing $target for $seconds s"
+# Crash files written from now on are reported below.
+marker="$(mktemp)"
+trap 'rm -f "$marker"' EXIT
+# Drop libFuzzer's progress lines, its recommended dictionary and the warnings it
+# prints without a sanitizer; keep the crash report, the DONE line and the stats.
+quiet='/^#[0-9]+[[:space:]]+(NEW|REDUCE|pulse)[[:space:]]/d
+/^WARNING: Failed to find function "__sanitizer_/d
+/^[[:space:]]+NEW_FUNC\[/d
+/^###### Recommended dictionary/,/^###### End of recommended dictionary/d'
+if [ "${FUZZ_VERBOSE:-0}" = 1 ]; then quiet=''; fi
+status=0
+CARGO_TERM_QUIET=true cargo fuzz run "${fuzz_flags[@]}" "$target" "$corpus" -- \
+    -max_total_time="$seconds" -print_final_stats=1 2>&1 \
+    | sed -E "$quiet" || status=$?
+
+if [ "$status" -ne 0 ]; then
+    echo "== FAILED: fuzzing $target exited with $status" >&2
+    find "$artifacts" -type f -newer "$marker" | while read -r file; do
+        echo "-- $file ($(wc -c <"$file") bytes), hex:" >&2
+        od -An -v -tx1 "$file" | tr -d ' \n' >&2
+        echo >&2
+        echo "   reproduce: PATH=.tools/cargo/bin:\$PATH${RUSTC_BOOTSTRAP:+ RUSTC_BOOTSTRAP=1} cargo fuzz run ${fuzz_flags[*]} $target $file" >&2
+    done
+    exit 1
+fi
+echo "== no crash in $seconds s (corpus: $(ls "$corpus" | wc -l) inputs in $corpus)"
