@@ -205,8 +205,16 @@ async fn a_separate_router_process_follows_the_service() {
         .await
         .unwrap()
         .into_inner();
-    // Before it runs, the separate router already knows it: 503, not 404.
-    let (status, _) = http_get(&created.endpoint, Some(TOKEN)).await;
+    // Before it runs, the separate router learns of it from the watch stream (a few
+    // milliseconds after the apply returns): 503, then 200, never 404 from then on.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let status = loop {
+        let (status, _) = http_get(&created.endpoint, Some(TOKEN)).await;
+        if status != 404 || std::time::Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
     assert!(status == 503 || status == 200, "{status}");
     let running = wait_status(
         &mut client,
