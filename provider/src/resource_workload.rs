@@ -12,11 +12,11 @@
 //! - A workload terminated out of band (or FAILED) is removed from state on refresh.
 
 use crate::client::{report_status, report_violations, Connection, SharedConnection};
-use computearbitrage_api::ERROR_FIELD_METADATA;
 use crate::duration;
 use crate::number::Number;
 use crate::requirements::{self, check_whole, strings, whole, RequirementsBlock};
 use crate::schema::{attribute, computed, optional, optional_computed, sensitive, string_list};
+use computearbitrage_api::ERROR_FIELD_METADATA;
 use computearbitrage_api::{pb, validate};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -792,7 +792,11 @@ impl Resource for WorkloadResource {
             // attribute like plan-time validation does.
             Err(status)
                 if status.code() == tonic::Code::InvalidArgument
-                    && status.metadata().get(ERROR_FIELD_METADATA).and_then(|v| v.to_str().ok()) == Some("tcp_listen_port") =>
+                    && status
+                        .metadata()
+                        .get(ERROR_FIELD_METADATA)
+                        .and_then(|v| v.to_str().ok())
+                        == Some("tcp_listen_port") =>
             {
                 diags.error(
                     "Invalid value for tcp_listen_port",

@@ -12,7 +12,7 @@
 use crate::http::HttpRouter;
 use crate::metrics::{GaugeGuard, WorkloadMetrics};
 use crate::parse;
-use crate::table::Access;
+use crate::table::{Access, Route};
 use bytes::{Buf, Bytes, BytesMut};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -35,15 +35,77 @@ pub(crate) enum Outcome {
     HandOff(Bytes),
 }
 
-/// A request the fast path forwards.
+/// A request the fast path forwards, to the route of the connection's
+/// [`Decisions::granted`].
 struct Plan {
     head_len: usize,
     head: Vec<u8>,
     body_len: u64,
-    backend: String,
     is_head: bool,
     client_close: bool,
+}
+
+/// A granted access: this credential may reach this route.
+struct Grant {
+    token: Vec<u8>,
+    workload_id: String,
+    route: Arc<Route>,
     metrics: Arc<WorkloadMetrics>,
+}
+
+/// The last access decision of one client connection. A keep-alive client sends the
+/// same credential to the same workload on every request, and while the route table
+/// is unchanged the same inputs get the same answer: so the credential is hashed and
+/// the shared table read once per connection and table version, not per request.
+struct Decisions {
+    table_changes: watch::Receiver<u64>,
+    granted: Option<Grant>,
+}
+
+impl Decisions {
+    fn new(router: &HttpRouter) -> Self {
+        Decisions {
+            table_changes: router.table().changes(),
+            granted: None,
+        }
+    }
+
+    /// Whether `token` may reach `workload_id`; on `true`, [`Decisions::granted`]
+    /// holds the route.
+    fn allow(&mut self, router: &HttpRouter, token: Option<&str>, workload_id: &str) -> bool {
+        if self.table_changes.has_changed().unwrap_or(true) {
+            // Marked before the table is read: a change after this point is seen by
+            // the next request.
+            self.table_changes.mark_unchanged();
+            self.granted = None;
+        }
+        let Some(token) = token else {
+            return false;
+        };
+        if let Some(grant) = &self.granted {
+            if grant.workload_id == workload_id && same_secret(&grant.token, token.as_bytes()) {
+                return true;
+            }
+        }
+        match router.table().authorize(Some(token), workload_id) {
+            Access::Granted(route) => {
+                self.granted = Some(Grant {
+                    token: token.as_bytes().to_vec(),
+                    workload_id: workload_id.to_string(),
+                    metrics: router.metrics_of(&route.workload_id),
+                    route,
+                });
+                true
+            }
+            Access::Unauthenticated | Access::NotFound => false,
+        }
+    }
+}
+
+/// Compares two credentials in time independent of where they differ: a connection
+/// may carry several users' requests (a pooling proxy in front of the router).
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 struct Upstream {
@@ -70,7 +132,12 @@ fn is_hop_by_hop(name: &str) -> bool {
 
 /// Parses and decides one request; `Ok(None)` when the head is not complete yet,
 /// `Err(())` to hand the connection to hyper.
-fn plan(router: &HttpRouter, buf: &[u8], peer_ip: &str) -> Result<Option<Plan>, ()> {
+fn plan(
+    router: &HttpRouter,
+    buf: &[u8],
+    peer_ip: &str,
+    decisions: &mut Decisions,
+) -> Result<Option<Plan>, ()> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let head_len = match request.parse(buf) {
@@ -158,7 +225,10 @@ fn plan(router: &HttpRouter, buf: &[u8], peer_ip: &str) -> Result<Option<Plan>, 
         None => (None, None),
     };
     let token = bearer.or(query_token.as_deref());
-    let Access::Granted(route) = router.table().authorize(token, &target.workload_id) else {
+    if !decisions.allow(router, token, &target.workload_id) {
+        return Err(());
+    }
+    let Some(route) = decisions.granted.as_ref().map(|g| &*g.route) else {
         return Err(());
     };
     let Some(backend) = route.serving_backend() else {
@@ -207,17 +277,15 @@ fn plan(router: &HttpRouter, buf: &[u8], peer_ip: &str) -> Result<Option<Plan>, 
     put("x-workload-id", route.workload_id.as_bytes());
     match traceparent.filter(|_| keep_trace) {
         Some(t) => put("traceparent", t),
-        None => put("traceparent", parse::new_traceparent().as_bytes()),
+        None => put("traceparent", &parse::new_traceparent_bytes()),
     }
     head.extend_from_slice(b"\r\n");
     Ok(Some(Plan {
         head_len,
         head,
         body_len: content_length.unwrap_or(0),
-        backend: backend.to_string(),
         is_head: method == "HEAD",
         client_close,
-        metrics: router.metrics_of(&route.workload_id),
     }))
 }
 
@@ -232,11 +300,12 @@ pub(crate) async fn run(
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut upstream: Option<Upstream> = None;
     let peer_ip = peer.ip().to_string();
+    let mut decisions = Decisions::new(router);
     loop {
         // A whole request head.
         let plan = loop {
             if !buf.is_empty() {
-                match plan(router, &buf, &peer_ip) {
+                match plan(router, &buf, &peer_ip, &mut decisions) {
                     Ok(Some(plan)) => break plan,
                     Ok(None) if buf.len() <= MAX_HEAD => {}
                     _ => return Outcome::HandOff(buf.freeze()),
@@ -255,18 +324,25 @@ pub(crate) async fn run(
             }
         };
         let started = Instant::now();
-        let _in_flight = GaugeGuard::new(plan.metrics.clone(), |m| &m.active_http);
+        // `plan` succeeded, so the connection's grant is this request's, and serving.
+        let Some(grant) = decisions.granted.as_ref() else {
+            return Outcome::HandOff(buf.freeze());
+        };
+        let Some(backend) = grant.route.serving_backend() else {
+            return Outcome::HandOff(buf.freeze());
+        };
+        let metrics = &*grant.metrics;
+        let _in_flight = GaugeGuard::new(metrics, |m| &m.active_http);
 
         // The backend connection of this client connection, for this backend.
-        if upstream.as_ref().map(|u| u.address.as_str()) != Some(plan.backend.as_str()) {
+        if upstream.as_ref().map(|u| u.address.as_str()) != Some(backend) {
             let connected =
-                tokio::time::timeout(router.connect_timeout(), TcpStream::connect(&plan.backend))
-                    .await;
+                tokio::time::timeout(router.connect_timeout(), TcpStream::connect(backend)).await;
             match connected {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
                     upstream = Some(Upstream {
-                        address: plan.backend.clone(),
+                        address: backend.to_string(),
                         stream,
                         buf: BytesMut::with_capacity(16 * 1024),
                     });
@@ -298,7 +374,8 @@ pub(crate) async fn run(
                 Err(_) => return Outcome::Closed,
             }
         }
-        plan.metrics
+        metrics
+            .local()
             .bytes_to_backend
             .fetch_add(sent, Ordering::Relaxed);
 
@@ -315,7 +392,7 @@ pub(crate) async fn run(
                 }
                 Err(Failure::BeforeHead) => {
                     // The body was streamed, so the request cannot be replayed.
-                    plan.metrics.observe(502, started.elapsed());
+                    metrics.observe(502, started.elapsed());
                     let text = "the workload failed to answer after receiving the request body; retry later\n";
                     let reply = format!(
                         "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
@@ -327,7 +404,7 @@ pub(crate) async fn run(
                 Err(Failure::After) => return Outcome::Closed,
             }
         };
-        plan.metrics.observe(response.status, started.elapsed());
+        metrics.observe(response.status, started.elapsed());
         let mut head = response.head;
         let copied = match response.framing {
             Framing::None => client.write_all(&head).await.map(|()| 0),
@@ -336,10 +413,12 @@ pub(crate) async fn run(
                 // is one syscall.
                 let from_buffer = (up.buf.len() as u64).min(n) as usize;
                 head.extend_from_slice(&up.buf.split_to(from_buffer));
+                let rest = n - from_buffer as u64;
                 match client.write_all(&head).await {
+                    Ok(()) if rest == 0 => Ok(n),
                     Ok(()) => {
-                        let mut rest = (&mut up.stream).take(n - from_buffer as u64);
-                        copy_exact(&mut rest, client, n - from_buffer as u64)
+                        let mut body = (&mut up.stream).take(rest);
+                        copy_exact(&mut body, client, rest)
                             .await
                             .map(|m| m + from_buffer as u64)
                     }
@@ -365,7 +444,8 @@ pub(crate) async fn run(
         };
         match copied {
             Ok(n) => {
-                plan.metrics
+                metrics
+                    .local()
                     .bytes_from_backend
                     .fetch_add(n, Ordering::Relaxed);
             }
@@ -422,7 +502,16 @@ async fn relay_head(
                 let mut chunked = false;
                 let mut close = response.version == Some(0);
                 let mut out = Vec::with_capacity(n + 32);
-                out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
+                // httparse accepts only three-digit codes.
+                out.extend_from_slice(b"HTTP/1.1 ");
+                out.extend_from_slice(&[
+                    b'0' + (status / 100 % 10) as u8,
+                    b'0' + (status / 10 % 10) as u8,
+                    b'0' + (status % 10) as u8,
+                    b' ',
+                ]);
+                out.extend_from_slice(reason.as_bytes());
+                out.extend_from_slice(b"\r\n");
                 for h in response.headers.iter() {
                     let name = h.name;
                     if name.eq_ignore_ascii_case("content-length") {

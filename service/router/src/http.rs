@@ -396,9 +396,11 @@ impl HttpRouter {
             let mut server = TokioIo::new(server);
             if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
                 tunnel_metrics
+                    .local()
                     .bytes_to_backend
                     .fetch_add(up, Ordering::Relaxed);
                 tunnel_metrics
+                    .local()
                     .bytes_from_backend
                     .fetch_add(down, Ordering::Relaxed);
             }
@@ -582,9 +584,9 @@ where
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
                 let counter = if this.to_backend {
-                    &this.metrics.bytes_to_backend
+                    &this.metrics.local().bytes_to_backend
                 } else {
-                    &this.metrics.bytes_from_backend
+                    &this.metrics.local().bytes_from_backend
                 };
                 counter.fetch_add(data.len() as u64, Ordering::Relaxed);
             }

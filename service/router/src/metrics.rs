@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -16,12 +17,28 @@ pub const LATENCY_BUCKETS: [f64; 12] = [
 /// The label of requests that were not routed to a workload.
 pub const UNROUTED: &str = "-";
 
+/// Counter shards per workload. Router threads add to their own shard, so a request
+/// does not bounce a shared cache line between cores; rendering sums the shards.
+const SHARDS: usize = 8;
+
+/// The shard of the calling thread, assigned round-robin on first use.
+fn shard_index() -> usize {
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
+
+/// One shard of a workload's counters, on cache lines of its own.
 #[derive(Default)]
-pub struct WorkloadMetrics {
+#[repr(align(128))]
+pub struct Counters {
     /// By status class: 1xx … 5xx.
     responses: [AtomicU64; 5],
-    /// Per bucket, not cumulative: a request increments one counter (these are shared
-    /// by every router thread), and rendering sums them.
+    /// Per bucket, not cumulative: a request increments one counter, and rendering
+    /// sums them.
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
@@ -32,28 +49,54 @@ pub struct WorkloadMetrics {
     pub tcp_connections: AtomicU64,
 }
 
+#[derive(Default)]
+pub struct WorkloadMetrics {
+    shards: [Counters; SHARDS],
+}
+
 impl WorkloadMetrics {
+    /// The calling thread's shard, to count on.
+    pub fn local(&self) -> &Counters {
+        &self.shards[shard_index()]
+    }
+
     /// Counts a response and the time to its headers.
     pub fn observe(&self, status: u16, elapsed: Duration) {
+        let local = self.local();
         let class = usize::from((status / 100).clamp(1, 5)) - 1;
-        self.responses[class].fetch_add(1, Ordering::Relaxed);
+        local.responses[class].fetch_add(1, Ordering::Relaxed);
         let seconds = elapsed.as_secs_f64();
         if let Some(bucket) = LATENCY_BUCKETS
             .iter()
             .position(|bound| seconds <= *bound)
-            .map(|i| &self.latency_buckets[i])
+            .map(|i| &local.latency_buckets[i])
         {
             bucket.fetch_add(1, Ordering::Relaxed);
         }
-        self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_micros
+        local.latency_count.fetch_add(1, Ordering::Relaxed);
+        local
+            .latency_sum_micros
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
     }
 
-    pub fn requests(&self) -> u64 {
-        self.responses
+    /// The sum of one counter over every shard.
+    fn total(&self, counter: impl Fn(&Counters) -> &AtomicU64) -> u64 {
+        self.shards
             .iter()
-            .map(|c| c.load(Ordering::Relaxed))
+            .map(|s| counter(s).load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn gauge(&self, gauge: impl Fn(&Counters) -> &AtomicI64) -> i64 {
+        self.shards
+            .iter()
+            .map(|s| gauge(s).load(Ordering::Relaxed))
+            .sum()
+    }
+
+    pub fn requests(&self) -> u64 {
+        (0..5)
+            .map(|class| self.total(|s| &s.responses[class]))
             .sum()
     }
 }
@@ -93,8 +136,8 @@ impl Metrics {
         map.retain(|id, m| {
             id == UNROUTED
                 || routed(id)
-                || m.active_http.load(Ordering::Relaxed) > 0
-                || m.active_tcp.load(Ordering::Relaxed) > 0
+                || m.gauge(|s| &s.active_http) > 0
+                || m.gauge(|s| &s.active_tcp) > 0
         });
         before - map.len()
     }
@@ -119,12 +162,12 @@ impl Metrics {
             "HTTP responses by workload and status class.",
         );
         for (w, m) in &snapshot {
-            for (i, c) in m.responses.iter().enumerate() {
+            for class in 0..5 {
                 let _ = writeln!(
                     out,
                     "computearbitrage_router_requests_total{{workload=\"{w}\",class=\"{}xx\"}} {}",
-                    i + 1,
-                    c.load(Ordering::Relaxed)
+                    class + 1,
+                    m.total(|s| &s.responses[class])
                 );
             }
         }
@@ -136,16 +179,16 @@ impl Metrics {
         );
         for (w, m) in &snapshot {
             let mut cumulative = 0;
-            for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&m.latency_buckets) {
-                cumulative += bucket.load(Ordering::Relaxed);
+            for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+                cumulative += m.total(|s| &s.latency_buckets[i]);
                 let _ = writeln!(out, "computearbitrage_router_request_duration_seconds_bucket{{workload=\"{w}\",le=\"{bound}\"}} {cumulative}");
             }
-            let count = m.latency_count.load(Ordering::Relaxed);
+            let count = m.total(|s| &s.latency_count);
             let _ = writeln!(out, "computearbitrage_router_request_duration_seconds_bucket{{workload=\"{w}\",le=\"+Inf\"}} {count}");
             let _ = writeln!(
                 out,
                 "computearbitrage_router_request_duration_seconds_sum{{workload=\"{w}\"}} {}",
-                m.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+                m.total(|s| &s.latency_sum_micros) as f64 / 1e6
             );
             let _ = writeln!(out, "computearbitrage_router_request_duration_seconds_count{{workload=\"{w}\"}} {count}");
         }
@@ -156,8 +199,8 @@ impl Metrics {
             "Body and stream bytes moved, by direction.",
         );
         for (w, m) in &snapshot {
-            let _ = writeln!(out, "computearbitrage_router_bytes_total{{workload=\"{w}\",direction=\"to_backend\"}} {}", m.bytes_to_backend.load(Ordering::Relaxed));
-            let _ = writeln!(out, "computearbitrage_router_bytes_total{{workload=\"{w}\",direction=\"from_backend\"}} {}", m.bytes_from_backend.load(Ordering::Relaxed));
+            let _ = writeln!(out, "computearbitrage_router_bytes_total{{workload=\"{w}\",direction=\"to_backend\"}} {}", m.total(|s| &s.bytes_to_backend));
+            let _ = writeln!(out, "computearbitrage_router_bytes_total{{workload=\"{w}\",direction=\"from_backend\"}} {}", m.total(|s| &s.bytes_from_backend));
         }
         header(
             &mut out,
@@ -166,8 +209,8 @@ impl Metrics {
             "Requests in flight (http) and open TCP connections (tcp).",
         );
         for (w, m) in &snapshot {
-            let _ = writeln!(out, "computearbitrage_router_active_connections{{workload=\"{w}\",protocol=\"http\"}} {}", m.active_http.load(Ordering::Relaxed));
-            let _ = writeln!(out, "computearbitrage_router_active_connections{{workload=\"{w}\",protocol=\"tcp\"}} {}", m.active_tcp.load(Ordering::Relaxed));
+            let _ = writeln!(out, "computearbitrage_router_active_connections{{workload=\"{w}\",protocol=\"http\"}} {}", m.gauge(|s| &s.active_http));
+            let _ = writeln!(out, "computearbitrage_router_active_connections{{workload=\"{w}\",protocol=\"tcp\"}} {}", m.gauge(|s| &s.active_tcp));
         }
         header(
             &mut out,
@@ -179,7 +222,7 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "computearbitrage_router_tcp_connections_total{{workload=\"{w}\"}} {}",
-                m.tcp_connections.load(Ordering::Relaxed)
+                m.total(|s| &s.tcp_connections)
             );
         }
         out
@@ -187,18 +230,22 @@ impl Metrics {
 }
 
 /// Decrements a gauge when dropped, so every exit path (errors, cancellations) counts.
-pub struct GaugeGuard(Arc<WorkloadMetrics>, fn(&WorkloadMetrics) -> &AtomicI64);
+/// The decrement may land on another shard than the increment; the sum is what counts.
+pub struct GaugeGuard<M: Deref<Target = WorkloadMetrics> = Arc<WorkloadMetrics>>(
+    M,
+    fn(&Counters) -> &AtomicI64,
+);
 
-impl GaugeGuard {
-    pub fn new(metrics: Arc<WorkloadMetrics>, gauge: fn(&WorkloadMetrics) -> &AtomicI64) -> Self {
-        gauge(&metrics).fetch_add(1, Ordering::Relaxed);
+impl<M: Deref<Target = WorkloadMetrics>> GaugeGuard<M> {
+    pub fn new(metrics: M, gauge: fn(&Counters) -> &AtomicI64) -> Self {
+        gauge(metrics.local()).fetch_add(1, Ordering::Relaxed);
         GaugeGuard(metrics, gauge)
     }
 }
 
-impl Drop for GaugeGuard {
+impl<M: Deref<Target = WorkloadMetrics>> Drop for GaugeGuard<M> {
     fn drop(&mut self) {
-        (self.1)(&self.0).fetch_sub(1, Ordering::Relaxed);
+        (self.1)(self.0.local()).fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -212,7 +259,7 @@ mod tests {
         let m = metrics.workload("wl-1");
         m.observe(200, Duration::from_millis(2));
         m.observe(503, Duration::from_millis(700));
-        m.bytes_to_backend.fetch_add(10, Ordering::Relaxed);
+        m.local().bytes_to_backend.fetch_add(10, Ordering::Relaxed);
         let guard = GaugeGuard::new(m.clone(), |m| &m.active_tcp);
         let text = metrics.render();
         assert!(
@@ -239,6 +286,37 @@ mod tests {
         drop(guard);
         assert!(metrics.render().contains(
             "computearbitrage_router_active_connections{workload=\"wl-1\",protocol=\"tcp\"} 0"
+        ));
+    }
+
+    #[test]
+    fn counts_from_every_thread_add_up_across_shards() {
+        let metrics = Metrics::default();
+        let m = metrics.workload("wl-1");
+        // More threads than shards, so some share one.
+        std::thread::scope(|scope| {
+            for _ in 0..SHARDS + 4 {
+                scope.spawn(|| {
+                    m.observe(200, Duration::from_millis(1));
+                    m.local().bytes_from_backend.fetch_add(5, Ordering::Relaxed);
+                    // A gauge raised on one thread and lowered on another still sums to 0.
+                    std::mem::forget(GaugeGuard::new(&*m, |c| &c.active_http));
+                });
+            }
+        });
+        std::thread::scope(|scope| {
+            for _ in 0..SHARDS + 4 {
+                scope.spawn(|| m.local().active_http.fetch_sub(1, Ordering::Relaxed));
+            }
+        });
+        assert_eq!(m.requests(), (SHARDS + 4) as u64);
+        let text = metrics.render();
+        assert!(text.contains(&format!(
+            "computearbitrage_router_bytes_total{{workload=\"wl-1\",direction=\"from_backend\"}} {}",
+            5 * (SHARDS + 4)
+        )));
+        assert!(text.contains(
+            "computearbitrage_router_active_connections{workload=\"wl-1\",protocol=\"http\"} 0"
         ));
     }
 }

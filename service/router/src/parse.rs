@@ -269,18 +269,23 @@ pub fn is_valid_traceparent(value: &[u8]) -> bool {
 
 /// A new `traceparent` (version 00, sampled) for a request that came without one.
 pub fn new_traceparent() -> String {
+    String::from_utf8_lossy(&new_traceparent_bytes()).into_owned()
+}
+
+/// [`new_traceparent`] without allocating: `00-{trace}-{span}-01`, 55 bytes.
+pub fn new_traceparent_bytes() -> [u8; 55] {
     use rand::RngCore;
-    let mut trace = [0u8; 16];
-    let mut span = [0u8; 8];
+    let mut ids = [0u8; 24];
     let mut rng = rand::thread_rng();
-    loop {
-        rng.fill_bytes(&mut trace);
-        rng.fill_bytes(&mut span);
-        if trace.iter().any(|b| *b != 0) && span.iter().any(|b| *b != 0) {
-            break;
-        }
+    // All-zero trace or span ids are invalid.
+    while ids[..16].iter().all(|b| *b == 0) || ids[16..].iter().all(|b| *b == 0) {
+        rng.fill_bytes(&mut ids);
     }
-    format!("00-{}-{}-01", hex::encode(trace), hex::encode(span))
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    // The lengths match by construction (16 and 8 bytes into 32 and 16 hex digits).
+    let _ = hex::encode_to_slice(&ids[..16], &mut out[3..35]);
+    let _ = hex::encode_to_slice(&ids[16..], &mut out[36..52]);
+    out
 }
 
 #[cfg(test)]

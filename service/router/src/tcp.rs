@@ -251,7 +251,10 @@ impl TcpRouter {
         let counters = Arc::new(Counters::default());
         lock(&self.open).insert(id.clone(), counters.clone());
         let metrics = self.metrics.workload(&workload_id);
-        metrics.tcp_connections.fetch_add(1, Ordering::Relaxed);
+        metrics
+            .local()
+            .tcp_connections
+            .fetch_add(1, Ordering::Relaxed);
         let gauge = GaugeGuard::new(metrics.clone(), |m| &m.active_tcp);
         tracing::debug!(connection = %id, workload = %workload_id, %backend, %peer, "TCP connection open");
 
@@ -261,13 +264,13 @@ impl TcpRouter {
             client_read,
             server_write,
             &counters.to_backend,
-            &metrics.bytes_to_backend,
+            &metrics.local().bytes_to_backend,
         );
         let down = pump(
             server_read,
             client_write,
             &counters.from_backend,
-            &metrics.bytes_from_backend,
+            &metrics.local().bytes_from_backend,
         );
         tokio::pin!(up, down);
         let (mut up_done, mut down_done) = (false, false);

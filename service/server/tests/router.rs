@@ -550,6 +550,155 @@ async fn keep_alive_serves_several_requests_on_one_connection() {
     fx.shutdown().await;
 }
 
+/// Sends one request on `stream` and reads its whole answer (by `content-length`).
+async fn one_exchange(stream: &mut tokio::net::TcpStream, request: &str) -> String {
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            if answer.len() >= end + 4 + length {
+                return String::from_utf8_lossy(&answer).to_string();
+            }
+        }
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// The fast path remembers the last access decision of a connection; every request
+/// must still be decided on its own credential, workload and the current table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_on_a_keep_alive_connection_is_authorized_on_its_own() {
+    let fx = Fixture::start().await;
+    let one = Backend::start("one").await;
+    let two = Backend::start("two").await;
+    let moved = Backend::start("moved").await;
+    fx.workload(
+        TENANT_A,
+        "wl-ka1",
+        WorkloadStatus::Running,
+        Some(&one.addr()),
+    )
+    .await;
+    fx.workload(
+        TENANT_A,
+        "wl-ka2",
+        WorkloadStatus::Running,
+        Some(&two.addr()),
+    )
+    .await;
+    fx.workload(
+        TENANT_B,
+        "wl-kb",
+        WorkloadStatus::Running,
+        Some(&two.addr()),
+    )
+    .await;
+    let address = fx.router().http_address;
+    let get = |id: &str, token: &str| {
+        format!("GET /w/{id}/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n")
+    };
+    let status = |answer: &str| answer.get(9..12).unwrap_or_default().to_string();
+
+    // A workload token, after the tenant token, on one connection: each reaches only
+    // what it may.
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let answer = one_exchange(&mut stream, &get("wl-ka1", TOKEN_A)).await;
+    assert!(
+        status(&answer) == "200" && answer.ends_with("one"),
+        "{answer}"
+    );
+    let token_2 = workload_token("wl-ka2");
+    let answer = one_exchange(&mut stream, &get("wl-ka2", &token_2)).await;
+    assert!(
+        status(&answer) == "200" && answer.ends_with("two"),
+        "{answer}"
+    );
+    let answer = one_exchange(&mut stream, &get("wl-ka1", &token_2)).await;
+    assert_eq!(status(&answer), "404", "{answer}");
+
+    // The tenant token, then a token that differs in its last character only, then a
+    // workload of another tenant.
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let answer = one_exchange(&mut stream, &get("wl-ka1", TOKEN_A)).await;
+    assert_eq!(status(&answer), "200", "{answer}");
+    let mut near = TOKEN_A.to_string();
+    near.pop();
+    near.push('X');
+    let answer = one_exchange(&mut stream, &get("wl-ka1", &near)).await;
+    assert_eq!(status(&answer), "401", "{answer}");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let answer = one_exchange(&mut stream, &get("wl-ka1", TOKEN_A)).await;
+    assert_eq!(status(&answer), "200", "{answer}");
+    let answer = one_exchange(&mut stream, &get("wl-kb", TOKEN_A)).await;
+    assert_eq!(status(&answer), "404", "{answer}");
+
+    // Route changes reach a connection that is already open: a new endpoint, then a
+    // status that does not serve.
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let answer = one_exchange(&mut stream, &get("wl-ka1", TOKEN_A)).await;
+    assert!(answer.ends_with("one"), "{answer}");
+    fx.store
+        .update_workload(
+            TENANT_A,
+            "wl-ka1",
+            WorkloadChanges {
+                endpoint: Some(Some(moved.addr())),
+                ..Default::default()
+            },
+            3,
+        )
+        .await
+        .unwrap();
+    for _ in 0..300 {
+        if fx
+            .router()
+            .table
+            .get("wl-ka1")
+            .and_then(|r| r.backend.clone())
+            == Some(moved.addr())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let answer = one_exchange(&mut stream, &get("wl-ka1", TOKEN_A)).await;
+    assert!(
+        status(&answer) == "200" && answer.ends_with("moved"),
+        "{answer}"
+    );
+    fx.move_to(
+        TENANT_A,
+        "wl-ka1",
+        WorkloadStatus::Running,
+        WorkloadStatus::Interrupted,
+        WorkloadChanges::default(),
+    )
+    .await;
+    fx.wait_for_route("wl-ka1", WorkloadStatus::Interrupted)
+        .await;
+    let answer = one_exchange(&mut stream, &get("wl-ka1", TOKEN_A)).await;
+    assert_eq!(status(&answer), "503", "{answer}");
+    fx.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrade_echoes_through_the_router() {
     use futures_util::{SinkExt, StreamExt};
