@@ -18,7 +18,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -55,6 +55,8 @@ pub struct HttpRouter {
     metrics: Arc<Metrics>,
     settings: HttpSettings,
     client: Client<HttpConnector, Body>,
+    /// Upgraded (WebSocket) tunnels open now: [`serve`] drains them like requests.
+    open_tunnels: Arc<AtomicUsize>,
 }
 
 impl HttpRouter {
@@ -75,6 +77,7 @@ impl HttpRouter {
             metrics,
             settings,
             client,
+            open_tunnels: Arc::default(),
         })
     }
 
@@ -387,7 +390,9 @@ impl HttpRouter {
         }
         let backend_side = hyper::upgrade::on(&mut response);
         let tunnel_metrics = metrics.clone();
+        let tunnel_open = OpenGuard::new(self.open_tunnels.clone());
         tokio::spawn(async move {
+            let _tunnel_open = tunnel_open;
             let (Ok(client), Ok(server)) = (client_side.await, backend_side.await) else {
                 return;
             };
@@ -616,7 +621,7 @@ pub async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     // Fast-path connections see the stop between requests; hyper's see `graceful`.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let fast_open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let fast_open = Arc::new(AtomicUsize::new(0));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -635,7 +640,7 @@ pub async fn serve(
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
                 let mut stop = stop_rx.clone();
-                let open = FastGuard::new(fast_open.clone());
+                let open = OpenGuard::new(fast_open.clone());
                 tokio::spawn(async move {
                     let mut stream = stream;
                     let prefix = match crate::fast::run(&mut stream, peer, &router, &mut stop).await {
@@ -659,9 +664,13 @@ pub async fn serve(
     }
     drop(listener);
     let _ = stop_tx.send(true);
+    // Tunnels end when either side closes them; the router cannot end a WebSocket
+    // politely without speaking its protocol, so open ones are cut at the deadline.
     let drained = async {
         graceful.shutdown().await;
-        while fast_open.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        while fast_open.load(Ordering::Relaxed) > 0
+            || router.open_tunnels.load(Ordering::Relaxed) > 0
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     };
@@ -673,19 +682,19 @@ pub async fn serve(
     }
 }
 
-/// Counts a connection on the fast path until dropped.
-struct FastGuard(Arc<std::sync::atomic::AtomicUsize>);
+/// Counts something open (a fast-path connection, a tunnel) until dropped.
+struct OpenGuard(Arc<AtomicUsize>);
 
-impl FastGuard {
-    fn new(count: Arc<std::sync::atomic::AtomicUsize>) -> FastGuard {
-        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        FastGuard(count)
+impl OpenGuard {
+    fn new(count: Arc<AtomicUsize>) -> OpenGuard {
+        count.fetch_add(1, Ordering::Relaxed);
+        OpenGuard(count)
     }
 }
 
-impl Drop for FastGuard {
+impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

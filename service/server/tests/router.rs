@@ -757,6 +757,94 @@ async fn websocket_upgrade_echoes_through_the_router() {
     fx.shutdown().await;
 }
 
+/// A WebSocket echo backend on 127.0.0.1; returns its address.
+async fn websocket_echo_backend() -> String {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+/// Shutdown drains WebSocket tunnels like requests: they keep working until they close,
+/// and the ones still open at the deadline are cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_websocket_tunnels_until_the_deadline() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let fx = Fixture::start().await;
+    let backend = websocket_echo_backend().await;
+    fx.workload(TENANT_A, "wl-wsd", WorkloadStatus::Running, Some(&backend))
+        .await;
+    let url = format!("ws://{}/w/wl-wsd/", fx.router().http_address);
+    let connect = || async {
+        let mut request = url.as_str().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("authorization", bearer(TOKEN_A).parse().unwrap());
+        tokio_tungstenite::connect_async(request).await.unwrap().0
+    };
+    let (mut closing, mut lingering) = (connect().await, connect().await);
+    async fn echo<S>(ws: &mut S, text: &str) -> bool
+    where
+        S: futures_util::Sink<Message>
+            + futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+            + Unpin,
+    {
+        if ws.send(Message::text(text)).await.is_err() {
+            return false;
+        }
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), ws.next()).await,
+            Ok(Some(Ok(m))) if m.to_text().ok() == Some(text)
+        )
+    }
+    assert!(echo(&mut closing, "before").await && echo(&mut lingering, "before").await);
+
+    let started = Instant::now();
+    let stopping = tokio::spawn(fx.shutdown());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        echo(&mut closing, "while draining").await,
+        "a tunnel was cut before the deadline"
+    );
+    assert!(echo(&mut lingering, "while draining").await);
+    closing.close(None).await.unwrap();
+    drop(closing);
+
+    // The other tunnel stays open, so the router waits for the deadline (2 s here),
+    // then cuts it.
+    stopping.await.unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(6),
+        "shutdown took {waited:?}"
+    );
+    let after = tokio::time::timeout(Duration::from_secs(2), lingering.next()).await;
+    assert!(
+        matches!(
+            after,
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_))))
+        ),
+        "the tunnel still open at the deadline is cut: {after:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_changes_under_load_never_answer_with_a_connection_error() {
     let fx = std::sync::Arc::new(Fixture::start().await);
