@@ -678,10 +678,12 @@ mod tests {
     async fn a_record_left_mid_spawn_is_resolved_through_the_environment_marker() {
         use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
+        // Unique per run: a process left by an interrupted earlier run must not answer.
+        let id = format!("local-test{}-7", std::process::id());
         // Simulate a crash between spawn and the record update: the process runs with
         // its marker, the record has no pid.
         let record = Record {
-            instance_id: "local-test-7".into(),
+            instance_id: id.clone(),
             idempotency_token: "tok".into(),
             pid: None,
             start_ticks: None,
@@ -695,16 +697,27 @@ mod tests {
         write_record(dir.path(), &record).unwrap();
         let mut child = std::process::Command::new("sleep")
             .arg("30")
-            .env(INSTANCE_ENV, "local-test-7")
+            .env(INSTANCE_ENV, &id)
             .process_group(0)
             .spawn()
             .unwrap();
+        // Until the child has exec'd, its environment is still this test's (no marker);
+        // a restarted service only ever sees processes long past that point.
+        let environ = format!("/proc/{}/environ", child.id());
+        let marker = format!("{INSTANCE_ENV}={id}");
+        for _ in 0..500 {
+            let seen = std::fs::read(&environ).unwrap_or_default();
+            if seen.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
         let driver = LocalDriver::open(dir.path()).unwrap();
         assert_eq!(
-            driver.instance("local-test-7").await.unwrap().state,
+            driver.instance(&id).await.unwrap().state,
             InstanceState::Running
         );
-        driver.terminate("local-test-7").await.unwrap();
+        driver.terminate(&id).await.unwrap();
         let status = child.wait().unwrap();
         assert!(!status.success(), "the adopted process was killed");
         let next = driver
