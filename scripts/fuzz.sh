@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
-# Fuzzes the router's request parsing (fuzz/fuzz_targets/parse_request.rs: Host,
-# X-Workload-Id, /w/{id}/, bearer and ?token= credentials, traceparent) for a while,
-# and fails if it finds a crash or a broken invariant.
+# Fuzzes the router's request handling for a while, each target in turn, and fails if
+# one finds a crash or a broken invariant:
+#   parse_request  Host, X-Workload-Id, /w/{id}/, bearer and ?token= credentials,
+#                  traceparent (fuzz/fuzz_targets/parse_request.rs)
+#   fast_head      the fast path's request and response heads as forwarded
+#                  (fuzz/fuzz_targets/fast_head.rs)
 #
-#   scripts/fuzz.sh [SECONDS]        # default: $FUZZ_SECONDS, else 30
+#   scripts/fuzz.sh [SECONDS [TARGET...]]   # SECONDS per target: $FUZZ_SECONDS, else 30
 #
 # Installs cargo-fuzz into .tools/cargo on the first run; works with stable Rust (see
-# FUZZ_SANITIZER below). The first build takes a few minutes. The corpus grows in
-# fuzz/corpus/parse_request (git-ignored), starting from fuzz/seeds/parse_request; a
-# crashing input is saved in fuzz/artifacts/parse_request and printed in hex.
+# FUZZ_SANITIZER below). The first build takes a few minutes. Each corpus grows in
+# fuzz/corpus/<target> (git-ignored), starting from fuzz/seeds/<target>; a crashing
+# input is saved in fuzz/artifacts/<target> and printed in hex.
 # FUZZ_VERBOSE=1 shows every libFuzzer line (new coverage, pulses). FUZZ_SANITIZER
 # picks a cargo-fuzz sanitizer (default: none).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
-target=parse_request
 seconds="${1:-${FUZZ_SECONDS:-30}}"
+targets=("${@:2}")
+[ ${#targets[@]} -gt 0 ] || targets=(parse_request fast_head)
 if ! [[ "$seconds" =~ ^[0-9]+$ ]] || [ "$seconds" -eq 0 ]; then
     echo "usage: $0 [SECONDS] (a positive whole number; got '$seconds')" >&2
     exit 2
@@ -42,21 +46,45 @@ if [ "$sanitizer" != none ]; then
 fi
 fuzz_flags=(--sanitizer "$sanitizer" --debug-assertions)
 
-echo "== building fuzz target $target"
+echo "== building fuzz targets ${targets[*]}"
 start=$(date +%s)
-CARGO_TERM_QUIET=true cargo fuzz build "${fuzz_flags[@]}" "$target"
+for target in "${targets[@]}"; do
+    CARGO_TERM_QUIET=true cargo fuzz build "${fuzz_flags[@]}" "$target"
+done
 echo "   built in $(($(date +%s) - start)) s"
 
-corpus="fuzz/corpus/$target"
-seeds="fuzz/seeds/$target"
-artifacts="fuzz/artifacts/$target"
-mkdir -p "$corpus" "$artifacts"
-cp -n "$seeds"/* "$corpus"/ 2>/dev/null || true
+fuzz_one() {
+    local target="$1"
+    local corpus="fuzz/corpus/$target"
+    local seeds="fuzz/seeds/$target"
+    local artifacts="fuzz/artifacts/$target"
+    mkdir -p "$corpus" "$artifacts"
+    cp -n "$seeds"/* "$corpus"/ 2>/dev/null || true
 
-echo "== fuzzing $target for $seconds s"
-# Crash files written from now on are reported below.
-marker="$(mktemp)"
-trap 'rm -f "$marker"' EXIT
+    echo "== fuzzing $target for $seconds s"
+    # Crash files written from now on are reported below.
+    local marker
+    marker="$(mktemp)"
+    local status=0
+    CARGO_TERM_QUIET=true cargo fuzz run "${fuzz_flags[@]}" "$target" "$corpus" -- \
+        -max_total_time="$seconds" -print_final_stats=1 2>&1 \
+        | sed -E "$quiet" || status=$?
+
+    if [ "$status" -ne 0 ]; then
+        echo "== FAILED: fuzzing $target exited with $status" >&2
+        find "$artifacts" -type f -newer "$marker" | while read -r file; do
+            echo "-- $file ($(wc -c <"$file") bytes), hex:" >&2
+            od -An -v -tx1 "$file" | tr -d ' \n' >&2
+            echo >&2
+            echo "   reproduce: PATH=.tools/cargo/bin:\$PATH${RUSTC_BOOTSTRAP:+ RUSTC_BOOTSTRAP=1} cargo fuzz run ${fuzz_flags[*]} $target $file" >&2
+        done
+        rm -f "$marker"
+        exit 1
+    fi
+    rm -f "$marker"
+    echo "== no crash in $seconds s (corpus: $(ls "$corpus" | wc -l) inputs in $corpus)"
+}
+
 # Drop libFuzzer's progress lines, its recommended dictionary and the warnings it
 # prints without a sanitizer; keep the crash report, the DONE line and the stats.
 quiet='/^#[0-9]+[[:space:]]+(NEW|REDUCE|pulse)[[:space:]]/d
@@ -64,19 +92,6 @@ quiet='/^#[0-9]+[[:space:]]+(NEW|REDUCE|pulse)[[:space:]]/d
 /^[[:space:]]+NEW_FUNC\[/d
 /^###### Recommended dictionary/,/^###### End of recommended dictionary/d'
 if [ "${FUZZ_VERBOSE:-0}" = 1 ]; then quiet=''; fi
-status=0
-CARGO_TERM_QUIET=true cargo fuzz run "${fuzz_flags[@]}" "$target" "$corpus" -- \
-    -max_total_time="$seconds" -print_final_stats=1 2>&1 \
-    | sed -E "$quiet" || status=$?
-
-if [ "$status" -ne 0 ]; then
-    echo "== FAILED: fuzzing $target exited with $status" >&2
-    find "$artifacts" -type f -newer "$marker" | while read -r file; do
-        echo "-- $file ($(wc -c <"$file") bytes), hex:" >&2
-        od -An -v -tx1 "$file" | tr -d ' \n' >&2
-        echo >&2
-        echo "   reproduce: PATH=.tools/cargo/bin:\$PATH${RUSTC_BOOTSTRAP:+ RUSTC_BOOTSTRAP=1} cargo fuzz run ${fuzz_flags[*]} $target $file" >&2
-    done
-    exit 1
-fi
-echo "== no crash in $seconds s (corpus: $(ls "$corpus" | wc -l) inputs in $corpus)"
+for target in "${targets[@]}"; do
+    fuzz_one "$target"
+done

@@ -5,7 +5,7 @@
 #   1. Rust: unit and integration tests of every crate, and the benchmarks in test
 #      mode (each benchmark runs once, as a smoke test).
 #   2. The router benchmark in short mode (wrk, nginx and haproxy from Debian packages,
-#      installed by the script) and a 30 s run of the router parser's fuzz target.
+#      installed by the script) and 30 s runs of each of the router's fuzz targets.
 #   3. Acceptance: real Terraform 1.15.5 and 1.0.3 against the built provider and a
 #      real service (tests/acceptance, pytest).
 set -euo pipefail

@@ -9,6 +9,7 @@
 //! be reached before the request was committed (hyper retries or answers 502). So those
 //! answers are exactly the ones [`crate::http`] gives, from one implementation.
 
+use crate::head::{self, Framing, ResponseHead};
 use crate::http::HttpRouter;
 use crate::metrics::{GaugeGuard, WorkloadMetrics};
 use crate::parse;
@@ -24,7 +25,6 @@ use tokio::sync::watch;
 
 /// Longest request or response head relayed here; longer ones go to hyper (431).
 const MAX_HEAD: usize = 64 * 1024;
-const MAX_HEADERS: usize = 96;
 const COPY_BUFFER: usize = 64 * 1024;
 
 /// How the fast path left a client connection.
@@ -114,22 +114,6 @@ struct Upstream {
     buf: BytesMut,
 }
 
-fn is_hop_by_hop(name: &str) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h))
-}
-
 /// Parses and decides one request; `Ok(None)` when the head is not complete yet,
 /// `Err(())` to hand the connection to hyper.
 fn plan(
@@ -138,81 +122,20 @@ fn plan(
     peer_ip: &str,
     decisions: &mut Decisions,
 ) -> Result<Option<Plan>, ()> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut headers);
-    let head_len = match request.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(()),
+    let mut storage = [httparse::EMPTY_HEADER; head::MAX_HEADERS];
+    let request = match head::read_request(buf, &mut storage) {
+        Ok(Some(request)) => request,
+        Ok(None) => return Ok(None),
+        Err(head::NotFast) => return Err(()),
     };
-    let (Some(method), Some(path), Some(1)) = (request.method, request.path, request.version)
-    else {
-        return Err(());
-    };
-    if method == "CONNECT" || !path.starts_with('/') {
-        return Err(());
-    }
-    let (mut host, mut workload_header, mut authorization, mut traceparent) =
-        (None, None, None, None);
-    let mut content_length: Option<u64> = None;
-    let mut client_close = false;
-    for h in request.headers.iter() {
-        let once = |slot: &Option<&[u8]>| if slot.is_some() { Err(()) } else { Ok(()) };
-        match h.name {
-            n if n.eq_ignore_ascii_case("host") => {
-                once(&host)?;
-                host = Some(h.value);
-            }
-            n if n.eq_ignore_ascii_case("x-workload-id") => {
-                once(&workload_header)?;
-                workload_header = Some(h.value);
-            }
-            n if n.eq_ignore_ascii_case("authorization") => {
-                once(&authorization)?;
-                authorization = Some(h.value);
-            }
-            n if n.eq_ignore_ascii_case("traceparent") => {
-                once(&traceparent)?;
-                traceparent = Some(h.value);
-            }
-            n if n.eq_ignore_ascii_case("content-length") => {
-                let text = std::str::from_utf8(h.value).map_err(|_| ())?.trim();
-                if content_length.is_some()
-                    || text.is_empty()
-                    || !text.bytes().all(|b| b.is_ascii_digit())
-                {
-                    return Err(());
-                }
-                content_length = Some(text.parse().map_err(|_| ())?);
-            }
-            n if n.eq_ignore_ascii_case("transfer-encoding")
-                || n.eq_ignore_ascii_case("upgrade")
-                || n.eq_ignore_ascii_case("expect")
-                || n.eq_ignore_ascii_case("te")
-                || n.eq_ignore_ascii_case("trailer") =>
-            {
-                return Err(());
-            }
-            n if n.eq_ignore_ascii_case("connection") => {
-                for token in std::str::from_utf8(h.value).map_err(|_| ())?.split(',') {
-                    match token.trim() {
-                        t if t.eq_ignore_ascii_case("close") => client_close = true,
-                        t if t.eq_ignore_ascii_case("keep-alive") || t.is_empty() => {}
-                        // Other connection options name headers to drop: rare, hyper's.
-                        _ => return Err(()),
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    let host_text = match host {
-        Some(v) => Some(std::str::from_utf8(v).map_err(|_| ())?),
-        None => None,
-    };
-    let target = parse::find_target(host_text, workload_header, path, router.base_domain())
-        .map_err(|_| ())?;
-    let bearer = authorization.and_then(parse::bearer_token);
+    let target = parse::find_target(
+        request.host,
+        request.workload_header,
+        request.path,
+        router.base_domain(),
+    )
+    .map_err(|_| ())?;
+    let bearer = request.authorization.and_then(parse::bearer_token);
     let (route_path, query) = match target.path_and_query.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (target.path_and_query.as_str(), None),
@@ -236,56 +159,26 @@ fn plan(
     };
     let strip_authorization = bearer.is_some() && token == bearer;
 
-    let mut head = Vec::with_capacity(head_len + 256);
-    head.extend_from_slice(method.as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(route_path.as_bytes());
-    if let Some(q) = &query {
-        head.push(b'?');
-        head.extend_from_slice(q.as_bytes());
-    }
-    head.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut put = |name: &str, value: &[u8]| {
-        head.extend_from_slice(name.as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value);
-        head.extend_from_slice(b"\r\n");
-    };
-    let keep_trace = traceparent.is_some_and(parse::is_valid_traceparent);
-    for h in request.headers.iter() {
-        let n = h.name;
-        if is_hop_by_hop(n)
-            || n.eq_ignore_ascii_case("host")
-            || n.eq_ignore_ascii_case("x-workload-id")
-            || n.eq_ignore_ascii_case("x-forwarded-for")
-            || n.eq_ignore_ascii_case("x-forwarded-proto")
-            || n.eq_ignore_ascii_case("x-forwarded-host")
-            || n.eq_ignore_ascii_case("traceparent")
-            || (!keep_trace && n.eq_ignore_ascii_case("tracestate"))
-            || (strip_authorization && n.eq_ignore_ascii_case("authorization"))
-        {
-            continue;
-        }
-        put(n, h.value);
-    }
-    put("host", backend.as_bytes());
-    put("x-forwarded-for", peer_ip.as_bytes());
-    put("x-forwarded-proto", b"http");
-    if let Some(h) = host.filter(|h| !h.is_empty()) {
-        put("x-forwarded-host", h);
-    }
-    put("x-workload-id", route.workload_id.as_bytes());
-    match traceparent.filter(|_| keep_trace) {
-        Some(t) => put("traceparent", t),
-        None => put("traceparent", &parse::new_traceparent_bytes()),
-    }
-    head.extend_from_slice(b"\r\n");
+    let mut head = Vec::with_capacity(request.len + 256);
+    head::write_forwarded_request(
+        &request,
+        &head::Forwarding {
+            path: route_path,
+            query: query.as_deref(),
+            backend,
+            client_ip: peer_ip,
+            workload_id: &route.workload_id,
+            strip_authorization,
+            new_traceparent: &parse::new_traceparent_bytes(),
+        },
+        &mut head,
+    );
     Ok(Some(Plan {
-        head_len,
+        head_len: request.len,
         head,
-        body_len: content_length.unwrap_or(0),
-        is_head: method == "HEAD",
-        client_close,
+        body_len: request.content_length,
+        is_head: request.method == "HEAD",
+        client_close: request.close,
     }))
 }
 
@@ -405,16 +298,16 @@ pub(crate) async fn run(
             }
         };
         metrics.observe(response.status, started.elapsed());
-        let mut head = response.head;
+        let mut reply = response.head;
         let copied = match response.framing {
-            Framing::None => client.write_all(&head).await.map(|()| 0),
+            Framing::None => client.write_all(&reply).await.map(|()| 0),
             Framing::Length(n) => {
                 // Head and the body bytes already read in one write: a small answer
                 // is one syscall.
                 let from_buffer = (up.buf.len() as u64).min(n) as usize;
-                head.extend_from_slice(&up.buf.split_to(from_buffer));
+                reply.extend_from_slice(&up.buf.split_to(from_buffer));
                 let rest = n - from_buffer as u64;
-                match client.write_all(&head).await {
+                match client.write_all(&reply).await {
                     Ok(()) if rest == 0 => Ok(n),
                     Ok(()) => {
                         let mut body = (&mut up.stream).take(rest);
@@ -425,15 +318,15 @@ pub(crate) async fn run(
                     Err(e) => Err(e),
                 }
             }
-            Framing::Chunked => match client.write_all(&head).await {
+            Framing::Chunked => match client.write_all(&reply).await {
                 Ok(()) => copy_chunked(up, client).await,
                 Err(e) => Err(e),
             },
             Framing::UntilClose => {
                 let pending = std::mem::take(&mut up.buf);
                 let mut total = pending.len() as u64;
-                head.extend_from_slice(&pending);
-                let mut result = client.write_all(&head).await;
+                reply.extend_from_slice(&pending);
+                let mut result = client.write_all(&reply).await;
                 if result.is_ok() {
                     result = tokio::io::copy(&mut up.stream, client).await.map(|n| {
                         total += n;
@@ -461,100 +354,25 @@ pub(crate) async fn run(
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    None,
-    Length(u64),
-    Chunked,
-    UntilClose,
-}
-
-struct ResponseHead {
-    /// The rewritten head, for the caller to write (with the first body bytes).
-    head: Vec<u8>,
-    status: u16,
-    framing: Framing,
-    backend_close: bool,
-}
-
 enum Failure {
     /// The backend failed before any byte of the answer reached the client.
     BeforeHead,
     After,
 }
 
-/// Reads one response head from the backend and rewrites it. Informational (1xx) heads
-/// are written to the client here and `Ok(None)` returned: the final one follows.
+/// Reads one response head from the backend and rewrites it ([`head::read_response`]).
+/// Informational (1xx) heads are written to the client here and `Ok(None)` returned:
+/// the final one follows.
 async fn relay_head(
     up: &mut Upstream,
     client: &mut TcpStream,
     is_head: bool,
     client_close: bool,
 ) -> Result<Option<ResponseHead>, Failure> {
-    let (head, status, framing, backend_close, head_len) = loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut headers);
-        match response.parse(&up.buf) {
-            Ok(httparse::Status::Complete(n)) => {
-                let status = response.code.unwrap_or(502);
-                let reason = response.reason.unwrap_or("");
-                let mut length = None;
-                let mut chunked = false;
-                let mut close = response.version == Some(0);
-                let mut out = Vec::with_capacity(n + 32);
-                // httparse accepts only three-digit codes.
-                out.extend_from_slice(b"HTTP/1.1 ");
-                out.extend_from_slice(&[
-                    b'0' + (status / 100 % 10) as u8,
-                    b'0' + (status / 10 % 10) as u8,
-                    b'0' + (status % 10) as u8,
-                    b' ',
-                ]);
-                out.extend_from_slice(reason.as_bytes());
-                out.extend_from_slice(b"\r\n");
-                for h in response.headers.iter() {
-                    let name = h.name;
-                    if name.eq_ignore_ascii_case("content-length") {
-                        length = std::str::from_utf8(h.value)
-                            .ok()
-                            .and_then(|v| v.trim().parse::<u64>().ok());
-                    } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                        chunked = std::str::from_utf8(h.value)
-                            .map(|v| v.trim().to_ascii_lowercase().ends_with("chunked"))
-                            .unwrap_or(false);
-                    } else if name.eq_ignore_ascii_case("connection") {
-                        close |= std::str::from_utf8(h.value)
-                            .map(|v| v.to_ascii_lowercase().contains("close"))
-                            .unwrap_or(true);
-                    }
-                    // Framing headers stay: the body is relayed as it is framed.
-                    let framing_header = name.eq_ignore_ascii_case("transfer-encoding")
-                        || name.eq_ignore_ascii_case("trailer");
-                    if is_hop_by_hop(name) && !framing_header {
-                        continue;
-                    }
-                    out.extend_from_slice(name.as_bytes());
-                    out.extend_from_slice(b": ");
-                    out.extend_from_slice(h.value);
-                    out.extend_from_slice(b"\r\n");
-                }
-                let framing =
-                    if (100..200).contains(&status) || status == 204 || status == 304 || is_head {
-                        Framing::None
-                    } else if chunked {
-                        Framing::Chunked
-                    } else if let Some(n) = length {
-                        Framing::Length(n)
-                    } else {
-                        Framing::UntilClose
-                    };
-                if client_close || framing == Framing::UntilClose {
-                    out.extend_from_slice(b"connection: close\r\n");
-                }
-                out.extend_from_slice(b"\r\n");
-                break (out, status, framing, close, n);
-            }
-            Ok(httparse::Status::Partial) if up.buf.len() <= MAX_HEAD => {}
+    let response = loop {
+        match head::read_response(&up.buf, is_head, client_close) {
+            Ok(Some(response)) => break response,
+            Ok(None) if up.buf.len() <= MAX_HEAD => {}
             _ => return Err(Failure::BeforeHead),
         }
         match up.stream.read_buf(&mut up.buf).await {
@@ -562,21 +380,19 @@ async fn relay_head(
             Ok(_) => {}
         }
     };
-    up.buf.advance(head_len);
-    if status == 101 {
+    up.buf.advance(response.len);
+    if response.status == 101 {
         // Never asked for: a broken backend.
         return Err(Failure::BeforeHead);
     }
-    if (100..200).contains(&status) {
-        client.write_all(&head).await.map_err(|_| Failure::After)?;
+    if (100..200).contains(&response.status) {
+        client
+            .write_all(&response.head)
+            .await
+            .map_err(|_| Failure::After)?;
         return Ok(None);
     }
-    Ok(Some(ResponseHead {
-        head,
-        status,
-        framing,
-        backend_close,
-    }))
+    Ok(Some(response))
 }
 
 /// Copies exactly `n` bytes (fewer is an error).

@@ -477,6 +477,11 @@ fn take_upgrade(headers: &mut HeaderMap) -> Option<HeaderValue> {
 
 /// Removes the headers that belong to one connection, not to the message.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // A transfer coding overrides a length, and a proxy must not pass the length on
+    // (RFC 9112 §6.3): the body is re-framed from what actually arrives.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

@@ -5,6 +5,8 @@
 //! Module map:
 //! - [`parse`]: pure parsing of Host / `X-Workload-Id` / `/w/{id}/`, credentials and
 //!   `traceparent` (the fuzz target's surface).
+//! - [`head`]: pure reading and rewriting of HTTP/1.1 heads for the fast path (the
+//!   second fuzz target's surface).
 //! - [`table`]: the route cache and the access decision (401 / 404 / route).
 //! - [`follow`]: keeps the cache equal to the store by following its change feed.
 //! - [`http`]: the HTTP proxy (keep-alive, h2c, Upgrade, streaming, one retry); its
@@ -21,6 +23,7 @@
 pub mod error;
 mod fast;
 pub mod follow;
+pub mod head;
 pub mod http;
 pub mod metrics;
 pub mod parse;

@@ -1382,5 +1382,39 @@ async fn relays_heads_lengths_chunks_and_backends_that_close() {
     assert_eq!(r.text().await.unwrap(), "until close");
     let r = get("wl-eof", reqwest::Method::GET, "").await.unwrap();
     assert_eq!(r.text().await.unwrap(), "until close");
+
+    // Ambiguous framing is never relayed (RFC 9112 §6.3): two different lengths get a
+    // 502; a length beside a transfer coding is dropped, the chunks are relayed.
+    let ambiguous = raw_backend(100, |_, head| {
+        if head.starts_with("GET /two") {
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 5\r\n\r\nhello".into()
+        } else {
+            "HTTP/1.1 200 OK\r\ncontent-length: 99\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n".into()
+        }
+    })
+    .await;
+    fx.workload(
+        TENANT_A,
+        "wl-ambiguous",
+        WorkloadStatus::Running,
+        Some(&ambiguous),
+    )
+    .await;
+    // On a new connection the fast path answers, after the 502 hyper does: both must
+    // agree.
+    let fresh = client();
+    let ambiguous_get = |http: &reqwest::Client, path: &str| {
+        http.get(format!("{}/w/wl-ambiguous/{path}", fx.url))
+            .header("authorization", bearer(TOKEN_A))
+            .send()
+    };
+    for (path, expect) in [("both", 200), ("two", 502), ("both", 200)] {
+        let r = ambiguous_get(&fresh, path).await.unwrap();
+        assert_eq!(r.status(), expect, "{path}");
+        if expect == 200 {
+            assert!(r.headers().get("content-length").is_none(), "{path}");
+            assert_eq!(r.text().await.unwrap(), "hi");
+        }
+    }
     fx.shutdown().await;
 }
