@@ -172,24 +172,26 @@ async fn a_separate_router_process_follows_the_service() {
     );
     assert_eq!(service.router, public);
     let (tcp_min, tcp_max) = free_port_range();
-    let mut router = Command::new(env!("CARGO_BIN_EXE_computearbitrage"))
-        .args(["router", "--data-dir"])
-        .arg(dir.path())
-        .env("COMPUTEARBITRAGE_ENDPOINT", &service.endpoint)
-        .env("COMPUTEARBITRAGE_TOKEN", TOKEN)
-        .env(
-            "COMPUTEARBITRAGE_ROUTER__LISTEN",
-            format!("127.0.0.1:{port}"),
-        )
-        .env("COMPUTEARBITRAGE_ROUTER__METRICS_LISTEN", "127.0.0.1:0")
-        .env("COMPUTEARBITRAGE_ROUTER__TCP_PORT_MIN", tcp_min.to_string())
-        .env("COMPUTEARBITRAGE_ROUTER__TCP_PORT_MAX", tcp_max.to_string())
-        .env("COMPUTEARBITRAGE_ROUTER__ID", "edge-1")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let mut router = ChildGuard(
+        Command::new(env!("CARGO_BIN_EXE_computearbitrage"))
+            .args(["router", "--data-dir"])
+            .arg(dir.path())
+            .env("COMPUTEARBITRAGE_ENDPOINT", &service.endpoint)
+            .env("COMPUTEARBITRAGE_TOKEN", TOKEN)
+            .env(
+                "COMPUTEARBITRAGE_ROUTER__LISTEN",
+                format!("127.0.0.1:{port}"),
+            )
+            .env("COMPUTEARBITRAGE_ROUTER__METRICS_LISTEN", "127.0.0.1:0")
+            .env("COMPUTEARBITRAGE_ROUTER__TCP_PORT_MIN", tcp_min.to_string())
+            .env("COMPUTEARBITRAGE_ROUTER__TCP_PORT_MAX", tcp_max.to_string())
+            .env("COMPUTEARBITRAGE_ROUTER__ID", "edge-1")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
     let mut lines = BufReader::new(router.stdout.take().unwrap()).lines();
     let line = lines.next().unwrap().unwrap();
     assert!(

@@ -143,6 +143,42 @@ impl Service {
     }
 }
 
+/// A test that fails still stops its service, so no process outlives the test run.
+impl Drop for Service {
+    fn drop(&mut self) {
+        stop_if_running(&mut self.child);
+    }
+}
+
+/// A child process killed when dropped (a failing test must not leave it running).
+pub struct ChildGuard(pub Child);
+
+impl std::ops::Deref for ChildGuard {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        stop_if_running(&mut self.0);
+    }
+}
+
+fn stop_if_running(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 pub fn authed<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request
