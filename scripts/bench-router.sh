@@ -12,7 +12,8 @@
 # Usage: scripts/bench-router.sh [--short] [--strict]
 #   --short   CI mode: 2 s wrk runs, 1 round, 1 s transfers, 20 route changes.
 #   --strict  exit 1 when a target is missed (by default only failures exit non-zero).
-# Environment: WRK_THREADS (2), WRK_CONNECTIONS (64), WRK_DURATION, ROUNDS.
+# Environment: WRK_THREADS (2), WRK_CONNECTIONS (64), WRK_DURATION, ROUNDS, and
+# BENCH_EXE (a bench binary built earlier, to compare two builds).
 #
 # Installs wrk, nginx and haproxy with apt-get when missing (as root, or via sudo).
 # The packages' own services are not started (policy-rc.d) and not used: every
@@ -88,11 +89,15 @@ for tool in wrk nginx haproxy; do
 done
 
 # ---- the bench binary (release) ----
-log "building the router bench binary (release)"
-exe="$(cd "$root" && cargo bench -p computearbitrage --bench router --no-run \
-  --message-format=json-render-diagnostics |
-  grep '"reason":"compiler-artifact"' | grep '"kind":\["bench"\]' | grep '"name":"router"' |
-  sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)"
+# BENCH_EXE runs a bench binary built earlier instead (to compare two builds).
+exe="${BENCH_EXE:-}"
+if [ -z "$exe" ]; then
+  log "building the router bench binary (release)"
+  exe="$(cd "$root" && cargo bench -p computearbitrage --bench router --no-run \
+    --message-format=json-render-diagnostics |
+    grep '"reason":"compiler-artifact"' | grep '"kind":\["bench"\]' | grep '"name":"router"' |
+    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)"
+fi
 [ -n "$exe" ] && [ -x "$exe" ] || die "could not find the built bench executable"
 
 # ---- processes, cleaned up on exit ----
