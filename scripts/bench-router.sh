@@ -96,7 +96,7 @@ if [ -z "$exe" ]; then
   exe="$(cd "$root" && cargo bench -p computearbitrage --bench router --no-run \
     --message-format=json-render-diagnostics |
     grep '"reason":"compiler-artifact"' | grep '"kind":\["bench"\]' | grep '"name":"router"' |
-    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)"
+    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)" || true
 fi
 [ -n "$exe" ] && [ -x "$exe" ] || die "could not find the built bench executable"
 

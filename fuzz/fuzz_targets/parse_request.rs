@@ -1,5 +1,6 @@
 //! Fuzzes the router's request parsing (`computearbitrage_router::parse`): Host,
-//! `X-Workload-Id`, the `/w/{id}/` path prefix, bearer and `?token=` credentials and
+//! `X-Workload-Id`, the `/w/{id}/` path prefix, bearer and `?token=` credentials (and
+//! `credential`, which picks between them) and
 //! `traceparent`. Besides "never panics", it checks the properties the router relies
 //! on when it puts these values into routes, headers, logs and forwarded URLs.
 //!
@@ -15,7 +16,7 @@
 #![no_main]
 
 use computearbitrage_router::parse::{
-    bearer_token, find_target, is_valid_traceparent, is_workload_id, normalize_host,
+    bearer_token, credential, find_target, is_valid_traceparent, is_workload_id, normalize_host,
     take_query_token, workload_from_header, workload_from_host, workload_from_path, Lookup,
     TargetError, MAX_WORKLOAD_ID_LEN, PATH_PREFIX,
 };
@@ -58,6 +59,7 @@ fuzz_target!(|data: &[u8]| {
         check_query(query);
     }
     check_bearer(authorization);
+    check_credential(authorization, &path_and_query);
     check_bearer(header);
     check_traceparent(traceparent);
     check_traceparent(header);
@@ -380,6 +382,39 @@ fn check_bearer(value: &[u8]) {
         "bearer_token({value:?})"
     );
     assert_eq!(after.trim(), token, "bearer_token({value:?})");
+}
+
+/// `credential`: a bearer token wins over `?token=`; the path and query to forward are
+/// the target's, split at the first `?`, with no `token` pair left in the query.
+fn check_credential(authorization: &[u8], path_and_query: &str) {
+    let found = credential(Some(authorization), path_and_query);
+    let bearer = bearer_token(authorization);
+    assert_eq!(found.from_authorization, bearer.is_some(), "{authorization:?}");
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path_and_query, None),
+    };
+    assert_eq!(found.path, path, "credential(.., {path_and_query:?}).path");
+    let from_query = query.and_then(|q| take_query_token(q).0);
+    assert_eq!(
+        found.token.as_deref(),
+        bearer.or(from_query.as_deref()),
+        "credential({authorization:?}, {path_and_query:?}).token"
+    );
+    if let Some(rest) = &found.query {
+        assert!(
+            !rest.is_empty()
+                && rest
+                    .split('&')
+                    .all(|pair| pair != "token" && !pair.starts_with("token=")),
+            "credential(.., {path_and_query:?}) forwards the query {rest:?}"
+        );
+    }
+    assert_eq!(
+        found.query.is_none(),
+        query.is_none_or(|q| take_query_token(q).1.is_empty()),
+        "credential(.., {path_and_query:?}).query"
+    );
 }
 
 /// `is_valid_traceparent` against the W3C Trace Context rules: version 00 is exactly

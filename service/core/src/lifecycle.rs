@@ -60,6 +60,14 @@ impl WorkloadStatus {
         WorkloadStatus::ALL.into_iter().find(|s| s.as_str() == text)
     }
 
+    /// The statuses of workloads that hold (or may hold) capacity and their name.
+    pub fn active() -> Vec<WorkloadStatus> {
+        WorkloadStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_active())
+            .collect()
+    }
+
     /// Whether the workload holds (or may hold) capacity and its name.
     pub fn is_active(self) -> bool {
         !matches!(self, WorkloadStatus::Failed | WorkloadStatus::Terminated)

@@ -48,7 +48,6 @@ struct Plan {
 /// A granted access: this credential may reach this route.
 struct Grant {
     token: Vec<u8>,
-    workload_id: String,
     route: Arc<Route>,
     metrics: Arc<WorkloadMetrics>,
 }
@@ -70,35 +69,35 @@ impl Decisions {
         }
     }
 
-    /// Whether `token` may reach `workload_id`; on `true`, [`Decisions::granted`]
-    /// holds the route.
-    fn allow(&mut self, router: &HttpRouter, token: Option<&str>, workload_id: &str) -> bool {
+    /// The grant that lets `token` reach `workload_id`, kept in
+    /// [`Decisions::granted`]; `None` when it may not.
+    fn allow(
+        &mut self,
+        router: &HttpRouter,
+        token: Option<&str>,
+        workload_id: &str,
+    ) -> Option<&Grant> {
         if self.table_changes.has_changed().unwrap_or(true) {
             // Marked before the table is read: a change after this point is seen by
             // the next request.
             self.table_changes.mark_unchanged();
             self.granted = None;
         }
-        let Some(token) = token else {
-            return false;
-        };
-        if let Some(grant) = &self.granted {
-            if grant.workload_id == workload_id && same_secret(&grant.token, token.as_bytes()) {
-                return true;
-            }
-        }
-        match router.table().authorize(Some(token), workload_id) {
-            Access::Granted(route) => {
-                self.granted = Some(Grant {
+        let token = token?;
+        let reusable = self.granted.as_ref().is_some_and(|grant| {
+            grant.route.workload_id == workload_id && same_secret(&grant.token, token.as_bytes())
+        });
+        if !reusable {
+            self.granted = match router.table().authorize(Some(token), workload_id) {
+                Access::Granted(route) => Some(Grant {
                     token: token.as_bytes().to_vec(),
-                    workload_id: workload_id.to_string(),
                     metrics: router.metrics_of(&route.workload_id),
                     route,
-                });
-                true
-            }
-            Access::Unauthenticated | Access::NotFound => false,
+                }),
+                Access::Unauthenticated | Access::NotFound => None,
+            };
         }
+        self.granted.as_ref()
     }
 }
 
@@ -135,40 +134,26 @@ fn plan(
         router.base_domain(),
     )
     .map_err(|_| ())?;
-    let bearer = request.authorization.and_then(parse::bearer_token);
-    let (route_path, query) = match target.path_and_query.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (target.path_and_query.as_str(), None),
-    };
-    let (query_token, query) = match query {
-        Some(q) => {
-            let (token, rest) = parse::take_query_token(q);
-            (token, (!rest.is_empty()).then_some(rest))
-        }
-        None => (None, None),
-    };
-    let token = bearer.or(query_token.as_deref());
-    if !decisions.allow(router, token, &target.workload_id) {
-        return Err(());
-    }
-    let Some(route) = decisions.granted.as_ref().map(|g| &*g.route) else {
+    let credential = parse::credential(request.authorization, &target.path_and_query);
+    let Some(grant) = decisions.allow(router, credential.token.as_deref(), &target.workload_id)
+    else {
         return Err(());
     };
+    let route = &*grant.route;
     let Some(backend) = route.serving_backend() else {
         return Err(());
     };
-    let strip_authorization = bearer.is_some() && token == bearer;
 
     let mut head = Vec::with_capacity(request.len + 256);
     head::write_forwarded_request(
         &request,
         &head::Forwarding {
-            path: route_path,
-            query: query.as_deref(),
+            path: credential.path,
+            query: credential.query.as_deref(),
             backend,
             client_ip: peer_ip,
             workload_id: &route.workload_id,
-            strip_authorization,
+            strip_authorization: credential.from_authorization,
             new_traceparent: &parse::new_traceparent_bytes(),
         },
         &mut head,

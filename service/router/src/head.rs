@@ -12,21 +12,23 @@
 pub const MAX_HEADERS: usize = 96;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), and the
-/// `Proxy-*` credentials meant for this hop.
+/// `Proxy-*` credentials meant for this hop; lower case. Neither proxy path forwards
+/// them.
+pub const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Whether `name` is one of [`HOP_BY_HOP`], in any case.
 pub fn is_hop_by_hop(name: &str) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h))
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// The request is not for the fast path: hyper takes the connection from here.

@@ -4,6 +4,7 @@
 //! from clients and `Upgrade` (WebSocket) are supported; backends are spoken to over
 //! pooled HTTP/1.1 connections.
 
+use crate::head;
 use crate::metrics::{GaugeGuard, Metrics, WorkloadMetrics, UNROUTED};
 use crate::parse::{self, TargetError};
 use crate::table::{Access, RouteTable};
@@ -32,8 +33,6 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// How long to wait before the one retry of an idempotent request whose backend
 /// refused the connection: long enough for a route change in flight to land.
@@ -161,23 +160,17 @@ impl HttpRouter {
         };
 
         // The credential: a bearer token, else `?token=` (for browsers).
-        let bearer = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| parse::bearer_token(v.as_bytes()))
-            .map(str::to_owned);
-        let (path, query) = match target.path_and_query.split_once('?') {
-            Some((p, q)) => (p.to_string(), Some(q.to_string())),
-            None => (target.path_and_query.clone(), None),
-        };
-        let (query_token, query) = match query {
-            Some(q) => {
-                let (token, rest) = parse::take_query_token(&q);
-                (token, (!rest.is_empty()).then_some(rest))
-            }
-            None => (None, None),
-        };
-        let token = bearer.clone().or(query_token);
+        let parse::Credential {
+            token,
+            from_authorization,
+            path,
+            query,
+        } = parse::credential(
+            req.headers()
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+            &target.path_and_query,
+        );
         let route = match self.table.authorize(token.as_deref(), &target.workload_id) {
             Access::Unauthenticated => return (unauthorized(), None),
             Access::NotFound => return (not_found(&target.workload_id), None),
@@ -199,7 +192,7 @@ impl HttpRouter {
         let upgrade = take_upgrade(&mut headers);
         strip_hop_by_hop(&mut headers);
         headers.remove(header::HOST);
-        if bearer.is_some() && token == bearer {
+        if from_authorization {
             // Our credential, not the workload's: never forwarded.
             headers.remove(header::AUTHORIZATION);
         }
@@ -229,7 +222,7 @@ impl HttpRouter {
         }
         let path_and_query = match &query {
             Some(q) => format!("{path}?{q}"),
-            None => path,
+            None => path.to_string(),
         };
         let method = req.method().clone();
 
@@ -492,17 +485,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
+    for name in head::HOP_BY_HOP {
         headers.remove(name);
     }
 }

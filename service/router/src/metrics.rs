@@ -94,7 +94,9 @@ impl WorkloadMetrics {
             .sum()
     }
 
-    pub fn requests(&self) -> u64 {
+    /// Requests answered, all status classes together.
+    #[cfg(test)]
+    fn requests(&self) -> u64 {
         (0..5)
             .map(|class| self.total(|s| &s.responses[class]))
             .sum()

@@ -1,9 +1,12 @@
 //! Pure parsing of what a request says about its workload and credential: the Host,
 //! the `X-Workload-Id` header, the `/w/{id}/` path prefix, bearer and `?token=`
-//! credentials, and W3C `traceparent`. No I/O, no allocation beyond the result; the
-//! fuzz target (`fuzz/fuzz_targets/parse_request.rs`) drives every function here.
+//! credentials, and W3C `traceparent`. No I/O, no allocation beyond the result (a new
+//! `traceparent` draws from the thread's random generator); the fuzz target
+//! (`fuzz/fuzz_targets/parse_request.rs`) drives every function here.
 
-/// Longest workload id accepted (ids are `w-` + 32 hex today).
+use std::borrow::Cow;
+
+/// Longest workload id accepted (ids are `wl-` + 20 hex today).
 pub const MAX_WORKLOAD_ID_LEN: usize = 64;
 
 /// The path prefix that names a workload: `/w/{id}/…`.
@@ -58,15 +61,18 @@ pub fn normalize_host(host: &str) -> Option<String> {
 /// The workload named by a Host `{id}.{base_domain}`; `None` when the base domain is
 /// empty (host routing off) or the host is not exactly one label below it.
 pub fn workload_from_host(host: &str, base_domain: &str) -> Option<String> {
-    let base = base_domain
-        .trim()
-        .trim_end_matches('.')
-        .to_ascii_lowercase();
+    let base = base_domain.trim().trim_end_matches('.');
     if base.is_empty() {
         return None;
     }
+    // Lower-cased by `normalize_host`; the base domain is compared without copying it.
     let host = normalize_host(host)?;
-    let label = host.strip_suffix(&base)?.strip_suffix('.')?;
+    let split = host.len().checked_sub(base.len())?;
+    let (front, suffix) = (host.get(..split)?, host.get(split..)?);
+    if !suffix.eq_ignore_ascii_case(base) {
+        return None;
+    }
+    let label = front.strip_suffix('.')?;
     is_workload_id(label).then(|| label.to_string())
 }
 
@@ -99,16 +105,6 @@ pub enum Lookup {
     Host,
     Header,
     Path,
-}
-
-impl Lookup {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Lookup::Host => "host",
-            Lookup::Header => "header",
-            Lookup::Path => "path",
-        }
-    }
 }
 
 /// The workload a request is for, and the path to forward.
@@ -216,6 +212,46 @@ pub fn take_query_token(query: &str) -> (Option<String>, String) {
     (token, kept.join("&"))
 }
 
+/// A request's credential, and its target with the credential taken out.
+pub struct Credential<'h, 'p> {
+    /// `Authorization: Bearer …`, else the first non-empty `?token=`.
+    pub token: Option<Cow<'h, str>>,
+    /// The credential came from `Authorization`: that header is the router's, not the
+    /// workload's, and is not forwarded. (An application's own `Authorization`, such as
+    /// `Basic …`, passes when the credential came in the query.)
+    pub from_authorization: bool,
+    /// The path to forward, without its query.
+    pub path: &'p str,
+    /// The query to forward: every `token` pair removed; `None` when nothing is left.
+    pub query: Option<String>,
+}
+
+/// Reads the credential of a request from its `Authorization` value and target; the
+/// `token` query pairs are removed whichever credential is used.
+pub fn credential<'h, 'p>(
+    authorization: Option<&'h [u8]>,
+    path_and_query: &'p str,
+) -> Credential<'h, 'p> {
+    let bearer = authorization.and_then(bearer_token);
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path_and_query, None),
+    };
+    let (query_token, query) = match query {
+        Some(q) => {
+            let (token, rest) = take_query_token(q);
+            (token, (!rest.is_empty()).then_some(rest))
+        }
+        None => (None, None),
+    };
+    Credential {
+        token: bearer.map(Cow::Borrowed).or(query_token.map(Cow::Owned)),
+        from_authorization: bearer.is_some(),
+        path,
+        query,
+    }
+}
+
 fn percent_decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -247,19 +283,20 @@ pub fn is_valid_traceparent(value: &[u8]) -> bool {
     let Ok(text) = std::str::from_utf8(value) else {
         return false;
     };
-    let parts: Vec<&str> = text.trim().split('-').collect();
-    if parts.len() < 4 {
+    let mut parts = text.trim().split('-');
+    let (Some(version), Some(trace_id), Some(parent_id), Some(flags)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return false;
-    }
+    };
     let hex = |s: &str, len: usize| {
         s.len() == len
             && s.bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
-    let (version, trace_id, parent_id, flags) = (parts[0], parts[1], parts[2], parts[3]);
     hex(version, 2)
         && version != "ff"
-        && (version != "00" || parts.len() == 4)
+        && (version != "00" || parts.next().is_none())
         && hex(trace_id, 32)
         && trace_id.bytes().any(|b| b != b'0')
         && hex(parent_id, 16)

@@ -10,11 +10,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
-/// Hex SHA-256 of a token, as the store keeps token hashes.
-pub fn hash_token(token: &str) -> String {
-    hex::encode(digest(token))
-}
-
 /// SHA-256 of a token: the key the table looks credentials up by (no hex, no
 /// allocation on the request path).
 fn digest(token: &str) -> [u8; 32] {
@@ -77,15 +72,6 @@ impl Route {
     }
 }
 
-/// What a credential proves.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Principal {
-    /// A tenant API token: every workload of the tenant.
-    Tenant(String),
-    /// A workload access token: that workload only.
-    Workload(String),
-}
-
 /// The answer to "may this credential reach this workload?".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Access {
@@ -141,11 +127,7 @@ impl RouteTable {
 
     /// Replaces everything with the store's current routes and tokens.
     pub async fn reload(&self, store: &dyn Store) -> Result<usize, RouterError> {
-        let active: Vec<WorkloadStatus> = WorkloadStatus::ALL
-            .into_iter()
-            .filter(|s| s.is_active())
-            .collect();
-        let workloads = store.workloads_in(&active).await?;
+        let workloads = store.workloads_in(&WorkloadStatus::active()).await?;
         let tokens = store.list_tokens().await?;
         let mut fresh = Tables::default();
         for record in &workloads {
@@ -222,18 +204,6 @@ impl RouteTable {
         self.version.subscribe()
     }
 
-    /// Who a token is, if anyone.
-    pub fn principal(&self, token: &str) -> Option<Principal> {
-        let key = digest(token);
-        let t = self.read();
-        if let Some(tenant) = t.tenant_tokens.get(&key) {
-            return Some(Principal::Tenant(tenant.clone()));
-        }
-        t.workload_tokens
-            .get(&key)
-            .map(|w| Principal::Workload(w.clone()))
-    }
-
     /// Decides access with one read of the table. Whether the workload does not exist
     /// or belongs to someone else, the answer is the same [`Access::NotFound`].
     pub fn authorize(&self, token: Option<&str>, workload_id: &str) -> Access {
@@ -275,7 +245,7 @@ mod tests {
             backend: Some("127.0.0.1:1".into()),
             tcp_backend: None,
             tcp_listen_port: None,
-            access_token_hash: Some(hash_token(token)),
+            access_token_hash: Some(hex::encode(digest(token))),
         }
     }
 

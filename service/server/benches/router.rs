@@ -289,11 +289,6 @@ async fn send_mode(args: &[String]) -> Fallible {
 
 // ---- the router over a store with one workload ----
 
-fn sha256(text: &str) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(text.as_bytes()))
-}
-
 fn spec(name: &str) -> WorkloadSpec {
     WorkloadSpec {
         name: name.into(),
@@ -340,7 +335,7 @@ impl Bench {
         store.ensure_tenant(TENANT, now).await?;
         store
             .add_token(TokenRecord {
-                token_hash: sha256(TOKEN),
+                token_hash: computearbitrage::auth::hash_token(TOKEN),
                 tenant_id: TENANT.into(),
                 label: "bench".into(),
                 created_at: now,

@@ -12,7 +12,6 @@ pub enum Origin {
     Driver,
     Input,
     Io,
-    Router,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +53,6 @@ impl ServiceError {
             ServiceError::Core(_) => Origin::Input,
             ServiceError::Io { .. } => Origin::Io,
             ServiceError::Router(computearbitrage_router::RouterError::Store(_)) => Origin::Store,
-            ServiceError::Router(_) => Origin::Router,
         }
     }
 

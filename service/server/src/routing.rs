@@ -96,6 +96,15 @@ pub struct RunningRouter {
 }
 
 impl RunningRouter {
+    /// Where it listens, for the start-up line: `http://…` and the metrics address.
+    pub fn describe(&self) -> String {
+        let metrics = self
+            .metrics_address
+            .map(|m| format!(" (metrics: http://{m}/metrics)"))
+            .unwrap_or_default();
+        format!("http://{}{metrics}", self.http_address)
+    }
+
     /// Loads the routes, binds the listeners and starts serving.
     pub async fn start(
         store: Arc<dyn Store>,
@@ -343,12 +352,8 @@ pub async fn run_standalone(
     )
     .await?;
     crate::server::say(&format!(
-        "computearbitrage router listening on http://{}{}",
-        router.http_address,
-        router
-            .metrics_address
-            .map(|m| format!(" (metrics: http://{m}/metrics)"))
-            .unwrap_or_default()
+        "computearbitrage router listening on {}",
+        router.describe()
     ));
     shutdown.await;
     tracing::info!("router shutting down");

@@ -165,12 +165,8 @@ pub async fn serve(
     print_banner(&format!("http://{address}"), &bootstrap);
     let router_line = match &router {
         Some(router) => format!(
-            "Workloads are reachable through the router at http://{}{}",
-            router.http_address,
-            router
-                .metrics_address
-                .map(|m| format!(" (metrics: http://{m}/metrics)"))
-                .unwrap_or_default()
+            "Workloads are reachable through the router at {}",
+            router.describe()
         ),
         None => format!(
             "Workloads are reachable through the router at {} (router.enabled is false: run `computearbitrage router` there)",

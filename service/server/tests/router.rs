@@ -9,10 +9,6 @@ use routing::*;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_decide_401_and_404_looks_the_same_for_missing_and_foreign() {
     let fx = Fixture::start().await;
@@ -667,18 +663,11 @@ async fn each_request_on_a_keep_alive_connection_is_authorized_on_its_own() {
         )
         .await
         .unwrap();
-    for _ in 0..300 {
-        if fx
-            .router()
-            .table
-            .get("wl-ka1")
-            .and_then(|r| r.backend.clone())
-            == Some(moved.addr())
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let moved_to = moved.addr();
+    fx.wait_for_route_where("wl-ka1", "the new backend", |r| {
+        r.backend.as_deref() == Some(moved_to.as_str())
+    })
+    .await;
     let answer = one_exchange(&mut stream, &get("wl-ka1", TOKEN_A)).await;
     assert!(
         status(&answer) == "200" && answer.ends_with("moved"),
@@ -705,20 +694,7 @@ async fn websocket_upgrade_echoes_through_the_router() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Message;
     let fx = Fixture::start().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ws_backend = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
-                while let Some(Ok(message)) = ws.next().await {
-                    if message.is_text() || message.is_binary() {
-                        ws.send(message).await.unwrap();
-                    }
-                }
-            });
-        }
-    });
+    let ws_backend = websocket_echo_backend().await;
     fx.workload(
         TENANT_A,
         "wl-ws",
@@ -1091,8 +1067,10 @@ async fn tcp_echo_connection_records_and_drain_on_backend_change() {
         )
         .await
         .unwrap();
-    fx.wait_for_route("wl-tcp", WorkloadStatus::Running).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    fx.wait_for_route_where("wl-tcp", "the new TCP backend", |r| {
+        r.tcp_backend.as_deref() == Some(two.as_str())
+    })
+    .await;
     let mut second = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
@@ -1164,12 +1142,15 @@ async fn tcp_echo_connection_records_and_drain_on_backend_change() {
     })
     .await;
     // And it serves the same stable port again.
-    let mut again = loop {
+    let mut again = None;
+    for _ in 0..300 {
         if let Ok(s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-            break s;
+            again = Some(s);
+            break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    }
+    let mut again = again.expect("the restarted router listens on the same TCP port");
     assert_eq!(exchange(&mut again, "x").await, "2:x");
     drop(again);
     restarted.shutdown().await;

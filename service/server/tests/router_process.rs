@@ -97,12 +97,15 @@ async fn a_workload_is_reached_through_its_router_endpoints_with_its_access_toke
         running.tcp_listen_port
     );
     let echoed = tokio::task::spawn_blocking(move || {
-        let mut stream = loop {
-            if let Ok(s) = std::net::TcpStream::connect(&tcp) {
-                break s;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let mut stream = (0..250)
+            .find_map(|_| {
+                let connected = std::net::TcpStream::connect(&tcp).ok();
+                if connected.is_none() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                connected
+            })
+            .expect("the router's TCP listener accepts");
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();

@@ -87,7 +87,7 @@ async fn a_100_mb_body_streams_both_ways_without_the_heap_growing_by_it() {
     // Warm the pools so they are part of the baseline.
     let _ = http
         .get(format!("{}/w/wl-up/", fx.url))
-        .header("authorization", format!("Bearer {TOKEN_A}"))
+        .header("authorization", bearer(TOKEN_A))
         .send()
         .await
         .unwrap()
@@ -98,7 +98,7 @@ async fn a_100_mb_body_streams_both_ways_without_the_heap_growing_by_it() {
     PEAK.store(baseline, Ordering::Relaxed);
     let response = http
         .post(format!("{}/w/wl-up/upload", fx.url))
-        .header("authorization", format!("Bearer {TOKEN_A}"))
+        .header("authorization", bearer(TOKEN_A))
         .body(reqwest::Body::wrap_stream(chunks()))
         .send()
         .await
@@ -115,7 +115,7 @@ async fn a_100_mb_body_streams_both_ways_without_the_heap_growing_by_it() {
     PEAK.store(baseline, Ordering::Relaxed);
     let response = http
         .get(format!("{}/w/wl-down/file", fx.url))
-        .header("authorization", format!("Bearer {TOKEN_A}"))
+        .header("authorization", bearer(TOKEN_A))
         .send()
         .await
         .unwrap();

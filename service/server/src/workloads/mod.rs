@@ -269,12 +269,7 @@ impl Orchestrator {
                 None => {
                     let taken: HashSet<u16> = self
                         .store
-                        .workloads_in(
-                            &WorkloadStatus::ALL
-                                .into_iter()
-                                .filter(|s| s.is_active())
-                                .collect::<Vec<_>>(),
-                        )
+                        .workloads_in(&WorkloadStatus::active())
                         .await?
                         .into_iter()
                         .filter_map(|w| w.tcp_listen_port)

@@ -25,9 +25,9 @@ pub const TOKEN_A: &str = "token-of-tenant-a-0123456789";
 pub const TOKEN_B: &str = "token-of-tenant-b-0123456789";
 pub const BASE_DOMAIN: &str = "apps.test";
 
-pub fn sha256(text: &str) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(text.as_bytes()))
+/// The `Authorization` value that carries `token`.
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
 }
 
 /// The access token tests give a workload.
@@ -56,7 +56,7 @@ impl Fixture {
             store.ensure_tenant(tenant, 1).await.unwrap();
             store
                 .add_token(TokenRecord {
-                    token_hash: sha256(token),
+                    token_hash: computearbitrage::auth::hash_token(token),
                     tenant_id: tenant.into(),
                     label: "test".into(),
                     created_at: 1,
@@ -125,7 +125,7 @@ impl Fixture {
             instance_id: None,
             endpoint: None,
             instance_started_at: None,
-            access_token_hash: Some(sha256(&workload_token(id))),
+            access_token_hash: Some(computearbitrage::auth::hash_token(&workload_token(id))),
             tcp_endpoint: None,
             tcp_listen_port,
             created_at: 1,
@@ -199,6 +199,23 @@ impl Fixture {
             .await
             .unwrap();
         assert!(applied, "{id}: {from} -> {to}");
+    }
+
+    /// Waits (bounded) until the router's route of `id` is one that `check` accepts.
+    pub async fn wait_for_route_where(
+        &self,
+        id: &str,
+        what: &str,
+        check: impl Fn(&computearbitrage_router::Route) -> bool,
+    ) {
+        let table = &self.router().table;
+        for _ in 0..600 {
+            if table.get(id).is_some_and(|route| check(&route)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the router never saw {what} for {id}");
     }
 
     /// Waits (bounded) until the router's table shows the workload in `status`.
@@ -278,7 +295,6 @@ pub struct Backend {
     pub name: String,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     pub requests: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
 }
 
 impl Backend {
@@ -292,7 +308,7 @@ impl Backend {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let requests = Arc::new(AtomicU64::new(0));
         let (seen2, requests2, name2) = (seen.clone(), requests.clone(), name.to_string());
-        let task = tokio::spawn(async move {
+        tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
@@ -356,7 +372,6 @@ impl Backend {
             name: name.into(),
             seen,
             requests,
-            task,
         }
     }
 
@@ -372,13 +387,9 @@ impl Backend {
             .cloned()
             .expect("the backend saw a request")
     }
-
-    pub fn stop(&self) {
-        self.task.abort();
-    }
 }
 
-/// A reqwest client that sends the tenant-A token.
+/// A reqwest client with a timeout; it sends no credential of its own.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
