@@ -7,7 +7,9 @@
 //! HTTP/2, `Upgrade`, chunked or `Expect` request bodies, HTTP/1.0, a malformed head,
 //! and every request that is not forwarded (401, 404, 400, 503) or whose backend cannot
 //! be reached before the request was committed (hyper retries or answers 502). So those
-//! answers are exactly the ones [`crate::http`] gives, from one implementation.
+//! answers are exactly the ones [`crate::http`] gives, from one implementation. The one
+//! exception is a request already sent that must not be sent again (not idempotent, or
+//! its body streamed through): the fast path answers its 502 itself.
 
 use crate::head::{self, Framing, ResponseHead};
 use crate::http::HttpRouter;
@@ -41,6 +43,8 @@ struct Plan {
     head_len: usize,
     head: Vec<u8>,
     body_len: u64,
+    /// The method may be sent again ([`parse::is_idempotent`]).
+    replayable: bool,
     is_head: bool,
     client_close: bool,
 }
@@ -98,6 +102,17 @@ impl Decisions {
             };
         }
         self.granted.as_ref()
+    }
+}
+
+/// Whether the backend closed (or broke) a kept-alive connection while it was idle:
+/// an end of stream, an error, or bytes nobody asked for are waiting on it. One
+/// non-blocking peek, independent of when the runtime last polled the socket.
+fn closed_while_idle(stream: &TcpStream) -> bool {
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    match socket2::SockRef::from(stream).peek(&mut probe) {
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        Ok(_) => true,
     }
 }
 
@@ -162,6 +177,7 @@ fn plan(
         head_len: request.len,
         head,
         body_len: request.content_length,
+        replayable: parse::is_idempotent(request.method),
         is_head: request.method == "HEAD",
         client_close: request.close,
     }))
@@ -212,8 +228,13 @@ pub(crate) async fn run(
         let metrics = &*grant.metrics;
         let _in_flight = GaugeGuard::new(metrics, |m| &m.active_http);
 
-        // The backend connection of this client connection, for this backend.
-        if upstream.as_ref().map(|u| u.address.as_str()) != Some(backend) {
+        // The backend connection of this client connection, for this backend. Before a
+        // request that must not be sent twice, one the backend closed while it was idle
+        // is replaced: on it the request would fail unanswered and could not be replayed.
+        let reusable = upstream.as_ref().is_some_and(|u| {
+            u.address == backend && (plan.replayable || !closed_while_idle(&u.stream))
+        });
+        if !reusable {
             let connected =
                 tokio::time::timeout(router.connect_timeout(), TcpStream::connect(backend)).await;
             match connected {
@@ -262,16 +283,18 @@ pub(crate) async fn run(
             match relay_head(up, client, plan.is_head, plan.client_close).await {
                 Ok(Some(head)) => break head,
                 Ok(None) => continue,
-                Err(Failure::BeforeHead) if whole => {
-                    // Nothing reached the client: hyper retries or answers.
+                Err(Failure::BeforeHead) if whole && plan.replayable => {
+                    // Nothing reached the client and the request may be sent again:
+                    // hyper sends it once more, or answers.
                     let mut again = BytesMut::from(&request_bytes[..]);
                     again.extend_from_slice(&buf);
                     return Outcome::HandOff(again.freeze());
                 }
                 Err(Failure::BeforeHead) => {
-                    // The body was streamed, so the request cannot be replayed.
+                    // The backend has the request (it may have taken effect), or its
+                    // streamed body is gone: never sent twice.
                     metrics.observe(502, started.elapsed());
-                    let text = "the workload failed to answer after receiving the request body; retry later\n";
+                    let text = "the workload failed to answer after receiving the request, which was not sent again because it may have taken effect; retry if that is safe\n";
                     let reply = format!(
                         "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
                         text.len()

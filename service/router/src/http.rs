@@ -241,8 +241,8 @@ impl HttpRouter {
         }
 
         // Kept only when a retry is allowed: most requests never need it.
-        let retry_headers =
-            (is_idempotent(&method) && req.body().is_end_stream()).then(|| headers.clone());
+        let retry_headers = (parse::is_idempotent(method.as_str()) && req.body().is_end_stream())
+            .then(|| headers.clone());
         let body = Counted::new(req.into_body(), metrics.clone(), true, None).boxed();
         let first = outgoing(&method, &backend, &path_and_query, headers, body);
         let result = match (self.client.request(first).await, retry_headers) {
@@ -445,13 +445,6 @@ fn outgoing(
         .unwrap_or_else(|_| http::Uri::from_static("/"));
     *request.headers_mut() = headers;
     request
-}
-
-fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
 }
 
 /// The `Upgrade` protocol of an HTTP/1.1 upgrade request, taken out of the headers.

@@ -212,6 +212,16 @@ pub fn take_query_token(query: &str) -> (Option<String>, String) {
     (token, kept.join("&"))
 }
 
+/// Whether a request with this method may be sent to a backend a second time: the
+/// idempotent methods of RFC 9110 §9.2.2. Any other request that reached a backend
+/// may have taken effect, so the router never repeats it.
+pub fn is_idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+    )
+}
+
 /// A request's credential, and its target with the credential taken out.
 pub struct Credential<'h, 'p> {
     /// `Authorization: Bearer …`, else the first non-empty `?token=`.

@@ -1399,3 +1399,83 @@ async fn relays_heads_lengths_chunks_and_backends_that_close() {
     }
     fx.shutdown().await;
 }
+
+/// A request that may have taken effect is never sent twice: when the backend takes a
+/// POST and closes without answering, the client gets a 502 and the backend saw it
+/// once. (A GET may be sent once more.) A keep-alive backend connection that the
+/// backend closed while idle is replaced before a POST goes out on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_may_have_taken_effect_are_never_sent_twice() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static SWALLOWED: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+    static ANSWERED_POSTS: AtomicUsize = AtomicUsize::new(0);
+    let fx = Fixture::start().await;
+    // Takes one request per connection and closes without a word.
+    let swallowing = raw_backend(1, |_, head| {
+        SWALLOWED[usize::from(head.starts_with("GET "))].fetch_add(1, Ordering::SeqCst);
+        String::new()
+    })
+    .await;
+    fx.workload(
+        TENANT_A,
+        "wl-swallow",
+        WorkloadStatus::Running,
+        Some(&swallowing),
+    )
+    .await;
+    let post = |id: &str| {
+        format!("POST /w/{id}/order HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN_A}\r\ncontent-length: 3\r\n\r\nx=1")
+    };
+    let get = |id: &str| {
+        format!("GET /w/{id}/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN_A}\r\n\r\n")
+    };
+    let status = |answer: &str| answer.get(9..12).unwrap_or_default().to_string();
+    let mut stream = tokio::net::TcpStream::connect(fx.router().http_address)
+        .await
+        .unwrap();
+    let answer = one_exchange(&mut stream, &post("wl-swallow")).await;
+    assert_eq!(status(&answer), "502", "{answer}");
+    assert_eq!(
+        SWALLOWED[0].load(Ordering::SeqCst),
+        1,
+        "the POST was sent once"
+    );
+
+    let mut stream = tokio::net::TcpStream::connect(fx.router().http_address)
+        .await
+        .unwrap();
+    let answer = one_exchange(&mut stream, &get("wl-swallow")).await;
+    assert_eq!(status(&answer), "502", "{answer}");
+    assert_eq!(
+        SWALLOWED[1].load(Ordering::SeqCst),
+        2,
+        "a GET is sent once more"
+    );
+
+    // One answer per backend connection, then a silent close while idle.
+    let closing = raw_backend(1, |_, head| {
+        if head.starts_with("POST ") {
+            ANSWERED_POSTS.fetch_add(1, Ordering::SeqCst);
+        }
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".into()
+    })
+    .await;
+    fx.workload(
+        TENANT_A,
+        "wl-idle-close",
+        WorkloadStatus::Running,
+        Some(&closing),
+    )
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(fx.router().http_address)
+        .await
+        .unwrap();
+    for round in 1..=3 {
+        let answer = one_exchange(&mut stream, &post("wl-idle-close")).await;
+        assert_eq!(status(&answer), "200", "round {round}: {answer}");
+        assert_eq!(ANSWERED_POSTS.load(Ordering::SeqCst), round);
+        // The backend's close reaches the router while the connection is idle.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    fx.shutdown().await;
+}
