@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test of the project. Installs the test tools it needs (.tools/, from
-# PyPI) on the way, so it works on a fresh clone of a machine with cargo and python3.
+# Runs every test of the project. Installs the test tools it needs on the way (into
+# .tools/: Terraform and pytest from PyPI, cargo-fuzz from crates.io; wrk, nginx and
+# haproxy with apt-get), so it works on a fresh clone of a machine with cargo, python3
+# and a C++ compiler.
 #
 #   1. Rust: unit and integration tests of every crate, and the benchmarks in test
 #      mode (each benchmark runs once, as a smoke test).

@@ -82,7 +82,8 @@ pub struct WorkloadSpec {
 
 impl WorkloadSpec {
     /// Whether `other` asks for the same workload: equal in every part that cannot
-    /// change in place (`command`, `image`, `port`, `requirements`). A re-apply with the
+    /// change in place (`command`, `image`, `port`, `tcp_port`, `tcp_listen_port`,
+    /// `requirements`). A re-apply with the
     /// same name and identity adopts the existing workload instead of making another.
     pub fn same_identity(&self, other: &WorkloadSpec) -> bool {
         self.command == other.command
