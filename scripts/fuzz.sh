@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Fuzzes the router's request handling for a while, each target in turn, and fails if
+# Fuzzes the parsers of untrusted input for a while, each target in turn, and fails if
 # one finds a crash or a broken invariant:
 #   parse_request  Host, X-Workload-Id, /w/{id}/, bearer and ?token= credentials,
 #                  traceparent (fuzz/fuzz_targets/parse_request.rs)
 #   fast_head      the fast path's request and response heads as forwarded
 #                  (fuzz/fuzz_targets/fast_head.rs)
+#   spot_advisor   the AWS Spot Instance Advisor feed parser
+#                  (fuzz/fuzz_targets/spot_advisor.rs)
 #
 #   scripts/fuzz.sh [SECONDS [TARGET...]]   # SECONDS per target: $FUZZ_SECONDS, else 30
 #
@@ -20,7 +22,7 @@ cd "$root"
 
 seconds="${1:-${FUZZ_SECONDS:-30}}"
 targets=("${@:2}")
-[ ${#targets[@]} -gt 0 ] || targets=(parse_request fast_head)
+[ ${#targets[@]} -gt 0 ] || targets=(parse_request fast_head spot_advisor)
 if ! [[ "$seconds" =~ ^[0-9]+$ ]] || [ "$seconds" -eq 0 ]; then
     echo "usage: $0 [SECONDS] (a positive whole number; got '$seconds')" >&2
     exit 2

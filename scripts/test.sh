@@ -7,7 +7,8 @@
 #   1. Rust: unit and integration tests of every crate, and the benchmarks in test
 #      mode (each benchmark runs once, as a smoke test).
 #   2. The router benchmark in short mode (wrk, nginx and haproxy from Debian packages,
-#      installed by the script) and 30 s runs of each of the router's fuzz targets.
+#      installed by the script), the call-latency benchmark in short mode (grpcio and
+#      Terraform against the debug build), and 30 s runs of each fuzz target.
 #   3. Acceptance: real Terraform 1.15.5 and 1.0.3 against the built provider and a
 #      real service (tests/acceptance, pytest).
 set -euo pipefail
@@ -28,6 +29,9 @@ cargo test --workspace --locked --all-targets
 
 echo "== router benchmark, short mode (numbers are reported, not asserted)"
 ./scripts/bench-router.sh --short
+
+echo "== call-latency benchmark, short mode (numbers are reported, not asserted)"
+./scripts/bench-latency.sh --short
 
 echo "== fuzzing the router's request parsing"
 FUZZ_SECONDS="${FUZZ_SECONDS:-30}" ./scripts/fuzz.sh

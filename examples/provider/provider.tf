@@ -1,11 +1,13 @@
 terraform {
   required_providers {
     computearbitrage = {
-      source = "computearbitrage/computearbitrage"
+      source  = "computearbitrage/computearbitrage"
+      version = "~> 0.1"
     }
   }
 }
 
-# `endpoint` and `token` fall back to COMPUTEARBITRAGE_ENDPOINT and
-# COMPUTEARBITRAGE_TOKEN, which `computearbitrage serve` prints when it starts.
+# `endpoint`, `token` and `ca_file` fall back to COMPUTEARBITRAGE_ENDPOINT,
+# COMPUTEARBITRAGE_TOKEN and COMPUTEARBITRAGE_CA_FILE; `computearbitrage serve`
+# prints the first two when it starts.
 provider "computearbitrage" {}

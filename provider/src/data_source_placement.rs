@@ -1,11 +1,11 @@
 //! Data source `computearbitrage_placement`: where a workload with given requirements
 //! would run now, and the runners-up.
 
-use crate::client::{report_status, report_violations, SharedConnection};
+use crate::client::{report_status, report_warnings, SharedConnection};
 use crate::number::Number;
 use crate::requirements::{self, check_whole, whole, RequirementsBlock};
 use crate::schema::{computed, optional};
-use computearbitrage_api::{pb, validate, MAX_ALTERNATIVES};
+use computearbitrage_api::{pb, MAX_ALTERNATIVES};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use tf_provider::schema::{AttributeType, Block, Schema};
@@ -28,6 +28,8 @@ impl PlacementDataSource {
 pub struct PlacementState {
     pub requirements: Value<RequirementsBlock>,
     pub max_alternatives: Value<Number>,
+    pub cloud: Value<String>,
+    /// Deprecated: `cloud`.
     pub provider: Value<String>,
     pub region: Value<String>,
     pub zone: Value<String>,
@@ -42,6 +44,8 @@ pub struct PlacementState {
 /// One ranked offer, as the top-level result and in `alternatives`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CandidateObject {
+    pub cloud: Value<String>,
+    /// Deprecated: `cloud`.
     pub provider: Value<String>,
     pub region: Value<String>,
     pub zone: Value<String>,
@@ -56,7 +60,8 @@ impl From<&pb::PlacementCandidate> for CandidateObject {
     fn from(c: &pb::PlacementCandidate) -> Self {
         let offer = c.offer.clone().unwrap_or_default();
         CandidateObject {
-            provider: Value::Value(offer.provider),
+            provider: Value::Value(offer.cloud.clone()),
+            cloud: Value::Value(offer.cloud),
             region: Value::Value(offer.region),
             zone: Value::Value(offer.zone),
             instance_type: Value::Value(offer.instance_type),
@@ -69,10 +74,15 @@ impl From<&pb::PlacementCandidate> for CandidateObject {
 }
 
 /// Names and descriptions of a candidate's fields, shared by the top level and the list.
-const CANDIDATE_FIELDS: [(&str, &str, bool); 8] = [
+const CANDIDATE_FIELDS: [(&str, &str, bool); 9] = [
+    (
+        "cloud",
+        "Cloud of the chosen offer: `aws`, `gcp` or `azure`.",
+        false,
+    ),
     (
         "provider",
-        "Cloud of the chosen offer: `aws`, `gcp` or `azure`.",
+        "Deprecated: use `cloud`. The same value, kept for one release.",
         false,
     ),
     ("region", "Region of the chosen offer.", false),
@@ -137,18 +147,7 @@ impl PlacementState {
     fn check(&self, diags: &mut Diagnostics) -> bool {
         let mut ok = true;
         if let Some(block) = self.requirements.as_ref_option() {
-            let violations = validate::requirements(&block.to_pb());
-            report_violations(
-                diags,
-                AttributePath::new(requirements::BLOCK_NAME),
-                &violations,
-            );
-            ok &= violations.is_empty();
-            ok &= check_whole(
-                diags,
-                &block.min_gpus,
-                AttributePath::new(requirements::BLOCK_NAME).attribute("min_gpus"),
-            );
+            ok &= block.check(diags, AttributePath::new(requirements::BLOCK_NAME), false);
         }
         ok &= check_whole(
             diags,
@@ -187,7 +186,9 @@ impl DataSource for PlacementDataSource {
                 } else {
                     AttributeType::String
                 };
-                (name.to_string(), computed(t, description))
+                let mut attribute = computed(t, description);
+                attribute.deprecated = *name == "provider";
+                (name.to_string(), attribute)
             })
             .collect();
         attributes.insert(
@@ -226,17 +227,28 @@ impl DataSource for PlacementDataSource {
         mut config: PlacementState,
         _meta: ValueEmpty,
     ) -> Option<PlacementState> {
-        if !config.check(diags) {
+        // Validation already warned; only errors matter again here.
+        let mut checked = Diagnostics::default();
+        let ok = config.check(&mut checked);
+        diags.errors.extend(checked.errors);
+        if !ok {
             return None;
         }
         let connection = self.connection.get(diags).await?;
-        let response = connection.pricing().find_placement(config.request()).await;
+        let request = config.request();
+        let response = connection
+            .retrying(crate::client::CALL_RETRY_BUDGET, || {
+                let mut client = connection.pricing();
+                let request = request.clone();
+                async move { client.find_placement(request).await }
+            })
+            .await;
         let placement = match response {
             Ok(r) => r.into_inner(),
             Err(status) => {
                 report_status(
                     diags,
-                    &connection.endpoint,
+                    &connection,
                     "finding a placement",
                     &status,
                     AttributePath::new(requirements::BLOCK_NAME),
@@ -244,7 +256,15 @@ impl DataSource for PlacementDataSource {
                 return None;
             }
         };
+        report_warnings(
+            diags,
+            &placement.warnings,
+            AttributePath::new(requirements::BLOCK_NAME),
+            "requirements",
+            |f| f.to_string(),
+        );
         let best = CandidateObject::from(&placement.best.unwrap_or_default());
+        config.cloud = best.cloud;
         config.provider = best.provider;
         config.region = best.region;
         config.zone = best.zone;

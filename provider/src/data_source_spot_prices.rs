@@ -1,10 +1,10 @@
 //! Data source `computearbitrage_spot_prices`: current spot offers across clouds,
 //! cheapest first.
 
-use crate::client::{report_status, report_violations, SharedConnection};
+use crate::client::{report_status, report_violations, report_warnings, SharedConnection};
 use crate::number::Number;
 use crate::requirements::{check_whole, strings, whole};
-use crate::schema::{computed, offer_object_type, optional, string_list};
+use crate::schema::{computed, deprecated, offer_object_type, optional, string_list};
 use computearbitrage_api::{pb, validate, MAX_PAGE_SIZE};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -27,6 +27,8 @@ impl SpotPricesDataSource {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SpotPricesState {
+    pub clouds: Value<Vec<Value<String>>>,
+    /// Deprecated: `clouds`.
     pub providers: Value<Vec<Value<String>>>,
     pub regions: Value<Vec<Value<String>>>,
     pub instance_types: Value<Vec<Value<String>>>,
@@ -42,6 +44,8 @@ pub struct SpotPricesState {
 /// One offer as Terraform sees it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OfferObject {
+    pub cloud: Value<String>,
+    /// Deprecated: `cloud`.
     pub provider: Value<String>,
     pub region: Value<String>,
     pub zone: Value<String>,
@@ -53,6 +57,7 @@ pub struct OfferObject {
     pub on_demand_price: Value<f64>,
     pub spot_price: Value<f64>,
     pub interruption_rate: Value<String>,
+    pub interruption_rate_source: Value<String>,
     pub observed_at: Value<String>,
     pub source: Value<String>,
 }
@@ -60,7 +65,8 @@ pub struct OfferObject {
 impl From<&pb::Offer> for OfferObject {
     fn from(o: &pb::Offer) -> Self {
         OfferObject {
-            provider: Value::Value(o.provider.clone()),
+            cloud: Value::Value(o.cloud.clone()),
+            provider: Value::Value(o.cloud.clone()),
             region: Value::Value(o.region.clone()),
             zone: Value::Value(o.zone.clone()),
             instance_type: Value::Value(o.instance_type.clone()),
@@ -71,6 +77,7 @@ impl From<&pb::Offer> for OfferObject {
             on_demand_price: o.on_demand_price.into(),
             spot_price: Value::Value(o.spot_price),
             interruption_rate: Value::Value(o.interruption_rate.clone()),
+            interruption_rate_source: Value::Value(o.interruption_rate_source.clone()),
             observed_at: Value::Value(o.observed_at.clone()),
             source: Value::Value(o.source.clone()),
         }
@@ -79,8 +86,13 @@ impl From<&pb::Offer> for OfferObject {
 
 impl SpotPricesState {
     fn filter(&self) -> pb::OfferFilter {
+        let clouds = if strings(&self.clouds).is_empty() {
+            strings(&self.providers)
+        } else {
+            strings(&self.clouds)
+        };
         pb::OfferFilter {
-            providers: strings(&self.providers),
+            clouds,
             regions: strings(&self.regions),
             instance_types: strings(&self.instance_types),
             min_vcpus: self.min_vcpus.as_ref_option().map(Number::value),
@@ -93,9 +105,18 @@ impl SpotPricesState {
 
     /// Reports every invalid known value; returns whether there were none.
     fn check(&self, diags: &mut Diagnostics) -> bool {
-        let violations = validate::offer_filter(&self.filter());
+        let clouds_written = if strings(&self.clouds).is_empty() { "providers" } else { "clouds" };
+        let violations =
+            crate::requirements::rename_clouds(validate::offer_filter(&self.filter()), clouds_written);
         report_violations(diags, AttributePath::root(), &violations);
         let mut ok = violations.is_empty();
+        ok &= crate::requirements::check_cloud_alias(
+            diags,
+            &self.clouds,
+            &self.providers,
+            AttributePath::root(),
+            false,
+        );
         ok &= check_whole(diags, &self.min_gpus, AttributePath::new("min_gpus"));
         ok &= check_whole(diags, &self.limit, AttributePath::new("limit"));
         if let Some(limit) = self.limit.as_ref_option().and_then(Number::as_integer) {
@@ -119,16 +140,17 @@ impl DataSource for SpotPricesDataSource {
 
     fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
         let attributes = HashMap::from([
-            ("providers".to_string(), optional(string_list(), "Clouds to list: any of `aws`, `gcp`, `azure`. Unset for all.")),
-            ("regions".to_string(), optional(string_list(), "Regions to list, as each cloud writes them. Unset for all.")),
-            ("instance_types".to_string(), optional(string_list(), "Instance types to list (`m5.xlarge`, `n2-standard-4`, `Standard_D4s_v5`). Unset for all.")),
+            ("clouds".to_string(), optional(string_list(), "Clouds to list: any of `aws`, `gcp`, `azure`. Unset for all.")),
+            ("providers".to_string(), deprecated(optional(string_list(), "Deprecated: use `clouds`. The same list, kept for one release."))),
+            ("regions".to_string(), optional(string_list(), "Regions to list, as each cloud writes them. Unset for all. A region no offer has gets a warning naming the closest known ones.")),
+            ("instance_types".to_string(), optional(string_list(), "Instance types to list (`m5.xlarge`, `n2-standard-4`, `Standard_D4s_v5`). Unset for all. An instance type no offer has gets a warning naming the closest known ones.")),
             ("min_vcpus".to_string(), optional(AttributeType::Number, "Minimum vCPUs.")),
             ("min_memory_gib".to_string(), optional(AttributeType::Number, "Minimum memory in GiB.")),
             ("gpu_name".to_string(), optional(AttributeType::String, "GPU model, case-insensitive, canonical (`A100`) or the cloud's own name (`nvidia-tesla-a100`). Implies at least one GPU.")),
             ("min_gpus".to_string(), optional(AttributeType::Number, "Minimum number of GPUs.")),
             ("max_spot_price".to_string(), optional(AttributeType::Number, "Highest spot price in USD per hour.")),
             ("limit".to_string(), optional(AttributeType::Number, "Most offers to return, 1 to 10000. Default 100.")),
-            ("offers".to_string(), computed(AttributeType::List(Box::new(offer_object_type())), "Matching offers sorted by `spot_price` ascending; ties are ordered by provider, region, zone and instance type. Each has `provider`, `region`, `zone` (empty where prices are per region), `instance_type`, `vcpus`, `memory_gib`, `gpu_name` (canonical, empty without GPU), `gpu_count`, `on_demand_price` and `spot_price` (USD per hour; on-demand null when unknown), `interruption_rate` (`<5%`, `5-10%`, … or `unknown`), `observed_at` (RFC 3339) and `source` (the collector).")),
+            ("offers".to_string(), computed(AttributeType::List(Box::new(offer_object_type())), "Matching offers sorted by `spot_price` ascending; ties are ordered by cloud, region, zone and instance type. Each has `cloud` (and the deprecated `provider`, the same value), `region`, `zone` (empty where prices are per region), `instance_type`, `vcpus`, `memory_gib`, `gpu_name` (canonical, empty without GPU), `gpu_count`, `on_demand_price` and `spot_price` (USD per hour; on-demand null when unknown), `interruption_rate` (`<5%`, `5-10%`, … or `unknown`) with `interruption_rate_source` (who published it, and when; empty when unknown), `observed_at` (RFC 3339) and `source` (the collector).")),
         ]);
         Some(Schema {
             version: 1,
@@ -151,7 +173,11 @@ impl DataSource for SpotPricesDataSource {
         mut config: SpotPricesState,
         _meta: ValueEmpty,
     ) -> Option<SpotPricesState> {
-        if !config.check(diags) {
+        // Validation already warned; only errors matter again here.
+        let mut checked = Diagnostics::default();
+        let ok = config.check(&mut checked);
+        diags.errors.extend(checked.errors);
+        if !ok {
             return None;
         }
         let connection = self.connection.get(diags).await?;
@@ -161,16 +187,20 @@ impl DataSource for SpotPricesDataSource {
             .map(whole)
             .unwrap_or(DEFAULT_LIMIT) as usize;
         let filter = config.filter();
-        let mut client = connection.pricing();
         let mut offers: Vec<OfferObject> = Vec::new();
         let mut page_token = String::new();
         loop {
             let want = (limit - offers.len()).min(MAX_PAGE_SIZE as usize) as u32;
-            let response = client
-                .list_offers(pb::ListOffersRequest {
-                    filter: Some(filter.clone()),
-                    page_size: want,
-                    page_token: page_token.clone(),
+            let request = pb::ListOffersRequest {
+                filter: Some(filter.clone()),
+                page_size: want,
+                page_token: page_token.clone(),
+            };
+            let response = connection
+                .retrying(crate::client::CALL_RETRY_BUDGET, || {
+                    let mut client = connection.pricing();
+                    let request = request.clone();
+                    async move { client.list_offers(request).await }
                 })
                 .await;
             let page = match response {
@@ -178,7 +208,7 @@ impl DataSource for SpotPricesDataSource {
                 Err(status) => {
                     report_status(
                         diags,
-                        &connection.endpoint,
+                        &connection,
                         "listing spot prices",
                         &status,
                         AttributePath::root(),
@@ -186,6 +216,14 @@ impl DataSource for SpotPricesDataSource {
                     return None;
                 }
             };
+            let clouds_written = if strings(&config.clouds).is_empty() { "providers" } else { "clouds" };
+            report_warnings(diags, &page.warnings, AttributePath::root(), "filter", |field| {
+                if field.starts_with("clouds") {
+                    field.replacen("clouds", clouds_written, 1)
+                } else {
+                    field.to_string()
+                }
+            });
             offers.extend(page.offers.iter().map(OfferObject::from));
             if page.next_page_token.is_empty() || offers.len() >= limit {
                 break;

@@ -26,9 +26,32 @@ pub fn parse(text: &str) -> Option<Duration> {
     (digits.is_empty() && parts > 0 && total > 0).then(|| Duration::from_secs(total))
 }
 
+/// Writes a duration the way [`parse`] reads it, shortest form: `5m`, `1h30m`, `45s`.
+pub fn format(duration: Duration) -> String {
+    let total = duration.as_secs();
+    let (h, m, s) = (total / 3600, total / 60 % 60, total % 60);
+    let mut out = String::new();
+    for (n, unit) in [(h, "h"), (m, "m"), (s, "s")] {
+        if n > 0 {
+            out.push_str(&format!("{n}{unit}"));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("0s");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_what_it_parses() {
+        for text in ["5m", "1h30m", "45s", "2h", "1h1m1s"] {
+            assert_eq!(format(parse(text).unwrap()), text);
+        }
+    }
 
     #[test]
     fn parses_terraform_durations() {

@@ -1,6 +1,7 @@
 //! The provider block: where the service is and how to authenticate.
 
 use crate::client::{Connection, SharedConnection, DEFAULT_ENDPOINT};
+use computearbitrage_api::connect::Target;
 use crate::data_source_placement::PlacementDataSource;
 use crate::data_source_spot_prices::SpotPricesDataSource;
 use crate::resource_workload::WorkloadResource;
@@ -20,6 +21,18 @@ pub struct ComputeArbitrageProvider {
 pub struct ProviderConfig {
     pub endpoint: Value<String>,
     pub token: Value<String>,
+    pub ca_file: Value<String>,
+}
+
+impl ProviderConfig {
+    fn target(&self) -> Target {
+        let url = setting(&self.endpoint, "COMPUTEARBITRAGE_ENDPOINT")
+            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+        Target {
+            url,
+            ca_file: setting(&self.ca_file, "COMPUTEARBITRAGE_CA_FILE").map(Into::into),
+        }
+    }
 }
 
 /// The configured value, else the environment variable, else `None`.
@@ -50,10 +63,17 @@ impl Provider for ComputeArbitrageProvider {
                         "endpoint".to_string(),
                         optional(
                             AttributeType::String,
-                            "URL of the computearbitrage service's gRPC API, such as `http://127.0.0.1:7070`. Falls back to `COMPUTEARBITRAGE_ENDPOINT`, then to `http://127.0.0.1:7070`.",
+                            "URL of the computearbitrage service's gRPC API: `http://HOST:PORT`, or `https://HOST:PORT` when the service serves TLS (verified against the system's CA roots and `ca_file`). Falls back to `COMPUTEARBITRAGE_ENDPOINT`, then to `http://127.0.0.1:7070`.",
                         ),
                     ),
                     ("token".to_string(), token),
+                    (
+                        "ca_file".to_string(),
+                        optional(
+                            AttributeType::String,
+                            "A PEM file of CA certificates to trust, besides the system's, for an `https://` endpoint, such as the CA of a private certificate. Falls back to `COMPUTEARBITRAGE_CA_FILE`.",
+                        ),
+                    ),
                 ]),
                 ..Default::default()
             },
@@ -61,14 +81,16 @@ impl Provider for ComputeArbitrageProvider {
     }
 
     async fn validate<'a>(&self, diags: &mut Diagnostics, config: ProviderConfig) -> Option<()> {
-        if let Value::Value(endpoint) = &config.endpoint {
-            if let Err(message) = Connection::new(endpoint, "x") {
-                diags.error(
-                    "Invalid provider endpoint",
-                    message,
-                    AttributePath::new("endpoint"),
-                );
-            }
+        if config.endpoint.is_unknown() || config.ca_file.is_unknown() {
+            return Some(());
+        }
+        if let Err(message) = Connection::new(config.target(), "x") {
+            let attribute = if message.contains("CA file") { "ca_file" } else { "endpoint" };
+            diags.error(
+                format!("Invalid provider {attribute}"),
+                message,
+                AttributePath::new(attribute),
+            );
         }
         Some(())
     }
@@ -79,8 +101,8 @@ impl Provider for ComputeArbitrageProvider {
         _terraform_version: String,
         config: ProviderConfig,
     ) -> Option<()> {
-        let endpoint = setting(&config.endpoint, "COMPUTEARBITRAGE_ENDPOINT")
-            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+        let target = config.target();
+        let endpoint = target.url.clone();
         let Some(token) = setting(&config.token, "COMPUTEARBITRAGE_TOKEN") else {
             diags.error(
                 "No API token for the computearbitrage service",
@@ -91,16 +113,17 @@ impl Provider for ComputeArbitrageProvider {
             );
             return None;
         };
-        match Connection::new(&endpoint, &token) {
+        match Connection::new(target, &token) {
             Ok(connection) => {
                 self.connection.set(connection).await;
                 Some(())
             }
             Err(message) => {
+                let attribute = if message.contains("CA file") { "ca_file" } else { "endpoint" };
                 diags.error(
-                    "Invalid provider endpoint",
+                    format!("Invalid provider {attribute}"),
                     message,
-                    AttributePath::new("endpoint"),
+                    AttributePath::new(attribute),
                 );
                 None
             }

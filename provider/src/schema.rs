@@ -32,7 +32,9 @@ pub fn string_list() -> AttributeType {
 /// The object type of an offer, as returned in lists.
 pub fn offer_object_type() -> AttributeType {
     AttributeType::Object(HashMap::from([
+        ("cloud".to_string(), AttributeType::String),
         ("provider".to_string(), AttributeType::String),
+        ("interruption_rate_source".to_string(), AttributeType::String),
         ("region".to_string(), AttributeType::String),
         ("zone".to_string(), AttributeType::String),
         ("instance_type".to_string(), AttributeType::String),
@@ -46,6 +48,12 @@ pub fn offer_object_type() -> AttributeType {
         ("observed_at".to_string(), AttributeType::String),
         ("source".to_string(), AttributeType::String),
     ]))
+}
+
+/// Marks an attribute deprecated; its description says what replaces it.
+pub fn deprecated(mut attribute: Attribute) -> Attribute {
+    attribute.deprecated = true;
+    attribute
 }
 
 /// Marks an attribute sensitive: Terraform hides it in plans and output.

@@ -28,8 +28,17 @@ WORKLOAD_SERVER = REPO / "tests" / "workloads" / "http_server.py"
 class Service:
     """A `computearbitrage serve` process on a free loopback port."""
 
-    def __init__(self, data_dir: pathlib.Path, snapshot_dir: pathlib.Path | None):
+    def __init__(self, data_dir: pathlib.Path, snapshot_dir: pathlib.Path | None,
+                 listen: str = "127.0.0.1:0", extra_env: dict | None = None):
         self.data_dir = data_dir
+        self.snapshot_dir = snapshot_dir
+        self.extra_env = dict(extra_env or {})
+        self.listen = listen
+        self.ca_file = None
+        self.start()
+
+    def start(self):
+        data_dir, snapshot_dir = self.data_dir, self.snapshot_dir
         env = dict(os.environ)
         env["COMPUTEARBITRAGE_BOOTSTRAP_TOKEN"] = TOKEN
         env["RUST_LOG"] = "info"
@@ -38,13 +47,15 @@ class Service:
         # Several services run in one session: free router ports, own TCP ranges.
         env["COMPUTEARBITRAGE_ROUTER__LISTEN"] = "127.0.0.1:0"
         env["COMPUTEARBITRAGE_ROUTER__METRICS_LISTEN"] = "127.0.0.1:0"
-        tcp_min = free_port_block()
-        env["COMPUTEARBITRAGE_ROUTER__TCP_PORT_MIN"] = str(tcp_min)
-        env["COMPUTEARBITRAGE_ROUTER__TCP_PORT_MAX"] = str(tcp_min + 9)
-        self.tcp_ports = (tcp_min, tcp_min + 9)
-        self.log = open(data_dir.parent / f"{data_dir.name}.log", "w")
+        if not hasattr(self, "tcp_ports"):
+            tcp_min = free_port_block()
+            self.tcp_ports = (tcp_min, tcp_min + 9)
+        env["COMPUTEARBITRAGE_ROUTER__TCP_PORT_MIN"] = str(self.tcp_ports[0])
+        env["COMPUTEARBITRAGE_ROUTER__TCP_PORT_MAX"] = str(self.tcp_ports[1])
+        env.update(self.extra_env)
+        self.log = open(data_dir.parent / f"{data_dir.name}.log", "a")
         self.process = subprocess.Popen(
-            [str(BIN_DIR / "computearbitrage"), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
+            [str(BIN_DIR / "computearbitrage"), "serve", "--listen", self.listen, "--data-dir", str(data_dir)],
             stdout=subprocess.PIPE,
             stderr=self.log,
             text=True,
@@ -65,15 +76,24 @@ class Service:
         self.stop()
         raise RuntimeError(f"service did not start; see {self.log.name}")
 
-    def cli(self, *args: str, check: bool = True) -> dict:
+    def cli(self, *args: str, check: bool = True, token: str = TOKEN) -> dict:
         """Runs an operator command of the service binary and returns its JSON."""
-        env = dict(os.environ, COMPUTEARBITRAGE_ENDPOINT=self.endpoint, COMPUTEARBITRAGE_TOKEN=TOKEN)
+        env = dict(os.environ, COMPUTEARBITRAGE_ENDPOINT=self.endpoint, COMPUTEARBITRAGE_TOKEN=token)
+        if self.ca_file:
+            env["COMPUTEARBITRAGE_CA_FILE"] = str(self.ca_file)
         result = subprocess.run(
             [str(BIN_DIR / "computearbitrage"), *args], capture_output=True, text=True, env=env, timeout=60
         )
         if check and result.returncode != 0:
             raise AssertionError(f"computearbitrage {' '.join(args)} failed: {result.stderr}")
         return json.loads(result.stdout) if result.returncode == 0 else {"error": result.stderr}
+
+    def kill(self):
+        """kill -9: the service stops without a word, its workloads keep running."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
 
     def stop(self):
         if self.process.poll() is None:

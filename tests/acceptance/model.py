@@ -1,10 +1,17 @@
 """An independent model of the catalog rules, written from the documentation, not the
-code: which CSV rows are offers, how GPU names map, how offers sort and filter, and how
-placement scores. Tests compare Terraform's outputs with it."""
+code: which CSV rows are offers, how GPU names map, how interruption rates join, how
+offers sort and filter, and how placement scores. Tests compare Terraform's outputs
+with it."""
 
 import csv
+import json
 import pathlib
 import tomllib
+
+# The Spot Instance Advisor's buckets (its `ranges`), and the documented midpoints used
+# as the expected rate in the score; `>20%` is 20–100.
+ADVISOR_LABELS = ["<5%", "5-10%", "10-15%", "15-20%", ">20%"]
+RATE_RANGES = {"<5%": (0, 5), "5-10%": (5, 10), "10-15%": (10, 15), "15-20%": (15, 20), ">20%": (20, 100)}
 
 GPU_ALIASES = {
     "nvidia-tesla-a100": "A100",
@@ -27,6 +34,13 @@ def canonical_gpu(name: str) -> str:
 
 def load(directory: pathlib.Path) -> list[dict]:
     manifest = tomllib.loads((directory / "manifest.toml").read_text())
+    rates = {}
+    for feed in manifest.get("interruption", []):
+        data = json.loads((directory / feed["file"]).read_text())
+        label = f"{feed['source']}, {feed['observed_at'][:10]}"
+        for region, systems in data["spot_advisor"].items():
+            for instance_type, entry in systems.get("Linux", {}).items():
+                rates[(feed["cloud"], region, instance_type)] = (ADVISOR_LABELS[entry["r"]], label)
     offers = []
     for entry in manifest["files"]:
         with open(directory / entry["file"], newline="") as f:
@@ -34,9 +48,12 @@ def load(directory: pathlib.Path) -> list[dict]:
                 if not row["SpotPrice"].strip():
                     continue
                 gpu = row["AcceleratorName"].strip()
+                cloud = entry["cloud"]
+                rate, rate_source = rates.get((cloud, row["Region"], row["InstanceType"]), ("unknown", ""))
                 offers.append(
                     {
-                        "provider": entry["provider"],
+                        "cloud": cloud,
+                        "provider": cloud,
                         "region": row["Region"],
                         "zone": row.get("AvailabilityZone", "") or "",
                         "instance_type": row["InstanceType"],
@@ -47,7 +64,8 @@ def load(directory: pathlib.Path) -> list[dict]:
                         "gpu_count": round(float(row["AcceleratorCount"])) if gpu else 0,
                         "on_demand_price": float(row["Price"]) if row["Price"].strip() else None,
                         "spot_price": float(row["SpotPrice"]),
-                        "interruption_rate": "unknown",
+                        "interruption_rate": rate,
+                        "interruption_rate_source": rate_source,
                         "observed_at": entry["observed_at"],
                         "source": "snapshot",
                     }
@@ -57,14 +75,22 @@ def load(directory: pathlib.Path) -> list[dict]:
 
 
 def sort_key(o: dict):
-    return (o["spot_price"], o["provider"], o["region"], o["zone"], o["instance_type"])
+    return (o["spot_price"], o["cloud"], o["region"], o["zone"], o["instance_type"])
 
 
-def matches(o: dict, providers=None, regions=None, instance_types=None, min_vcpus=None,
+def matches(o: dict, clouds=None, regions=None, instance_types=None, min_vcpus=None,
             min_memory_gib=None, gpu_name=None, min_gpus=None, max_spot_price=None,
-            exclude_regions=None) -> bool:
-    if providers and o["provider"] not in providers:
+            exclude_regions=None, max_interruption_rate=None, allow_unknown_interruption_rate=False,
+            providers=None) -> bool:
+    clouds = clouds or providers
+    if clouds and o["cloud"] not in clouds:
         return False
+    if max_interruption_rate is not None:
+        if o["interruption_rate"] == "unknown":
+            if not allow_unknown_interruption_rate:
+                return False
+        elif RATE_RANGES[o["interruption_rate"]][1] > max_interruption_rate:
+            return False
     if regions and o["region"] not in regions:
         return False
     if exclude_regions and o["region"] in exclude_regions:
@@ -95,12 +121,19 @@ def listing(offers, limit=100, **filters):
 
 def placement(offers, alternatives=5, preferred_regions=(), bonus=0.10,
               unknown_rate_percent=10.0, **filters):
-    """Documented score: spot × (1 + rate/100) × (1 − bonus if preferred); ties by catalog order."""
+    """Documented score: spot × (1 + expected rate/100) × (1 − bonus if preferred), the
+    expected rate being the midpoint of the published range (unknown: 10 %); ties by
+    catalog order."""
     scored = []
     for position, o in enumerate(offers):
         if not matches(o, **filters):
             continue
-        score = o["spot_price"] * (1 + unknown_rate_percent / 100)
+        if o["interruption_rate"] == "unknown":
+            rate = unknown_rate_percent
+        else:
+            low, high = RATE_RANGES[o["interruption_rate"]]
+            rate = (low + high) / 2
+        score = o["spot_price"] * (1 + rate / 100)
         if o["region"] in preferred_regions:
             score *= 1 - bonus
         scored.append((score, position, o))
@@ -108,8 +141,9 @@ def placement(offers, alternatives=5, preferred_regions=(), bonus=0.10,
     return [o for _, _, o in scored[: alternatives + 1]]
 
 
-OFFER_FIELDS = ["provider", "region", "zone", "instance_type", "vcpus", "memory_gib", "gpu_name",
-                "gpu_count", "on_demand_price", "spot_price", "interruption_rate", "observed_at", "source"]
+OFFER_FIELDS = ["cloud", "provider", "region", "zone", "instance_type", "vcpus", "memory_gib", "gpu_name",
+                "gpu_count", "on_demand_price", "spot_price", "interruption_rate", "interruption_rate_source",
+                "observed_at", "source"]
 
 
 def as_output(o: dict) -> dict:

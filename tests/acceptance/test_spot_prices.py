@@ -26,7 +26,7 @@ output "offers" { value = data.computearbitrage_spot_prices.all.offers }
     # Hand-checked: 16 rows with a spot price; three tie at $0.055 and sort aws, azure, gcp.
     assert len(offers) == 16
     assert [o["instance_type"] for o in offers[:3]] == ["f1-micro", "e2-small", "Standard_D2ps_v5"]
-    tie = [(o["provider"], o["instance_type"]) for o in offers if o["spot_price"] == 0.055]
+    tie = [(o["cloud"], o["instance_type"]) for o in offers if o["spot_price"] == 0.055]
     assert tie == [("aws", "m5.xlarge"), ("azure", "Standard_D4s_v5"), ("gcp", "n2-standard-4")]
     assert offers == [model.as_output(o) for o in FIXTURE]
     azure_no_on_demand = next(o for o in offers if o["instance_type"] == "Standard_D2s_v5")
@@ -38,14 +38,15 @@ output "offers" { value = data.computearbitrage_spot_prices.all.offers }
 @pytest.mark.parametrize(
     "hcl, filters",
     [
-        ('providers = ["gcp"]', {"providers": ["gcp"]}),
+        ('clouds = ["gcp"]', {"clouds": ["gcp"]}),
+        ('providers = ["gcp"]', {"clouds": ["gcp"]}),
         ('gpu_name = "a100"', {"gpu_name": "a100"}),
         ('gpu_name = "nvidia-tesla-a100"\n min_gpus = 2', {"gpu_name": "nvidia-tesla-a100", "min_gpus": 2}),
         ("min_vcpus = 4\n min_memory_gib = 16\n max_spot_price = 0.2", {"min_vcpus": 4, "min_memory_gib": 16, "max_spot_price": 0.2}),
         ('regions = ["us-east-1", "eastus"]\n limit = 3', {"regions": ["us-east-1", "eastus"], "limit": 3}),
         ('instance_types = ["m5.large", "e2-small"]', {"instance_types": ["m5.large", "e2-small"]}),
     ],
-    ids=["providers", "gpu-canonical", "gpu-original-min-gpus", "size-and-price", "regions-limit", "instance-types"],
+    ids=["clouds", "deprecated-providers", "gpu-canonical", "gpu-original-min-gpus", "size-and-price", "regions-limit", "instance-types"],
 )
 def test_fixture_filters_match_the_model(fixture_service, workspace_for, hcl, filters):
     ws = workspace_for(fixture_service)
@@ -82,7 +83,7 @@ output "l4" { value = data.computearbitrage_spot_prices.l4.offers }
     ws.apply()
     out = ws.outputs()
     assert out["a100"] == [model.as_output(o) for o in model.listing(BUNDLED, limit=500, gpu_name="A100")]
-    assert {o["provider"] for o in out["a100"]} == {"azure", "gcp"}
+    assert {o["cloud"] for o in out["a100"]} == {"azure", "gcp"}
     assert all(o["gpu_name"] == "A100" for o in out["a100"])
     assert out["l4"] == [model.as_output(o) for o in model.listing(BUNDLED, gpu_name="nvidia-l4")]
     assert all(o["gpu_name"] == "L4" for o in out["l4"])

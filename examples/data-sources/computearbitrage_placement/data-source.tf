@@ -3,7 +3,7 @@ data "computearbitrage_placement" "web" {
   requirements {
     min_vcpus             = 4
     min_memory_gib        = 16
-    providers             = ["aws", "gcp", "azure"]
+    clouds                = ["aws", "gcp", "azure"]
     max_interruption_rate = 10
     exclude_regions       = ["me-central1"]
   }
@@ -12,10 +12,10 @@ data "computearbitrage_placement" "web" {
 
 output "placement" {
   value = {
-    where           = "${data.computearbitrage_placement.web.provider}/${data.computearbitrage_placement.web.region}/${data.computearbitrage_placement.web.instance_type}"
+    where           = "${data.computearbitrage_placement.web.cloud}/${data.computearbitrage_placement.web.region}/${data.computearbitrage_placement.web.instance_type}"
     spot_price      = data.computearbitrage_placement.web.spot_price
     savings_percent = data.computearbitrage_placement.web.savings_percent
     reason          = data.computearbitrage_placement.web.reason
-    runners_up      = [for a in data.computearbitrage_placement.web.alternatives : "${a.provider}/${a.region}/${a.instance_type} at ${a.spot_price} USD/h"]
+    runners_up      = [for a in data.computearbitrage_placement.web.alternatives : "${a.cloud}/${a.region}/${a.instance_type} at ${a.spot_price} USD/h"]
   }
 }

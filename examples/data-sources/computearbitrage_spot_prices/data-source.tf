@@ -7,6 +7,6 @@ data "computearbitrage_spot_prices" "a100" {
 output "cheapest_a100" {
   value = [
     for o in data.computearbitrage_spot_prices.a100.offers :
-    "${o.provider} ${o.instance_type} (${o.gpu_count}x${o.gpu_name}) in ${o.region}: ${o.spot_price} USD/h, observed ${o.observed_at} by ${o.source}"
+    "${o.cloud} ${o.instance_type} (${o.gpu_count}x${o.gpu_name}) in ${o.region}: ${o.spot_price} USD/h, observed ${o.observed_at} by ${o.source}, interruption rate ${o.interruption_rate}"
   ]
 }

@@ -29,7 +29,7 @@ resource "computearbitrage_workload" "web" {
 output "web" {
   value = {
     endpoint = computearbitrage_workload.web.endpoint
-    where    = "${computearbitrage_workload.web.provider}/${computearbitrage_workload.web.region}/${computearbitrage_workload.web.instance_type}"
+    where    = "${computearbitrage_workload.web.cloud}/${computearbitrage_workload.web.region}/${computearbitrage_workload.web.instance_type}"
     price    = computearbitrage_workload.web.price_per_hour
     status   = computearbitrage_workload.web.status
   }

@@ -31,14 +31,14 @@ impl Violation {
         }
     }
 
-    fn element(name: &'static str, index: usize, message: impl Into<String>) -> Self {
+    pub fn element(name: &'static str, index: usize, message: impl Into<String>) -> Self {
         Violation {
             path: vec![PathStep::Field(name), PathStep::Index(index)],
             message: message.into(),
         }
     }
 
-    /// The path as `requirements.providers[1]`.
+    /// The path as `requirements.clouds[1]`.
     pub fn dotted_path(&self) -> String {
         let mut out = String::new();
         for step in &self.path {
@@ -71,7 +71,7 @@ impl fmt::Display for Violation {
 /// Rules for `ListOffers`' filter.
 pub fn offer_filter(filter: &pb::OfferFilter) -> Vec<Violation> {
     let mut out = Vec::new();
-    providers(&filter.providers, &mut out);
+    clouds(&filter.clouds, &mut out);
     names(
         "regions",
         &filter.regions,
@@ -98,8 +98,7 @@ pub fn requirements(req: &pb::Requirements) -> Vec<Violation> {
     non_negative("min_memory_gib", req.min_memory_gib, &mut out);
     gpu(&req.gpu_name, req.min_gpus, &mut out);
     if !req.architecture.is_empty()
-        && !["x86_64", "amd64", "arm64", "aarch64"]
-            .contains(&req.architecture.to_ascii_lowercase().as_str())
+        && computearbitrage_conventions::architecture(&req.architecture).is_none()
     {
         out.push(Violation::field(
             "architecture",
@@ -109,7 +108,7 @@ pub fn requirements(req: &pb::Requirements) -> Vec<Violation> {
             ),
         ));
     }
-    providers(&req.providers, &mut out);
+    clouds(&req.clouds, &mut out);
     let region_hint = "a region such as \"us-east-1\", \"eastus\" or \"us-central1\"";
     names("regions", &req.regions, region_hint, &mut out);
     names(
@@ -258,46 +257,159 @@ pub fn workload_fields(spec: &pb::WorkloadSpec) -> Vec<Violation> {
             ));
         }
     }
-    for key in spec.env.keys() {
-        let ok = !key.is_empty()
-            && !key.contains('=')
-            && !key.contains('\0')
-            && !key.starts_with(|c: char| c.is_ascii_digit());
-        if !ok {
+    env(&spec.env, &mut out);
+    tags(&spec.tags, &mut out);
+    on_interruption(&spec.on_interruption, &mut out);
+    out
+}
+
+/// Most environment variables, and the longest name and value, a workload may set.
+pub const MAX_ENV_VARS: usize = 128;
+pub const MAX_ENV_NAME_BYTES: usize = 256;
+pub const MAX_ENV_VALUE_BYTES: usize = 32 * 1024;
+/// All names and values together.
+pub const MAX_ENV_BYTES: usize = 128 * 1024;
+/// Names the product sets itself.
+pub const RESERVED_ENV: [&str; 3] = ["PORT", "TCP_PORT", "CHECKPOINT_DIR"];
+/// A prefix of names and tag keys the product keeps for itself.
+pub const RESERVED_ENV_PREFIX: &str = "COMPUTEARBITRAGE_";
+pub const RESERVED_TAG_PREFIX: &str = "computearbitrage-";
+/// Tag limits, those of the strictest cloud (AWS).
+pub const MAX_TAGS: usize = 50;
+pub const MAX_TAG_KEY_CHARS: usize = 128;
+pub const MAX_TAG_VALUE_CHARS: usize = 256;
+
+/// Rules for a workload's environment.
+pub fn env(env: &std::collections::HashMap<String, String>, out: &mut Vec<Violation>) {
+    if env.len() > MAX_ENV_VARS {
+        out.push(Violation::field(
+            "env",
+            format!("{} variables is more than the {MAX_ENV_VARS} allowed; pass bulk configuration in a file or through storage", env.len()),
+        ));
+    }
+    let total: usize = env.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if total > MAX_ENV_BYTES {
+        out.push(Violation::field(
+            "env",
+            format!("the variables take {total} bytes, more than the {MAX_ENV_BYTES} allowed; pass bulk configuration in a file or through storage"),
+        ));
+    }
+    let mut keys: Vec<&String> = env.keys().collect();
+    keys.sort();
+    for key in keys {
+        let value = &env[key];
+        let portable = key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if key.is_empty() || !portable || key.starts_with(|c: char| c.is_ascii_digit()) {
             out.push(Violation::field(
                 "env",
                 format!("{key:?} is not an environment variable name; use letters, digits and underscores, not starting with a digit"),
             ));
-        }
-        if key == "PORT" {
+        } else if key.len() > MAX_ENV_NAME_BYTES {
             out.push(Violation::field(
+                "env",
+                format!("the name {}… is longer than {MAX_ENV_NAME_BYTES} bytes; use a shorter name", &key[..32]),
+            ));
+        }
+        match key.as_str() {
+            "PORT" => out.push(Violation::field(
                 "env",
                 "PORT is set by the driver to the port the workload must serve on; remove it from env and use `port`",
-            ));
-        }
-        if key == "TCP_PORT" {
-            out.push(Violation::field(
+            )),
+            "TCP_PORT" => out.push(Violation::field(
                 "env",
                 "TCP_PORT is set by the driver to the TCP port the workload must serve on; remove it from env and use `tcp_port`",
+            )),
+            "CHECKPOINT_DIR" => out.push(Violation::field(
+                "env",
+                "CHECKPOINT_DIR is set by the service to the directory checkpoints are restored into; remove it from env",
+            )),
+            _ if key.to_ascii_uppercase().starts_with(RESERVED_ENV_PREFIX) => out.push(Violation::field(
+                "env",
+                format!("{key:?}: names starting with {RESERVED_ENV_PREFIX} are the service's own; choose another name"),
+            )),
+            _ => {}
+        }
+        if value.contains('\0') {
+            out.push(Violation::field(
+                "env",
+                format!("the value of {key} contains a NUL character, which no environment can hold; remove it"),
+            ));
+        }
+        if value.len() > MAX_ENV_VALUE_BYTES {
+            out.push(Violation::field(
+                "env",
+                format!("the value of {key} is {} bytes, more than the {MAX_ENV_VALUE_BYTES} allowed; pass it in a file or through storage", value.len()),
             ));
         }
     }
-    for key in spec.tags.keys() {
+}
+
+/// Rules for a workload's tags.
+pub fn tags(tags: &std::collections::HashMap<String, String>, out: &mut Vec<Violation>) {
+    if tags.len() > MAX_TAGS {
+        out.push(Violation::field(
+            "tags",
+            format!("{} tags is more than the {MAX_TAGS} allowed; merge some", tags.len()),
+        ));
+    }
+    let mut keys: Vec<&String> = tags.keys().collect();
+    keys.sort();
+    for key in keys {
+        let value = &tags[key];
         if key.trim().is_empty() {
+            out.push(Violation::field("tags", "a tag key is empty; give every tag a name"));
+        } else if key.chars().count() > MAX_TAG_KEY_CHARS {
             out.push(Violation::field(
                 "tags",
-                "a tag key is empty; give every tag a name",
+                format!("a tag key is longer than {MAX_TAG_KEY_CHARS} characters; shorten it"),
+            ));
+        }
+        if key.to_ascii_lowercase().starts_with(RESERVED_TAG_PREFIX) {
+            out.push(Violation::field(
+                "tags",
+                format!("{key:?}: tag keys starting with {RESERVED_TAG_PREFIX} are set by the service on every instance; choose another key"),
+            ));
+        }
+        if value.chars().count() > MAX_TAG_VALUE_CHARS {
+            out.push(Violation::field(
+                "tags",
+                format!("the value of tag {key:?} is longer than {MAX_TAG_VALUE_CHARS} characters; shorten it"),
+            ));
+        }
+        if key.chars().chain(value.chars()).any(char::is_control) {
+            out.push(Violation::field(
+                "tags",
+                format!("tag {key:?} contains control characters; remove them"),
             ));
         }
     }
-    if !["", "migrate", "terminate"].contains(&spec.on_interruption.as_str()) {
+}
+
+fn on_interruption(value: &str, out: &mut Vec<Violation>) {
+    if !["", "migrate", "terminate"].contains(&value) {
         out.push(Violation::field(
             "on_interruption",
-            format!(
-                "{:?} is not a choice; use \"migrate\" (move the workload) or \"terminate\"",
-                spec.on_interruption
-            ),
+            format!("{value:?} is not a choice; use \"migrate\" (move the workload) or \"terminate\""),
         ));
+    }
+}
+
+/// Every rule of `UpdateWorkload`: the same as for the fields of a new workload.
+pub fn update_workload(req: &pb::UpdateWorkloadRequest) -> Vec<Violation> {
+    let mut out = Vec::new();
+    if req.id.trim().is_empty() {
+        out.push(Violation::field("id", "the workload id is empty; give the id of the workload to change (`wl-…`)"));
+    }
+    env(&req.env, &mut out);
+    tags(&req.tags, &mut out);
+    on_interruption(&req.on_interruption, &mut out);
+    if let Some(check) = &req.health_check {
+        out.extend(health_check(check).into_iter().map(|v| v.within("health_check")));
+    }
+    if let Some(s) = &req.storage {
+        out.extend(storage(s).into_iter().map(|v| v.within("storage")));
     }
     out
 }
@@ -320,8 +432,9 @@ pub fn health_check(check: &pb::HealthCheck) -> Vec<Violation> {
             "the path contains spaces or control characters; percent-encode them",
         ));
     }
+    use computearbitrage_conventions::defaults;
     let interval = if check.interval_seconds == 0 {
-        30
+        defaults::HEALTH_INTERVAL_SECONDS
     } else {
         check.interval_seconds
     };
@@ -331,6 +444,8 @@ pub fn health_check(check: &pb::HealthCheck) -> Vec<Violation> {
             "more than a day between checks; use 1 to 86400",
         ));
     }
+    // An unset timeout defaults to one that fits the interval, so only a written one
+    // can be too long.
     if check.timeout_seconds > interval {
         out.push(Violation::field(
             "timeout_seconds",
@@ -394,30 +509,23 @@ pub fn workload_spec(spec: &pb::WorkloadSpec) -> Vec<Violation> {
     out
 }
 
-fn providers(list: &[String], out: &mut Vec<Violation>) {
+fn clouds(list: &[String], out: &mut Vec<Violation>) {
     for (i, name) in list.iter().enumerate() {
-        if crate::PROVIDERS.contains(&name.as_str()) {
+        if computearbitrage_conventions::cloud(name).is_some() {
             continue;
         }
-        let message = match suggest_provider(name) {
+        let suggestion = computearbitrage_conventions::nearest(name, crate::CLOUDS, 1)
+            .first()
+            .copied();
+        let message = match suggestion {
             Some(s) if s == name.to_ascii_lowercase() => {
                 format!("{name:?} must be written in lower case: did you mean {s:?}?")
             }
-            Some(s) => format!("{name:?} is not a supported provider: did you mean {s:?}? Supported: \"aws\", \"gcp\", \"azure\""),
-            None => format!("{name:?} is not a supported provider; use \"aws\", \"gcp\" or \"azure\""),
+            Some(s) => format!("{name:?} is not a supported cloud: did you mean {s:?}? Supported: \"aws\", \"gcp\", \"azure\""),
+            None => format!("{name:?} is not a supported cloud; use \"aws\", \"gcp\" or \"azure\""),
         };
-        out.push(Violation::element("providers", i, message));
+        out.push(Violation::element("clouds", i, message));
     }
-}
-
-fn suggest_provider(name: &str) -> Option<&'static str> {
-    let lower = name.to_ascii_lowercase();
-    crate::PROVIDERS
-        .iter()
-        .map(|p| (edit_distance(&lower, p), *p))
-        .filter(|(d, _)| *d <= 2)
-        .min()
-        .map(|(_, p)| p)
 }
 
 fn names(field: &'static str, list: &[String], example: &str, out: &mut Vec<Violation>) {
@@ -473,33 +581,19 @@ fn gpu(name: &str, min_gpus: Option<i64>, out: &mut Vec<Violation>) {
     }
 }
 
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn misspelt_provider_gets_a_suggestion_on_its_index() {
+    fn misspelt_cloud_gets_a_suggestion_on_its_index() {
         let req = pb::Requirements {
-            providers: vec!["aws".into(), "awz".into()],
+            clouds: vec!["aws".into(), "awz".into()],
             ..Default::default()
         };
         let v = requirements(&req);
         assert_eq!(v.len(), 1);
-        assert_eq!(v[0].dotted_path(), "providers[1]");
+        assert_eq!(v[0].dotted_path(), "clouds[1]");
         assert!(
             v[0].message.contains("did you mean \"aws\"?"),
             "{}",
@@ -508,9 +602,9 @@ mod tests {
     }
 
     #[test]
-    fn upper_case_provider_is_told_to_lower_case() {
+    fn upper_case_cloud_is_told_to_lower_case() {
         let req = pb::Requirements {
-            providers: vec!["GCP".into()],
+            clouds: vec!["GCP".into()],
             ..Default::default()
         };
         assert!(requirements(&req)[0].message.contains("lower case"));
@@ -600,11 +694,65 @@ mod tests {
     }
 
     #[test]
+    fn an_update_gets_the_same_env_and_tag_rules_as_a_create() {
+        let mut update = pb::UpdateWorkloadRequest {
+            id: "wl-1".into(),
+            ..Default::default()
+        };
+        assert!(update_workload(&update).is_empty());
+        update.env.insert("PORT".into(), "1".into());
+        update.env.insert("A=B".into(), "x".into());
+        update.env.insert("NUL".into(), "a\0b".into());
+        update.env.insert("BIG".into(), "x".repeat(MAX_ENV_VALUE_BYTES + 1));
+        update.env.insert("COMPUTEARBITRAGE_INSTANCE_ID".into(), "spoof".into());
+        update.tags.insert("computearbitrage-tenant".into(), "other".into());
+        update.tags.insert("k".into(), "v".repeat(MAX_TAG_VALUE_CHARS + 1));
+        update.on_interruption = "pause".into();
+        let messages: Vec<String> = update_workload(&update).iter().map(|v| v.to_string()).collect();
+        let all = messages.join("\n");
+        for expected in [
+            "\"A=B\" is not an environment variable name",
+            "the value of BIG is",
+            "\"COMPUTEARBITRAGE_INSTANCE_ID\": names starting with COMPUTEARBITRAGE_",
+            "the value of NUL contains a NUL",
+            "PORT is set by the driver",
+            "\"computearbitrage-tenant\": tag keys starting with computearbitrage-",
+            "the value of tag \"k\" is longer than 256",
+            "on_interruption: \"pause\" is not a choice",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in\n{all}");
+        }
+        // The create path says the same words.
+        let mut spec = valid_spec();
+        spec.env = update.env.clone();
+        spec.tags = update.tags.clone();
+        let create: Vec<String> = workload_spec(&spec).iter().map(|v| v.message.clone()).collect();
+        for v in update_workload(&update).iter().filter(|v| v.dotted_path() != "on_interruption") {
+            assert!(create.contains(&v.message), "{}", v.message);
+        }
+    }
+
+    #[test]
+    fn an_unset_timeout_never_conflicts_with_a_short_interval() {
+        let check = pb::HealthCheck {
+            interval_seconds: 2,
+            ..Default::default()
+        };
+        assert!(health_check(&check).is_empty());
+        let written = pb::HealthCheck {
+            interval_seconds: 2,
+            timeout_seconds: 5,
+            ..Default::default()
+        };
+        assert_eq!(health_check(&written)[0].dotted_path(), "timeout_seconds");
+    }
+
+    #[test]
     fn valid_requests_pass() {
         let req = pb::Requirements {
             min_vcpus: Some(4.0),
             min_memory_gib: Some(16.0),
-            providers: vec!["aws".into(), "gcp".into(), "azure".into()],
+            clouds: vec!["aws".into(), "gcp".into(), "azure".into()],
             regions: vec!["us-east-1".into()],
             architecture: "arm64".into(),
             max_interruption_rate: Some(10.0),

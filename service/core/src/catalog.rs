@@ -75,6 +75,8 @@ pub(crate) struct Row {
     pub gpu_original_name: Sym,
     pub source: Sym,
     pub gpu_count: u16,
+    /// Index into [`Catalog::rate_sources`]; 0 is none. A u16 keeps the row at 72 bytes.
+    pub rate_source: u16,
     pub cloud: Cloud,
     pub architecture: Architecture,
     /// Interruption range in percent; `u8::MAX` in `interruption_max` means unknown.
@@ -173,6 +175,8 @@ pub struct Catalog {
     pub(crate) strings: Interner,
     pub(crate) rows: Vec<Row>,
     empty_sym: Sym,
+    /// The distinct interruption-rate sources; index 0 is the empty one.
+    rate_sources: Vec<Sym>,
 }
 
 impl Catalog {
@@ -182,13 +186,24 @@ impl Catalog {
     pub fn build(offers: impl IntoIterator<Item = Offer>) -> Catalog {
         let mut strings = Interner::default();
         let empty_sym = strings.intern("");
+        let mut rate_sources = vec![empty_sym];
         let mut rows: Vec<Row> = Vec::new();
         let mut seen: HashMap<(Cloud, Sym, Sym, Sym), usize> = HashMap::new();
         for offer in offers {
             if !offer.spot_price.is_finite() || offer.spot_price < 0.0 {
                 continue;
             }
-            let row = Self::intern_row(&mut strings, empty_sym, &offer);
+            let mut row = Self::intern_row(&mut strings, empty_sym, &offer);
+            let rate_source = strings.intern(&offer.interruption_source);
+            row.rate_source = match rate_sources.iter().position(|s| *s == rate_source) {
+                Some(i) => i as u16,
+                // Past 65,535 distinct sources (none is realistic) the rest show none.
+                None if rate_sources.len() < usize::from(u16::MAX) => {
+                    rate_sources.push(rate_source);
+                    (rate_sources.len() - 1) as u16
+                }
+                None => 0,
+            };
             let key = (row.cloud, row.region, row.zone, row.instance_type);
             match seen.get(&key) {
                 Some(&at) => {
@@ -213,6 +228,7 @@ impl Catalog {
             strings,
             rows,
             empty_sym,
+            rate_sources,
         }
     }
 
@@ -245,6 +261,7 @@ impl Catalog {
             gpu_original_name,
             source: strings.intern(&offer.source),
             gpu_count,
+            rate_source: 0,
             cloud: offer.cloud,
             architecture: offer.architecture,
             interruption_min,
@@ -363,6 +380,11 @@ impl Catalog {
             on_demand_price: (!row.on_demand_price.is_nan()).then_some(row.on_demand_price),
             spot_price: row.spot_price,
             interruption_rate: row.interruption(),
+            interruption_source: self
+                .rate_sources
+                .get(usize::from(row.rate_source))
+                .map(|sym| s(*sym))
+                .unwrap_or_default(),
             observed_at: row.observed_at,
             source: s(row.source),
         }
@@ -411,9 +433,22 @@ pub(crate) mod tests {
             on_demand_price: Some(spot * 3.0),
             spot_price: spot,
             interruption_rate: InterruptionRate::Unknown,
+            interruption_source: String::new(),
             observed_at: 1_700_000_000,
             source: "test".into(),
         }
+    }
+
+    #[test]
+    fn rows_stay_72_bytes_and_keep_their_interruption_source() {
+        assert_eq!(std::mem::size_of::<Row>(), 72);
+        let mut rated = offer(Cloud::Aws, "us-east-1", "m5.xlarge", 4.0, 16.0, 0.05);
+        rated.interruption_rate = InterruptionRate::from_aws_bucket(0);
+        rated.interruption_source = "AWS Spot Instance Advisor, 2025-06-28".into();
+        let unrated = offer(Cloud::Gcp, "us-central1", "n2-standard-4", 4.0, 16.0, 0.04);
+        let catalog = Catalog::build(vec![rated.clone(), unrated.clone()]);
+        let offers: Vec<Offer> = catalog.iter().collect();
+        assert_eq!(offers, vec![unrated, rated]);
     }
 
     #[test]

@@ -58,10 +58,9 @@ impl Architecture {
 
     /// Accepts the names users write: `x86_64`/`amd64` and `arm64`/`aarch64`.
     pub fn parse(name: &str) -> Option<Architecture> {
-        match name.to_ascii_lowercase().as_str() {
-            "x86_64" | "amd64" | "x86-64" => Some(Architecture::X86_64),
-            "arm64" | "aarch64" => Some(Architecture::Arm64),
-            _ => None,
+        match computearbitrage_conventions::architecture(name)? {
+            "x86_64" => Some(Architecture::X86_64),
+            _ => Some(Architecture::Arm64),
         }
     }
 

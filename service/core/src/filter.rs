@@ -8,7 +8,7 @@ use crate::cloud::{Architecture, Cloud};
 use crate::fmt::number;
 
 /// Constraints shared by listing and placement. Empty lists and `None` mean "any".
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct OfferFilter {
     pub clouds: Vec<Cloud>,
     pub regions: Vec<String>,
@@ -24,27 +24,9 @@ pub struct OfferFilter {
     /// its published range is at or below it.
     pub max_interruption_rate: Option<f64>,
     /// Whether offers with no published interruption rate pass `max_interruption_rate`.
+    /// False by default: a limit means a published rate within it.
     pub allow_unknown_interruption_rate: bool,
     pub max_spot_price: Option<f64>,
-}
-
-impl Default for OfferFilter {
-    fn default() -> Self {
-        OfferFilter {
-            clouds: Vec::new(),
-            regions: Vec::new(),
-            exclude_regions: Vec::new(),
-            instance_types: Vec::new(),
-            min_vcpus: None,
-            min_memory_gib: None,
-            gpu_name: None,
-            min_gpus: None,
-            architecture: None,
-            max_interruption_rate: None,
-            allow_unknown_interruption_rate: true,
-            max_spot_price: None,
-        }
-    }
 }
 
 /// What a workload needs, for placement.
@@ -390,8 +372,9 @@ mod tests {
             max_interruption_rate: Some(10.0),
             ..Default::default()
         };
-        assert_eq!(listed(&catalog, &filter), vec!["unknown", "low"]);
-        filter.allow_unknown_interruption_rate = false;
+        // By default a limit means a published rate within it.
         assert_eq!(listed(&catalog, &filter), vec!["low"]);
+        filter.allow_unknown_interruption_rate = true;
+        assert_eq!(listed(&catalog, &filter), vec!["unknown", "low"]);
     }
 }

@@ -10,6 +10,8 @@
 //!   requirements), compiled against a catalog.
 //! - [`catalog`]: the in-memory, interned, price-sorted offer index with keyset paging.
 //! - [`placement`]: scoring, ranked placement, and the "nothing matches" explanation.
+//! - [`hints`]: names a request uses that no offer has, with the closest known names.
+//! - [`spot_advisor`]: the parser of AWS's Spot Instance Advisor feed (interruption rates).
 //! - [`collector`]: the trait every price source implements.
 //! - [`driver`]: the trait every compute driver implements (create, status, terminate,
 //!   list by tag, interruption events).
@@ -28,14 +30,18 @@ pub mod error;
 pub mod filter;
 pub mod fmt;
 pub mod gpu;
+pub mod hints;
 pub mod lifecycle;
 pub mod offer;
 pub mod placement;
 pub mod retry;
+pub mod spot_advisor;
 pub mod workflow;
 pub mod workload;
 
 pub use catalog::{Catalog, PageCursor};
+/// Spellings and defaults shared with the API contract.
+pub use computearbitrage_conventions as conventions;
 pub use cloud::{Architecture, Cloud};
 pub use collector::PriceCollector;
 pub use driver::{Driver, DriverEvent, Instance, InstanceSpec, InstanceState};

@@ -125,6 +125,9 @@ pub struct Offer {
     /// Spot price in USD per hour.
     pub spot_price: f64,
     pub interruption_rate: InterruptionRate,
+    /// Where the interruption rate comes from, with its date ("AWS Spot Instance
+    /// Advisor, 2025-06-28"); empty when the rate is unknown.
+    pub interruption_source: String,
     /// When the price was observed, unix seconds.
     pub observed_at: i64,
     /// Which collector produced the offer (`snapshot`, `aws-spot-price-history`, …).

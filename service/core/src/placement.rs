@@ -10,7 +10,9 @@
 //! ```
 //!
 //! `expected_rate` is the midpoint of the offer's published interruption range in percent
-//! (`5-10%` → 7.5), or `unknown_interruption_percent` when the cloud publishes none. So
+//! (`5-10%` → 7.5), or `unknown_interruption_percent` when the cloud publishes none
+//! (scoring only: an offer without a rate passes `max_interruption_rate` only with
+//! `allow_unknown_interruption_rate`, and then its reason and a warning say so). So
 //! when no offer has interruption data and no region is preferred, every score is the
 //! spot price times one constant and the best offer is the cheapest matching one.
 //!
@@ -65,6 +67,9 @@ pub struct Candidate {
 pub struct Placement {
     pub best: Candidate,
     pub alternatives: Vec<Candidate>,
+    /// What the caller should know about the best offer, such as an interruption
+    /// limit it passed only because its rate is unknown and unknown rates are allowed.
+    pub warnings: Vec<String>,
 }
 
 /// Most alternatives a caller may ask for.
@@ -140,6 +145,7 @@ pub fn place(
             best_score,
             &offer,
             preferred[row.region as usize],
+            requirements.filter.max_interruption_rate,
             policy,
         );
         Candidate {
@@ -150,9 +156,21 @@ pub fn place(
         }
     });
     let best = ranked.next().expect("top is not empty");
+    let mut warnings = Vec::new();
+    if let (Some(limit), None) = (
+        requirements.filter.max_interruption_rate,
+        best.offer.interruption_rate.max_percent(),
+    ) {
+        warnings.push(format!(
+            "The chosen offer, {}, has no published interruption rate: it passed max_interruption_rate = {} only because allow_unknown_interruption_rate = true, and its real rate may be higher. Remove allow_unknown_interruption_rate (or set it to false) to keep to offers whose published rate is within the limit.",
+            best.offer.describe(),
+            number(limit)
+        ));
+    }
     Ok(Placement {
         best,
         alternatives: ranked.collect(),
+        warnings,
     })
 }
 
@@ -162,6 +180,7 @@ fn reason(
     best_score: f64,
     offer: &Offer,
     preferred: bool,
+    interruption_limit: Option<f64>,
     policy: &ScoringPolicy,
 ) -> String {
     let mut parts = Vec::new();
@@ -180,11 +199,16 @@ fn reason(
             above
         ));
     }
-    match offer.interruption_rate.expected_percent() {
-        Some(_) => parts.push(format!("interruption rate {}", offer.interruption_rate)),
-        None => parts.push(format!(
-            "interruption rate unknown (assumed {}%)",
+    match (offer.interruption_rate.expected_percent(), interruption_limit) {
+        (Some(_), _) => parts.push(format!("interruption rate {}", offer.interruption_rate)),
+        (None, None) => parts.push(format!(
+            "interruption rate unknown (scored as {}%)",
             number(policy.unknown_interruption_percent)
+        )),
+        (None, Some(limit)) => parts.push(format!(
+            "interruption rate unknown (scored as {}%): within max_interruption_rate = {} only because allow_unknown_interruption_rate = true",
+            number(policy.unknown_interruption_percent),
+            number(limit)
         )),
     }
     if preferred {
@@ -519,6 +543,43 @@ mod tests {
         assert_eq!(placement.best.offer.instance_type, "safe");
         assert!((placement.best.score - 0.044 * 1.025).abs() < 1e-12);
         assert!((placement.alternatives[0].score - 0.040 * 1.6).abs() < 1e-12);
+    }
+
+    #[test]
+    fn an_interruption_limit_means_what_the_user_wrote() {
+        let mut rated = offer(Cloud::Aws, "us-east-1", "rated", 4.0, 16.0, 0.050);
+        rated.interruption_rate = InterruptionRate::from_aws_bucket(0); // <5%
+        let unrated = offer(Cloud::Gcp, "us-central1", "unrated", 4.0, 16.0, 0.030);
+        let catalog = Catalog::build(vec![rated, unrated]);
+        let mut req = needs(4.0, 16.0);
+        req.filter.max_interruption_rate = Some(5.0);
+
+        // By default an unknown rate does not pass a limit, and nothing needs a warning.
+        let strict = place(&catalog, &req, 5, &ScoringPolicy::default()).unwrap();
+        assert_eq!(strict.best.offer.instance_type, "rated");
+        assert!(strict.alternatives.is_empty());
+        assert!(strict.best.reason.contains("interruption rate <5%"), "{}", strict.best.reason);
+        assert!(strict.warnings.is_empty());
+
+        // Allowed explicitly, the cheaper unrated offer wins, and both its reason and a
+        // warning say it is within the limit only because unknown rates are allowed.
+        req.filter.allow_unknown_interruption_rate = true;
+        let allowed = place(&catalog, &req, 5, &ScoringPolicy::default()).unwrap();
+        assert_eq!(allowed.best.offer.instance_type, "unrated");
+        assert!(
+            allowed.best.reason.contains("within max_interruption_rate = 5 only because allow_unknown_interruption_rate = true"),
+            "{}",
+            allowed.best.reason
+        );
+        assert!(!allowed.best.reason.contains("assumed"));
+        assert_eq!(allowed.warnings.len(), 1);
+        assert!(allowed.warnings[0].contains("gcp unrated in us-central1"), "{}", allowed.warnings[0]);
+
+        // Without a limit there is nothing to warn about.
+        req.filter.max_interruption_rate = None;
+        let free = place(&catalog, &req, 5, &ScoringPolicy::default()).unwrap();
+        assert!(free.warnings.is_empty());
+        assert!(free.best.reason.contains("interruption rate unknown (scored as 10%)"));
     }
 
     #[test]

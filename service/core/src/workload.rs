@@ -41,13 +41,24 @@ pub struct HealthCheck {
 
 impl Default for HealthCheck {
     fn default() -> Self {
+        use computearbitrage_conventions::defaults;
         HealthCheck {
-            path: "/health".into(),
-            interval: Duration::from_secs(30),
-            timeout: Duration::from_secs(5),
-            unhealthy_threshold: 3,
+            path: defaults::HEALTH_PATH.into(),
+            interval: Duration::from_secs(defaults::HEALTH_INTERVAL_SECONDS.into()),
+            timeout: Duration::from_secs(defaults::HEALTH_TIMEOUT_SECONDS.into()),
+            unhealthy_threshold: defaults::HEALTH_UNHEALTHY_THRESHOLD,
         }
     }
+}
+
+/// Which optional blocks the request that set a spec had. `health_check {}` and no
+/// block at all ask for the same check, but Terraform counts blocks, so the service
+/// remembers which form was written and returns the same one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WrittenBlocks {
+    pub requirements: bool,
+    pub health_check: bool,
+    pub storage: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -78,19 +89,114 @@ pub struct WorkloadSpec {
     /// The router listener port the user asked for; allocated when `None`.
     #[serde(default)]
     pub tcp_listen_port: Option<u16>,
+    /// Which optional blocks were written; `None` in records stored before this was
+    /// kept, see [`WorkloadSpec::written_blocks`].
+    #[serde(default)]
+    pub written: Option<WrittenBlocks>,
 }
 
 impl WorkloadSpec {
-    /// Whether `other` asks for the same workload: equal in every part that cannot
-    /// change in place (`command`, `image`, `port`, `tcp_port`, `tcp_listen_port`,
-    /// `requirements`). A re-apply with the
-    /// same name and identity adopts the existing workload instead of making another.
-    pub fn same_identity(&self, other: &WorkloadSpec) -> bool {
-        self.command == other.command
-            && self.image == other.image
-            && self.port == other.port
-            && self.tcp_port == other.tcp_port
-            && self.tcp_listen_port == other.tcp_listen_port
-            && self.requirements == other.requirements
+    /// Which blocks were written; for old records, those that differ from the defaults.
+    pub fn written_blocks(&self) -> WrittenBlocks {
+        self.written.unwrap_or(WrittenBlocks {
+            requirements: true,
+            health_check: self.health_check != HealthCheck::default(),
+            storage: self.storage != StorageSpec::default(),
+        })
+    }
+
+    /// The fields in which `other` asks for something else, by their API names. Every
+    /// field counts but `create_timeout`, which bounds one operation and is not part of
+    /// what runs. Both specs must be canonical (as the service stores them).
+    pub fn differences(&self, other: &WorkloadSpec) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut check = |name: &'static str, same: bool| {
+            if !same {
+                out.push(name);
+            }
+        };
+        let (mine, theirs) = (self.written_blocks(), other.written_blocks());
+        check("name", self.name == other.name);
+        check(
+            "requirements",
+            self.requirements == other.requirements && mine.requirements == theirs.requirements,
+        );
+        check("command", self.command == other.command);
+        check("image", self.image == other.image);
+        check("env", self.env == other.env);
+        check("port", self.port == other.port);
+        check(
+            "health_check",
+            self.health_check == other.health_check && mine.health_check == theirs.health_check,
+        );
+        check("on_interruption", self.on_interruption == other.on_interruption);
+        check(
+            "storage",
+            self.storage == other.storage && mine.storage == theirs.storage,
+        );
+        check("tags", self.tags == other.tags);
+        check("tcp_port", self.tcp_port == other.tcp_port);
+        check("tcp_listen_port", self.tcp_listen_port == other.tcp_listen_port);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> WorkloadSpec {
+        WorkloadSpec {
+            name: "web".into(),
+            requirements: Requirements::default(),
+            command: vec!["serve".into()],
+            image: None,
+            env: BTreeMap::new(),
+            port: 8080,
+            health_check: HealthCheck::default(),
+            on_interruption: OnInterruption::Migrate,
+            storage: StorageSpec::default(),
+            tags: BTreeMap::new(),
+            create_timeout: Duration::from_secs(600),
+            tcp_port: None,
+            tcp_listen_port: None,
+            written: Some(WrittenBlocks {
+                requirements: true,
+                health_check: false,
+                storage: false,
+            }),
+        }
+    }
+
+    #[test]
+    fn every_field_but_the_create_timeout_makes_a_difference() {
+        let base = spec();
+        let mut other = base.clone();
+        other.create_timeout = Duration::from_secs(5);
+        assert!(base.differences(&other).is_empty());
+        other.tags.insert("team".into(), "ml".into());
+        other.env.insert("MODE".into(), "x".into());
+        other.storage.quota_gb = 5;
+        other.health_check.path = "/ready".into();
+        assert_eq!(
+            base.differences(&other),
+            vec!["env", "health_check", "storage", "tags"]
+        );
+        let mut written = base.clone();
+        written.written = Some(WrittenBlocks {
+            requirements: true,
+            health_check: true,
+            storage: false,
+        });
+        assert_eq!(base.differences(&written), vec!["health_check"]);
+    }
+
+    #[test]
+    fn records_without_written_blocks_infer_them_from_values() {
+        let mut old = spec();
+        old.written = None;
+        assert!(!old.written_blocks().health_check);
+        old.health_check.interval = Duration::from_secs(2);
+        assert!(old.written_blocks().health_check);
     }
 }

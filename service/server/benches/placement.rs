@@ -126,6 +126,11 @@ fn synthetic(n: usize) -> impl Iterator<Item = Offer> {
             } else {
                 InterruptionRate::Unknown
             },
+            interruption_source: if cloud == Cloud::Aws {
+                "synthetic advisor".into()
+            } else {
+                String::new()
+            },
             observed_at: 1_790_000_000,
             source: "synthetic".into(),
         }

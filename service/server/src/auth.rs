@@ -5,6 +5,7 @@
 //! synchronous gRPC interceptor, and never logged or echoed.
 
 use crate::error::ServiceError;
+use computearbitrage_api::Reason;
 use computearbitrage_store::{Store, TokenRecord};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -75,10 +76,12 @@ impl Authenticator {
                     request.extensions_mut().insert(tenant);
                     Ok(request)
                 }
-                None if header.is_none() => Err(tonic::Status::unauthenticated(
+                None if header.is_none() => Err(Reason::Unauthenticated.status(
+                    false,
                     "no bearer token: send `authorization: Bearer <token>` (the provider's `token` argument or COMPUTEARBITRAGE_TOKEN)",
                 )),
-                None => Err(tonic::Status::unauthenticated(
+                None => Err(Reason::Unauthenticated.status(
+                    false,
                     "the token was rejected: it is not a token of this service; check the provider's `token` argument or COMPUTEARBITRAGE_TOKEN",
                 )),
             }

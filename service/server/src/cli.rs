@@ -1,18 +1,50 @@
 //! The operator commands of `computearbitrage` that talk to a running service:
-//! `workload get|delete|runs|billing|notifications|interrupt`, `dead-letters`,
-//! `replay`, `webhook`. They read COMPUTEARBITRAGE_ENDPOINT and COMPUTEARBITRAGE_TOKEN
-//! (or `--endpoint`/`--token`) and print JSON.
+//! `workload get|update|delete|runs|billing|notifications|interrupt`, `dead-letters`,
+//! `replay`, `webhook`. They read COMPUTEARBITRAGE_ENDPOINT, COMPUTEARBITRAGE_TOKEN and
+//! COMPUTEARBITRAGE_CA_FILE (or `--endpoint`/`--token`/`--ca-file`) and print JSON.
 
 use clap::Subcommand;
+use computearbitrage_api::connect;
 use computearbitrage_api::pb;
 use computearbitrage_api::pb::admin_client::AdminClient;
 use computearbitrage_api::pb::workloads_client::WorkloadsClient;
-use tonic::transport::Channel;
 
 #[derive(Subcommand, Debug)]
 pub enum WorkloadCommand {
     /// Show a workload.
     Get { id: String },
+    /// Change what can change in place, outside Terraform: the next `terraform plan`
+    /// shows the difference. Unnamed settings keep their current values.
+    Update {
+        id: String,
+        /// Set a tag (repeatable): KEY=VALUE.
+        #[arg(long = "tag", value_name = "KEY=VALUE")]
+        tags: Vec<String>,
+        /// Remove a tag (repeatable).
+        #[arg(long = "remove-tag", value_name = "KEY")]
+        remove_tags: Vec<String>,
+        /// Set an environment variable (repeatable): NAME=VALUE.
+        #[arg(long = "env", value_name = "NAME=VALUE")]
+        env: Vec<String>,
+        /// Remove an environment variable (repeatable).
+        #[arg(long = "remove-env", value_name = "NAME")]
+        remove_env: Vec<String>,
+        /// `migrate` or `terminate`.
+        #[arg(long)]
+        on_interruption: Option<String>,
+        /// The health check's path.
+        #[arg(long)]
+        health_path: Option<String>,
+        /// Seconds between health checks.
+        #[arg(long)]
+        health_interval: Option<u32>,
+        /// Storage quota in GB.
+        #[arg(long)]
+        storage_quota_gb: Option<u32>,
+        /// Days storage is kept after the workload ends.
+        #[arg(long)]
+        storage_retention_days: Option<u32>,
+    },
     /// Terminate a workload (outside Terraform).
     Delete {
         id: String,
@@ -47,8 +79,15 @@ pub enum ClientCommand {
 }
 
 pub struct Target {
-    pub endpoint: String,
+    pub service: connect::Target,
     pub token: String,
+}
+
+/// `KEY=VALUE` → (key, value).
+fn pair(text: &str, what: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{text:?} is not {what}=VALUE"))
 }
 
 fn print<T: serde::Serialize>(value: &T) {
@@ -60,14 +99,14 @@ fn print<T: serde::Serialize>(value: &T) {
 
 /// Runs one command; the error is what to print.
 pub async fn run(target: Target, command: ClientCommand) -> Result<(), String> {
-    let channel = Channel::from_shared(target.endpoint.clone())
-        .map_err(|e| format!("{:?} is not a URL: {e}", target.endpoint))?
+    let channel = connect::endpoint(&target.service)?
         .connect()
         .await
         .map_err(|e| {
             format!(
-                "cannot reach the service at {}: {e}; start it with `computearbitrage serve`",
-                target.endpoint
+                "cannot reach the service at {}: {} Start it with `computearbitrage serve`, or pass --endpoint.",
+                target.service.url,
+                connect::explain_connect_error(&e, &target.service)
             )
         })?;
     let authorization: tonic::metadata::MetadataValue<_> = format!("Bearer {}", target.token)
@@ -91,6 +130,71 @@ pub async fn run(target: Target, command: ClientCommand) -> Result<(), String> {
                     .map_err(fail)?
                     .into_inner(),
             ),
+            WorkloadCommand::Update {
+                id,
+                tags,
+                remove_tags,
+                env,
+                remove_env,
+                on_interruption,
+                health_path,
+                health_interval,
+                storage_quota_gb,
+                storage_retention_days,
+            } => {
+                let current = workloads
+                    .get_workload(pb::GetWorkloadRequest { id: id.clone() })
+                    .await
+                    .map_err(fail)?
+                    .into_inner();
+                let spec = current.spec.unwrap_or_default();
+                let mut request = pb::UpdateWorkloadRequest {
+                    id,
+                    tags: spec.tags,
+                    health_check: spec.health_check,
+                    on_interruption: spec.on_interruption,
+                    env: spec.env,
+                    storage: spec.storage,
+                };
+                for text in &tags {
+                    let (k, v) = pair(text, "KEY")?;
+                    request.tags.insert(k, v);
+                }
+                for key in &remove_tags {
+                    request.tags.remove(key);
+                }
+                for text in &env {
+                    let (k, v) = pair(text, "NAME")?;
+                    request.env.insert(k, v);
+                }
+                for key in &remove_env {
+                    request.env.remove(key);
+                }
+                if let Some(choice) = on_interruption {
+                    request.on_interruption = choice;
+                }
+                if health_path.is_some() || health_interval.is_some() {
+                    let check = request.health_check.get_or_insert_with(Default::default);
+                    if let Some(path) = health_path {
+                        check.path = path;
+                    }
+                    if let Some(interval) = health_interval {
+                        check.interval_seconds = interval;
+                        // Let the service fit the default timeout to the new interval.
+                        check.timeout_seconds = check.timeout_seconds.min(interval);
+                    }
+                }
+                if storage_quota_gb.is_some() || storage_retention_days.is_some() {
+                    let storage = request.storage.get_or_insert_with(Default::default);
+                    if let Some(quota) = storage_quota_gb {
+                        storage.quota_gb = quota;
+                    }
+                    if let Some(days) = storage_retention_days {
+                        storage.retention_days = days;
+                    }
+                }
+                print(&workloads.update_workload(request).await.map_err(fail)?.into_inner())
+            }
             WorkloadCommand::Delete { id, reason } => print(
                 &workloads
                     .delete_workload(pb::DeleteWorkloadRequest { id, reason })

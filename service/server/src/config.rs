@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 /// Environment variables with the prefix that are not config keys.
 const NON_CONFIG_ENV: &[&str] = &[
     "COMPUTEARBITRAGE_BOOTSTRAP_TOKEN",
+    "COMPUTEARBITRAGE_CA_FILE",
     "COMPUTEARBITRAGE_CONFIG",
     "COMPUTEARBITRAGE_ENDPOINT",
     "COMPUTEARBITRAGE_TOKEN",
@@ -35,6 +36,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Seconds that in-flight calls and background workers get to finish at shutdown before connections are closed.
     pub shutdown_grace_seconds: u64,
+    /// TLS of the gRPC API.
+    pub tls: TlsConfig,
     /// Where state is kept.
     pub store: StoreConfig,
     /// Price collection and placement scoring.
@@ -45,6 +48,23 @@ pub struct Config {
     pub monitor: MonitorConfig,
     /// The HTTP/TCP router that gives every workload one stable endpoint.
     pub router: RouterConfig,
+}
+
+/// TLS of the gRPC API. Both files set: the API serves TLS only (clients use
+/// `https://`); neither: plain gRPC, for loopback or behind a TLS-terminating proxy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate (chain) the gRPC API presents. Empty: no TLS.
+    pub cert_file: PathBuf,
+    /// PEM private key of that certificate; keep it readable by the service only.
+    pub key_file: PathBuf,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.as_os_str().is_empty()
+    }
 }
 
 /// The router (see docs/routing.md).
@@ -208,6 +228,7 @@ impl Default for Config {
             log_level: "info".into(),
             log_format: LogFormat::Text,
             shutdown_grace_seconds: 10,
+            tls: TlsConfig::default(),
             store: StoreConfig::default(),
             pricing: PricingConfig::default(),
             workloads: WorkloadsConfig::default(),
@@ -471,6 +492,18 @@ fn validate(config: &Config, origin: &BTreeMap<String, String>) -> Result<(), Se
     }
     if config.data_dir.as_os_str().is_empty() {
         return fail("data_dir", "must not be empty".into());
+    }
+    let (cert, key) = (&config.tls.cert_file, &config.tls.key_file);
+    if cert.as_os_str().is_empty() != key.as_os_str().is_empty() {
+        let (set, missing) = if cert.as_os_str().is_empty() {
+            ("tls.key_file", "tls.cert_file")
+        } else {
+            ("tls.cert_file", "tls.key_file")
+        };
+        return fail(
+            missing,
+            format!("{set} is set but {missing} is not; TLS needs both the certificate and its key, or neither"),
+        );
     }
     Ok(())
 }

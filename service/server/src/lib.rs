@@ -4,8 +4,8 @@
 //! - [`cli`]: the operator commands that talk to a running service.
 //! - [`config`]: the configuration struct, loaded from file, environment and flags.
 //! - [`server`]: `serve`: wiring of store, auth, catalog, workers and gRPC.
-//! - [`grpc`]: the `Pricing` and `System` handlers and wire ↔ core conversion.
-//! - [`grpc_workloads`]: the `Workloads` and `Admin` handlers.
+//! - [`grpc`]: the gRPC handlers (`Pricing`, `System`, `Workloads`, `Admin`), wire ↔
+//!   core conversion, and the mapping of failures onto statuses with a reason.
 //! - [`auth`]: bearer-token authentication, tenants, the bootstrap token.
 //! - [`pricing`]: the served catalog ([`pricing::PriceBook`]), the snapshot collector and
 //!   the collector worker.
@@ -24,7 +24,6 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod grpc;
-pub mod grpc_workloads;
 pub mod pricing;
 pub mod routing;
 pub mod routing_remote;

@@ -71,13 +71,26 @@ struct Connection {
         hide_env_values = true
     )]
     token: Option<String>,
+    /// A PEM file of CA certificates to trust for an https:// endpoint, besides the
+    /// system's.
+    #[arg(long, global = true, env = "COMPUTEARBITRAGE_CA_FILE")]
+    ca_file: Option<PathBuf>,
+}
+
+impl Connection {
+    fn target(&self) -> computearbitrage_api::connect::Target {
+        computearbitrage_api::connect::Target {
+            url: self.endpoint.clone(),
+            ca_file: self.ca_file.clone(),
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Client(command) => {
-            let Some(token) = cli.connection.token else {
+            let Some(token) = cli.connection.token.clone() else {
                 eprintln!("error: no token; set COMPUTEARBITRAGE_TOKEN or pass --token");
                 return ExitCode::from(2);
             };
@@ -89,7 +102,7 @@ fn main() -> ExitCode {
                 }
             };
             let target = cli::Target {
-                endpoint: cli.connection.endpoint,
+                service: cli.connection.target(),
                 token,
             };
             match runtime.block_on(cli::run(target, command)) {
@@ -112,7 +125,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let Some(token) = cli.connection.token else {
+            let Some(token) = cli.connection.token.clone() else {
                 eprintln!("error: the router follows the service's route changes with the admin token; set COMPUTEARBITRAGE_TOKEN or pass --token");
                 return ExitCode::from(2);
             };
@@ -126,7 +139,7 @@ fn main() -> ExitCode {
             };
             match runtime.block_on(computearbitrage::routing::run_standalone(
                 config,
-                cli.connection.endpoint,
+                cli.connection.target(),
                 token,
                 shutdown_signal(),
             )) {

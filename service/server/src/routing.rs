@@ -25,7 +25,10 @@ pub enum Feed {
     /// The store's in-process change feed (the router runs inside `serve`).
     Local,
     /// A running service's `Admin/WatchRoutes` stream (a separate router process).
-    Remote { endpoint: String, token: String },
+    Remote {
+        target: computearbitrage_api::connect::Target,
+        token: String,
+    },
 }
 
 /// The addresses users reach workloads at.
@@ -120,12 +123,12 @@ impl RunningRouter {
                 let follower = Follower::start(table.clone(), store.clone()).await?;
                 supervisor.spawn(RouteFollower { follower });
             }
-            Feed::Remote { endpoint, token } => {
+            Feed::Remote { target, token } => {
                 table.reload(store.as_ref()).await?;
                 supervisor.spawn(crate::routing_remote::RemoteFollower::new(
                     table.clone(),
                     store.clone(),
-                    endpoint,
+                    target,
                     token,
                 ));
             }
@@ -324,7 +327,7 @@ mod tests {
 /// service's route changes at `service_endpoint`.
 pub async fn run_standalone(
     config: crate::config::Config,
-    service_endpoint: String,
+    service: computearbitrage_api::connect::Target,
     token: String,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServiceError> {
@@ -346,7 +349,7 @@ pub async fn run_standalone(
         &config.router,
         grace,
         Feed::Remote {
-            endpoint: service_endpoint,
+            target: service,
             token,
         },
     )

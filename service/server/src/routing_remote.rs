@@ -9,16 +9,16 @@ use computearbitrage_api::pb;
 use computearbitrage_api::pb::admin_client::AdminClient;
 use computearbitrage_router::RouteTable;
 use computearbitrage_store::Store;
+use computearbitrage_api::connect::{self, Target};
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::Channel;
 
 type Stream = tonic::Streaming<pb::RouteChanged>;
 
 pub struct RemoteFollower {
     table: Arc<RouteTable>,
     store: Arc<dyn Store>,
-    endpoint: String,
+    target: Target,
     token: String,
     stream: Option<Stream>,
     /// Pause before the next connect attempt after a failure.
@@ -29,26 +29,23 @@ impl RemoteFollower {
     pub fn new(
         table: Arc<RouteTable>,
         store: Arc<dyn Store>,
-        endpoint: String,
+        target: Target,
         token: String,
     ) -> RemoteFollower {
         RemoteFollower {
             table,
             store,
-            endpoint,
+            target,
             token,
             stream: None,
             backoff: Duration::ZERO,
         }
     }
 
-    async fn connect(endpoint: String, token: String) -> Result<Stream, ServiceError> {
-        let channel = Channel::from_shared(endpoint.clone())
-            .map_err(|e| {
-                ServiceError::config(format!(
-                    "router feed endpoint {endpoint:?} is not a URL: {e}"
-                ))
-            })?
+    async fn connect(target: Target, token: String) -> Result<Stream, ServiceError> {
+        let endpoint = target.url.clone();
+        let channel = connect::endpoint(&target)
+            .map_err(|e| ServiceError::config(format!("router feed endpoint: {e}")))?
             .connect_timeout(Duration::from_secs(2))
             .connect()
             .await
@@ -94,13 +91,13 @@ impl Worker for RemoteFollower {
 
     async fn tick(&mut self) -> Result<(), ServiceError> {
         let Some(stream) = self.stream.as_mut() else {
-            match Self::connect(self.endpoint.clone(), self.token.clone()).await {
+            match Self::connect(self.target.clone(), self.token.clone()).await {
                 Ok(stream) => {
                     self.stream = Some(stream);
                     self.backoff = Duration::ZERO;
                     // Changes made while disconnected were not seen: start over.
                     let routes = self.table.reload(self.store.as_ref()).await?;
-                    tracing::info!(endpoint = %self.endpoint, routes, "following the service's route changes");
+                    tracing::info!(endpoint = %self.target.url, routes, "following the service's route changes");
                     return Ok(());
                 }
                 Err(e) => {
@@ -124,7 +121,7 @@ impl Worker for RemoteFollower {
                 Ok(())
             }
             Ok(Ok(None)) | Ok(Err(_)) => {
-                tracing::warn!(endpoint = %self.endpoint, "route feed closed; reconnecting");
+                tracing::warn!(endpoint = %self.target.url, "route feed closed; reconnecting");
                 self.stream = None;
                 self.backoff = Duration::from_millis(250);
                 Ok(())

@@ -4,8 +4,9 @@
 use crate::auth::{self, AccessTokenKey, Authenticator, Bootstrap};
 use crate::config::{Config, StoreEngine};
 use crate::error::ServiceError;
-use crate::grpc::{PricingApi, SystemApi};
-use crate::grpc_workloads::{AdminApi, WorkloadsApi};
+use crate::grpc::admin::AdminApi;
+use crate::grpc::pricing::{PricingApi, SystemApi};
+use crate::grpc::workloads::WorkloadsApi;
 use crate::pricing::collect::{unix_now, CollectorWorker};
 use crate::pricing::snapshot::{SnapshotCollector, SnapshotSource, SOURCE as SNAPSHOT_SOURCE};
 use crate::pricing::PriceBook;
@@ -162,7 +163,8 @@ pub async fn serve(
     let address = listener
         .local_addr()
         .map_err(|e| ServiceError::io("cannot read the listening address", e))?;
-    print_banner(&format!("http://{address}"), &bootstrap);
+    let scheme = if config.tls.enabled() { "https" } else { "http" };
+    print_banner(&format!("{scheme}://{address}"), &bootstrap);
     let router_line = match &router {
         Some(router) => format!(
             "Workloads are reachable through the router at {}",
@@ -206,12 +208,19 @@ pub async fn serve(
         shutdown.await;
         let _ = signalled_tx.send(());
     };
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if config.tls.enabled() {
+        builder = builder
+            .tls_config(server_tls(&config.tls)?)
+            .map_err(|e| ServiceError::config(format!("cannot serve TLS with tls.cert_file and tls.key_file: {e}")))?;
+        tracing::info!(cert = %config.tls.cert_file.display(), "gRPC API serves TLS");
+    }
+    let server = builder
         .add_service(pricing)
         .add_service(system)
         .add_service(workloads)
         .add_service(admin)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        .serve_with_incoming_shutdown(nodelay_incoming(listener), signal);
     let deadline = async move {
         if signalled_rx.await.is_ok() {
             tokio::time::sleep(grace).await;
@@ -232,6 +241,48 @@ pub async fn serve(
     }
     supervisor.shutdown(grace).await;
     result.map_err(|e| ServiceError::io("gRPC server failed", std::io::Error::other(e)))
+}
+
+/// The TLS identity of the gRPC API, read from the configured PEM files.
+fn server_tls(tls: &crate::config::TlsConfig) -> Result<tonic::transport::ServerTlsConfig, ServiceError> {
+    let read = |path: &std::path::Path, key: &str| {
+        std::fs::read(path).map_err(|e| {
+            ServiceError::config(format!("cannot read {key} {}: {e}", path.display()))
+        })
+    };
+    let cert = read(&tls.cert_file, "tls.cert_file")?;
+    let key = read(&tls.key_file, "tls.key_file")?;
+    if !String::from_utf8_lossy(&cert).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(ServiceError::config(format!(
+            "tls.cert_file {} holds no PEM certificate; give the certificate chain in PEM",
+            tls.cert_file.display()
+        )));
+    }
+    if !String::from_utf8_lossy(&key).contains("PRIVATE KEY-----") {
+        return Err(ServiceError::config(format!(
+            "tls.key_file {} holds no PEM private key; give the certificate's key in PEM",
+            tls.key_file.display()
+        )));
+    }
+    Ok(tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(cert, key)))
+}
+
+/// The accepted connections of `listener`, with TCP_NODELAY set on each: gRPC
+/// writes a response as several small frames, and with Nagle on each one after the
+/// first waits for the client's delayed ACK (about 40 ms per call on Linux).
+pub fn nodelay_incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        if let Ok(stream) = &accepted {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::warn!(error = %e, "cannot set TCP_NODELAY on a gRPC connection");
+            }
+        }
+        accepted
+    })
 }
 
 /// One line on stdout. A closed stdout (the reader went away) is not a reason to stop
@@ -276,4 +327,20 @@ fn print_banner(endpoint: &str, bootstrap: &Bootstrap) {
         }
     }
     let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::StreamExt;
+
+    #[tokio::test]
+    async fn grpc_connections_are_accepted_with_nodelay() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut incoming = Box::pin(nodelay_incoming(listener));
+        let _client = tokio::net::TcpStream::connect(address).await.unwrap();
+        let accepted = incoming.next().await.unwrap().unwrap();
+        assert!(accepted.nodelay().unwrap());
+    }
 }

@@ -114,7 +114,7 @@ async fn serves_authenticated_pricing_and_survives_restart() {
 
     // Paging returns every matching offer once, in order.
     let filter = pb::OfferFilter {
-        providers: vec!["azure".into()],
+        clouds: vec!["azure".into()],
         ..Default::default()
     };
     let mut all = Vec::new();
@@ -146,7 +146,7 @@ async fn serves_authenticated_pricing_and_survives_restart() {
         .list_offers(authed(
             pb::ListOffersRequest {
                 filter: Some(pb::OfferFilter {
-                    providers: vec!["awz".into()],
+                    clouds: vec!["awz".into()],
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -162,7 +162,7 @@ async fn serves_authenticated_pricing_and_survives_restart() {
             .unwrap()
             .to_str()
             .unwrap(),
-        "filter.providers[0]"
+        "filter.clouds[0]"
     );
     assert!(err.message().contains("did you mean \"aws\"?"));
     let err = pricing

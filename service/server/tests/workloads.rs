@@ -357,3 +357,125 @@ async fn invalid_specs_are_rejected_with_the_field_named() {
     assert_eq!(err.code(), tonic::Code::NotFound);
     service.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_rpc_applies_the_shared_rules_and_names_its_reason() {
+    use computearbitrage_api::{is_retryable, Reason, ERROR_FIELD_METADATA};
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(dir.path(), &[]);
+    let mut client = service.workloads().await;
+    let created = client
+        .apply_workload(authed(pb::ApplyWorkloadRequest {
+            spec: Some(spec("rules", &[])),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    wait_status(&mut client, &created.id, &["RUNNING"], Duration::from_secs(30)).await;
+
+    // UpdateWorkload refuses what ApplyWorkload refuses, in the same words.
+    for (key, value, words) in [
+        ("PORT", "1", "PORT is set by the driver"),
+        ("A=B", "x", "is not an environment variable name"),
+        ("NUL", "a\0b", "contains a NUL character"),
+        ("COMPUTEARBITRAGE_BOOTSTRAP_TOKEN", "x", "are the service's own"),
+        ("BIG", &"x".repeat(40_000), "more than the 32768 allowed"),
+    ] {
+        let mut env = std::collections::HashMap::new();
+        env.insert(key.to_string(), value.to_string());
+        let err = client
+            .update_workload(authed(pb::UpdateWorkloadRequest {
+                id: created.id.clone(),
+                env: env.clone(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(Reason::of(&err), Some(Reason::InvalidArgument), "{key}");
+        assert_eq!(err.metadata().get(ERROR_FIELD_METADATA).unwrap(), "env");
+        assert!(err.message().contains(words), "{key}: {}", err.message());
+        let mut create = spec("rules-create", &[]);
+        create.env.extend(env);
+        let on_create = client
+            .apply_workload(authed(pb::ApplyWorkloadRequest { spec: Some(create) }))
+            .await
+            .unwrap_err();
+        assert!(on_create.message().contains(words), "{key}: {}", on_create.message());
+    }
+    let mut tags = std::collections::HashMap::new();
+    tags.insert("computearbitrage-tenant".to_string(), "other".to_string());
+    let err = client
+        .update_workload(authed(pb::UpdateWorkloadRequest {
+            id: created.id.clone(),
+            tags,
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("set by the service on every instance"), "{}", err.message());
+
+    // Storage: the quota changes in place, `enabled` does not.
+    let updated = client
+        .update_workload(authed(pb::UpdateWorkloadRequest {
+            id: created.id.clone(),
+            storage: Some(pb::StorageSpec {
+                enabled: false,
+                quota_gb: 7,
+                retention_days: 3,
+            }),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.spec.unwrap().storage.unwrap().quota_gb, 7);
+    let err = client
+        .update_workload(authed(pb::UpdateWorkloadRequest {
+            id: created.id.clone(),
+            storage: Some(pb::StorageSpec {
+                enabled: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(Reason::of(&err), Some(Reason::NeedsReplacement));
+    assert!(!is_retryable(&err));
+
+    // Same name, a different spec: refused, naming the existing workload, what differs
+    // (the updates above replaced env, tags and the rest too) and the import.
+    let mut other = spec("rules", &[]);
+    other.tags.insert("team".into(), "other".into());
+    let err = client
+        .apply_workload(authed(pb::ApplyWorkloadRequest { spec: Some(other) }))
+        .await
+        .unwrap_err();
+    assert_eq!(Reason::of(&err), Some(Reason::NameTaken));
+    assert!(err.message().contains(&created.id) && err.message().contains("terraform import"));
+    assert!(err.message().contains("differs in env, health_check, on_interruption, storage, tags"), "{}", err.message());
+
+    // An update of a terminated workload says so, not "no offer matches".
+    client
+        .delete_workload(authed(pb::DeleteWorkloadRequest {
+            id: created.id.clone(),
+            reason: "test".into(),
+        }))
+        .await
+        .unwrap();
+    wait_status(&mut client, &created.id, &["TERMINATED"], Duration::from_secs(30)).await;
+    let err = client
+        .update_workload(authed(pb::UpdateWorkloadRequest {
+            id: created.id.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(Reason::of(&err), Some(Reason::WorkloadTerminated));
+    let err = client
+        .get_workload(authed(pb::GetWorkloadRequest { id: "wl-nope".into() }))
+        .await
+        .unwrap_err();
+    assert_eq!(Reason::of(&err), Some(Reason::NotFound));
+    service.stop();
+}

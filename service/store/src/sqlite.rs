@@ -168,6 +168,9 @@ CREATE TABLE router_connections (
 CREATE INDEX router_connections_by_workload ON router_connections (workload_id);
 CREATE INDEX router_connections_by_router ON router_connections (router_id);
 "#,
+    r#"
+ALTER TABLE offers ADD COLUMN interruption_source TEXT NOT NULL DEFAULT '';
+"#,
 ];
 
 /// SQLite-backed [`Store`].
@@ -318,6 +321,7 @@ fn offer_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Offer, Str
         on_demand_price: row.get("on_demand_price")?,
         spot_price: row.get("spot_price")?,
         interruption_rate,
+        interruption_source: row.get("interruption_source")?,
         observed_at: row.get("observed_at")?,
         source: row.get("source")?,
     }))
@@ -332,7 +336,7 @@ fn corrupt(message: impl Into<String>) -> StoreError {
 
 fn placement_json(p: &PlacementRecord) -> String {
     serde_json::json!({
-        "provider": p.provider,
+        "provider": p.cloud,
         "region": p.region,
         "zone": p.zone,
         "instance_type": p.instance_type,
@@ -352,7 +356,7 @@ fn placement_from_json(text: &str) -> Result<PlacementRecord, StoreError> {
             .to_string()
     };
     Ok(PlacementRecord {
-        provider: s("provider"),
+        cloud: s("provider"),
         region: s("region"),
         zone: s("zone"),
         instance_type: s("instance_type"),
@@ -573,8 +577,8 @@ impl Store for SqliteStore {
                     .prepare(
                         "INSERT OR IGNORE INTO offers (source, provider, region, zone, instance_type, vcpus, memory_gib,
                             architecture, gpu_name, gpu_name_original, gpu_count, on_demand_price, spot_price,
-                            interruption_rate, observed_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                            interruption_rate, observed_at, interruption_source)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
                     )
                     .map_err(classify)?;
                 for o in &offers {
@@ -599,6 +603,7 @@ impl Store for SqliteStore {
                             o.spot_price,
                             o.interruption_rate.to_string(),
                             o.observed_at,
+                            o.interruption_source,
                         ])
                         .map_err(classify)?;
                 }
@@ -1168,7 +1173,7 @@ impl Store for SqliteStore {
             conn.execute(
                 "INSERT INTO billing (tenant_id, workload_id, instance_id, provider, region, instance_type, price_per_hour, started_at, ended_at, cost)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (workload_id, instance_id) DO NOTHING",
-                params![r.tenant_id, r.workload_id, r.instance_id, r.provider, r.region, r.instance_type, r.price_per_hour, r.started_at, r.ended_at, r.cost],
+                params![r.tenant_id, r.workload_id, r.instance_id, r.cloud, r.region, r.instance_type, r.price_per_hour, r.started_at, r.ended_at, r.cost],
             )
             .map(|_| ())
             .map_err(classify)
@@ -1195,7 +1200,7 @@ impl Store for SqliteStore {
                         tenant_id: row.get(0)?,
                         workload_id: row.get(1)?,
                         instance_id: row.get(2)?,
-                        provider: row.get(3)?,
+                        cloud: row.get(3)?,
                         region: row.get(4)?,
                         instance_type: row.get(5)?,
                         price_per_hour: row.get(6)?,

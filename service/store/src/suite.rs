@@ -30,6 +30,7 @@ fn sample_offer(source: &str, instance_type: &str, spot: f64) -> Offer {
         on_demand_price: Some(3.67),
         spot_price: spot,
         interruption_rate: InterruptionRate::from_aws_bucket(1),
+        interruption_source: "AWS Spot Instance Advisor, 2025-06-28".into(),
         observed_at: 1_767_225_600,
         source: source.into(),
     }
@@ -234,6 +235,7 @@ fn spec(name: &str) -> WorkloadSpec {
         create_timeout: Duration::from_secs(600),
         tcp_port: None,
         tcp_listen_port: None,
+        written: None,
     }
 }
 
@@ -352,7 +354,7 @@ async fn transitions_are_compare_and_set_with_history(store: &dyn Store) {
     let to_provisioning =
         Transition::new(WorkloadStatus::Pending, WorkloadStatus::Provisioning).unwrap();
     let placement = PlacementRecord {
-        provider: "gcp".into(),
+        cloud: "gcp".into(),
         region: "us-central1".into(),
         zone: String::new(),
         instance_type: "e2-small".into(),
@@ -535,7 +537,7 @@ async fn billing_and_notifications(store: &dyn Store) {
         tenant_id: "default".into(),
         workload_id: "w4".into(),
         instance_id: "local-1".into(),
-        provider: "gcp".into(),
+        cloud: "gcp".into(),
         region: "us-central1".into(),
         instance_type: "e2-small".into(),
         price_per_hour: 0.005,
@@ -619,6 +621,7 @@ async fn offers_round_trip_and_replace_per_source(store: &dyn Store) {
     plain.gpu = None;
     plain.on_demand_price = None;
     plain.interruption_rate = InterruptionRate::Unknown;
+    plain.interruption_source = String::new();
     let first = vec![
         sample_offer("snapshot", "a2-highgpu-1g", 1.38),
         plain.clone(),

@@ -7,7 +7,7 @@ use computearbitrage_core::{WorkloadSpec, WorkloadStatus};
 /// Where a workload was placed and what it pays.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlacementRecord {
-    pub provider: String,
+    pub cloud: String,
     pub region: String,
     pub zone: String,
     pub instance_type: String,
@@ -153,7 +153,7 @@ pub struct BillingRecord {
     pub tenant_id: String,
     pub workload_id: String,
     pub instance_id: String,
-    pub provider: String,
+    pub cloud: String,
     pub region: String,
     pub instance_type: String,
     pub price_per_hour: f64,

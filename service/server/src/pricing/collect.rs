@@ -152,6 +152,7 @@ mod tests {
             on_demand_price: Some(0.096),
             spot_price: spot,
             interruption_rate: InterruptionRate::Unknown,
+            interruption_source: String::new(),
             observed_at: 1,
             source: "scripted".into(),
         }

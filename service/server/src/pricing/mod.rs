@@ -3,7 +3,9 @@
 //! - [`PriceBook`]: the current [`Catalog`], rebuilt from the store whenever a
 //!   collector writes new offers. The store is the source of truth; the catalog is a
 //!   derived, read-optimised index swapped atomically.
-//! - [`snapshot`]: the bundled (or a local) CSV price snapshot as a [`PriceCollector`].
+//! - [`snapshot`]: the bundled (or a local) CSV price snapshot as a [`PriceCollector`],
+//!   with interruption rates joined from Spot Instance Advisor feeds
+//!   (`computearbitrage_core::spot_advisor`).
 //! - [`collect`]: the [`crate::worker::Worker`] that runs one collector on its schedule
 //!   and records its status.
 

@@ -1,7 +1,9 @@
 //! The price snapshot collector: CSV files in the public catalog layout shared by the
-//! three clouds, plus a `manifest.toml` naming each file's cloud and observation date.
-//! The snapshot compiled into the binary is the embedded default; a directory in the
-//! same layout can replace it and is re-read on every run.
+//! three clouds, plus a `manifest.toml` naming each file's cloud and observation date,
+//! and the interruption-rate feeds to join onto a cloud's offers by region and
+//! instance type (with their source and date). The snapshot compiled into the binary
+//! is the embedded default; a directory in the same layout can replace it and is
+//! re-read on every run.
 
 use computearbitrage_core::fmt::parse_rfc3339;
 use computearbitrage_core::gpu::canonical_name;
@@ -28,19 +30,40 @@ const BUNDLED_FILES: &[(&str, &str)] = &[
         "gcp_vms_sample.csv",
         include_str!("../../data/prices/gcp_vms_sample.csv"),
     ),
+    (
+        "aws-spot-advisor-data.json",
+        include_str!("../../data/prices/aws-spot-advisor-data.json"),
+    ),
 ];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Manifest {
     files: Vec<ManifestFile>,
+    #[serde(default)]
+    interruption: Vec<ManifestRates>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ManifestFile {
     file: String,
-    provider: String,
+    #[serde(alias = "provider")]
+    cloud: String,
+    observed_at: String,
+}
+
+/// An interruption-rate feed and the offers it applies to.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestRates {
+    file: String,
+    /// The feed's format; only `aws-spot-advisor` exists.
+    format: String,
+    cloud: String,
+    /// Who publishes the rates, shown with each rate.
+    source: String,
+    /// When the feed was last changed (RFC 3339 date or time).
     observed_at: String,
 }
 
@@ -132,16 +155,16 @@ pub fn parse_snapshot(
     let manifest: Manifest = toml::from_str(manifest)
         .map_err(|e| failure(format!("{manifest_name} is invalid: {e}"), false))?;
     let mut offers = Vec::new();
-    for entry in &manifest.files {
-        let cloud = Cloud::parse(&entry.provider).ok_or_else(|| {
+    let cloud_of = |name: &str, file: &str| {
+        Cloud::parse(name).ok_or_else(|| {
             failure(
-                format!(
-                    "{manifest_name}: provider {:?} of {} is not aws, gcp or azure",
-                    entry.provider, entry.file
-                ),
+                format!("{manifest_name}: cloud {name:?} of {file} is not aws, gcp or azure"),
                 false,
             )
-        })?;
+        })
+    };
+    for entry in &manifest.files {
+        let cloud = cloud_of(&entry.cloud, &entry.file)?;
         let observed_at = parse_rfc3339(&entry.observed_at).ok_or_else(|| {
             failure(
                 format!(
@@ -153,6 +176,38 @@ pub fn parse_snapshot(
         })?;
         let text = read(&entry.file)?;
         parse_csv(&text, &entry.file, cloud, observed_at, &mut offers)?;
+    }
+    for feed in &manifest.interruption {
+        let cloud = cloud_of(&feed.cloud, &feed.file)?;
+        if feed.format != "aws-spot-advisor" {
+            return Err(failure(
+                format!(
+                    "{manifest_name}: format {:?} of {} is not known; the only format is \"aws-spot-advisor\"",
+                    feed.format, feed.file
+                ),
+                false,
+            ));
+        }
+        let date = feed.observed_at.get(..10).unwrap_or(&feed.observed_at);
+        if parse_rfc3339(&format!("{date}T00:00:00Z")).is_none() {
+            return Err(failure(
+                format!(
+                    "{manifest_name}: observed_at {:?} of {} is not a date such as 2025-06-28",
+                    feed.observed_at, feed.file
+                ),
+                false,
+            ));
+        }
+        let text = read(&feed.file)?;
+        let rates = computearbitrage_core::spot_advisor::parse(text.as_bytes())
+            .map_err(|e| failure(format!("{}: {e}", feed.file), false))?;
+        let label = format!("{}, {date}", feed.source);
+        for offer in offers.iter_mut().filter(|o| o.cloud == cloud) {
+            if let Some(rate) = rates.get(&offer.region, &offer.instance_type) {
+                offer.interruption_rate = rate;
+                offer.interruption_source = label.clone();
+            }
+        }
     }
     Ok(offers)
 }
@@ -239,6 +294,7 @@ fn parse_csv(
             on_demand_price,
             spot_price: number(c_spot, "SpotPrice")?,
             interruption_rate: InterruptionRate::Unknown,
+            interruption_source: String::new(),
             observed_at,
             source: SOURCE.into(),
         });
@@ -275,9 +331,43 @@ mod tests {
         );
         let azure = offers.iter().find(|o| o.cloud == Cloud::Azure).unwrap();
         assert_eq!(azure.zone, "", "Azure's Generation column is not a zone");
-        assert!(offers
-            .iter()
-            .all(|o| o.source == "snapshot" && o.interruption_rate == InterruptionRate::Unknown));
+        assert!(offers.iter().all(|o| o.source == "snapshot"));
+        // Every AWS offer has its Spot Instance Advisor rate; the other clouds publish none here.
+        for o in &offers {
+            let known = o.interruption_rate != InterruptionRate::Unknown;
+            assert_eq!(known, o.cloud == Cloud::Aws, "{}", o.describe());
+            assert_eq!(
+                o.interruption_source.is_empty(),
+                !known,
+                "{}: {:?}",
+                o.describe(),
+                o.interruption_source
+            );
+        }
+        let rated = offers.iter().find(|o| o.cloud == Cloud::Aws).unwrap();
+        assert_eq!(rated.interruption_source, "AWS Spot Instance Advisor, 2025-06-28");
+    }
+
+    #[test]
+    fn an_interruption_feed_joins_by_region_and_type_and_bad_feeds_are_named() {
+        let manifest = "[[files]]\nfile = \"x.csv\"\ncloud = \"aws\"\nobserved_at = \"2026-11-01T00:00:00Z\"\n\
+                        [[interruption]]\nfile = \"r.json\"\nformat = \"aws-spot-advisor\"\ncloud = \"aws\"\nsource = \"Advisor\"\nobserved_at = \"2025-06-28\"\n";
+        let csv = "InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,GpuInfo,Price,SpotPrice,Region,AvailabilityZone\n\
+                   m5.large,,,2,8,,0.096,0.03,us-east-1,use1-az1\n\
+                   m5.large,,,2,8,,0.096,0.03,eu-west-1,euw1-az1\n";
+        let feed = r#"{"spot_advisor": {"us-east-1": {"Linux": {"m5.large": {"s": 60, "r": 1}}}}}"#;
+        let offers = parse_snapshot(manifest, "m", |name| {
+            Ok(if name == "x.csv" { csv } else { feed }.to_string())
+        })
+        .unwrap();
+        assert_eq!(offers[0].interruption_rate.to_string(), "5-10%");
+        assert_eq!(offers[0].interruption_source, "Advisor, 2025-06-28");
+        assert_eq!(offers[1].interruption_rate, InterruptionRate::Unknown, "no rate for that region");
+        let err = parse_snapshot(manifest, "m", |name| {
+            Ok(if name == "x.csv" { csv } else { "[1, 2" }.to_string())
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("r.json: not a Spot Instance Advisor feed"), "{err}");
     }
 
     #[test]
@@ -294,7 +384,7 @@ mod tests {
 
     #[test]
     fn a_manifest_with_an_unknown_provider_is_refused() {
-        let manifest = "[[files]]\nfile = \"x.csv\"\nprovider = \"oci\"\nobserved_at = \"2026-11-01T00:00:00Z\"\n";
+        let manifest = "[[files]]\nfile = \"x.csv\"\ncloud = \"oci\"\nobserved_at = \"2026-11-01T00:00:00Z\"\n";
         let err = parse_snapshot(manifest, "m", |_| Ok(String::new())).unwrap_err();
         assert!(err.to_string().contains("\"oci\""));
     }

@@ -67,15 +67,24 @@ pub struct Settings {
     pub tcp_ports: std::ops::RangeInclusive<u16>,
 }
 
-/// An API-level failure of an orchestrator operation.
+/// An API-level failure of an orchestrator operation, one variant per cause the API
+/// reports with its own reason.
 #[derive(Debug, thiserror::Error)]
 pub enum OperationError {
     #[error("{0}")]
     NotFound(String),
+    /// An active workload of the name exists and asks for something else.
     #[error("{0}")]
-    AlreadyExists(String),
+    NameTaken(String),
+    /// The workload has terminated; nothing about it can change.
     #[error("{0}")]
-    FailedPrecondition(String),
+    Terminated(String),
+    /// The operation needs the workload (or run) in another state.
+    #[error("{0}")]
+    WrongState(String),
+    /// The change cannot be made in place.
+    #[error("{0}")]
+    NeedsReplacement(String),
     /// A field of the request cannot be honoured (names the field, like validation).
     #[error("{field}: {message}")]
     InvalidField {
@@ -93,6 +102,20 @@ impl From<computearbitrage_store::StoreError> for OperationError {
     fn from(e: computearbitrage_store::StoreError) -> Self {
         OperationError::Service(e.into())
     }
+}
+
+/// What `UpdateWorkload` replaces.
+#[derive(Debug, Clone)]
+pub struct WorkloadUpdate {
+    pub tags: std::collections::BTreeMap<String, String>,
+    pub env: std::collections::BTreeMap<String, String>,
+    /// The check in effect (defaults filled in).
+    pub health_check: computearbitrage_core::HealthCheck,
+    /// Whether the request had a health_check block.
+    pub health_check_written: bool,
+    pub on_interruption: computearbitrage_core::OnInterruption,
+    /// `None` keeps the current storage.
+    pub storage: Option<computearbitrage_core::StorageSpec>,
 }
 
 pub struct Orchestrator {
@@ -169,10 +192,10 @@ impl Orchestrator {
         &self.store
     }
 
-    pub(crate) fn driver(&self, provider: &str) -> Result<Arc<dyn Driver>, ServiceError> {
-        Cloud::parse(provider)
+    pub(crate) fn driver(&self, cloud: &str) -> Result<Arc<dyn Driver>, ServiceError> {
+        Cloud::parse(cloud)
             .and_then(|c| self.drivers.get(&c).cloned())
-            .ok_or_else(|| ServiceError::config(format!("no driver for provider {provider:?}")))
+            .ok_or_else(|| ServiceError::config(format!("no driver for cloud {cloud:?}")))
     }
 
     /// Creates a workload and starts provisioning it, or returns the active workload
@@ -225,13 +248,18 @@ impl Orchestrator {
                 Ok(record)
             }
             CreateOutcome::Existing(existing) => {
-                if existing.spec.same_identity(&spec) {
+                let differences = existing.spec.differences(&spec);
+                if differences.is_empty() {
                     tracing::info!(tenant, workload_id = %existing.id, name = %spec.name, "adopted the existing workload of this name");
                     Ok(*existing)
                 } else {
-                    Err(OperationError::AlreadyExists(format!(
-                        "workload {:?} already exists ({}, {}) with a different command, image, port or requirements; choose another name, or destroy it first",
-                        spec.name, existing.id, existing.status
+                    Err(OperationError::NameTaken(format!(
+                        "workload {:?} already exists as {} ({}) and differs in {}; to manage it from this configuration, import it with `terraform import <resource address> {}`; otherwise choose another name, or destroy it first",
+                        spec.name,
+                        existing.id,
+                        existing.status,
+                        differences.join(", "),
+                        existing.id
                     )))
                 }
             }
@@ -328,21 +356,43 @@ impl Orchestrator {
         })
     }
 
-    /// Changes what can change in place: tags, health check, on_interruption, env.
+    /// Replaces what can change in place: tags, env, health check, on_interruption,
+    /// and storage's quota and retention.
     pub async fn update(
         &self,
         tenant: &str,
         id: &str,
-        apply: impl FnOnce(&mut WorkloadSpec),
+        update: WorkloadUpdate,
     ) -> Result<WorkloadRecord, OperationError> {
         let current = self.get(tenant, id).await?;
-        if current.status == WorkloadStatus::Terminated {
-            return Err(OperationError::FailedPrecondition(format!(
-                "workload {id} is TERMINATED and cannot change; create a new one"
+        if matches!(
+            current.status,
+            WorkloadStatus::Terminated | WorkloadStatus::Failed
+        ) {
+            return Err(OperationError::Terminated(format!(
+                "workload {id} is {} and cannot change; create a new one",
+                current.status
             )));
         }
         let mut spec = current.spec.clone();
-        apply(&mut spec);
+        let mut written = spec.written_blocks();
+        if let Some(storage) = update.storage {
+            if storage.enabled != spec.storage.enabled {
+                return Err(OperationError::NeedsReplacement(format!(
+                    "storage.enabled of workload {id} cannot change in place (it is {}); replace the workload to {} storage",
+                    spec.storage.enabled,
+                    if storage.enabled { "add" } else { "remove" }
+                )));
+            }
+            spec.storage = storage;
+            written.storage = true;
+        }
+        spec.tags = update.tags;
+        spec.env = update.env;
+        spec.health_check = update.health_check;
+        written.health_check = update.health_check_written;
+        spec.on_interruption = update.on_interruption;
+        spec.written = Some(written);
         self.store
             .update_workload(
                 tenant,
@@ -433,13 +483,13 @@ impl Orchestrator {
             .filter(|r| r.tenant_id == tenant)
             .ok_or_else(|| OperationError::NotFound(format!("no run {run_id:?}")))?;
         if run.status != RunStatus::Dead {
-            return Err(OperationError::FailedPrecondition(format!(
+            return Err(OperationError::WrongState(format!(
                 "run {run_id} is {}, not a dead letter; only dead runs can be replayed",
                 run.status.as_str()
             )));
         }
         if run.kind == RunKind::Provision {
-            return Err(OperationError::FailedPrecondition(format!(
+            return Err(OperationError::WrongState(format!(
                 "run {run_id} provisioned a workload that has FAILED and released its instance; apply the workload again instead of replaying"
             )));
         }
@@ -462,13 +512,13 @@ impl Orchestrator {
             .clone()
             .filter(|_| workload.status == WorkloadStatus::Running)
         else {
-            return Err(OperationError::FailedPrecondition(format!(
+            return Err(OperationError::WrongState(format!(
                 "workload {id} is {}; only a RUNNING workload can be interrupted",
                 workload.status
             )));
         };
         let Some(local) = &self.local else {
-            return Err(OperationError::FailedPrecondition(
+            return Err(OperationError::WrongState(
                 "interruptions can only be injected with the local driver".into(),
             ));
         };

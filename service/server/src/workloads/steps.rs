@@ -118,7 +118,7 @@ fn placement_record(output: &Value) -> PlacementRecord {
             .to_string()
     };
     PlacementRecord {
-        provider: s("provider"),
+        cloud: s("provider"),
         region: s("region"),
         zone: s("zone"),
         instance_type: s("instance_type"),
@@ -134,7 +134,7 @@ async fn mark_provisioning(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result
     let placed = placement_record(ctx.output(PLACEMENT)?);
     let reason = format!(
         "placed on {} {} in {}",
-        placed.provider, placed.instance_type, placed.region
+        placed.cloud, placed.instance_type, placed.region
     );
     orch.transition(
         ctx.workload,
@@ -156,7 +156,7 @@ async fn provision(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, 
     let mut tags = spec.tags.clone();
     tags.insert(WORKLOAD_TAG.into(), ctx.workload.id.clone());
     tags.insert(TENANT_TAG.into(), ctx.workload.tenant_id.clone());
-    let driver = orch.driver(&placed.provider)?;
+    let driver = orch.driver(&placed.cloud)?;
     let instance = driver
         .create_spot_instance(&InstanceSpec {
             idempotency_token: ctx.token(PROVISION),
@@ -201,7 +201,7 @@ fn instance_id(ctx: &StepContext<'_>) -> Result<String, StepError> {
 
 async fn wait_running(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, StepError> {
     let placed = placement_record(ctx.output(PLACEMENT)?);
-    let driver = orch.driver(&placed.provider)?;
+    let driver = orch.driver(&placed.cloud)?;
     let id = instance_id(ctx)?;
     let deadline = tokio::time::Instant::now() + orch.settings.wait_running_timeout;
     loop {
@@ -248,7 +248,7 @@ async fn wait_healthy(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Valu
     let check = &ctx.workload.spec.health_check;
     let url = format!("http://{address}{}", check.path);
     let placed = placement_record(ctx.output(PLACEMENT)?);
-    let driver = orch.driver(&placed.provider)?;
+    let driver = orch.driver(&placed.cloud)?;
     let id = instance_id(ctx)?;
     // The whole create may take create_timeout, counted from when it was accepted. The
     // run gives up a margin before that (10 %, at least 1 s), so a caller waiting
@@ -472,7 +472,7 @@ pub fn bill(
         tenant_id: workload.tenant_id.clone(),
         workload_id: workload.id.clone(),
         instance_id: instance_id.to_string(),
-        provider: placed.provider.clone(),
+        cloud: placed.cloud.clone(),
         region: placed.region.clone(),
         instance_type: placed.instance_type.clone(),
         price_per_hour: placed.price_per_hour,

@@ -119,6 +119,7 @@ async fn setup(driver: Arc<ScriptedDriver>) -> Arc<Orchestrator> {
                 on_demand_price: Some(0.096),
                 spot_price: 0.036,
                 interruption_rate: computearbitrage_core::InterruptionRate::Unknown,
+                interruption_source: String::new(),
                 observed_at: 0,
                 source: "test".into(),
             }],
@@ -165,6 +166,7 @@ fn workload_spec(name: &str) -> WorkloadSpec {
         create_timeout: Duration::from_secs(60),
         tcp_port: None,
         tcp_listen_port: None,
+        written: None,
     }
 }
 

@@ -253,6 +253,7 @@ pub fn spec(name: &str) -> WorkloadSpec {
         create_timeout: Duration::from_secs(60),
         tcp_port: None,
         tcp_listen_port: None,
+        written: None,
     }
 }
 

@@ -1,0 +1,103 @@
+//! The schema of `computearbitrage_workload`, a description on every attribute.
+
+use crate::requirements;
+use crate::schema::{attribute, computed, optional, optional_computed, sensitive, string_list};
+use std::collections::HashMap;
+use tf_provider::schema::{AttributeConstraint, AttributeType, Block, NestedBlock, Schema};
+
+pub fn schema() -> Schema {
+    let string_map = AttributeType::Map(Box::new(AttributeType::String));
+    let mut provider = computed(
+        AttributeType::String,
+        "Deprecated: use `cloud`. The same value, kept for one release.",
+    );
+    provider.deprecated = true;
+    let attributes = HashMap::from([
+        ("id".to_string(), computed(AttributeType::String, "The workload id assigned by the service (`wl-…`). Use it to import.")),
+        ("name".to_string(), attribute(AttributeType::String, AttributeConstraint::Required, "Name, unique among the tenant's active workloads: 1 to 63 lower-case letters, digits and dashes. Changing it replaces the workload.")),
+        ("command".to_string(), attribute(string_list(), AttributeConstraint::Required, "The program and its arguments, run on the instance. The local driver runs it as a process with `PORT` set, a cleared environment and its own working directory. Changing it replaces the workload.")),
+        ("image".to_string(), optional(AttributeType::String, "Container image for real clouds; the local driver ignores it. Changing it replaces the workload.")),
+        ("env".to_string(), optional_computed(string_map.clone(), "Environment variables of the workload: names of letters, digits and underscores; `PORT`, `TCP_PORT`, `CHECKPOINT_DIR` and names starting with `COMPUTEARBITRAGE_` are the service's own. At most 128 variables, 32 KiB per value, 128 KiB in all. Changed in place; the values apply when the workload is next provisioned.")),
+        ("port".to_string(), optional_computed(AttributeType::Number, "The port the workload serves on, passed as `PORT` (the local driver picks a free port instead). Default 8080. Changing it replaces the workload.")),
+        ("on_interruption".to_string(), optional_computed(AttributeType::String, "What to do when the cloud reclaims the capacity: `migrate` (default) or `terminate`. Until migration ships, both terminate the workload. Changed in place.")),
+        ("tags".to_string(), optional_computed(string_map, "Tags for the instance and the workload: at most 50, keys up to 128 characters, values up to 256; keys starting with `computearbitrage-` are the service's own. Changed in place.")),
+        ("status".to_string(), computed(AttributeType::String, "Lifecycle status: `RUNNING` after create; `UNHEALTHY`, `INTERRUPTED`, … as the service observes. Unknown in a plan that changes the workload in place, since it may change before the apply.")),
+        ("cloud".to_string(), computed(AttributeType::String, "Cloud the workload runs on. May change when the service moves it; never a diff.")),
+        ("provider".to_string(), provider),
+        ("region".to_string(), computed(AttributeType::String, "Region the workload runs in.")),
+        ("zone".to_string(), computed(AttributeType::String, "Zone, empty where the cloud prices per region.")),
+        ("instance_type".to_string(), computed(AttributeType::String, "Instance type the workload runs on.")),
+        ("instance_id".to_string(), computed(AttributeType::String, "The driver's instance id.")),
+        ("endpoint".to_string(), computed(AttributeType::String, "The workload's stable URL through the router (`http://router/w/<id>/`, or `http://<id>.<base domain>/` with host routing). It stays the same when the workload moves. Requests need `access_token` or a tenant token with the `route` scope, as `Authorization: Bearer …` or `?token=…`.")),
+        ("access_token".to_string(), sensitive(computed(AttributeType::String, "A token that reaches this workload, and only it, through the router. Sensitive."))),
+        ("backend_endpoint".to_string(), computed(AttributeType::String, "The current instance's own `host:port`; changes when the workload moves, so use `endpoint` instead.")),
+        ("tcp_port".to_string(), optional(AttributeType::Number, "A raw TCP port the workload serves on (the local driver sets `TCP_PORT` to a free port instead). When set, the router exposes it on `tcp_endpoint`. Changing it replaces the workload.")),
+        ("tcp_listen_port".to_string(), optional_computed(AttributeType::Number, "The router's stable TCP listener port for `tcp_port`: the one requested (within the router's TCP port range, default 20000-20999), or allocated when unset. Changing it replaces the workload.")),
+        ("tcp_endpoint".to_string(), computed(AttributeType::String, "`host:port` of the router's TCP listener for this workload, when `tcp_port` is set. Null otherwise.")),
+        ("price_per_hour".to_string(), computed(AttributeType::Number, "Spot price paid, USD per hour.")),
+        ("on_demand_price_per_hour".to_string(), computed(AttributeType::Number, "On-demand price of the same offer, USD per hour; null when unknown.")),
+        ("created_at".to_string(), computed(AttributeType::String, "When the service accepted the workload (RFC 3339).")),
+    ]);
+    let health_check = Block {
+        attributes: HashMap::from([
+            (
+                "path".to_string(),
+                optional_computed(AttributeType::String, "HTTP path checked with GET; 2xx is healthy, and redirects are not followed. Default `/health`."),
+            ),
+            (
+                "interval_seconds".to_string(),
+                optional_computed(AttributeType::Number, "Seconds between checks. Default 30."),
+            ),
+            (
+                "timeout_seconds".to_string(),
+                optional_computed(
+                    AttributeType::Number,
+                    "Seconds before a check counts as failed; at most the interval. Default 5, or the interval when that is shorter.",
+                ),
+            ),
+            (
+                "unhealthy_threshold".to_string(),
+                optional_computed(AttributeType::Number, "Consecutive failures before the workload is UNHEALTHY. Default 3."),
+            ),
+        ]),
+        description: "Health check of the workload; changed in place.".into(),
+        ..Default::default()
+    };
+    let storage = Block {
+        attributes: HashMap::from([
+            ("enabled".to_string(), optional_computed(AttributeType::Bool, "Whether the workload gets a storage namespace for checkpoints and artifacts. Default `false`. Changing it replaces the workload.")),
+            ("quota_gb".to_string(), optional_computed(AttributeType::Number, "Storage quota in GB. Default 0. Changed in place.")),
+            ("retention_days".to_string(), optional_computed(AttributeType::Number, "Days objects are kept after the workload terminates. Default 0. Changed in place.")),
+        ]),
+        description: "Workload state storage (recorded now; used by migration). `enabled` forces a new workload; the quota and retention change in place.".into(),
+        ..Default::default()
+    };
+    let timeouts = Block {
+        attributes: HashMap::from([
+            (
+                "create".to_string(),
+                optional(AttributeType::String, "How long create may take, such as `10m` (default) or `1h30m`."),
+            ),
+            (
+                "delete".to_string(),
+                optional(AttributeType::String, "How long destroy may take. Default `5m`."),
+            ),
+        ]),
+        description: "Operation timeouts.".into(),
+        ..Default::default()
+    };
+    Schema {
+        version: 1,
+        block: Block {
+            attributes,
+            blocks: HashMap::from([
+                (requirements::BLOCK_NAME.to_string(), requirements::block()),
+                ("health_check".to_string(), NestedBlock::Optional(health_check)),
+                ("storage".to_string(), NestedBlock::Optional(storage)),
+                ("timeouts".to_string(), NestedBlock::Optional(timeouts)),
+            ]),
+            description: "A workload on the cheapest matching spot capacity across clouds, kept running by the computearbitrage service.".into(),
+            ..Default::default()
+        },
+    }
+}

@@ -1,0 +1,188 @@
+//! The conventions of a workload spec that the API contract and the core share:
+//! spellings (the names users may write and the one canonical form of each) and
+//! defaults (what an absent field means).
+//!
+//! The API accepts several spellings of the same thing (`amd64` and `x86_64`,
+//! `nvidia-tesla-a100` and `a100`); the service stores and returns the canonical one,
+//! and the provider compares canonical forms, so a value read back in another
+//! spelling is never a diff. Both the API crate and the core depend on this crate,
+//! which depends on nothing.
+//!
+//! - [`cloud`]: `aws`, `gcp`, `azure` (lower case only).
+//! - [`architecture`]: `x86_64` (also `amd64`, `x86-64`) and `arm64` (also `aarch64`).
+//! - [`gpu`]: canonical GPU model names and the clouds' own names for them.
+//! - [`nearest`]: the known names closest to a misspelt one, for "did you mean".
+//! - [`defaults`]: the values of fields a spec leaves out.
+
+/// The cloud names, canonical and only accepted spelling.
+pub const CLOUDS: [&str; 3] = ["aws", "gcp", "azure"];
+
+/// The canonical cloud name, if `name` is one.
+pub fn cloud(name: &str) -> Option<&'static str> {
+    CLOUDS.iter().copied().find(|c| *c == name)
+}
+
+/// The canonical architectures.
+pub const ARCHITECTURES: [&str; 2] = ["x86_64", "arm64"];
+
+/// The canonical architecture name of any accepted spelling, case-insensitive.
+pub fn architecture(name: &str) -> Option<&'static str> {
+    match name.to_ascii_lowercase().as_str() {
+        "x86_64" | "amd64" | "x86-64" => Some("x86_64"),
+        "arm64" | "aarch64" => Some("arm64"),
+        _ => None,
+    }
+}
+
+/// GPU model names.
+pub mod gpu {
+    /// The canonical names users filter on.
+    pub const CANONICAL: [&str; 11] = [
+        "A100",
+        "A100-80GB",
+        "H100",
+        "H200",
+        "L4",
+        "T4",
+        "V100",
+        "A10G",
+        "A10",
+        "K80",
+        "M60",
+    ];
+
+    /// Maps a cloud's accelerator name, or a canonical name in any case, onto the
+    /// canonical name. Names outside the known set are kept as written (trimmed), so
+    /// nothing is silently renamed.
+    pub fn canonical(original: &str) -> String {
+        let trimmed = original.trim();
+        let lower = trimmed.to_ascii_lowercase();
+        let mapped = match lower.as_str() {
+            "nvidia-tesla-a100" => Some("A100"),
+            "nvidia-a100-80gb" => Some("A100-80GB"),
+            "nvidia-h100-80gb" | "nvidia-h100-mega-80gb" => Some("H100"),
+            "nvidia-h200-141gb" => Some("H200"),
+            "nvidia-l4" => Some("L4"),
+            "nvidia-tesla-t4" => Some("T4"),
+            "nvidia-tesla-v100" => Some("V100"),
+            "nvidia-tesla-k80" => Some("K80"),
+            _ => None,
+        };
+        if let Some(name) = mapped {
+            return name.to_string();
+        }
+        CANONICAL
+            .iter()
+            .find(|c| c.eq_ignore_ascii_case(trimmed))
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| trimmed.to_string())
+    }
+}
+
+/// What a workload spec means by the fields it leaves out.
+pub mod defaults {
+    /// The port the workload serves on.
+    pub const PORT: u16 = 8080;
+    /// What happens when the cloud reclaims the instance.
+    pub const ON_INTERRUPTION: &str = "migrate";
+    pub const HEALTH_PATH: &str = "/health";
+    pub const HEALTH_INTERVAL_SECONDS: u32 = 30;
+    /// The timeout when the interval is at least this long; see [`health_timeout_seconds`].
+    pub const HEALTH_TIMEOUT_SECONDS: u32 = 5;
+    pub const HEALTH_UNHEALTHY_THRESHOLD: u32 = 3;
+    /// How long provisioning may take.
+    pub const CREATE_TIMEOUT_SECONDS: u32 = 600;
+
+    /// The default timeout of a check every `interval_seconds`: 5 s, or the whole
+    /// interval when that is shorter, so a check always ends before the next starts.
+    pub fn health_timeout_seconds(interval_seconds: u32) -> u32 {
+        HEALTH_TIMEOUT_SECONDS.min(interval_seconds.max(1))
+    }
+}
+
+/// Levenshtein distance, for suggestions.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Up to `limit` of `known` closest to `name` (case-insensitive), nearest first,
+/// among those within a third of the name's length (at least 2 edits). Ties keep
+/// `known`'s order.
+pub fn nearest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>, limit: usize) -> Vec<&'a str> {
+    let lower = name.to_ascii_lowercase();
+    let budget = (lower.chars().count() / 3).max(2);
+    let mut scored: Vec<(usize, usize, &str)> = known
+        .into_iter()
+        .enumerate()
+        .map(|(i, k)| (edit_distance(&lower, &k.to_ascii_lowercase()), i, k))
+        .filter(|(d, _, _)| *d <= budget)
+        .collect();
+    scored.sort();
+    scored.dedup_by(|a, b| a.2 == b.2);
+    scored.into_iter().take(limit).map(|(_, _, k)| k).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_architecture_spelling_has_one_canonical_form() {
+        for (spelling, canonical) in [
+            ("x86_64", "x86_64"),
+            ("AMD64", "x86_64"),
+            ("x86-64", "x86_64"),
+            ("aarch64", "arm64"),
+            ("ARM64", "arm64"),
+        ] {
+            assert_eq!(architecture(spelling), Some(canonical), "{spelling}");
+            assert_eq!(architecture(canonical), Some(canonical));
+        }
+        assert_eq!(architecture("sparc"), None);
+    }
+
+    #[test]
+    fn gpu_names_map_to_canonical_and_unknown_names_are_kept() {
+        assert_eq!(gpu::canonical("nvidia-tesla-a100"), "A100");
+        assert_eq!(gpu::canonical("nvidia-a100-80gb"), "A100-80GB");
+        assert_eq!(gpu::canonical("nvidia-h100-80gb"), "H100");
+        assert_eq!(gpu::canonical("nvidia-h200-141gb"), "H200");
+        assert_eq!(gpu::canonical("nvidia-l4"), "L4");
+        assert_eq!(gpu::canonical("a10g"), "A10G");
+        assert_eq!(gpu::canonical(" T4 "), "T4");
+        assert_eq!(gpu::canonical("Radeon MI25"), "Radeon MI25");
+        for name in gpu::CANONICAL {
+            assert_eq!(gpu::canonical(name), name, "canonical names are fixed points");
+        }
+    }
+
+    #[test]
+    fn the_default_timeout_fits_any_interval() {
+        assert_eq!(defaults::health_timeout_seconds(30), 5);
+        assert_eq!(defaults::health_timeout_seconds(5), 5);
+        assert_eq!(defaults::health_timeout_seconds(2), 2);
+        assert_eq!(defaults::health_timeout_seconds(1), 1);
+        assert_eq!(defaults::health_timeout_seconds(0), 1);
+    }
+
+    #[test]
+    fn nearest_names_are_ranked_by_distance() {
+        let regions = ["us-east-1", "us-east-2", "eu-west-1", "us-west-1"];
+        // One edit from us-east-1 and from us-west-1, two from us-east-2.
+        assert_eq!(nearest("us-eest-1", regions, 3), vec!["us-east-1", "us-west-1", "us-east-2"]);
+        assert_eq!(nearest("US-EAST-1", regions, 1), vec!["us-east-1"]);
+        assert!(nearest("antarctica-9", regions, 3).is_empty());
+        assert_eq!(cloud("aws"), Some("aws"));
+        assert_eq!(cloud("AWS"), None);
+    }
+}

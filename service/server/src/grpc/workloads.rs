@@ -1,0 +1,268 @@
+//! The `Workloads` handlers: validation, wire ↔ core conversion, and calls into the
+//! orchestrator.
+
+use super::wire::{self, workload_to_pb};
+use super::{invalid, status_of, store_status, tenant};
+use crate::routing::PublicAddress;
+use crate::workloads::{Orchestrator, WorkloadUpdate};
+use computearbitrage_api::pb::workloads_server::Workloads;
+use computearbitrage_api::{pb, validate};
+use computearbitrage_core::fmt::rfc3339;
+use computearbitrage_store::{RunRecord, WorkloadRecord};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub struct WorkloadsApi {
+    pub orchestrator: Arc<Orchestrator>,
+    /// Where users reach workloads: builds `endpoint` and `tcp_endpoint`.
+    pub public: PublicAddress,
+}
+
+impl WorkloadsApi {
+    fn to_pb(&self, w: &WorkloadRecord) -> pb::Workload {
+        workload_to_pb(w, &self.public, &self.orchestrator.settings.access_tokens)
+    }
+}
+
+async fn runs_to_pb(
+    orch: &Orchestrator,
+    runs: &[RunRecord],
+) -> Result<pb::ListRunsResponse, Status> {
+    let mut out = Vec::with_capacity(runs.len());
+    for run in runs {
+        out.push(run_to_pb(orch, run).await?);
+    }
+    Ok(pb::ListRunsResponse { runs: out })
+}
+
+async fn run_to_pb(orch: &Orchestrator, run: &RunRecord) -> Result<pb::Run, Status> {
+    let steps = orch.store().steps(&run.id).await.map_err(store_status)?;
+    Ok(pb::Run {
+        id: run.id.clone(),
+        workload_id: run.workload_id.clone(),
+        kind: run.kind.as_str().into(),
+        status: run.status.as_str().into(),
+        reason: run.reason.clone(),
+        error: run.error.clone().unwrap_or_default(),
+        failed_step: run.failed_step.clone().unwrap_or_default(),
+        replays: run.replays,
+        steps: steps
+            .into_iter()
+            .map(|s| pb::Step {
+                name: s.step,
+                attempts: s.attempts,
+                completed: s.completed,
+                output: s.output.unwrap_or_default(),
+                last_error: s.last_error.unwrap_or_default(),
+                started_at: rfc3339(s.started_at / 1000),
+                finished_at: s.finished_at.map(|t| rfc3339(t / 1000)).unwrap_or_default(),
+            })
+            .collect(),
+        created_at: rfc3339(run.created_at / 1000),
+        updated_at: rfc3339(run.updated_at / 1000),
+    })
+}
+
+#[tonic::async_trait]
+impl Workloads for WorkloadsApi {
+    async fn apply_workload(
+        &self,
+        request: Request<pb::ApplyWorkloadRequest>,
+    ) -> Result<Response<pb::Workload>, Status> {
+        let tenant = tenant(&request)?;
+        let spec = request
+            .into_inner()
+            .spec
+            .ok_or_else(|| {
+                invalid(vec![validate::Violation::field(
+                    "spec",
+                    "the spec is missing; send the workload's spec",
+                )])
+            })?;
+        let violations = validate::workload_spec(&spec);
+        if !violations.is_empty() {
+            return Err(invalid(violations));
+        }
+        let record = self
+            .orchestrator
+            .apply(&tenant, wire::spec_from_pb(&spec))
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(self.to_pb(&record)))
+    }
+
+    async fn get_workload(
+        &self,
+        request: Request<pb::GetWorkloadRequest>,
+    ) -> Result<Response<pb::Workload>, Status> {
+        let tenant = tenant(&request)?;
+        let id = request.into_inner().id;
+        let record = self
+            .orchestrator
+            .get(&tenant, &id)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(self.to_pb(&record)))
+    }
+
+    async fn update_workload(
+        &self,
+        request: Request<pb::UpdateWorkloadRequest>,
+    ) -> Result<Response<pb::Workload>, Status> {
+        let tenant = tenant(&request)?;
+        let req = request.into_inner();
+        let violations = validate::update_workload(&req);
+        if !violations.is_empty() {
+            return Err(invalid(violations));
+        }
+        let update = WorkloadUpdate {
+            tags: req.tags.into_iter().collect(),
+            env: req.env.into_iter().collect(),
+            health_check: wire::health_check_from_pb(req.health_check.as_ref()),
+            health_check_written: req.health_check.is_some(),
+            on_interruption: wire::on_interruption(&req.on_interruption),
+            storage: req.storage.as_ref().map(|s| wire::storage_from_pb(Some(s))),
+        };
+        let record = self
+            .orchestrator
+            .update(&tenant, &req.id, update)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(self.to_pb(&record)))
+    }
+
+    async fn delete_workload(
+        &self,
+        request: Request<pb::DeleteWorkloadRequest>,
+    ) -> Result<Response<pb::Workload>, Status> {
+        let tenant = tenant(&request)?;
+        let req = request.into_inner();
+        let reason = if req.reason.is_empty() {
+            "deleted on request".to_string()
+        } else {
+            req.reason
+        };
+        let record = self
+            .orchestrator
+            .delete(&tenant, &req.id, &reason)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(self.to_pb(&record)))
+    }
+
+    async fn list_runs(
+        &self,
+        request: Request<pb::ListRunsRequest>,
+    ) -> Result<Response<pb::ListRunsResponse>, Status> {
+        let tenant = tenant(&request)?;
+        let workload_id = request.into_inner().workload_id;
+        self.orchestrator
+            .get(&tenant, &workload_id)
+            .await
+            .map_err(status_of)?;
+        let runs = self
+            .orchestrator
+            .store()
+            .runs_of(&tenant, &workload_id)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(runs_to_pb(&self.orchestrator, &runs).await?))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListRunsResponse>, Status> {
+        let tenant = tenant(&request)?;
+        let runs = self
+            .orchestrator
+            .store()
+            .dead_runs(&tenant)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(runs_to_pb(&self.orchestrator, &runs).await?))
+    }
+
+    async fn replay_dead_letter(
+        &self,
+        request: Request<pb::ReplayDeadLetterRequest>,
+    ) -> Result<Response<pb::Run>, Status> {
+        let tenant = tenant(&request)?;
+        let run_id = request.into_inner().run_id;
+        let run = self
+            .orchestrator
+            .replay(&tenant, &run_id)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(run_to_pb(&self.orchestrator, &run).await?))
+    }
+
+    async fn get_billing(
+        &self,
+        request: Request<pb::GetBillingRequest>,
+    ) -> Result<Response<pb::GetBillingResponse>, Status> {
+        let tenant = tenant(&request)?;
+        let workload_id = request.into_inner().workload_id;
+        self.orchestrator
+            .get(&tenant, &workload_id)
+            .await
+            .map_err(status_of)?;
+        let records = self
+            .orchestrator
+            .store()
+            .billing(&tenant, &workload_id)
+            .await
+            .map_err(store_status)?;
+        let total_cost = records.iter().map(|r| r.cost).sum();
+        Ok(Response::new(pb::GetBillingResponse {
+            records: records
+                .into_iter()
+                .map(|r| pb::BillingRecord {
+                    instance_id: r.instance_id,
+                    cloud: r.cloud,
+                    region: r.region,
+                    instance_type: r.instance_type,
+                    price_per_hour: r.price_per_hour,
+                    started_at: rfc3339(r.started_at / 1000),
+                    ended_at: rfc3339(r.ended_at / 1000),
+                    duration_seconds: (r.ended_at - r.started_at) as f64 / 1000.0,
+                    cost: r.cost,
+                })
+                .collect(),
+            total_cost,
+        }))
+    }
+
+    async fn list_notifications(
+        &self,
+        request: Request<pb::ListNotificationsRequest>,
+    ) -> Result<Response<pb::ListNotificationsResponse>, Status> {
+        let tenant = tenant(&request)?;
+        let workload_id = request.into_inner().workload_id;
+        let list = self
+            .orchestrator
+            .store()
+            .notifications(&tenant, &workload_id)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::ListNotificationsResponse {
+            notifications: list
+                .into_iter()
+                .map(|n| pb::Notification {
+                    id: n.id,
+                    kind: n.kind,
+                    payload: n.payload,
+                    status: n.status.as_str().into(),
+                    attempts: n.attempts,
+                    last_error: n.last_error.unwrap_or_default(),
+                    created_at: rfc3339(n.created_at / 1000),
+                    delivered_at: n
+                        .delivered_at
+                        .map(|t| rfc3339(t / 1000))
+                        .unwrap_or_default(),
+                })
+                .collect(),
+        }))
+    }
+}
+
