@@ -52,6 +52,10 @@ class Service:
             self.tcp_ports = (tcp_min, tcp_min + 9)
         env["COMPUTEARBITRAGE_ROUTER__TCP_PORT_MIN"] = str(self.tcp_ports[0])
         env["COMPUTEARBITRAGE_ROUTER__TCP_PORT_MAX"] = str(self.tcp_ports[1])
+        # Most test workloads run a script of the checkout and read files in pytest's
+        # private temporary directories: they run as the service's user. The examples
+        # run with the defaults (`isolated_service`), each workload its own user.
+        env["COMPUTEARBITRAGE_WORKLOADS__LOCAL__RUN_AS"] = "service"
         env.update(self.extra_env)
         self.log = open(data_dir.parent / f"{data_dir.name}.log", "a")
         self.process = subprocess.Popen(
@@ -165,6 +169,18 @@ def fixture_service(tmp_path_factory):
 def workload_service(tmp_path_factory):
     """A service for workload tests, with fast health checks configured per workload."""
     service = Service(tmp_path_factory.mktemp("svc") / "workloads", None)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def isolated_service(tmp_path_factory):
+    """A service with the default isolation: as root, every workload its own user."""
+    service = Service(
+        tmp_path_factory.mktemp("svc") / "isolated",
+        None,
+        extra_env={"COMPUTEARBITRAGE_WORKLOADS__LOCAL__RUN_AS": "per-workload"},
+    )
     yield service
     service.stop()
 

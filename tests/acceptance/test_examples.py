@@ -61,8 +61,8 @@ def test_example_applies(full_service, workspace_for, example):
 
 
 @pytest.mark.parametrize("example", RESOURCE_EXAMPLES, ids=lambda p: p.parent.name)
-def test_resource_example_applies_answers_and_destroys(workload_service, workload_for_service, example):
-    ws = workload_for_service(workload_service)
+def test_resource_example_applies_answers_and_destroys(isolated_service, workload_for_service, example):
+    ws = workload_for_service(isolated_service)
     ws.copy_in(EXAMPLES / "provider" / "provider.tf", "provider.tf")
     ws.copy_in(example, "main.tf")
     ws.apply()
@@ -78,10 +78,10 @@ def test_resource_example_applies_answers_and_destroys(workload_service, workloa
 
 
 @pytest.mark.parametrize("example", WORKLOAD_EXAMPLES, ids=lambda p: p.parent.name)
-def test_workload_examples_apply_answer_and_destroy(workload_service, workload_for_service, example):
+def test_workload_examples_apply_answer_and_destroy(isolated_service, workload_for_service, example):
     import socket
 
-    ws = workload_for_service(workload_service)
+    ws = workload_for_service(isolated_service)
     ws.copy_in(EXAMPLES / "provider" / "provider.tf", "provider.tf")
     ws.copy_in(example, "main.tf")
     ws.apply()

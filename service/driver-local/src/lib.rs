@@ -3,8 +3,11 @@
 //! (and `TCP_PORT` to another when it asked for TCP exposure); the instance address
 //! is `127.0.0.1:PORT`.
 //!
-//! Module map (this file):
-//! - [`LocalDriver`]: the [`Driver`] implementation.
+//! Module map:
+//! - [`LocalDriver`] (this file): the [`Driver`] implementation.
+//! - [`isolation`]: what a workload can reach: a cleared environment, its own working
+//!   directory, its own uid when the service runs as root; private files for the rest.
+//! - [`process`]: telling our processes from pid reuse, finding and stopping them.
 //! - records: one JSON file per instance under the driver's directory, written before
 //!   the process starts and updated after, so a restarted service finds every process
 //!   it started, even one spawned just before a crash (processes carry
@@ -15,7 +18,12 @@
 //! Processes run in their own process group, so the service's own signals (Ctrl-C, a
 //! kill -9 of the service) do not reach them, and termination reaches their children.
 
+pub mod isolation;
+mod process;
+
 use computearbitrage_core::{Driver, DriverEvent, Error, Instance, InstanceSpec, InstanceState};
+pub use isolation::{LocalOptions, RunAs};
+use process::{alive, find_by_marker, proc_stat, stop_process};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -51,6 +59,12 @@ struct Record {
     created_at: i64,
     state: RecordState,
     command: Vec<String>,
+    /// The uid the process runs as when it is not the service's.
+    #[serde(default)]
+    uid: Option<u32>,
+    /// The instance's working directory, removed when it ends.
+    #[serde(default)]
+    work_dir: Option<PathBuf>,
 }
 
 impl Record {
@@ -91,6 +105,7 @@ struct Inner {
 #[derive(Clone)]
 pub struct LocalDriver {
     dir: PathBuf,
+    options: Arc<LocalOptions>,
     inner: Arc<Mutex<Inner>>,
     events_tx: mpsc::UnboundedSender<DriverEvent>,
     events_rx: Arc<Mutex<mpsc::UnboundedReceiver<DriverEvent>>>,
@@ -108,89 +123,6 @@ fn failure(message: impl Into<String>, retryable: bool) -> Error {
         driver: DRIVER.into(),
         message: message.into(),
         retryable,
-    }
-}
-
-/// `/proc/PID/stat`: (state, start ticks), or `None` if there is no such process.
-fn proc_stat(pid: u32) -> Option<(char, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = &text[text.rfind(')')? + 2..];
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    let state = fields.first()?.chars().next()?;
-    let start = fields.get(19)?.parse().ok()?;
-    Some((state, start))
-}
-
-/// Whether `pid` is still the process we started: alive, not a zombie, and started at
-/// the recorded time. Without a recorded start time nothing is ours: pids are reused
-/// quickly, and signalling a stranger's process group must never happen.
-fn alive(pid: u32, start_ticks: Option<u64>) -> bool {
-    match (proc_stat(pid), start_ticks) {
-        (Some((state, start)), Some(expected)) => state != 'Z' && state != 'X' && start == expected,
-        _ => false,
-    }
-}
-
-/// Alive and not a zombie, whoever started it.
-fn running(pid: u32) -> bool {
-    proc_stat(pid).is_some_and(|(state, _)| state != 'Z' && state != 'X')
-}
-
-/// A process whose environment carries `INSTANCE_ENV=instance_id`.
-fn find_by_marker(instance_id: &str) -> Option<u32> {
-    let marker = format!("{INSTANCE_ENV}={instance_id}");
-    let entries = std::fs::read_dir("/proc").ok()?;
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) {
-            if environ
-                .split(|b| *b == 0)
-                .any(|var| var == marker.as_bytes())
-                && running(pid)
-            {
-                return Some(pid);
-            }
-        }
-    }
-    None
-}
-
-fn signal_group(pid: u32, signal: i32) {
-    // kill(-1) and kill(-0) would reach every process, or our own group.
-    if pid <= 1 {
-        return;
-    }
-    // The process leads its own group (process_group(0) at spawn).
-    unsafe {
-        libc::kill(-(pid as i32), signal);
-    }
-}
-
-/// SIGTERM to the group, then SIGKILL if it is still there after `grace`.
-async fn stop_process(pid: u32, start_ticks: Option<u64>, grace: Duration) {
-    if !alive(pid, start_ticks) {
-        return;
-    }
-    signal_group(pid, libc::SIGTERM);
-    let deadline = tokio::time::Instant::now() + grace;
-    while tokio::time::Instant::now() < deadline {
-        if !alive(pid, start_ticks) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    signal_group(pid, libc::SIGKILL);
-    for _ in 0..40 {
-        if !alive(pid, start_ticks) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
@@ -213,10 +145,10 @@ fn free_port() -> Result<u16, Error> {
 }
 
 impl LocalDriver {
-    /// Opens the driver's directory, reloading every record and re-checking each
-    /// process it names: processes that survived a restart are adopted.
-    pub fn open(dir: &Path) -> Result<LocalDriver, Error> {
-        std::fs::create_dir_all(dir)
+    /// Opens the driver's directory (mode 0700), reloading every record and re-checking
+    /// each process it names: processes that survived a restart are adopted.
+    pub fn open(dir: &Path, options: LocalOptions) -> Result<LocalDriver, Error> {
+        isolation::private_dir(dir, 0o700)
             .map_err(|e| failure(format!("cannot create {}: {e}", dir.display()), false))?;
         let mut records = BTreeMap::new();
         let mut next_serial = 0;
@@ -249,9 +181,11 @@ impl LocalDriver {
                     record.state = RecordState::Terminated {
                         reason: "process not found after a service restart".into(),
                     };
+                    remove_work_dir(&record);
                 }
-                write_record(dir, &record)?;
             }
+            // Rewritten, live or not, so records of older versions get mode 0600 too.
+            write_record(dir, &record)?;
             if let Some(serial) = record
                 .instance_id
                 .rsplit('-')
@@ -263,8 +197,16 @@ impl LocalDriver {
             records.insert(record.instance_id.clone(), record);
         }
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        // Logs are private too, even those an older version wrote.
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.path().extension().and_then(|e| e.to_str()) == Some("log") {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600));
+            }
+        }
         Ok(LocalDriver {
             dir: dir.to_path_buf(),
+            options: Arc::new(options),
             inner: Arc::new(Mutex::new(Inner {
                 records,
                 next_serial,
@@ -327,6 +269,7 @@ impl LocalDriver {
                 record.state = RecordState::Terminated {
                     reason: reason.to_string(),
                 };
+                remove_work_dir(record);
                 if let Err(e) = write_record(&self.dir, record) {
                     tracing::warn!(instance_id, error = %e, "cannot persist instance record");
                 }
@@ -361,11 +304,20 @@ impl LocalDriver {
 
 fn write_record(dir: &Path, record: &Record) -> Result<(), Error> {
     let path = dir.join(format!("{}.json", record.instance_id));
-    let tmp = dir.join(format!("{}.json.tmp", record.instance_id));
     let text = serde_json::to_string_pretty(record).map_err(|e| failure(e.to_string(), false))?;
-    std::fs::write(&tmp, text)
-        .and_then(|_| std::fs::rename(&tmp, &path))
+    isolation::write_private(&path, text.as_bytes())
         .map_err(|e| failure(format!("cannot write {}: {e}", path.display()), true))
+}
+
+/// The working directory of an instance that has ended goes with it.
+fn remove_work_dir(record: &Record) {
+    if let Some(dir) = &record.work_dir {
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(instance_id = %record.instance_id, dir = %dir.display(), error = %e, "cannot remove a work directory");
+            }
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -399,6 +351,34 @@ impl Driver for LocalDriver {
             Some(_) => Some(free_port()?),
             None => None,
         };
+        let owner = match &self.options.run_as {
+            RunAs::Service => None,
+            RunAs::User { uid, gid } => Some((*uid, *gid)),
+            RunAs::PerWorkload { first, last } => {
+                let taken: std::collections::HashSet<u32> = inner
+                    .records
+                    .values()
+                    .filter(|r| r.is_live())
+                    .filter_map(|r| r.uid)
+                    .collect();
+                let uid = (*first..=*last).find(|u| !taken.contains(u)).ok_or_else(|| {
+                    failure(
+                        format!("every uid of workloads.local.uid_range ({first}-{last}) is in use by a live workload; widen the range"),
+                        true,
+                    )
+                })?;
+                Some((uid, uid))
+            }
+        };
+        let work_dir = isolation::work_dir(&self.options.work_root, &instance_id, owner).map_err(|e| {
+            failure(
+                format!(
+                    "cannot make the working directory under {}: {e}; check workloads.local.work_dir",
+                    self.options.work_root.display()
+                ),
+                false,
+            )
+        })?;
         let mut record = Record {
             instance_id: instance_id.clone(),
             idempotency_token: spec.idempotency_token.clone(),
@@ -410,35 +390,65 @@ impl Driver for LocalDriver {
             created_at: now(),
             state: RecordState::Starting,
             command: spec.command.clone(),
+            uid: owner.map(|(uid, _)| uid),
+            work_dir: Some(work_dir.clone()),
         };
         // Recorded before the spawn, so a crash in between leaves a trace to follow.
         write_record(&self.dir, &record)?;
         let log_path = self.dir.join(format!("{instance_id}.log"));
-        let log = std::fs::File::create(&log_path)
+        let log = isolation::create_private(&log_path)
             .map_err(|e| failure(format!("cannot create {}: {e}", log_path.display()), true))?;
         let log_err = log.try_clone().map_err(|e| failure(e.to_string(), true))?;
         let mut command = tokio::process::Command::new(program);
+        // Nothing of the service's environment: only what the workload is given.
         command
-            .args(&spec.command[1..])
+            .env_clear()
+            .env("PATH", isolation::DEFAULT_PATH)
+            .env("HOME", &work_dir)
             .envs(&spec.env)
             .env("PORT", port.to_string())
             .env(INSTANCE_ENV, &instance_id)
             .envs(tcp_port.map(|p| ("TCP_PORT", p.to_string())))
+            .current_dir(&work_dir)
+            .args(&spec.command[1..])
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(log_err)
             .process_group(0)
             .kill_on_drop(false);
+        if let Some((uid, gid)) = owner {
+            // std drops the supplementary groups when root sets a uid.
+            command.uid(uid).gid(gid);
+        }
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                // The service's umask is 077; the workload gets the usual one.
+                libc::umask(0o022);
+                // Nothing it runs can gain privileges (setuid binaries, file caps).
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(e) => {
                 record.state = RecordState::Terminated {
                     reason: format!("cannot start: {e}"),
                 };
+                remove_work_dir(&record);
                 write_record(&self.dir, &record)?;
                 inner.records.insert(instance_id, record);
+                let hint = match owner {
+                    Some((uid, _)) if e.kind() == std::io::ErrorKind::PermissionDenied => format!(
+                        "; the workload runs as its own user (uid {uid}, workloads.local.run_as), so the program and every file it reads must be readable by all users"
+                    ),
+                    _ => String::new(),
+                };
                 return Err(failure(
-                    format!("cannot start {program:?}: {e}; check the workload's `command`"),
+                    format!("cannot start {program:?}: {e}; check the workload's `command`{hint}"),
                     false,
                 ));
             }
@@ -451,7 +461,7 @@ impl Driver for LocalDriver {
         let instance = record.to_instance();
         inner.records.insert(instance_id.clone(), record);
         drop(inner);
-        tracing::info!(instance_id = %instance_id, pid, port, "local instance started");
+        tracing::info!(instance_id = %instance_id, pid, port, uid = ?owner.map(|(u, _)| u), "local instance started");
 
         // Reap the child so it never lingers as a zombie, and report its exit.
         let driver = self.clone();
@@ -533,6 +543,10 @@ impl Driver for LocalDriver {
 mod tests {
     use super::*;
 
+    fn options(dir: &Path) -> LocalOptions {
+        LocalOptions::same_user(&dir.join("work"))
+    }
+
     fn spec(token: &str, script: &str) -> InstanceSpec {
         InstanceSpec {
             idempotency_token: token.into(),
@@ -552,7 +566,7 @@ mod tests {
     #[tokio::test]
     async fn the_same_token_never_starts_a_second_process() {
         let dir = tempfile::tempdir().unwrap();
-        let driver = LocalDriver::open(dir.path()).unwrap();
+        let driver = LocalDriver::open(dir.path(), options(dir.path())).unwrap();
         let a = driver
             .create_spot_instance(&spec("run-1:provision", "sleep 30"))
             .await
@@ -581,7 +595,7 @@ mod tests {
     #[tokio::test]
     async fn port_and_env_reach_the_process_and_exit_is_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let driver = LocalDriver::open(dir.path()).unwrap();
+        let driver = LocalDriver::open(dir.path(), options(dir.path())).unwrap();
         let out = dir.path().join("seen");
         let script = format!("echo \"$PORT $GREETING\" > {}; exit 3", out.display());
         let inst = driver
@@ -609,7 +623,7 @@ mod tests {
     #[tokio::test]
     async fn a_missing_program_is_a_clear_non_retryable_error() {
         let dir = tempfile::tempdir().unwrap();
-        let driver = LocalDriver::open(dir.path()).unwrap();
+        let driver = LocalDriver::open(dir.path(), options(dir.path())).unwrap();
         let mut s = spec("t", "");
         s.command = vec!["/no/such/program".into()];
         let err = driver.create_spot_instance(&s).await.unwrap_err();
@@ -620,7 +634,7 @@ mod tests {
     #[tokio::test]
     async fn an_injected_interruption_notifies_then_kills() {
         let dir = tempfile::tempdir().unwrap();
-        let driver = LocalDriver::open(dir.path()).unwrap();
+        let driver = LocalDriver::open(dir.path(), options(dir.path())).unwrap();
         let inst = driver
             .create_spot_instance(&spec("t", "sleep 30"))
             .await
@@ -647,14 +661,14 @@ mod tests {
     async fn a_reopened_driver_adopts_surviving_processes_and_can_kill_them() {
         let dir = tempfile::tempdir().unwrap();
         let inst = {
-            let driver = LocalDriver::open(dir.path()).unwrap();
+            let driver = LocalDriver::open(dir.path(), options(dir.path())).unwrap();
             driver
                 .create_spot_instance(&spec("t", "sleep 30"))
                 .await
                 .unwrap()
         };
         // A new driver over the same directory, as after a service restart.
-        let driver = LocalDriver::open(dir.path()).unwrap();
+        let driver = LocalDriver::open(dir.path(), options(dir.path())).unwrap();
         assert_eq!(
             driver.instance(&inst.instance_id).await.unwrap().state,
             InstanceState::Running
@@ -693,6 +707,8 @@ mod tests {
             created_at: 1,
             state: RecordState::Starting,
             command: vec!["sleep".into(), "30".into()],
+            uid: None,
+            work_dir: None,
         };
         write_record(dir.path(), &record).unwrap();
         let mut child = std::process::Command::new("sleep")
@@ -712,7 +728,7 @@ mod tests {
             }
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        let driver = LocalDriver::open(dir.path()).unwrap();
+        let driver = LocalDriver::open(dir.path(), options(dir.path())).unwrap();
         assert_eq!(
             driver.instance(&id).await.unwrap().state,
             InstanceState::Running
@@ -730,5 +746,89 @@ mod tests {
             next.instance_id
         );
         driver.terminate(&next.instance_id).await.unwrap();
+    }
+
+    /// Waits for a file the workload writes.
+    async fn read_when_written(path: &Path) -> String {
+        for _ in 0..200 {
+            if let Ok(text) = std::fs::read_to_string(path) {
+                if text.ends_with('\n') {
+                    return text;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("{} was never written", path.display());
+    }
+
+    #[tokio::test]
+    async fn a_workload_sees_only_its_own_environment_and_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let driver = LocalDriver::open(dir.path(), options(dir.path())).unwrap();
+        let inst = driver
+            .create_spot_instance(&spec("t", "env | cut -d= -f1 | sort > seen; pwd >> seen; echo >> seen; sleep 30"))
+            .await
+            .unwrap();
+        let work = dir.path().join("work").join(&inst.instance_id);
+        let seen = read_when_written(&work.join("seen")).await;
+        let names: Vec<&str> = seen.lines().take_while(|l| !l.starts_with('/')).collect();
+        // The test runner's environment (CARGO_*, RUST_*, the real HOME) is not there.
+        for name in &names {
+            assert!(
+                ["GREETING", "HOME", "PATH", "PORT", "PWD", "SHLVL", "_", INSTANCE_ENV].contains(name),
+                "unexpected {name} in the workload's environment: {names:?}"
+            );
+        }
+        assert!(names.contains(&"GREETING") && names.contains(&"PORT"));
+        assert!(seen.contains(&work.display().to_string()), "runs in its own directory: {seen}");
+        use std::os::unix::fs::PermissionsExt;
+        let log = dir.path().join(format!("{}.log", inst.instance_id));
+        let record = dir.path().join(format!("{}.json", inst.instance_id));
+        for private in [&log, &record] {
+            assert_eq!(std::fs::metadata(private).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        assert_eq!(std::fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777, 0o700);
+        driver.terminate(&inst.instance_id).await.unwrap();
+        assert!(!work.exists(), "the working directory ends with the instance");
+    }
+
+    #[tokio::test]
+    async fn as_root_each_workload_runs_as_its_own_user_and_cannot_read_the_service() {
+        if !isolation::is_root() {
+            eprintln!("skipped: switching users needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // As the service keeps its data directory.
+        isolation::private_dir(dir.path(), 0o700).unwrap();
+        let secret = dir.path().join("admin-token");
+        std::fs::write(&secret, "secret\n").unwrap();
+        let work_root = tempfile::tempdir().unwrap();
+        let options = LocalOptions {
+            work_root: work_root.path().to_path_buf(),
+            run_as: RunAs::PerWorkload {
+                first: 250_000,
+                last: 250_010,
+            },
+        };
+        let driver = LocalDriver::open(&dir.path().join("driver"), options).unwrap();
+        let script = format!(
+            "{{ id -u; id -G; cat {} 2>&1 || echo denied; ls .. 2>&1 | head -1; }} > who.tmp; mv who.tmp who; sleep 30",
+            secret.display()
+        );
+        let a = driver.create_spot_instance(&spec("a", &script)).await.unwrap();
+        let b = driver.create_spot_instance(&spec("b", &script)).await.unwrap();
+        let who_a = read_when_written(&work_root.path().join(&a.instance_id).join("who")).await;
+        let who_b = read_when_written(&work_root.path().join(&b.instance_id).join("who")).await;
+        let lines_a: Vec<&str> = who_a.lines().collect();
+        let lines_b: Vec<&str> = who_b.lines().collect();
+        assert_eq!(lines_a[0], "250000");
+        assert_eq!(lines_b[0], "250001", "two live workloads never share a uid");
+        assert_eq!(lines_a[1], "250000", "only its own group: {who_a}");
+        assert!(lines_a[2].contains("Permission denied"), "the service's files: {who_a}");
+        assert!(lines_a[4].contains("Permission denied"), "other workloads' directories: {who_a}");
+        assert!(!who_a.contains("secret") && !who_b.contains("secret"));
+        driver.terminate(&a.instance_id).await.unwrap();
+        driver.terminate(&b.instance_id).await.unwrap();
     }
 }

@@ -110,6 +110,7 @@ pub async fn bootstrap(
     now: i64,
 ) -> Result<Bootstrap, ServiceError> {
     store.ensure_tenant(DEFAULT_TENANT, now).await?;
+    crate::server::set_private(&data_dir.join(GENERATED_TOKEN_FILE))?;
     if let Some(token) = bootstrap_token {
         if token.trim().len() < 16 {
             return Err(ServiceError::config(
@@ -157,6 +158,8 @@ fn write_private(path: &Path, contents: &str) -> Result<(), ServiceError> {
     let mut file = options
         .open(path)
         .map_err(|e| ServiceError::io(format!("cannot write {}", path.display()), e))?;
+    // An existing file keeps its mode on open: set it.
+    crate::server::set_private(path)?;
     file.write_all(contents.as_bytes())
         .map_err(|e| ServiceError::io(format!("cannot write {}", path.display()), e))
 }
@@ -255,6 +258,8 @@ impl AccessTokenKey {
         let path = data_dir.join(ACCESS_TOKEN_KEY_FILE);
         match std::fs::read_to_string(&path) {
             Ok(text) => {
+                // Private even if it was created wider (by hand, or a restore).
+                crate::server::set_private(&path)?;
                 let bytes = hex::decode(text.trim()).ok().filter(|b| b.len() == 32).ok_or_else(|| {
                     ServiceError::config(format!(
                         "{} is not 64 hex characters; restore it from a backup (deleting it invalidates every workload access token)",

@@ -128,6 +128,88 @@ pub struct WorkloadsConfig {
     pub interruption_delay_ms: u64,
     /// Seconds between sweeps for instances no workload owns.
     pub orphan_sweep_interval_seconds: u64,
+    /// What the local driver's workloads can reach.
+    pub local: LocalWorkloadsConfig,
+}
+
+/// Isolation of the local driver's workloads (see docs/lifecycle.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocalWorkloadsConfig {
+    /// Directory under which each instance gets its own working directory (0700). Empty: `computearbitrage-workloads` in the system temporary directory. Never inside `data_dir`.
+    pub work_dir: PathBuf,
+    /// Whose identity workloads run with when the service runs as root: `per-workload` (each live workload its own uid and gid from `uid_range`), `service` (the service's own user: no isolation), or a user name. A service not running as root always uses its own user.
+    pub run_as: String,
+    /// The uids (and gids) `per-workload` gives out, as `FIRST-LAST`.
+    pub uid_range: String,
+}
+
+impl Default for LocalWorkloadsConfig {
+    fn default() -> Self {
+        LocalWorkloadsConfig {
+            work_dir: PathBuf::new(),
+            run_as: "per-workload".into(),
+            uid_range: "200000-299999".into(),
+        }
+    }
+}
+
+impl LocalWorkloadsConfig {
+    /// The driver's options, or what is wrong with the settings.
+    pub fn options(&self, data_dir: &Path) -> Result<computearbitrage_driver_local::LocalOptions, ServiceError> {
+        use computearbitrage_driver_local::{isolation, LocalOptions, RunAs};
+        let defaults = LocalOptions::defaults();
+        let work_root = if self.work_dir.as_os_str().is_empty() {
+            defaults.work_root
+        } else {
+            self.work_dir.clone()
+        };
+        let inside = |a: &Path, b: &Path| {
+            let (a, b) = (std::path::absolute(a).unwrap_or(a.to_path_buf()), std::path::absolute(b).unwrap_or(b.to_path_buf()));
+            a.starts_with(&b)
+        };
+        if inside(&work_root, data_dir) {
+            return Err(ServiceError::config(format!(
+                "invalid value for config key `workloads.local.work_dir`: {} is inside data_dir, where the service keeps its secrets; choose a directory outside it",
+                work_root.display()
+            )));
+        }
+        let run_as = if !isolation::is_root() {
+            RunAs::Service
+        } else {
+            match self.run_as.as_str() {
+                "service" => RunAs::Service,
+                "per-workload" => {
+                    let parsed = self.uid_range.split_once('-').and_then(|(a, b)| {
+                        Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?))
+                    });
+                    match parsed {
+                        Some((first, last)) if first >= 1000 && first <= last => RunAs::PerWorkload { first, last },
+                        _ => {
+                            return Err(ServiceError::config(format!(
+                                "invalid value for config key `workloads.local.uid_range`: {:?} is not FIRST-LAST with 1000 <= FIRST <= LAST, such as 200000-299999",
+                                self.uid_range
+                            )))
+                        }
+                    }
+                }
+                name => match isolation::lookup_user(name) {
+                    Some((0, _)) => {
+                        return Err(ServiceError::config(format!(
+                            "invalid value for config key `workloads.local.run_as`: {name:?} is root; use `per-workload`, an unprivileged user, or `service`"
+                        )))
+                    }
+                    Some((uid, gid)) => RunAs::User { uid, gid },
+                    None => {
+                        return Err(ServiceError::config(format!(
+                            "invalid value for config key `workloads.local.run_as`: no user {name:?} on this machine; use `per-workload`, `service`, or an existing user"
+                        )))
+                    }
+                },
+            }
+        };
+        Ok(LocalOptions { work_root, run_as })
+    }
 }
 
 impl Default for WorkloadsConfig {
@@ -137,6 +219,7 @@ impl Default for WorkloadsConfig {
             wait_running_timeout_seconds: 120,
             interruption_delay_ms: 2000,
             orphan_sweep_interval_seconds: 60,
+            local: LocalWorkloadsConfig::default(),
         }
     }
 }

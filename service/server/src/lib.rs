@@ -16,6 +16,7 @@
 //!   a separate router process.
 //! - [`worker`]: the background-worker trait and its supervisor.
 //! - [`error`]: [`error::ServiceError`], classified by origin and retryability.
+//! - [`secrets`]: secrets taken from the environment so nothing can read them later.
 //!
 //! The service never speaks the Terraform plugin protocol: only `provider/` does.
 
@@ -27,6 +28,7 @@ pub mod grpc;
 pub mod pricing;
 pub mod routing;
 pub mod routing_remote;
+pub mod secrets;
 pub mod server;
 pub mod worker;
 pub mod workloads;

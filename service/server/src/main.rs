@@ -87,7 +87,17 @@ impl Connection {
 }
 
 fn main() -> ExitCode {
+    // Files the service makes are its own (the data dir 0700, state, logs, records and
+    // secrets 0600); workloads get the usual umask back.
+    // SAFETY: umask has no preconditions.
+    unsafe {
+        libc::umask(0o077);
+    }
+    // Taken before any thread exists, so no later reader of the environment sees it.
+    let bootstrap_token = computearbitrage::secrets::take_from_environment("COMPUTEARBITRAGE_BOOTSTRAP_TOKEN");
     let cli = Cli::parse();
+    // Read by clap above; the process keeps the value in `cli` only.
+    let _ = computearbitrage::secrets::take_from_environment("COMPUTEARBITRAGE_TOKEN");
     match cli.command {
         Command::Client(command) => {
             let Some(token) = cli.connection.token.clone() else {
@@ -165,9 +175,7 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&config.log_level, config.log_format);
-            let bootstrap_token = std::env::var("COMPUTEARBITRAGE_BOOTSTRAP_TOKEN")
-                .ok()
-                .filter(|t| !t.is_empty());
+
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
                 Err(e) => {

@@ -34,15 +34,23 @@ pub async fn serve(
     bootstrap_token: Option<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServiceError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+    // The data directory holds the secrets and the database: the service's alone,
+    // also when an earlier version or an operator made it wider.
+    computearbitrage_driver_local::isolation::private_dir(&config.data_dir, 0o700).map_err(|e| {
         ServiceError::io(
             format!("cannot create data_dir {}", config.data_dir.display()),
             e,
         )
     })?;
+    let local_options = config.workloads.local.options(&config.data_dir)?;
     let store: Arc<dyn Store> = match config.store.engine {
         StoreEngine::Sqlite => Arc::new(SqliteStore::open(&config.sqlite_file())?),
     };
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = config.sqlite_file().into_os_string();
+        path.push(suffix);
+        set_private(std::path::Path::new(&path))?;
+    }
     tracing::info!(engine = store.engine(), path = %config.sqlite_file().display(), "store opened");
 
     let bootstrap = auth::bootstrap(
@@ -87,7 +95,13 @@ pub async fn serve(
     }
 
     // Workloads: the local driver stands in for every cloud on embedded defaults.
-    let local = LocalDriver::open(&config.data_dir.join("local-driver"))?;
+    if local_options.run_as == computearbitrage_driver_local::RunAs::Service
+        && computearbitrage_driver_local::isolation::is_root()
+    {
+        tracing::warn!("workloads.local.run_as is `service`: local workloads run as root, with the service's rights");
+    }
+    tracing::info!(work_root = %local_options.work_root.display(), run_as = ?local_options.run_as, "local driver isolation");
+    let local = LocalDriver::open(&config.data_dir.join("local-driver"), local_options)?;
     let monitor = Monitor::new(config.monitor.max_concurrent_checks as usize);
     let orchestrator = Orchestrator::with_local_driver(
         store.clone(),
@@ -241,6 +255,16 @@ pub async fn serve(
     }
     supervisor.shutdown(grace).await;
     result.map_err(|e| ServiceError::io("gRPC server failed", std::io::Error::other(e)))
+}
+
+/// Mode 0600 on a file of the service's, if it exists.
+pub(crate) fn set_private(path: &std::path::Path) -> Result<(), ServiceError> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ServiceError::io(format!("cannot make {} private", path.display()), e)),
+    }
 }
 
 /// The TLS identity of the gRPC API, read from the configured PEM files.

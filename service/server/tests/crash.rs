@@ -24,7 +24,8 @@ const STEPS: [&str; 10] = [
 /// Crash at `step:when`, restart, and check the outcome.
 async fn crash_and_recover(step: &str, when: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let name = format!("crash-{step}-{when}");
+    // Unique per test run: a run that failed may have left its processes behind.
+    let name = format!("crash-{step}-{when}-{}", std::process::id());
     let pause = format!("{step}:{when}");
     let service = Service::start(dir.path(), &[("CA_TEST_PAUSE_AT", pause.as_str())]);
     let mut client = service.workloads().await;
@@ -64,14 +65,23 @@ async fn crash_and_recover(step: &str, when: &str) {
         .unwrap();
     assert!(answer.contains(&name));
 
-    let runs = client
-        .list_runs(authed(pb::ListRunsRequest {
-            workload_id: created.id.clone(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .runs;
+    // A crash after the step that marks it RUNNING leaves the rest of the run to the
+    // restarted service: wait for the run, not only for the status.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let runs = loop {
+        let runs = client
+            .list_runs(authed(pb::ListRunsRequest {
+                workload_id: created.id.clone(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .runs;
+        if runs.iter().all(|r| r.status != "running") || std::time::Instant::now() > deadline {
+            break runs;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(runs.len(), 1);
     let run = &runs[0];
     assert_eq!(run.status, "completed");

@@ -38,6 +38,10 @@ impl Service {
             .env("COMPUTEARBITRAGE_SHUTDOWN_GRACE_SECONDS", "1")
             .env("RUST_LOG", "info")
             .env_remove("CA_TEST_PAUSE_AT")
+            // The test workloads read files in the test's private temporary directories
+            // (and the checkout may be private): run them as the service's user. The
+            // isolation itself is tested in tests/isolation.rs with the defaults.
+            .env("COMPUTEARBITRAGE_WORKLOADS__LOCAL__RUN_AS", "service")
             // Many services run at once: free ports, and a TCP range of their own.
             .env("COMPUTEARBITRAGE_ROUTER__LISTEN", "127.0.0.1:0")
             .env("COMPUTEARBITRAGE_ROUTER__METRICS_LISTEN", "127.0.0.1:0")
@@ -99,6 +103,10 @@ impl Service {
             data_dir: data_dir.to_path_buf(),
             stderr,
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub async fn channel(&self) -> Channel {
