@@ -98,10 +98,14 @@ impl Connection {
                     }
                     let worth_retrying = is_retryable(&status)
                         && (from_service || self.answered.load(Ordering::Relaxed));
-                    if !worth_retrying || tokio::time::Instant::now() + pause > deadline {
+                    // A rate limit says how long to wait; otherwise back off.
+                    let wait = computearbitrage_api::retry_after(&status)
+                        .map(|w| w.min(Duration::from_secs(30)))
+                        .unwrap_or(pause);
+                    if !worth_retrying || tokio::time::Instant::now() + wait > deadline {
                         return Err(status);
                     }
-                    tokio::time::sleep(pause).await;
+                    tokio::time::sleep(wait).await;
                     pause = (pause * 2).min(Duration::from_secs(4));
                 }
             }
@@ -390,5 +394,28 @@ mod tests {
             })
             .await;
         assert_eq!(calls, 1, "not retryable: not retried");
+
+        // A rate limit is waited out for exactly the time it names.
+        let started = tokio::time::Instant::now();
+        let mut calls = 0;
+        let result = connection
+            .retrying(CALL_RETRY_BUDGET, || {
+                calls += 1;
+                let first = calls == 1;
+                async move {
+                    if first {
+                        let mut status = Reason::RateLimited.status(true, "slow down");
+                        status
+                            .metadata_mut()
+                            .insert(computearbitrage_api::RETRY_AFTER_METADATA, "1500".parse().unwrap());
+                        Err(status)
+                    } else {
+                        Ok(())
+                    }
+                }
+            })
+            .await;
+        assert!(result.is_ok());
+        assert_eq!(started.elapsed(), Duration::from_millis(1500));
     }
 }

@@ -455,3 +455,19 @@ output "cloud" { value = data.computearbitrage_placement.p.cloud }
         assert "https://" in text, text
     finally:
         service.stop()
+
+
+def test_a_read_token_plans_but_cannot_apply(workload_service, workload_for_service, terraform, tmp_path):
+    token = workload_service.cli("token", "create", "--tenant", "default", "--scopes", "read", "--label", "plan-only")["token"]
+    name = unique("readonly", terraform)
+    ws = workload_for_service(workload_service)
+    ws.env["COMPUTEARBITRAGE_TOKEN"] = token
+    ws.write(workload(name, tmp_path / "health") + 'data "computearbitrage_placement" "p" {\n  requirements {\n    min_vcpus = 2\n  }\n}\n')
+    plan = ws.run("plan")
+    assert "will be created" in plan.stdout
+    result = ws.run("apply", "-auto-approve", check=False)
+    text = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0
+    assert "The token may not do this: creating a workload" in text and "`write` scope" in text, text
+    audit = workload_service.cli("audit", "--limit", "20")["entries"]
+    assert any(e["action"] == "ApplyWorkload" and e["outcome"] == "permission-denied" for e in audit), audit

@@ -91,7 +91,7 @@ fn explain(
     } else if tls && (lower.contains("corrupt message") || lower.contains("invalidcontenttype") || lower.contains("wrong version")) {
         " The service did not answer TLS: if it serves plain gRPC, use an http:// endpoint."
     } else if !tls
-        && ["frame", "h2 protocol", "connection reset", "broken pipe", "stream closed"]
+        && ["frame", "h2 protocol", "connection reset", "broken pipe", "stream closed", "connection closed"]
             .iter()
             .any(|sign| lower.contains(sign))
     {

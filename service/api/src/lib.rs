@@ -36,6 +36,22 @@ pub const ERROR_REASON_METADATA: &str = "x-computearbitrage-reason";
 /// Response metadata key: `true` when the same call may succeed if retried later.
 pub const ERROR_RETRYABLE_METADATA: &str = "x-computearbitrage-retryable";
 
+/// Response metadata key of a rate-limited call (reason `rate-limited`): the
+/// milliseconds to wait before the next call will be admitted.
+pub const RETRY_AFTER_METADATA: &str = "x-computearbitrage-retry-after-ms";
+
+/// The wait a status asks for before a retry, if it names one.
+pub fn retry_after(status: &tonic::Status) -> Option<std::time::Duration> {
+    status
+        .metadata()
+        .get(RETRY_AFTER_METADATA)?
+        .to_str()
+        .ok()?
+        .parse::<u64>()
+        .ok()
+        .map(std::time::Duration::from_millis)
+}
+
 /// The cloud names the API accepts.
 pub const CLOUDS: [&str; 3] = computearbitrage_conventions::CLOUDS;
 

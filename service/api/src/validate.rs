@@ -194,19 +194,42 @@ pub fn list_offers(req: &pb::ListOffersRequest) -> Vec<Violation> {
     out
 }
 
-/// Rules for a workload's name, command, port, env, tags, on_interruption and timeout
-/// (the blocks have their own functions, so callers can place their paths).
-pub fn workload_fields(spec: &pb::WorkloadSpec) -> Vec<Violation> {
-    let mut out = Vec::new();
-    let name = &spec.name;
-    let name_ok = !name.is_empty()
+/// 1 to 63 lower-case letters, digits and dashes, starting and ending with a letter or
+/// digit: usable as a host label.
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 63
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && !name.ends_with('-');
-    if !name_ok {
+        && !name.ends_with('-')
+}
+
+/// Rules for `CreateTenant`.
+pub fn tenant(req: &pb::CreateTenantRequest) -> Vec<Violation> {
+    let mut out = Vec::new();
+    if !is_dns_label(&req.id) {
+        out.push(Violation::field(
+            "id",
+            format!("{:?} is not a valid tenant id; use 1 to 63 lower-case letters, digits and dashes, such as \"team-ml\"", req.id),
+        ));
+    }
+    if req.max_concurrent_workloads == Some(0) {
+        out.push(Violation::field(
+            "max_concurrent_workloads",
+            "0 would allow no workload; use 1 or more, or leave it unset for the service's default",
+        ));
+    }
+    out
+}
+
+/// Rules for a workload's name, command, port, env, tags, on_interruption and timeout
+/// (the blocks have their own functions, so callers can place their paths).
+pub fn workload_fields(spec: &pb::WorkloadSpec) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let name = &spec.name;
+    if !is_dns_label(name) {
         out.push(Violation::field(
             "name",
             format!("{name:?} is not a valid workload name; use 1 to 63 lower-case letters, digits and dashes, starting and ending with a letter or digit, such as \"web-api\""),

@@ -54,6 +54,8 @@ struct Grant {
     token: Vec<u8>,
     route: Arc<Route>,
     metrics: Arc<WorkloadMetrics>,
+    /// When the credential expires (unix seconds), if it does.
+    expires_at: Option<i64>,
 }
 
 /// The last access decision of one client connection. A keep-alive client sends the
@@ -89,16 +91,24 @@ impl Decisions {
         }
         let token = token?;
         let reusable = self.granted.as_ref().is_some_and(|grant| {
-            grant.route.workload_id == workload_id && same_secret(&grant.token, token.as_bytes())
+            grant.route.workload_id == workload_id
+                && same_secret(&grant.token, token.as_bytes())
+                && grant.expires_at.is_none_or(|at| {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| (d.as_secs() as i64) < at)
+                        .unwrap_or(false)
+                })
         });
         if !reusable {
-            self.granted = match router.table().authorize(Some(token), workload_id) {
-                Access::Granted(route) => Some(Grant {
+            self.granted = match router.table().authorize_until(Some(token), workload_id) {
+                (Access::Granted(route), expires_at) => Some(Grant {
                     token: token.as_bytes().to_vec(),
                     metrics: router.metrics_of(&route.workload_id),
                     route,
+                    expires_at,
                 }),
-                Access::Unauthenticated | Access::NotFound => None,
+                (Access::Unauthenticated | Access::NotFound, _) => None,
             };
         }
         self.granted.as_ref()

@@ -4,7 +4,7 @@
 
 use crate::error::RouterError;
 use crate::table::RouteTable;
-use computearbitrage_store::{Store, WorkloadChange};
+use computearbitrage_store::{ChangeKind, Store, WorkloadChange};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
@@ -47,9 +47,17 @@ impl Follower {
         let mut applied = 0;
         let mut pending = Some(first);
         while let Some(change) = pending.take() {
-            self.table
-                .refresh(self.store.as_ref(), &change.workload_id)
-                .await?;
+            match change.kind {
+                ChangeKind::Workload => {
+                    self.table
+                        .refresh(self.store.as_ref(), &change.workload_id)
+                        .await?
+                }
+                // A token was added or revoked: credentials are read with everything.
+                ChangeKind::Credentials => {
+                    self.table.reload(self.store.as_ref()).await?;
+                }
+            }
             applied += 1;
             pending = match self.changes.try_recv() {
                 Ok(next) => Some(next),

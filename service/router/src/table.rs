@@ -4,7 +4,7 @@
 
 use crate::error::RouterError;
 use computearbitrage_core::WorkloadStatus;
-use computearbitrage_store::{Store, WorkloadRecord};
+use computearbitrage_store::{Scope, Store, WorkloadRecord};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -14,6 +14,13 @@ use tokio::sync::watch;
 /// allocation on the request path).
 fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// A stored hex hash as a lookup key; `None` for a malformed one (never matches).
@@ -85,8 +92,8 @@ pub enum Access {
 #[derive(Default)]
 struct Tables {
     routes: HashMap<String, Arc<Route>>,
-    /// Tenant token hash → tenant.
-    tenant_tokens: HashMap<[u8; 32], String>,
+    /// Route-scoped tenant token hash → (tenant, expiry in unix seconds).
+    tenant_tokens: HashMap<[u8; 32], (String, Option<i64>)>,
     /// Workload access-token hash → workload id.
     workload_tokens: HashMap<[u8; 32], String>,
 }
@@ -140,9 +147,12 @@ impl RouteTable {
                     .insert(route.workload_id.clone(), Arc::new(route));
             }
         }
+        // Only tenant tokens with the `route` scope open workloads: the tenant's API
+        // tokens (which can change things) never travel in browser URLs.
         fresh.tenant_tokens = tokens
             .into_iter()
-            .filter_map(|t| key_of(&t.token_hash).map(|k| (k, t.tenant_id)))
+            .filter(|t| t.scopes.contains(Scope::Route) && t.revoked_at.is_none())
+            .filter_map(|t| key_of(&t.token_hash).map(|k| (k, (t.tenant_id, t.expires_at))))
             .collect();
         let count = fresh.routes.len();
         *self.write() = fresh;
@@ -207,28 +217,37 @@ impl RouteTable {
     /// Decides access with one read of the table. Whether the workload does not exist
     /// or belongs to someone else, the answer is the same [`Access::NotFound`].
     pub fn authorize(&self, token: Option<&str>, workload_id: &str) -> Access {
+        self.authorize_until(token, workload_id).0
+    }
+
+    /// [`RouteTable::authorize`], and until when a grant holds (unix seconds) when the
+    /// credential expires: a remembered grant must not outlive it.
+    pub fn authorize_until(&self, token: Option<&str>, workload_id: &str) -> (Access, Option<i64>) {
         let Some(token) = token else {
-            return Access::Unauthenticated;
+            return (Access::Unauthenticated, None);
         };
         let key = digest(token);
         // One read of the table for the whole decision.
         let t = self.read();
-        let allowed_tenant = match (t.tenant_tokens.get(&key), t.workload_tokens.get(&key)) {
-            (Some(tenant), _) => Some(tenant.as_str()),
-            (None, Some(_)) => None,
-            (None, None) => return Access::Unauthenticated,
+        let (allowed_tenant, expires) = match (t.tenant_tokens.get(&key), t.workload_tokens.get(&key)) {
+            (Some((_, Some(expires))), None) if unix_now() >= *expires => {
+                return (Access::Unauthenticated, None)
+            }
+            (Some((tenant, expires)), _) => (Some(tenant.as_str()), *expires),
+            (None, Some(_)) => (None, None),
+            (None, None) => return (Access::Unauthenticated, None),
         };
         let Some(route) = t.routes.get(workload_id) else {
-            return Access::NotFound;
+            return (Access::NotFound, None);
         };
         let allowed = match allowed_tenant {
             Some(tenant) => tenant == route.tenant_id,
             None => t.workload_tokens.get(&key).map(String::as_str) == Some(workload_id),
         };
         if allowed {
-            Access::Granted(route.clone())
+            (Access::Granted(route.clone()), expires)
         } else {
-            Access::NotFound
+            (Access::NotFound, None)
         }
     }
 }
@@ -255,11 +274,16 @@ mod tests {
         table
             .write()
             .tenant_tokens
-            .insert(digest("tenant-a"), "a".into());
+            .insert(digest("tenant-a"), ("a".into(), None));
         table
             .write()
             .tenant_tokens
-            .insert(digest("tenant-b"), "b".into());
+            .insert(digest("tenant-b"), ("b".into(), None));
+        // A route token that has expired opens nothing.
+        table
+            .write()
+            .tenant_tokens
+            .insert(digest("tenant-a-old"), ("a".into(), Some(1)));
         table.set(
             "wl-1",
             Some(route("wl-1", "a", WorkloadStatus::Running, "wl-1-token")),
@@ -270,6 +294,7 @@ mod tests {
         );
 
         assert_eq!(table.authorize(None, "wl-1"), Access::Unauthenticated);
+        assert_eq!(table.authorize(Some("tenant-a-old"), "wl-1"), Access::Unauthenticated);
         assert_eq!(
             table.authorize(Some("nope"), "wl-1"),
             Access::Unauthenticated

@@ -336,10 +336,14 @@ impl Bench {
         store.ensure_tenant(TENANT, now).await?;
         store
             .add_token(TokenRecord {
+                id: "tok-bench".into(),
                 token_hash: computearbitrage::auth::hash_token(TOKEN),
                 tenant_id: TENANT.into(),
                 label: "bench".into(),
+                scopes: computearbitrage_store::Scopes::parse("route").unwrap(),
                 created_at: now,
+                expires_at: None,
+                revoked_at: None,
             })
             .await?;
         let record = WorkloadRecord {

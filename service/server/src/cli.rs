@@ -1,6 +1,6 @@
 //! The operator commands of `computearbitrage` that talk to a running service:
 //! `workload get|update|delete|runs|billing|notifications|interrupt`, `dead-letters`,
-//! `replay`, `webhook`. They read COMPUTEARBITRAGE_ENDPOINT, COMPUTEARBITRAGE_TOKEN and
+//! `replay`, `webhook`, `tenant create|list`, `token create|list|revoke`, `audit`. They read COMPUTEARBITRAGE_ENDPOINT, COMPUTEARBITRAGE_TOKEN and
 //! COMPUTEARBITRAGE_CA_FILE (or `--endpoint`/`--token`/`--ca-file`) and print JSON.
 
 use clap::Subcommand;
@@ -57,6 +57,8 @@ pub enum WorkloadCommand {
     Billing { id: String },
     /// Notifications sent about the workload.
     Notifications { id: String },
+    /// Open TCP connections through the router to the workload.
+    Connections { id: String },
     /// Local driver: a spot interruption notice now, the kill after --delay-ms.
     Interrupt {
         id: String,
@@ -76,6 +78,73 @@ pub enum ClientCommand {
     Replay { run_id: String },
     /// Set the tenant's notification webhook (empty URL removes it).
     Webhook { url: String, secret: String },
+    /// Tenants (admin token).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// API tokens (admin token).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The audit log: every write through the API and the token that made it, newest
+    /// first.
+    Audit {
+        /// Another tenant's log, or `*` for every tenant's (admin token).
+        #[arg(long, default_value = "")]
+        tenant: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TenantCommand {
+    /// Create a tenant (or change its quota).
+    Create {
+        id: String,
+        /// Active workloads it may have; the service's default when unset.
+        #[arg(long)]
+        max_workloads: Option<u32>,
+    },
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Issue a token; it is printed once, only its hash is kept.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// Comma-separated: read, write, admin (operator tenant only), route.
+        #[arg(long)]
+        scopes: String,
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Lifetime, such as `30d`, `12h`, `90m`; never expires when unset.
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    /// Tokens of a tenant (`*` for every tenant); never the tokens themselves.
+    List {
+        #[arg(long, default_value = "")]
+        tenant: String,
+    },
+    /// Revoke a token by its id (`tok-…`).
+    Revoke { id: String },
+}
+
+/// `30d`, `12h`, `90m`, `45s` → seconds.
+fn lifetime(text: &str) -> Result<u64, String> {
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a lifetime; write it like 30d, 12h, 90m or 45s"))?;
+    let per = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        "s" => 1,
+        _ => return Err(format!("{text:?} is not a lifetime; write it like 30d, 12h, 90m or 45s")),
+    };
+    Ok(n.saturating_mul(per))
 }
 
 pub struct Target {
@@ -223,6 +292,13 @@ pub async fn run(target: Target, command: ClientCommand) -> Result<(), String> {
                     .map_err(fail)?
                     .into_inner(),
             ),
+            WorkloadCommand::Connections { id } => print(
+                &workloads
+                    .list_connections(pb::ListConnectionsRequest { workload_id: id })
+                    .await
+                    .map_err(fail)?
+                    .into_inner(),
+            ),
             WorkloadCommand::Interrupt { id, delay_ms } => print(
                 &admin
                     .inject_interruption(pb::InjectInterruptionRequest {
@@ -244,6 +320,61 @@ pub async fn run(target: Target, command: ClientCommand) -> Result<(), String> {
         ClientCommand::Replay { run_id } => print(
             &workloads
                 .replay_dead_letter(pb::ReplayDeadLetterRequest { run_id })
+                .await
+                .map_err(fail)?
+                .into_inner(),
+        ),
+        ClientCommand::Tenant(TenantCommand::Create { id, max_workloads }) => print(
+            &admin
+                .create_tenant(pb::CreateTenantRequest {
+                    id,
+                    max_concurrent_workloads: max_workloads,
+                })
+                .await
+                .map_err(fail)?
+                .into_inner(),
+        ),
+        ClientCommand::Tenant(TenantCommand::List) => print(
+            &admin
+                .list_tenants(pb::ListTenantsRequest {})
+                .await
+                .map_err(fail)?
+                .into_inner(),
+        ),
+        ClientCommand::Token(TokenCommand::Create {
+            tenant,
+            scopes,
+            label,
+            expires_in,
+        }) => print(
+            &admin
+                .create_token(pb::CreateTokenRequest {
+                    tenant,
+                    scopes,
+                    label,
+                    expires_in_seconds: expires_in.as_deref().map(lifetime).transpose()?.unwrap_or(0),
+                })
+                .await
+                .map_err(fail)?
+                .into_inner(),
+        ),
+        ClientCommand::Token(TokenCommand::List { tenant }) => print(
+            &admin
+                .list_tokens(pb::ListTokensRequest { tenant })
+                .await
+                .map_err(fail)?
+                .into_inner(),
+        ),
+        ClientCommand::Token(TokenCommand::Revoke { id }) => print(
+            &admin
+                .revoke_token(pb::RevokeTokenRequest { id })
+                .await
+                .map_err(fail)?
+                .into_inner(),
+        ),
+        ClientCommand::Audit { tenant, limit } => print(
+            &admin
+                .list_audit(pb::ListAuditRequest { tenant, limit })
                 .await
                 .map_err(fail)?
                 .into_inner(),

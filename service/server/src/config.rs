@@ -38,6 +38,8 @@ pub struct Config {
     pub shutdown_grace_seconds: u64,
     /// TLS of the gRPC API.
     pub tls: TlsConfig,
+    /// Limits of the gRPC API.
+    pub api: ApiConfig,
     /// Where state is kept.
     pub store: StoreConfig,
     /// Price collection and placement scoring.
@@ -46,8 +48,38 @@ pub struct Config {
     pub workloads: WorkloadsConfig,
     /// The health monitor.
     pub monitor: MonitorConfig,
+    /// Webhook notifications.
+    pub notifications: NotificationsConfig,
     /// The HTTP/TCP router that gives every workload one stable endpoint.
     pub router: RouterConfig,
+}
+
+/// Limits of the gRPC API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Calls per second each token may make on average; beyond it calls get RESOURCE_EXHAUSTED with the wait in `x-computearbitrage-retry-after-ms`. 0 turns the limit off.
+    pub rate_limit_per_second: f64,
+    /// Calls a token may make at once before the average applies.
+    pub rate_limit_burst: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            rate_limit_per_second: 50.0,
+            rate_limit_burst: 200,
+        }
+    }
+}
+
+impl ApiConfig {
+    pub fn rate_limit(&self) -> Option<crate::auth::RateLimit> {
+        (self.rate_limit_per_second > 0.0).then(|| crate::auth::RateLimit {
+            per_second: self.rate_limit_per_second,
+            burst: f64::from(self.rate_limit_burst.max(1)),
+        })
+    }
 }
 
 /// TLS of the gRPC API. Both files set: the API serves TLS only (clients use
@@ -224,6 +256,16 @@ impl Default for WorkloadsConfig {
     }
 }
 
+/// Webhook notifications.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotificationsConfig {
+    /// Whether webhooks may go to loopback, private, link-local and metadata addresses (checked after DNS resolution). Off: a tenant's webhook cannot reach the service's network.
+    pub allow_private_targets: bool,
+    /// A PEM file of CA certificates to trust for https webhooks, besides the system's. Empty: the system's only.
+    pub ca_file: PathBuf,
+}
+
 /// Health monitor settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -312,10 +354,12 @@ impl Default for Config {
             log_format: LogFormat::Text,
             shutdown_grace_seconds: 10,
             tls: TlsConfig::default(),
+            api: ApiConfig::default(),
             store: StoreConfig::default(),
             pricing: PricingConfig::default(),
             workloads: WorkloadsConfig::default(),
             monitor: MonitorConfig::default(),
+            notifications: NotificationsConfig::default(),
             router: RouterConfig::default(),
         }
     }
@@ -575,6 +619,12 @@ fn validate(config: &Config, origin: &BTreeMap<String, String>) -> Result<(), Se
     }
     if config.data_dir.as_os_str().is_empty() {
         return fail("data_dir", "must not be empty".into());
+    }
+    if !config.api.rate_limit_per_second.is_finite() || config.api.rate_limit_per_second < 0.0 {
+        return fail(
+            "api.rate_limit_per_second",
+            format!("{} is not a rate; use 0 (no limit) or more", config.api.rate_limit_per_second),
+        );
     }
     let (cert, key) = (&config.tls.cert_file, &config.tls.key_file);
     if cert.as_os_str().is_empty() != key.as_os_str().is_empty() {

@@ -60,7 +60,7 @@ pub async fn serve(
         unix_now(),
     )
     .await?;
-    let authenticator = Authenticator::load(store.as_ref()).await?;
+    let authenticator = Authenticator::load(store.as_ref(), config.api.rate_limit()).await?;
 
     // Serve the last stored prices at once; collectors refresh them in the background.
     let book = Arc::new(PriceBook::default());
@@ -146,10 +146,24 @@ pub async fn serve(
         orchestrator: orchestrator.clone(),
         interval: Duration::from_secs(config.workloads.orphan_sweep_interval_seconds),
     });
+    let webhook_ca = if config.notifications.ca_file.as_os_str().is_empty() {
+        None
+    } else {
+        Some(std::fs::read(&config.notifications.ca_file).map_err(|e| {
+            ServiceError::config(format!(
+                "cannot read notifications.ca_file {}: {e}",
+                config.notifications.ca_file.display()
+            ))
+        })?)
+    };
+    let allow_private = config.notifications.allow_private_targets;
     supervisor.spawn(NotificationSender {
         store: store.clone(),
-        http: reqwest::Client::new(),
+        http: crate::workloads::webhook_target::client(allow_private, webhook_ca.as_deref())
+            .map_err(ServiceError::config)?,
         interval: Duration::from_millis(500),
+        allow_private,
+        busy: Default::default(),
     });
 
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
@@ -192,7 +206,7 @@ pub async fn serve(
     say(&router_line);
     tracing::info!(%address, "serving gRPC");
 
-    let interceptor = authenticator.interceptor();
+    let interceptor = authenticator.clone().interceptor();
     let pricing = PricingServer::with_interceptor(
         PricingApi {
             book: book.clone(),
@@ -214,7 +228,14 @@ pub async fn serve(
         },
         interceptor.clone(),
     );
-    let admin = AdminServer::with_interceptor(AdminApi { orchestrator }, interceptor);
+    let admin = AdminServer::with_interceptor(
+        AdminApi {
+            orchestrator,
+            authenticator: authenticator.clone(),
+            allow_private_webhooks: allow_private,
+        },
+        interceptor,
+    );
     // Stop accepting on the signal, let in-flight calls finish, and close connections
     // still open after the grace period (an idle client must not hold shutdown hostage).
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();

@@ -87,8 +87,33 @@ async fn a_workload_is_reached_through_its_router_endpoints_with_its_access_toke
         .as_str()
         .unwrap()
         .starts_with("00-"));
-    // The tenant's own token works too.
-    assert_eq!(http_get(&running.endpoint, Some(TOKEN)).await.0, 200);
+    // A tenant token opens the tenant's workloads only with the `route` scope: the
+    // operator's admin token does not (401), a route token issued by it does.
+    assert_eq!(http_get(&running.endpoint, Some(TOKEN)).await.0, 401);
+    let route_token = service
+        .admin()
+        .await
+        .create_token(authed(pb::CreateTokenRequest {
+            tenant: "default".into(),
+            scopes: "route".into(),
+            label: "browser".into(),
+            expires_in_seconds: 3600,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let body = wait_for_http(&running.endpoint, &route_token.token, 200).await;
+    assert!(body.contains("routed"));
+    // Revoked, it opens nothing again, at once.
+    service
+        .admin()
+        .await
+        .revoke_token(authed(pb::RevokeTokenRequest {
+            id: route_token.info.unwrap().id,
+        }))
+        .await
+        .unwrap();
+    wait_for_http(&running.endpoint, &route_token.token, 401).await;
 
     // TCP: the stable listener forwards to the workload's TCP_PORT.
     let tcp = running.tcp_endpoint.clone();
@@ -153,7 +178,7 @@ async fn a_workload_is_reached_through_its_router_endpoints_with_its_access_toke
         401,
         "the token died with its workload"
     );
-    assert_eq!(http_get(&running.endpoint, Some(TOKEN)).await.0, 404);
+    assert_eq!(http_get(&running.endpoint, Some(TOKEN)).await.0, 401, "an admin token is no router credential");
     service.stop();
 }
 
@@ -214,7 +239,7 @@ async fn a_separate_router_process_follows_the_service() {
     // milliseconds after the apply returns): 503, then 200, never 404 from then on.
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     let status = loop {
-        let (status, _) = http_get(&created.endpoint, Some(TOKEN)).await;
+        let (status, _) = http_get(&created.endpoint, Some(&created.access_token)).await;
         if status != 404 || std::time::Instant::now() > deadline {
             break status;
         }
@@ -246,9 +271,24 @@ async fn a_separate_router_process_follows_the_service() {
         Duration::from_secs(30),
     )
     .await;
-    wait_for_http(&running.endpoint, TOKEN, 404).await;
+    // A route token made after the separate router started reaches it through the
+    // watch stream; with it, the gone workload is a 404.
+    let route = service
+        .admin()
+        .await
+        .create_token(authed(pb::CreateTokenRequest {
+            tenant: "default".into(),
+            scopes: "route".into(),
+            label: "late".into(),
+            expires_in_seconds: 0,
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    wait_for_http(&running.endpoint, &route, 404).await;
 
-    // A token of another tenant cannot subscribe to every tenant's routes.
+    // Only an admin token subscribes to every tenant's routes.
     let mut admin = pb::admin_client::AdminClient::new(service.channel().await);
     let mut request = tonic::Request::new(pb::WatchRoutesRequest {});
     request
@@ -257,6 +297,14 @@ async fn a_separate_router_process_follows_the_service() {
     assert_eq!(
         admin.watch_routes(request).await.unwrap_err().code(),
         tonic::Code::Unauthenticated
+    );
+    let mut request = tonic::Request::new(pb::WatchRoutesRequest {});
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {route}").parse().unwrap());
+    assert_eq!(
+        admin.watch_routes(request).await.unwrap_err().code(),
+        tonic::Code::PermissionDenied
     );
 
     Command::new("kill")

@@ -6,6 +6,7 @@
 //! - [`sqlite`]: the embedded default adapter (rusqlite, WAL, one connection).
 //! - [`error`]: [`StoreError`], classified by retryability.
 //! - [`workloads`]: record types of workloads, runs, steps, billing, notifications.
+//! - [`tenants`]: record types of tokens (with their scopes) and the audit log.
 //! - [`suite`]: the conformance tests every adapter runs.
 //!
 //! Ownership: tenant-owned rows (tenants, tokens, and later workloads and runs) carry a
@@ -15,10 +16,12 @@
 pub mod error;
 pub mod sqlite;
 pub mod suite;
+pub mod tenants;
 pub mod workloads;
 
 pub use error::StoreError;
 pub use sqlite::SqliteStore;
+pub use tenants::*;
 pub use workloads::*;
 
 use computearbitrage_core::{Offer, Transition};
@@ -28,17 +31,6 @@ use computearbitrage_core::{Offer, Transition};
 pub struct Tenant {
     /// Stable identifier, also its name (`default`).
     pub id: String,
-    pub created_at: i64,
-}
-
-/// An API token as stored: only its SHA-256, never the token itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenRecord {
-    /// Hex SHA-256 of the token.
-    pub token_hash: String,
-    pub tenant_id: String,
-    /// Where the token came from (`bootstrap-env`, `generated-at-first-start`).
-    pub label: String,
     pub created_at: i64,
 }
 
@@ -99,8 +91,23 @@ pub trait Store: Send + Sync + 'static {
     /// no-op; adding it to another tenant is [`StoreError::Conflict`].
     async fn add_token(&self, record: TokenRecord) -> Result<(), StoreError>;
 
-    /// Every token hash, to build the service's in-memory authenticator.
+    /// Every token, revoked and expired ones included, to build the service's
+    /// in-memory authenticator and the router's table.
     async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// Marks a token revoked at `at`; returns it as it is now, `None` if there is none
+    /// with that id. Revoking twice keeps the first time.
+    async fn revoke_token(&self, id: &str, at: i64) -> Result<Option<TokenRecord>, StoreError>;
+
+    /// Every tenant, oldest first.
+    async fn tenants(&self) -> Result<Vec<Tenant>, StoreError>;
+
+    /// Appends to the audit log; the store assigns the id.
+    async fn record_audit(&self, record: AuditRecord) -> Result<(), StoreError>;
+
+    /// The newest `limit` audit records, newest first: of one tenant, or of all when
+    /// `tenant_id` is `None`.
+    async fn audit_log(&self, tenant_id: Option<&str>, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
 
     async fn tenant_settings(&self, tenant_id: &str) -> Result<TenantSettings, StoreError>;
 

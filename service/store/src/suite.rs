@@ -3,7 +3,7 @@
 //! durable one), so engines cannot drift apart.
 
 use crate::workloads::*;
-use crate::{CollectorOutcome, Store, StoreError, TokenRecord};
+use crate::{AuditRecord, CollectorOutcome, Scopes, Store, StoreError, TokenRecord};
 use computearbitrage_core::offer::Gpu;
 use computearbitrage_core::{Architecture, Cloud, InterruptionRate, Offer};
 use computearbitrage_core::{
@@ -68,6 +68,7 @@ async fn workload_changes_are_announced_after_commit(store: &dyn Store) {
     let expect = WorkloadChange {
         tenant_id: "feed".into(),
         workload_id: "w-feed".into(),
+        kind: ChangeKind::Workload,
     };
     assert_eq!(changes.try_recv().unwrap(), expect, "create is announced");
     // The router reads the row as soon as it hears of it: it must be committed.
@@ -601,7 +602,7 @@ async fn billing_and_notifications(store: &dyn Store) {
 pub async fn check_persisted(store: &dyn Store) {
     let offers = store.load_offers().await.unwrap();
     assert_eq!(offers.len(), 2, "offers must survive a reopen");
-    assert_eq!(store.list_tokens().await.unwrap().len(), 1);
+    assert_eq!(store.list_tokens().await.unwrap().len(), 2, "the operator's token and the revoked ci token");
     assert_eq!(
         store
             .workload("default", "w4")
@@ -700,10 +701,14 @@ async fn tenants_and_tokens(store: &dyn Store) {
     assert_eq!(again.created_at, 10, "ensure_tenant must not recreate");
 
     let record = TokenRecord {
+        id: "tok-boot".into(),
         token_hash: "ab".repeat(32),
         tenant_id: "default".into(),
         label: "bootstrap-env".into(),
+        scopes: Scopes::parse("admin").unwrap(),
         created_at: 11,
+        expires_at: None,
+        revoked_at: None,
     };
     store.add_token(record.clone()).await.unwrap();
     store.add_token(record.clone()).await.unwrap();
@@ -711,21 +716,77 @@ async fn tenants_and_tokens(store: &dyn Store) {
 
     store.ensure_tenant("other", 12).await.unwrap();
     let stolen = TokenRecord {
+        id: "tok-stolen".into(),
         tenant_id: "other".into(),
-        ..record
+        ..record.clone()
     };
     let err = store.add_token(stolen).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
     assert!(!err.is_retryable());
 
     let orphan = TokenRecord {
+        id: "tok-orphan".into(),
         token_hash: "cd".repeat(32),
         tenant_id: "no-such-tenant".into(),
         label: "x".into(),
         created_at: 13,
+        ..record.clone()
     };
     assert!(
         store.add_token(orphan).await.is_err(),
         "tokens need an existing tenant"
     );
+
+    // Scopes, expiry and revocation survive the store; revoking is announced and
+    // keeps the first time.
+    let mut changes = store.workload_changes();
+    let ci = TokenRecord {
+        id: "tok-ci".into(),
+        token_hash: "ef".repeat(32),
+        tenant_id: "other".into(),
+        label: "ci".into(),
+        scopes: Scopes::parse("read,route").unwrap(),
+        created_at: 14,
+        expires_at: Some(1_000),
+        revoked_at: None,
+    };
+    store.add_token(ci.clone()).await.unwrap();
+    assert_eq!(changes.try_recv().unwrap().kind, ChangeKind::Credentials);
+    let listed = store.list_tokens().await.unwrap();
+    assert_eq!(listed, vec![record.clone(), ci.clone()]);
+    assert!(ci.is_valid_at(999) && !ci.is_valid_at(1_000));
+    let revoked = store.revoke_token("tok-ci", 500).await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_at, Some(500));
+    assert!(!revoked.is_valid_at(600));
+    assert_eq!(changes.try_recv().unwrap().kind, ChangeKind::Credentials);
+    let twice = store.revoke_token("tok-ci", 700).await.unwrap().unwrap();
+    assert_eq!(twice.revoked_at, Some(500));
+    assert_eq!(store.revoke_token("tok-none", 700).await.unwrap(), None);
+    let tenants: Vec<String> = store.tenants().await.unwrap().into_iter().map(|t| t.id).collect();
+    assert_eq!(tenants, vec!["default", "other"]);
+
+    // The audit log, newest first, per tenant or for all.
+    for (tenant, action) in [("default", "CreateTenant"), ("other", "ApplyWorkload"), ("other", "DeleteWorkload")] {
+        store
+            .record_audit(AuditRecord {
+                id: 0,
+                tenant_id: tenant.into(),
+                token_id: "tok-ci".into(),
+                action: action.into(),
+                target: "wl-1".into(),
+                outcome: "ok".into(),
+                at: 1,
+            })
+            .await
+            .unwrap();
+    }
+    let other: Vec<String> = store
+        .audit_log(Some("other"), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.action)
+        .collect();
+    assert_eq!(other, vec!["DeleteWorkload", "ApplyWorkload"]);
+    assert_eq!(store.audit_log(None, 2).await.unwrap().len(), 2);
 }

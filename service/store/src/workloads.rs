@@ -223,7 +223,18 @@ pub struct TenantSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkloadChange {
     pub tenant_id: String,
+    /// Empty for [`ChangeKind::Credentials`].
     pub workload_id: String,
+    pub kind: ChangeKind,
+}
+
+/// What a [`WorkloadChange`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// The workload's row changed.
+    Workload,
+    /// A token was added or revoked: credentials must be re-read.
+    Credentials,
 }
 
 /// One open TCP connection through a router, while it is open.

@@ -14,19 +14,50 @@ pub mod pricing;
 pub mod wire;
 pub mod workloads;
 
-use crate::auth::TenantId;
+use crate::auth::Caller;
 use crate::error::{Origin, ServiceError};
 use crate::workloads::OperationError;
 use computearbitrage_api::{validate, Reason, ERROR_FIELD_METADATA};
+use computearbitrage_store::{AuditRecord, Store};
 use tonic::{Request, Status};
 
-/// The tenant of an authenticated request.
-pub(crate) fn tenant<T>(request: &Request<T>) -> Result<String, Status> {
+/// Who made an authenticated request (set by the auth interceptor).
+pub(crate) fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
     request
         .extensions()
-        .get::<TenantId>()
-        .map(|t| t.0.clone())
-        .ok_or_else(|| Reason::Unauthenticated.status(false, "no tenant on this request"))
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Reason::Unauthenticated.status(false, "no caller on this request"))
+}
+
+/// Records a write in the audit log: who, what, on what, and how it ended. A failure
+/// to record is logged; the call's own outcome stands.
+pub(crate) async fn audit<T>(
+    store: &dyn Store,
+    caller: &Caller,
+    action: &str,
+    target: &str,
+    result: &Result<T, Status>,
+) {
+    let outcome = match result {
+        Ok(_) => "ok".to_string(),
+        Err(status) => Reason::of(status)
+            .map(|r| r.as_str().to_string())
+            .unwrap_or_else(|| format!("{:?}", status.code())),
+    };
+    let record = AuditRecord {
+        id: 0,
+        tenant_id: caller.tenant.clone(),
+        token_id: caller.token_id.clone(),
+        action: action.to_string(),
+        target: target.to_string(),
+        outcome: outcome.clone(),
+        at: crate::workloads::now_ms(),
+    };
+    tracing::info!(tenant = %caller.tenant, token_id = %caller.token_id, action, target, outcome = %outcome, "audit");
+    if let Err(e) = store.record_audit(record).await {
+        tracing::error!(error = %e, action, target, "cannot record an audit entry");
+    }
 }
 
 /// INVALID_ARGUMENT naming every violation; the first one's path goes in metadata.

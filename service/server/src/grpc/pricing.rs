@@ -2,7 +2,8 @@
 
 use super::wire::{candidate_to_pb, filter_from_pb, offer_to_pb, requirements_from_pb, unknown_name_warning};
 use super::{core_status, invalid, store_status};
-use crate::auth::TenantId;
+use super::caller;
+use computearbitrage_store::Scope;
 use crate::pricing::PriceBook;
 use computearbitrage_api::pb::pricing_server::Pricing;
 use computearbitrage_api::pb::system_server::System;
@@ -23,12 +24,11 @@ pub struct SystemApi {
     pub store: Arc<dyn Store>,
 }
 
-fn tenant_of<T>(request: &Request<T>) -> String {
-    request
-        .extensions()
-        .get::<TenantId>()
-        .map(|t| t.0.clone())
-        .unwrap_or_default()
+/// The tenant of a request that may read.
+fn reader<T>(request: &Request<T>, call: &str) -> Result<String, Status> {
+    let caller = caller(request)?;
+    caller.require(Scope::Read, call)?;
+    Ok(caller.tenant)
 }
 
 #[tonic::async_trait]
@@ -37,7 +37,7 @@ impl Pricing for PricingApi {
         &self,
         request: Request<pb::ListOffersRequest>,
     ) -> Result<Response<pb::ListOffersResponse>, Status> {
-        let tenant = tenant_of(&request);
+        let tenant = reader(&request, "ListOffers")?;
         let req = request.into_inner();
         let violations = validate::list_offers(&req);
         if !violations.is_empty() {
@@ -78,7 +78,7 @@ impl Pricing for PricingApi {
         &self,
         request: Request<pb::FindPlacementRequest>,
     ) -> Result<Response<pb::FindPlacementResponse>, Status> {
-        let tenant = tenant_of(&request);
+        let tenant = reader(&request, "FindPlacement")?;
         let req = request.into_inner();
         let violations = validate::find_placement(&req);
         if !violations.is_empty() {
@@ -122,8 +122,9 @@ impl Pricing for PricingApi {
 impl System for SystemApi {
     async fn health(
         &self,
-        _request: Request<pb::HealthRequest>,
+        request: Request<pb::HealthRequest>,
     ) -> Result<Response<pb::HealthResponse>, Status> {
+        reader(&request, "Health")?;
         let statuses = self.store.collector_statuses().await.map_err(store_status)?;
         let catalog_offers = self.book.catalog().len() as u64;
         let failing = statuses.iter().any(|s| s.last_error.is_some());
@@ -155,7 +156,7 @@ impl System for SystemApi {
         Ok(Response::new(pb::VersionResponse {
             service_version: env!("CARGO_PKG_VERSION").into(),
             api_version: computearbitrage_api::API_VERSION.into(),
-            tenant: tenant_of(&request),
+            tenant: reader(&request, "Version")?,
         }))
     }
 }

@@ -2,13 +2,13 @@
 //! orchestrator.
 
 use super::wire::{self, workload_to_pb};
-use super::{invalid, status_of, store_status, tenant};
+use super::{audit, caller, invalid, status_of, store_status};
 use crate::routing::PublicAddress;
 use crate::workloads::{Orchestrator, WorkloadUpdate};
 use computearbitrage_api::pb::workloads_server::Workloads;
 use computearbitrage_api::{pb, validate};
 use computearbitrage_core::fmt::rfc3339;
-use computearbitrage_store::{RunRecord, WorkloadRecord};
+use computearbitrage_store::{RunRecord, Scope, WorkloadRecord};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -69,37 +69,42 @@ impl Workloads for WorkloadsApi {
         &self,
         request: Request<pb::ApplyWorkloadRequest>,
     ) -> Result<Response<pb::Workload>, Status> {
-        let tenant = tenant(&request)?;
-        let spec = request
-            .into_inner()
-            .spec
-            .ok_or_else(|| {
+        let caller = caller(&request)?;
+        let spec = request.into_inner().spec;
+        let name = spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+        let result = async {
+            caller.require(Scope::Write, "ApplyWorkload")?;
+            let spec = spec.ok_or_else(|| {
                 invalid(vec![validate::Violation::field(
                     "spec",
                     "the spec is missing; send the workload's spec",
                 )])
             })?;
-        let violations = validate::workload_spec(&spec);
-        if !violations.is_empty() {
-            return Err(invalid(violations));
+            let violations = validate::workload_spec(&spec);
+            if !violations.is_empty() {
+                return Err(invalid(violations));
+            }
+            self.orchestrator
+                .apply(&caller.tenant, wire::spec_from_pb(&spec))
+                .await
+                .map_err(status_of)
         }
-        let record = self
-            .orchestrator
-            .apply(&tenant, wire::spec_from_pb(&spec))
-            .await
-            .map_err(status_of)?;
-        Ok(Response::new(self.to_pb(&record)))
+        .await;
+        let target = result.as_ref().map(|w| w.id.clone()).unwrap_or(name);
+        audit(self.orchestrator.store().as_ref(), &caller, "ApplyWorkload", &target, &result).await;
+        Ok(Response::new(self.to_pb(&result?)))
     }
 
     async fn get_workload(
         &self,
         request: Request<pb::GetWorkloadRequest>,
     ) -> Result<Response<pb::Workload>, Status> {
-        let tenant = tenant(&request)?;
+        let caller = caller(&request)?;
+        caller.require(Scope::Read, "GetWorkload")?;
         let id = request.into_inner().id;
         let record = self
             .orchestrator
-            .get(&tenant, &id)
+            .get(&caller.tenant, &id)
             .await
             .map_err(status_of)?;
         Ok(Response::new(self.to_pb(&record)))
@@ -109,61 +114,70 @@ impl Workloads for WorkloadsApi {
         &self,
         request: Request<pb::UpdateWorkloadRequest>,
     ) -> Result<Response<pb::Workload>, Status> {
-        let tenant = tenant(&request)?;
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        let violations = validate::update_workload(&req);
-        if !violations.is_empty() {
-            return Err(invalid(violations));
+        let result = async {
+            caller.require(Scope::Write, "UpdateWorkload")?;
+            let violations = validate::update_workload(&req);
+            if !violations.is_empty() {
+                return Err(invalid(violations));
+            }
+            let update = WorkloadUpdate {
+                tags: req.tags.clone().into_iter().collect(),
+                env: req.env.clone().into_iter().collect(),
+                health_check: wire::health_check_from_pb(req.health_check.as_ref()),
+                health_check_written: req.health_check.is_some(),
+                on_interruption: wire::on_interruption(&req.on_interruption),
+                storage: req.storage.as_ref().map(|s| wire::storage_from_pb(Some(s))),
+            };
+            self.orchestrator
+                .update(&caller.tenant, &req.id, update)
+                .await
+                .map_err(status_of)
         }
-        let update = WorkloadUpdate {
-            tags: req.tags.into_iter().collect(),
-            env: req.env.into_iter().collect(),
-            health_check: wire::health_check_from_pb(req.health_check.as_ref()),
-            health_check_written: req.health_check.is_some(),
-            on_interruption: wire::on_interruption(&req.on_interruption),
-            storage: req.storage.as_ref().map(|s| wire::storage_from_pb(Some(s))),
-        };
-        let record = self
-            .orchestrator
-            .update(&tenant, &req.id, update)
-            .await
-            .map_err(status_of)?;
-        Ok(Response::new(self.to_pb(&record)))
+        .await;
+        audit(self.orchestrator.store().as_ref(), &caller, "UpdateWorkload", &req.id, &result).await;
+        Ok(Response::new(self.to_pb(&result?)))
     }
 
     async fn delete_workload(
         &self,
         request: Request<pb::DeleteWorkloadRequest>,
     ) -> Result<Response<pb::Workload>, Status> {
-        let tenant = tenant(&request)?;
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        let reason = if req.reason.is_empty() {
-            "deleted on request".to_string()
-        } else {
-            req.reason
-        };
-        let record = self
-            .orchestrator
-            .delete(&tenant, &req.id, &reason)
-            .await
-            .map_err(status_of)?;
-        Ok(Response::new(self.to_pb(&record)))
+        let result = async {
+            caller.require(Scope::Write, "DeleteWorkload")?;
+            let reason = if req.reason.is_empty() {
+                "deleted on request".to_string()
+            } else {
+                req.reason.clone()
+            };
+            self.orchestrator
+                .delete(&caller.tenant, &req.id, &reason)
+                .await
+                .map_err(status_of)
+        }
+        .await;
+        audit(self.orchestrator.store().as_ref(), &caller, "DeleteWorkload", &req.id, &result).await;
+        Ok(Response::new(self.to_pb(&result?)))
     }
 
     async fn list_runs(
         &self,
         request: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
-        let tenant = tenant(&request)?;
+        let caller = caller(&request)?;
+        caller.require(Scope::Read, "ListRuns")?;
         let workload_id = request.into_inner().workload_id;
         self.orchestrator
-            .get(&tenant, &workload_id)
+            .get(&caller.tenant, &workload_id)
             .await
             .map_err(status_of)?;
         let runs = self
             .orchestrator
             .store()
-            .runs_of(&tenant, &workload_id)
+            .runs_of(&caller.tenant, &workload_id)
             .await
             .map_err(store_status)?;
         Ok(Response::new(runs_to_pb(&self.orchestrator, &runs).await?))
@@ -173,11 +187,12 @@ impl Workloads for WorkloadsApi {
         &self,
         request: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
-        let tenant = tenant(&request)?;
+        let caller = caller(&request)?;
+        caller.require(Scope::Read, "ListDeadLetters")?;
         let runs = self
             .orchestrator
             .store()
-            .dead_runs(&tenant)
+            .dead_runs(&caller.tenant)
             .await
             .map_err(store_status)?;
         Ok(Response::new(runs_to_pb(&self.orchestrator, &runs).await?))
@@ -187,30 +202,35 @@ impl Workloads for WorkloadsApi {
         &self,
         request: Request<pb::ReplayDeadLetterRequest>,
     ) -> Result<Response<pb::Run>, Status> {
-        let tenant = tenant(&request)?;
+        let caller = caller(&request)?;
         let run_id = request.into_inner().run_id;
-        let run = self
-            .orchestrator
-            .replay(&tenant, &run_id)
-            .await
-            .map_err(status_of)?;
-        Ok(Response::new(run_to_pb(&self.orchestrator, &run).await?))
+        let result = async {
+            caller.require(Scope::Write, "ReplayDeadLetter")?;
+            self.orchestrator
+                .replay(&caller.tenant, &run_id)
+                .await
+                .map_err(status_of)
+        }
+        .await;
+        audit(self.orchestrator.store().as_ref(), &caller, "ReplayDeadLetter", &run_id, &result).await;
+        Ok(Response::new(run_to_pb(&self.orchestrator, &result?).await?))
     }
 
     async fn get_billing(
         &self,
         request: Request<pb::GetBillingRequest>,
     ) -> Result<Response<pb::GetBillingResponse>, Status> {
-        let tenant = tenant(&request)?;
+        let caller = caller(&request)?;
+        caller.require(Scope::Read, "GetBilling")?;
         let workload_id = request.into_inner().workload_id;
         self.orchestrator
-            .get(&tenant, &workload_id)
+            .get(&caller.tenant, &workload_id)
             .await
             .map_err(status_of)?;
         let records = self
             .orchestrator
             .store()
-            .billing(&tenant, &workload_id)
+            .billing(&caller.tenant, &workload_id)
             .await
             .map_err(store_status)?;
         let total_cost = records.iter().map(|r| r.cost).sum();
@@ -237,12 +257,13 @@ impl Workloads for WorkloadsApi {
         &self,
         request: Request<pb::ListNotificationsRequest>,
     ) -> Result<Response<pb::ListNotificationsResponse>, Status> {
-        let tenant = tenant(&request)?;
+        let caller = caller(&request)?;
+        caller.require(Scope::Read, "ListNotifications")?;
         let workload_id = request.into_inner().workload_id;
         let list = self
             .orchestrator
             .store()
-            .notifications(&tenant, &workload_id)
+            .notifications(&caller.tenant, &workload_id)
             .await
             .map_err(store_status)?;
         Ok(Response::new(pb::ListNotificationsResponse {
@@ -264,5 +285,37 @@ impl Workloads for WorkloadsApi {
                 .collect(),
         }))
     }
-}
 
+    async fn list_connections(
+        &self,
+        request: Request<pb::ListConnectionsRequest>,
+    ) -> Result<Response<pb::ListConnectionsResponse>, Status> {
+        let caller = caller(&request)?;
+        caller.require(Scope::Read, "ListConnections")?;
+        let workload_id = request.into_inner().workload_id;
+        self.orchestrator
+            .get(&caller.tenant, &workload_id)
+            .await
+            .map_err(status_of)?;
+        let list = self
+            .orchestrator
+            .store()
+            .connections(&caller.tenant, &workload_id)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::ListConnectionsResponse {
+            connections: list
+                .into_iter()
+                .map(|c| pb::Connection {
+                    id: c.id,
+                    router_id: c.router_id,
+                    client: c.client,
+                    backend: c.backend,
+                    started_at: rfc3339(c.started_at / 1000),
+                    bytes_to_backend: c.bytes_to_backend,
+                    bytes_from_backend: c.bytes_from_backend,
+                })
+                .collect(),
+        }))
+    }
+}

@@ -6,7 +6,8 @@
 //!   with retries, dead letters and crash-safe resumption.
 //! - [`steps`]: what each provisioning and termination step does.
 //! - [`monitor`]: health checks of running workloads.
-//! - [`notify`]: signed webhook notifications with retries.
+//! - [`notify`]: signed webhook notifications with retries, per-tenant delivery.
+//! - [`webhook_target`]: where webhooks may go (no internal addresses, no redirects).
 //! - [`background`]: the workers that listen to driver events, resume runs and sweep
 //!   orphaned instances.
 //!
@@ -18,6 +19,7 @@ pub mod engine;
 pub mod monitor;
 pub mod notify;
 pub mod steps;
+pub mod webhook_target;
 #[cfg(test)]
 mod tests;
 
@@ -151,10 +153,13 @@ impl Orchestrator {
             drivers,
             local,
             monitor,
+            // Health checks: a 2xx of the workload itself; a redirect is an answer, not a
+            // place to go.
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(0)
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
-                .expect("an HTTP client without TLS builds"),
+                .expect("an HTTP client with default settings builds"),
             settings,
             in_flight: Mutex::new(HashMap::new()),
             cancelled: Mutex::new(HashSet::new()),

@@ -75,10 +75,12 @@ impl Monitor {
         let (results_tx, results_rx) = mpsc::unbounded_channel();
         Arc::new(Monitor {
             watches: Mutex::new(HashMap::new()),
+            // A redirect is the workload's answer (not 2xx: unhealthy), never followed.
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(4)
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
-                .expect("an HTTP client without TLS builds"),
+                .expect("an HTTP client with default settings builds"),
             permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
             results_tx,
             results_rx: Mutex::new(results_rx),

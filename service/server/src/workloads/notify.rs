@@ -12,7 +12,7 @@
 //! retried with exponential backoff; after the last attempt the notification is kept
 //! as `failed` with its last error.
 
-use super::{new_id, now_ms, steps::describe_http_error, Orchestrator};
+use super::{new_id, now_ms, webhook_target, Orchestrator};
 use crate::error::ServiceError;
 use crate::worker::Worker;
 use computearbitrage_core::RetryPolicy;
@@ -110,60 +110,82 @@ pub async fn enqueue(
     Ok(())
 }
 
-/// Delivers due notifications.
-pub struct NotificationSender {
-    pub store: Arc<dyn Store>,
-    pub http: reqwest::Client,
-    pub interval: Duration,
+/// Checks a webhook URL as `SetWebhook` receives it (see [`webhook_target`]).
+pub fn check_webhook_url(url: &str, allow_private: bool) -> Result<(), String> {
+    webhook_target::check_url(url, allow_private).map(|_| ())
 }
 
-impl NotificationSender {
-    async fn deliver(&self, mut n: NotificationRecord) -> Result<(), ServiceError> {
-        let settings = self.store.tenant_settings(&n.tenant_id).await?;
-        n.attempts += 1;
-        let result = match (&settings.webhook_url, &settings.webhook_secret) {
-            (Some(url), Some(secret)) => {
+/// Delivers due notifications. Each tenant's deliveries run in a task of their own,
+/// one at a time per tenant, so one tenant's slow or dead endpoint delays only that
+/// tenant's notifications.
+pub struct NotificationSender {
+    pub store: Arc<dyn Store>,
+    /// Built by [`webhook_target::client`]: guarded resolution, no redirects, TLS.
+    pub http: reqwest::Client,
+    pub interval: Duration,
+    /// Whether webhooks may reach loopback, private and link-local addresses.
+    pub allow_private: bool,
+    /// Tenants whose deliveries are in flight.
+    pub busy: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+/// One delivery attempt of `n`, with its outcome saved.
+async fn deliver(
+    store: &dyn Store,
+    http: &reqwest::Client,
+    allow_private: bool,
+    mut n: NotificationRecord,
+) -> Result<(), ServiceError> {
+    let settings = store.tenant_settings(&n.tenant_id).await?;
+    n.attempts += 1;
+    let result = match (&settings.webhook_url, &settings.webhook_secret) {
+        (Some(url), Some(secret)) => match webhook_target::check_url(url, allow_private) {
+            // Checked again: the setting (or the operator's policy) may be older.
+            Err(refused) => Err(format!("refused: {refused}")),
+            Ok(url) => {
                 let timestamp = now_ms() / 1000;
-                let response = self
-                    .http
+                let response = http
                     .post(url)
                     .header("content-type", "application/json")
                     .header(SIGNATURE_HEADER, signature(secret, timestamp, &n.payload))
                     .body(n.payload.clone())
-                    .timeout(Duration::from_secs(10))
                     .send()
                     .await;
                 match response {
                     Ok(r) if r.status().is_success() => Ok(()),
-                    Ok(r) => Err(format!("webhook answered HTTP {}", r.status())),
-                    Err(e) => Err(format!("webhook unreachable: {}", describe_http_error(&e))),
+                    Ok(r) if r.status().is_redirection() => Err(format!(
+                        "the webhook answered HTTP {} (redirects are not followed; set the final URL)",
+                        r.status().as_u16()
+                    )),
+                    Ok(r) => Err(format!("the webhook answered HTTP {}", r.status().as_u16())),
+                    Err(e) => Err(webhook_target::describe_failure(&e)),
                 }
             }
-            _ => Err("no webhook is set for this tenant (Admin.SetWebhook)".to_string()),
-        };
-        let now = now_ms();
-        match result {
-            Ok(()) => {
-                n.status = NotificationStatus::Delivered;
-                n.delivered_at = Some(now);
-                n.last_error = None;
-                tracing::info!(notification = %n.id, kind = %n.kind, attempts = n.attempts, "notification delivered");
-            }
-            Err(error) => {
-                n.last_error = Some(error.clone());
-                if DELIVERY_RETRY.allows_another(n.attempts) {
-                    let jitter: f64 = rand::Rng::gen(&mut rand::thread_rng());
-                    n.next_attempt_at =
-                        now + DELIVERY_RETRY.delay_after(n.attempts, jitter).as_millis() as i64;
-                } else {
-                    n.status = NotificationStatus::Failed;
-                }
-                tracing::warn!(notification = %n.id, kind = %n.kind, attempts = n.attempts, error = %error, "notification delivery failed");
-            }
+        },
+        _ => Err("no webhook is set for this tenant (Admin.SetWebhook)".to_string()),
+    };
+    let now = now_ms();
+    match result {
+        Ok(()) => {
+            n.status = NotificationStatus::Delivered;
+            n.delivered_at = Some(now);
+            n.last_error = None;
+            tracing::info!(tenant = %n.tenant_id, notification = %n.id, kind = %n.kind, attempts = n.attempts, "notification delivered");
         }
-        self.store.save_notification(n).await?;
-        Ok(())
+        Err(error) => {
+            n.last_error = Some(error.clone());
+            if DELIVERY_RETRY.allows_another(n.attempts) {
+                let jitter: f64 = rand::Rng::gen(&mut rand::thread_rng());
+                n.next_attempt_at =
+                    now + DELIVERY_RETRY.delay_after(n.attempts, jitter).as_millis() as i64;
+            } else {
+                n.status = NotificationStatus::Failed;
+            }
+            tracing::warn!(tenant = %n.tenant_id, notification = %n.id, kind = %n.kind, attempts = n.attempts, error = %error, "notification delivery failed");
+        }
     }
+    store.save_notification(n).await?;
+    Ok(())
 }
 
 #[async_trait::async_trait]
@@ -177,8 +199,34 @@ impl Worker for NotificationSender {
     }
 
     async fn tick(&mut self) -> Result<(), ServiceError> {
-        for n in self.store.due_notifications(now_ms(), 50).await? {
-            self.deliver(n).await?;
+        let mut by_tenant: std::collections::BTreeMap<String, Vec<NotificationRecord>> =
+            Default::default();
+        for n in self.store.due_notifications(now_ms(), 200).await? {
+            by_tenant.entry(n.tenant_id.clone()).or_default().push(n);
+        }
+        for (tenant, due) in by_tenant {
+            if !self
+                .busy
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(tenant.clone())
+            {
+                continue; // its earlier deliveries are still going
+            }
+            let (store, http, busy, allow_private) = (
+                self.store.clone(),
+                self.http.clone(),
+                self.busy.clone(),
+                self.allow_private,
+            );
+            tokio::spawn(async move {
+                for n in due {
+                    if let Err(e) = deliver(store.as_ref(), &http, allow_private, n).await {
+                        tracing::warn!(tenant = %tenant, error = %e, origin = ?e.origin(), retryable = e.is_retryable(), "cannot save a delivery");
+                    }
+                }
+                busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&tenant);
+            });
         }
         Ok(())
     }

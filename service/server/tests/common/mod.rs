@@ -42,6 +42,9 @@ impl Service {
             // (and the checkout may be private): run them as the service's user. The
             // isolation itself is tested in tests/isolation.rs with the defaults.
             .env("COMPUTEARBITRAGE_WORKLOADS__LOCAL__RUN_AS", "service")
+            // Test webhook receivers listen on loopback; tests/webhooks.rs checks the
+            // default, which refuses it.
+            .env("COMPUTEARBITRAGE_NOTIFICATIONS__ALLOW_PRIVATE_TARGETS", "true")
             // Many services run at once: free ports, and a TCP range of their own.
             .env("COMPUTEARBITRAGE_ROUTER__LISTEN", "127.0.0.1:0")
             .env("COMPUTEARBITRAGE_ROUTER__METRICS_LISTEN", "127.0.0.1:0")

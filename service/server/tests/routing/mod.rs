@@ -56,10 +56,15 @@ impl Fixture {
             store.ensure_tenant(tenant, 1).await.unwrap();
             store
                 .add_token(TokenRecord {
+                    id: format!("tok-{tenant}"),
                     token_hash: computearbitrage::auth::hash_token(token),
                     tenant_id: tenant.into(),
                     label: "test".into(),
+                    // The router accepts tenant tokens with the route scope only.
+                    scopes: computearbitrage_store::Scopes::parse("read,route").unwrap(),
                     created_at: 1,
+                    expires_at: None,
+                    revoked_at: None,
                 })
                 .await
                 .unwrap();

@@ -2,8 +2,10 @@
 //! writers anyway, and every call runs on tokio's blocking pool so it never stalls the
 //! async workers.
 
+mod tenants;
+
 use crate::workloads::*;
-use crate::{CollectorOutcome, CollectorStatus, Store, StoreError, Tenant, TokenRecord};
+use crate::{AuditRecord, CollectorOutcome, CollectorStatus, Store, StoreError, Tenant, TokenRecord};
 use computearbitrage_core::offer::Gpu;
 use computearbitrage_core::{Architecture, Cloud, InterruptionRate, Offer};
 use computearbitrage_core::{Transition, WorkloadStatus};
@@ -171,6 +173,26 @@ CREATE INDEX router_connections_by_router ON router_connections (router_id);
     r#"
 ALTER TABLE offers ADD COLUMN interruption_source TEXT NOT NULL DEFAULT '';
 "#,
+    r#"
+-- Tokens get a public id, scopes (the tokens made before scopes existed were the
+-- operator's, so they are admin), an expiry and a revocation time.
+ALTER TABLE api_tokens ADD COLUMN id TEXT;
+ALTER TABLE api_tokens ADD COLUMN scopes TEXT NOT NULL DEFAULT 'admin';
+ALTER TABLE api_tokens ADD COLUMN expires_at INTEGER;
+ALTER TABLE api_tokens ADD COLUMN revoked_at INTEGER;
+UPDATE api_tokens SET id = 'tok-' || substr(token_hash, 1, 20) WHERE id IS NULL;
+CREATE UNIQUE INDEX api_tokens_by_id ON api_tokens (id);
+CREATE TABLE audit_log (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant_id  TEXT NOT NULL,
+    token_id   TEXT NOT NULL,
+    action     TEXT NOT NULL,
+    target     TEXT NOT NULL,
+    outcome    TEXT NOT NULL,
+    at         INTEGER NOT NULL
+);
+CREATE INDEX audit_log_by_tenant ON audit_log (tenant_id, id);
+"#,
 ];
 
 /// SQLite-backed [`Store`].
@@ -260,6 +282,16 @@ impl SqliteStore {
         let _ = self.changes.send(WorkloadChange {
             tenant_id: tenant_id.to_string(),
             workload_id: workload_id.to_string(),
+            kind: ChangeKind::Workload,
+        });
+    }
+
+    /// Tells subscribers that a token was added or revoked.
+    fn announce_credentials(&self, tenant_id: &str) {
+        let _ = self.changes.send(WorkloadChange {
+            tenant_id: tenant_id.to_string(),
+            workload_id: String::new(),
+            kind: ChangeKind::Credentials,
         });
     }
 
@@ -714,57 +746,36 @@ impl Store for SqliteStore {
     }
 
     async fn add_token(&self, record: TokenRecord) -> Result<(), StoreError> {
-        self.with_conn(move |conn| {
-            let tx = conn.transaction().map_err(classify)?;
-            let owner: Option<String> = tx
-                .query_row(
-                    "SELECT tenant_id FROM api_tokens WHERE token_hash = ?1",
-                    [&record.token_hash],
-                    |row| row.get(0),
-                )
-                .optional()
-                .map_err(classify)?;
-            match owner {
-                Some(owner) if owner == record.tenant_id => return Ok(()),
-                Some(_) => {
-                    return Err(StoreError::Conflict {
-                        engine: ENGINE,
-                        message: format!(
-                            "this token already belongs to another tenant; choose a different token for tenant {:?}",
-                            record.tenant_id
-                        ),
-                    })
-                }
-                None => {}
-            }
-            tx.execute(
-                "INSERT INTO api_tokens (token_hash, tenant_id, label, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![record.token_hash, record.tenant_id, record.label, record.created_at],
-            )
-            .map_err(classify)?;
-            tx.commit().map_err(classify)
-        })
-        .await
+        let tenant_id = record.tenant_id.clone();
+        self.with_conn(move |conn| tenants::add_token(conn, &record)).await?;
+        self.announce_credentials(&tenant_id);
+        Ok(())
     }
 
     async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        self.with_conn(|conn| {
-            let mut stmt = conn
-                .prepare("SELECT token_hash, tenant_id, label, created_at FROM api_tokens ORDER BY created_at, token_hash")
-                .map_err(classify)?;
-            let rows = stmt
-                .query_map([], |row| {
-                    Ok(TokenRecord {
-                        token_hash: row.get(0)?,
-                        tenant_id: row.get(1)?,
-                        label: row.get(2)?,
-                        created_at: row.get(3)?,
-                    })
-                })
-                .map_err(classify)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(classify)
-        })
-        .await
+        self.with_conn(|conn| tenants::list_tokens(conn)).await
+    }
+
+    async fn revoke_token(&self, id: &str, at: i64) -> Result<Option<TokenRecord>, StoreError> {
+        let id = id.to_string();
+        let revoked = self.with_conn(move |conn| tenants::revoke_token(conn, &id, at)).await?;
+        if let Some(token) = &revoked {
+            self.announce_credentials(&token.tenant_id);
+        }
+        Ok(revoked)
+    }
+
+    async fn tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        self.with_conn(|conn| tenants::tenants(conn)).await
+    }
+
+    async fn record_audit(&self, record: AuditRecord) -> Result<(), StoreError> {
+        self.with_conn(move |conn| tenants::record_audit(conn, &record)).await
+    }
+
+    async fn audit_log(&self, tenant_id: Option<&str>, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+        let tenant_id = tenant_id.map(str::to_string);
+        self.with_conn(move |conn| tenants::audit_log(conn, tenant_id.as_deref(), limit)).await
     }
 
     async fn tenant_settings(&self, tenant_id: &str) -> Result<TenantSettings, StoreError> {
