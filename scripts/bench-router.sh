@@ -7,10 +7,13 @@
 #         TCP router (and direct, for reference). MB/s, 1 and 4 streams.
 #   Route change  time from a backend change committed in the store to the first
 #         request served by the new backend (router and store in one process).
+#   Flood  one workload's HTTP latency (wrk) and store write latency while another
+#         process floods another workload's TCP port with connections.
 # Prints a Markdown report (docs/benchmarks.md, section "Router", holds a run).
 #
 # Usage: scripts/bench-router.sh [--short] [--strict]
-#   --short   CI mode: 2 s wrk runs, 1 round, 1 s transfers, 20 route changes.
+#   --short   CI mode: 2 s wrk runs, 1 round, 1 s transfers, 20 route changes, 1 s
+#             flood phases.
 #   --strict  exit 1 when a target is missed (by default only failures exit non-zero).
 # Environment: WRK_THREADS (2), WRK_CONNECTIONS (64), WRK_DURATION, ROUNDS, and
 # BENCH_EXE (a bench binary built earlier, to compare two builds).
@@ -35,10 +38,10 @@ done
 
 if [ "$short" = 1 ]; then
   wrk_duration="${WRK_DURATION:-2s}"; warmup=1s; rounds="${ROUNDS:-1}"
-  tcp_seconds=1; route_iterations=20
+  tcp_seconds=1; route_iterations=20; flood_seconds=1
 else
   wrk_duration="${WRK_DURATION:-10s}"; warmup=2s; rounds="${ROUNDS:-3}"
-  tcp_seconds=5; route_iterations=200
+  tcp_seconds=5; route_iterations=200; flood_seconds=5
 fi
 wrk_threads="${WRK_THREADS:-2}"
 wrk_connections="${WRK_CONNECTIONS:-64}"
@@ -309,6 +312,11 @@ field() { echo "$line" | sed -n "s/.* $1=\([0-9.]*\).*/\1/p"; }
 rc_p50="$(field p50_ms)"; rc_p99="$(field p99_ms)"; rc_max="$(field max_ms)"
 rc_commit="$(field commit_p50_ms)"; rc_stale="$(field stale)"
 
+# ---- connection flood ----
+log "connection flood: $flood_seconds s per phase"
+flood_out="$("$exe" flood --wrk "$(command -v wrk)" --seconds "$flood_seconds")" || die "flood failed"
+flood_table="$(echo "$flood_out" | grep '^|')"
+
 # ---- report ----
 verdict() { # condition (awk expression) -> met/missed
   if awk "BEGIN { exit !($1) }"; then echo met; else echo "**missed**"; fi
@@ -359,6 +367,12 @@ TCP: ${tcp_seconds} s one-way transfers to the same sink, median of $rounds roun
 
 Route change ($route_iterations changes): store update to the first answer of the new backend
 p50 $(fmt "$rc_p50") ms, p99 $(fmt "$rc_p99") ms, max $(fmt "$rc_max") ms (store commit p50 $(fmt "$rc_commit") ms; $rc_stale answers from the old backend after the update returned).
+
+Connection flood ($flood_seconds s per phase): \`wrk -t1 -c16 --latency\` on one workload while another
+process opens, uses and closes connections to another workload's TCP port; store writes
+(a workload update every 20 ms) meanwhile.
+
+$flood_table
 
 | target | measured | |
 |---|---|---|

@@ -5,6 +5,8 @@
 #                  traceparent (fuzz/fuzz_targets/parse_request.rs)
 #   fast_head      the fast path's request and response heads as forwarded
 #                  (fuzz/fuzz_targets/fast_head.rs)
+#   response_framing  a backend's response head and chunked body framing as the
+#                  fast path relays it (fuzz/fuzz_targets/response_framing.rs)
 #   spot_advisor   the AWS Spot Instance Advisor feed parser
 #                  (fuzz/fuzz_targets/spot_advisor.rs)
 #
@@ -22,7 +24,7 @@ cd "$root"
 
 seconds="${1:-${FUZZ_SECONDS:-30}}"
 targets=("${@:2}")
-[ ${#targets[@]} -gt 0 ] || targets=(parse_request fast_head spot_advisor)
+[ ${#targets[@]} -gt 0 ] || targets=(parse_request fast_head response_framing spot_advisor)
 if ! [[ "$seconds" =~ ^[0-9]+$ ]] || [ "$seconds" -eq 0 ]; then
     echo "usage: $0 [SECONDS] (a positive whole number; got '$seconds')" >&2
     exit 2

@@ -80,6 +80,34 @@ pub fn map(
         .unwrap_or_default()
 }
 
+/// Address ranges compare as a set of canonical ranges: `10.0.0.1/32` is `10.0.0.1`,
+/// order and repeats do not matter, and an empty list is this machine only. Null is
+/// itself, so a new workload's plan (and the first refresh of a state written before
+/// the attribute existed) shows the ranges the service uses.
+pub fn cidrs(value: &StringList) -> Option<Vec<String>> {
+    if value.is_null() {
+        return None;
+    }
+    let mut ranges: Vec<String> = list(value)
+        .iter()
+        .map(|c| computearbitrage_api::canonical_cidr(c))
+        .collect();
+    if ranges.is_empty() {
+        ranges = default_tcp_allowed();
+    }
+    ranges.sort();
+    ranges.dedup();
+    Some(ranges)
+}
+
+/// Who may reach a TCP endpoint when the configuration does not say.
+pub fn default_tcp_allowed() -> Vec<String> {
+    computearbitrage_api::DEFAULT_TCP_ALLOWED
+        .iter()
+        .map(|c| c.to_string())
+        .collect()
+}
+
 pub fn number(value: &Value<Number>) -> Option<u64> {
     value.as_ref_option().map(|n| n.value().to_bits())
 }
@@ -134,12 +162,24 @@ mod tests {
 
     #[test]
     fn a_configured_spelling_that_means_the_prior_value_plans_the_prior() {
-        assert_eq!(planned(&s("amd64"), &s("x86_64"), None, architecture), s("x86_64"));
-        assert_eq!(planned(&s("arm64"), &s("x86_64"), None, architecture), s("arm64"));
+        assert_eq!(
+            planned(&s("amd64"), &s("x86_64"), None, architecture),
+            s("x86_64")
+        );
+        assert_eq!(
+            planned(&s("arm64"), &s("x86_64"), None, architecture),
+            s("arm64")
+        );
         assert_eq!(planned(&s("a100"), &s("A100"), None, gpu), s("A100"));
         // Terraform allows the prior only when it is set.
-        assert_eq!(planned(&s("amd64"), &Value::Null, None, architecture), s("amd64"));
-        assert_eq!(planned::<String, _>(&Value::Null, &s("x86_64"), None, architecture), Value::Null);
+        assert_eq!(
+            planned(&s("amd64"), &Value::Null, None, architecture),
+            s("amd64")
+        );
+        assert_eq!(
+            planned::<String, _>(&Value::Null, &s("x86_64"), None, architecture),
+            Value::Null
+        );
         assert!(planned(&Value::Unknown, &s("x86_64"), None, architecture).is_unknown());
     }
 
@@ -147,21 +187,45 @@ mod tests {
     fn an_unset_optional_computed_attribute_plans_its_canonical_value() {
         let empty = || Some(list_value(&[]));
         // Left out, with a prior empty list or none: no diff either way.
-        assert_eq!(planned(&Value::Null, &list_value(&[]), empty(), list), list_value(&[]));
-        assert_eq!(planned(&Value::Null, &Value::Null, empty(), list), Value::Null);
+        assert_eq!(
+            planned(&Value::Null, &list_value(&[]), empty(), list),
+            list_value(&[])
+        );
+        assert_eq!(
+            planned(&Value::Null, &Value::Null, empty(), list),
+            Value::Null
+        );
         // Removed from the configuration: the canonical empty list, a real diff.
-        assert_eq!(planned(&Value::Null, &list_value(&["aws".into()]), empty(), list), list_value(&[]));
+        assert_eq!(
+            planned(&Value::Null, &list_value(&["aws".into()]), empty(), list),
+            list_value(&[])
+        );
         // Written as [] against a prior empty list: the prior.
-        assert_eq!(planned(&list_value(&[]), &list_value(&[]), empty(), list), list_value(&[]));
+        assert_eq!(
+            planned(&list_value(&[]), &list_value(&[]), empty(), list),
+            list_value(&[])
+        );
         let no = || Some(Value::Value(false));
-        assert_eq!(planned(&Value::Null, &Value::Value(true), no(), flag), Value::Value(false));
-        assert_eq!(planned(&Value::Value(false), &Value::Value(false), no(), flag), Value::Value(false));
+        assert_eq!(
+            planned(&Value::Null, &Value::Value(true), no(), flag),
+            Value::Value(false)
+        );
+        assert_eq!(
+            planned(&Value::Value(false), &Value::Value(false), no(), flag),
+            Value::Value(false)
+        );
     }
 
     #[test]
     fn a_refresh_keeps_the_state_spelling_unless_the_meaning_changed() {
-        assert_eq!(refreshed(&s("amd64"), &s("x86_64"), architecture), s("amd64"));
-        assert_eq!(refreshed(&s("amd64"), &s("arm64"), architecture), s("arm64"));
+        assert_eq!(
+            refreshed(&s("amd64"), &s("x86_64"), architecture),
+            s("amd64")
+        );
+        assert_eq!(
+            refreshed(&s("amd64"), &s("arm64"), architecture),
+            s("arm64")
+        );
         assert_eq!(refreshed(&Value::Null, &list_value(&[]), list), Value::Null);
     }
 

@@ -78,7 +78,11 @@ impl Connection {
     /// off between tries (0.25 s doubling to 4 s). A status is retried when the
     /// service flagged it retryable, or when the connection failed after the service
     /// had answered before (so a service that is simply not running fails at once).
-    pub async fn retrying<T, F, Fut>(&self, budget: Duration, mut call: F) -> Result<T, tonic::Status>
+    pub async fn retrying<T, F, Fut>(
+        &self,
+        budget: Duration,
+        mut call: F,
+    ) -> Result<T, tonic::Status>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
@@ -329,20 +333,41 @@ mod tests {
         for reason in Reason::ALL {
             let mut diags = Diagnostics::default();
             let status = reason.status(false, "the service's words");
-            report_status(&mut diags, &connection, "doing it", &status, AttributePath::root());
+            report_status(
+                &mut diags,
+                &connection,
+                "doing it",
+                &status,
+                AttributePath::root(),
+            );
             let d = &diags.errors[0];
             assert!(d.detail.contains("the service's words"), "{reason:?}");
-            assert!(!d.summary.contains("Cannot reach"), "{reason:?} came from the service");
+            assert!(
+                !d.summary.contains("Cannot reach"),
+                "{reason:?} came from the service"
+            );
             summaries.insert(d.summary.to_string());
         }
         assert_eq!(summaries.len(), Reason::ALL.len(), "{summaries:?}");
         // A retryable store error inside a running service is not "cannot reach".
         let mut diags = Diagnostics::default();
-        report_status(&mut diags, &connection, "doing it", &Reason::StoreUnavailable.status(true, "db busy"), AttributePath::root());
+        report_status(
+            &mut diags,
+            &connection,
+            "doing it",
+            &Reason::StoreUnavailable.status(true, "db busy"),
+            AttributePath::root(),
+        );
         assert!(diags.errors[0].summary.contains("database was unavailable"));
         // A status without a reason is the transport's.
         let mut diags = Diagnostics::default();
-        report_status(&mut diags, &connection, "doing it", &tonic::Status::unavailable("tcp connect error"), AttributePath::root());
+        report_status(
+            &mut diags,
+            &connection,
+            "doing it",
+            &tonic::Status::unavailable("tcp connect error"),
+            AttributePath::root(),
+        );
         assert!(diags.errors[0].summary.contains("Cannot reach"));
         assert!(diags.errors[0].detail.contains("computearbitrage serve"));
     }
@@ -405,9 +430,10 @@ mod tests {
                 async move {
                     if first {
                         let mut status = Reason::RateLimited.status(true, "slow down");
-                        status
-                            .metadata_mut()
-                            .insert(computearbitrage_api::RETRY_AFTER_METADATA, "1500".parse().unwrap());
+                        status.metadata_mut().insert(
+                            computearbitrage_api::RETRY_AFTER_METADATA,
+                            "1500".parse().unwrap(),
+                        );
                         Err(status)
                     } else {
                         Ok(())

@@ -105,9 +105,15 @@ impl SpotPricesState {
 
     /// Reports every invalid known value; returns whether there were none.
     fn check(&self, diags: &mut Diagnostics) -> bool {
-        let clouds_written = if strings(&self.clouds).is_empty() { "providers" } else { "clouds" };
-        let violations =
-            crate::requirements::rename_clouds(validate::offer_filter(&self.filter()), clouds_written);
+        let clouds_written = if strings(&self.clouds).is_empty() {
+            "providers"
+        } else {
+            "clouds"
+        };
+        let violations = crate::requirements::rename_clouds(
+            validate::offer_filter(&self.filter()),
+            clouds_written,
+        );
         report_violations(diags, AttributePath::root(), &violations);
         let mut ok = violations.is_empty();
         ok &= crate::requirements::check_cloud_alias(
@@ -216,14 +222,24 @@ impl DataSource for SpotPricesDataSource {
                     return None;
                 }
             };
-            let clouds_written = if strings(&config.clouds).is_empty() { "providers" } else { "clouds" };
-            report_warnings(diags, &page.warnings, AttributePath::root(), "filter", |field| {
-                if field.starts_with("clouds") {
-                    field.replacen("clouds", clouds_written, 1)
-                } else {
-                    field.to_string()
-                }
-            });
+            let clouds_written = if strings(&config.clouds).is_empty() {
+                "providers"
+            } else {
+                "clouds"
+            };
+            report_warnings(
+                diags,
+                &page.warnings,
+                AttributePath::root(),
+                "filter",
+                |field| {
+                    if field.starts_with("clouds") {
+                        field.replacen("clouds", clouds_written, 1)
+                    } else {
+                        field.to_string()
+                    }
+                },
+            );
             offers.extend(page.offers.iter().map(OfferObject::from));
             if page.next_page_token.is_empty() || offers.len() >= limit {
                 break;

@@ -161,8 +161,7 @@ fn is_listener_on(fd: RawFd, port: u16) -> bool {
                 u16::from_be(v4.sin_port)
             }
             libc::AF_INET6 => {
-                let v6 =
-                    &*(&address as *const libc::sockaddr_storage as *const libc::sockaddr_in6);
+                let v6 = &*(&address as *const libc::sockaddr_storage as *const libc::sockaddr_in6);
                 u16::from_be(v6.sin6_port)
             }
             _ => return false,
@@ -208,7 +207,10 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let _before_client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let (before, _) = listener.accept().unwrap();
-        assert!(!nodelay(before.as_raw_fd()), "the kernel default is Nagle on");
+        assert!(
+            !nodelay(before.as_raw_fd()),
+            "the kernel default is Nagle on"
+        );
 
         set_nodelay_on_listener(port).unwrap();
         let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();

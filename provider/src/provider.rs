@@ -1,11 +1,11 @@
 //! The provider block: where the service is and how to authenticate.
 
 use crate::client::{Connection, SharedConnection, DEFAULT_ENDPOINT};
-use computearbitrage_api::connect::Target;
 use crate::data_source_placement::PlacementDataSource;
 use crate::data_source_spot_prices::SpotPricesDataSource;
 use crate::resource_workload::WorkloadResource;
 use crate::schema::optional;
+use computearbitrage_api::connect::Target;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use tf_provider::schema::{AttributeType, Block, Schema};
@@ -85,7 +85,11 @@ impl Provider for ComputeArbitrageProvider {
             return Some(());
         }
         if let Err(message) = Connection::new(config.target(), "x") {
-            let attribute = if message.contains("CA file") { "ca_file" } else { "endpoint" };
+            let attribute = if message.contains("CA file") {
+                "ca_file"
+            } else {
+                "endpoint"
+            };
             diags.error(
                 format!("Invalid provider {attribute}"),
                 message,
@@ -119,7 +123,11 @@ impl Provider for ComputeArbitrageProvider {
                 Some(())
             }
             Err(message) => {
-                let attribute = if message.contains("CA file") { "ca_file" } else { "endpoint" };
+                let attribute = if message.contains("CA file") {
+                    "ca_file"
+                } else {
+                    "endpoint"
+                };
                 diags.error(
                     format!("Invalid provider {attribute}"),
                     message,

@@ -155,13 +155,17 @@ impl RequirementsBlock {
     /// Reports every invalid known value on its path under `root`; `mirrored` is true
     /// for a planned state, where `providers` mirrors `clouds`.
     pub fn check(&self, diags: &mut Diagnostics, root: AttributePath, mirrored: bool) -> bool {
-        let mut ok = check_cloud_alias(diags, &self.clouds, &self.providers, root.clone(), mirrored);
+        let mut ok =
+            check_cloud_alias(diags, &self.clouds, &self.providers, root.clone(), mirrored);
         let written = if strings(&self.clouds).is_empty() && !strings(&self.providers).is_empty() {
             "providers"
         } else {
             "clouds"
         };
-        let violations = rename_clouds(computearbitrage_api::validate::requirements(&self.to_pb()), written);
+        let violations = rename_clouds(
+            computearbitrage_api::validate::requirements(&self.to_pb()),
+            written,
+        );
         crate::client::report_violations(diags, root.clone(), &violations);
         ok &= violations.is_empty();
         ok &= check_whole(diags, &self.min_gpus, root.attribute("min_gpus"));
@@ -243,7 +247,10 @@ impl RequirementsBlock {
 
     /// The block to plan: `config`'s values, in `prior`'s spelling wherever they mean
     /// the same, with the canonical values of unset Optional+Computed attributes.
-    pub fn planned(config: &RequirementsBlock, prior: Option<&RequirementsBlock>) -> RequirementsBlock {
+    pub fn planned(
+        config: &RequirementsBlock,
+        prior: Option<&RequirementsBlock>,
+    ) -> RequirementsBlock {
         use canonical::planned;
         let none = RequirementsBlock::default();
         let prior = prior.unwrap_or(&none);
@@ -256,28 +263,63 @@ impl RequirementsBlock {
         let clouds = planned(&clouds_config, &prior.clouds, empty(), canonical::list);
         RequirementsBlock {
             min_vcpus: planned(&config.min_vcpus, &prior.min_vcpus, None, canonical::number),
-            min_memory_gib: planned(&config.min_memory_gib, &prior.min_memory_gib, None, canonical::number),
+            min_memory_gib: planned(
+                &config.min_memory_gib,
+                &prior.min_memory_gib,
+                None,
+                canonical::number,
+            ),
             gpu_name: planned(&config.gpu_name, &prior.gpu_name, None, canonical::gpu),
             min_gpus: planned(&config.min_gpus, &prior.min_gpus, None, canonical::number),
-            architecture: planned(&config.architecture, &prior.architecture, None, canonical::architecture),
+            architecture: planned(
+                &config.architecture,
+                &prior.architecture,
+                None,
+                canonical::architecture,
+            ),
             // The deprecated name mirrors `clouds` unless it is what the user wrote.
             providers: if config.providers.is_null() {
-                planned(&Value::Null, &prior.providers, Some(clouds.clone()), canonical::list)
+                planned(
+                    &Value::Null,
+                    &prior.providers,
+                    Some(clouds.clone()),
+                    canonical::list,
+                )
             } else {
                 planned(&config.providers, &prior.providers, None, canonical::list)
             },
             clouds,
             regions: planned(&config.regions, &prior.regions, empty(), canonical::list),
-            exclude_regions: planned(&config.exclude_regions, &prior.exclude_regions, empty(), canonical::list),
-            preferred_regions: planned(&config.preferred_regions, &prior.preferred_regions, empty(), canonical::list),
-            max_interruption_rate: planned(&config.max_interruption_rate, &prior.max_interruption_rate, None, canonical::number),
+            exclude_regions: planned(
+                &config.exclude_regions,
+                &prior.exclude_regions,
+                empty(),
+                canonical::list,
+            ),
+            preferred_regions: planned(
+                &config.preferred_regions,
+                &prior.preferred_regions,
+                empty(),
+                canonical::list,
+            ),
+            max_interruption_rate: planned(
+                &config.max_interruption_rate,
+                &prior.max_interruption_rate,
+                None,
+                canonical::number,
+            ),
             allow_unknown_interruption_rate: planned(
                 &config.allow_unknown_interruption_rate,
                 &prior.allow_unknown_interruption_rate,
                 Some(Value::Value(false)),
                 canonical::flag,
             ),
-            max_price_per_hour: planned(&config.max_price_per_hour, &prior.max_price_per_hour, None, canonical::number),
+            max_price_per_hour: planned(
+                &config.max_price_per_hour,
+                &prior.max_price_per_hour,
+                None,
+                canonical::number,
+            ),
         }
     }
 
@@ -287,22 +329,46 @@ impl RequirementsBlock {
         use canonical::refreshed;
         RequirementsBlock {
             min_vcpus: refreshed(&prior.min_vcpus, &actual.min_vcpus, canonical::number),
-            min_memory_gib: refreshed(&prior.min_memory_gib, &actual.min_memory_gib, canonical::number),
+            min_memory_gib: refreshed(
+                &prior.min_memory_gib,
+                &actual.min_memory_gib,
+                canonical::number,
+            ),
             gpu_name: refreshed(&prior.gpu_name, &actual.gpu_name, canonical::gpu),
             min_gpus: refreshed(&prior.min_gpus, &actual.min_gpus, canonical::number),
-            architecture: refreshed(&prior.architecture, &actual.architecture, canonical::architecture),
+            architecture: refreshed(
+                &prior.architecture,
+                &actual.architecture,
+                canonical::architecture,
+            ),
             clouds: refreshed(&prior.clouds, &actual.clouds, canonical::list),
             providers: refreshed(&prior.providers, &actual.providers, canonical::list),
             regions: refreshed(&prior.regions, &actual.regions, canonical::list),
-            exclude_regions: refreshed(&prior.exclude_regions, &actual.exclude_regions, canonical::list),
-            preferred_regions: refreshed(&prior.preferred_regions, &actual.preferred_regions, canonical::list),
-            max_interruption_rate: refreshed(&prior.max_interruption_rate, &actual.max_interruption_rate, canonical::number),
+            exclude_regions: refreshed(
+                &prior.exclude_regions,
+                &actual.exclude_regions,
+                canonical::list,
+            ),
+            preferred_regions: refreshed(
+                &prior.preferred_regions,
+                &actual.preferred_regions,
+                canonical::list,
+            ),
+            max_interruption_rate: refreshed(
+                &prior.max_interruption_rate,
+                &actual.max_interruption_rate,
+                canonical::number,
+            ),
             allow_unknown_interruption_rate: refreshed(
                 &prior.allow_unknown_interruption_rate,
                 &actual.allow_unknown_interruption_rate,
                 canonical::flag,
             ),
-            max_price_per_hour: refreshed(&prior.max_price_per_hour, &actual.max_price_per_hour, canonical::number),
+            max_price_per_hour: refreshed(
+                &prior.max_price_per_hour,
+                &actual.max_price_per_hour,
+                canonical::number,
+            ),
         }
     }
 }

@@ -34,7 +34,10 @@ pub fn offer_object_type() -> AttributeType {
     AttributeType::Object(HashMap::from([
         ("cloud".to_string(), AttributeType::String),
         ("provider".to_string(), AttributeType::String),
-        ("interruption_rate_source".to_string(), AttributeType::String),
+        (
+            "interruption_rate_source".to_string(),
+            AttributeType::String,
+        ),
         ("region".to_string(), AttributeType::String),
         ("zone".to_string(), AttributeType::String),
         ("instance_type".to_string(), AttributeType::String),

@@ -119,6 +119,33 @@ def test_the_endpoint_is_the_router_address_for_http_and_tcp(workload_service, w
         connection.sendall(b"ping")
         assert connection.recv(100) == f"{name}: ping".encode()
     assert ws.plan_is_noop(), "tcp_listen_port and the endpoints plan clean"
+
+    # Who may connect changes in place; this machine is then outside the ranges.
+    ws.write(config(name, extra='tcp_port = 9000\n  tcp_allowed_cidrs = ["10.0.0.0/8", "192.168.1.7"]'))
+    plan = ws.run("plan")
+    assert "updated in-place" in plan.stdout and "forces replacement" not in plan.stdout, plan.stdout
+    ws.apply()
+    assert ws.outputs()["web"]["id"] == web["id"]
+    deadline = time.monotonic() + 10
+    while True:
+        with socket.create_connection((host, int(port)), timeout=5) as connection:
+            try:
+                connection.sendall(b"ping")
+                answer = connection.recv(100)
+            except ConnectionResetError:
+                answer = b""
+        if answer == b"":
+            break
+        assert time.monotonic() < deadline, "a connection from outside tcp_allowed_cidrs was still forwarded"
+        time.sleep(0.1)
+    assert ws.plan_is_noop(), "192.168.1.7 and 192.168.1.7/32 are one range"
+
+    # A range with host bits set names the attribute element and the range to write.
+    ws.write(config(name, extra='tcp_port = 9000\n  tcp_allowed_cidrs = ["10.0.0.1/8"]'))
+    bad = ws.run("plan", check=False)
+    text = " ".join(bad.stderr.split())
+    assert bad.returncode == 1 and "tcp_allowed_cidrs[0]" in text and "write the network, 10.0.0.0/8" in text, text
+    ws.write(config(name, extra="tcp_port = 9000"))
     ws.run("destroy", "-auto-approve")
 
 

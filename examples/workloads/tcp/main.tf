@@ -19,6 +19,8 @@ resource "computearbitrage_workload" "echo" {
     PY
   ]
   tcp_port = 7000
+  # Who may connect: this machine by default. List your clients' ranges to open it up.
+  tcp_allowed_cidrs = ["127.0.0.0/8", "10.0.0.0/8"]
 
   requirements {
     min_vcpus = 1

@@ -13,7 +13,8 @@
 //!   of losing it.
 //! - `name`, `command`, `image`, `port`, `tcp_port`, `tcp_listen_port`, `requirements`
 //!   and `storage.enabled` force replacement; `tags`, `env`, `health_check`,
-//!   `on_interruption` and storage's `quota_gb` and `retention_days` change in place.
+//!   `on_interruption`, `tcp_allowed_cidrs` and storage's `quota_gb` and
+//!   `retention_days` change in place.
 //! - A plan that changes the workload in place marks unknown what the service may
 //!   change before the apply (status, placement, prices, instance, backend address);
 //!   what never changes (`id`, `endpoint`, `access_token`, `tcp_endpoint`,
@@ -25,7 +26,10 @@
 mod schema;
 pub mod state;
 
-use crate::client::{report_status, report_violations, report_warnings, Connection, SharedConnection, CALL_RETRY_BUDGET};
+use crate::client::{
+    report_status, report_violations, report_warnings, Connection, SharedConnection,
+    CALL_RETRY_BUDGET,
+};
 use crate::duration;
 use crate::number::Number;
 use crate::requirements::{self, check_whole};
@@ -64,6 +68,11 @@ fn check(state: &WorkloadState, diags: &mut Diagnostics, from_config: bool) -> b
         }
         Some(validate::PathStep::Field("env")) => !state.env.is_unknown(),
         Some(validate::PathStep::Field("tags")) => !state.tags.is_unknown(),
+        // Element indexes only line up once every element is known.
+        Some(validate::PathStep::Field("tcp_allowed_cidrs")) => state
+            .tcp_allowed_cidrs
+            .as_ref_option()
+            .is_some_and(|items| items.iter().all(Value::is_value)),
         _ => true,
     });
     if state.port.is_null() {
@@ -73,9 +82,17 @@ fn check(state: &WorkloadState, diags: &mut Diagnostics, from_config: bool) -> b
     ok &= top.is_empty();
     ok &= check_whole(diags, &state.port, AttributePath::new("port"));
     ok &= check_whole(diags, &state.tcp_port, AttributePath::new("tcp_port"));
-    ok &= check_whole(diags, &state.tcp_listen_port, AttributePath::new("tcp_listen_port"));
+    ok &= check_whole(
+        diags,
+        &state.tcp_listen_port,
+        AttributePath::new("tcp_listen_port"),
+    );
     if let Some(block) = state.requirements.as_ref_option() {
-        ok &= block.check(diags, AttributePath::new(requirements::BLOCK_NAME), !from_config);
+        ok &= block.check(
+            diags,
+            AttributePath::new(requirements::BLOCK_NAME),
+            !from_config,
+        );
     }
     if let Some(block) = state.health_check.as_ref_option() {
         let root = AttributePath::new("health_check").index(0);
@@ -89,7 +106,9 @@ fn check(state: &WorkloadState, diags: &mut Diagnostics, from_config: bool) -> b
                 if n < 1 {
                     diags.error(
                         format!("Invalid value for health_check.{name}"),
-                        format!("{n} is less than 1; use 1 or more, or leave it unset for the default"),
+                        format!(
+                            "{n} is less than 1; use 1 or more, or leave it unset for the default"
+                        ),
                         root.clone().attribute(name),
                     );
                     ok = false;
@@ -102,7 +121,10 @@ fn check(state: &WorkloadState, diags: &mut Diagnostics, from_config: bool) -> b
     }
     if let Some(block) = state.storage.as_ref_option() {
         let root = AttributePath::new("storage").index(0);
-        for (name, value) in [("quota_gb", &block.quota_gb), ("retention_days", &block.retention_days)] {
+        for (name, value) in [
+            ("quota_gb", &block.quota_gb),
+            ("retention_days", &block.retention_days),
+        ] {
             ok &= check_whole(diags, value, root.clone().attribute(name));
             if let Some(n) = value.as_ref_option().and_then(Number::as_integer) {
                 if n < 0 {
@@ -174,7 +196,9 @@ async fn wait_for(
                     return Ok(Waited::TimedOut(w));
                 }
             }
-            Err(status) if Reason::of(&status) == Some(Reason::NotFound) => return Ok(Waited::Gone),
+            Err(status) if Reason::of(&status) == Some(Reason::NotFound) => {
+                return Ok(Waited::Gone)
+            }
             Err(status) => return Err(status),
         }
         tokio::time::sleep(POLL).await;
@@ -216,7 +240,10 @@ impl WorkloadResource {
             ),
             Err(status) if Reason::of(&status) == Some(Reason::NoMatchingOffer) => diags.warning(
                 "No spot offer matches the requirements now",
-                format!("{}\n\nThe apply will fail unless prices change first.", status.message()),
+                format!(
+                    "{}\n\nThe apply will fail unless prices change first.",
+                    status.message()
+                ),
                 root,
             ),
             Err(_) => {}
@@ -266,7 +293,13 @@ impl Resource for WorkloadResource {
             }
             Err(status) if Reason::of(&status) == Some(Reason::NotFound) => None,
             Err(status) => {
-                report_status(diags, &connection, "reading a workload", &status, AttributePath::root());
+                report_status(
+                    diags,
+                    &connection,
+                    "reading a workload",
+                    &status,
+                    AttributePath::root(),
+                );
                 None
             }
         }
@@ -322,7 +355,8 @@ impl Resource for WorkloadResource {
         if proposed.port.is_unknown() || port_of(&proposed.port) != port_of(&prior.port) {
             replace.push(AttributePath::new("port"));
         }
-        if proposed.tcp_port.is_unknown() || port_of(&proposed.tcp_port) != port_of(&prior.tcp_port) {
+        if proposed.tcp_port.is_unknown() || port_of(&proposed.tcp_port) != port_of(&prior.tcp_port)
+        {
             replace.push(AttributePath::new("tcp_port"));
         }
         if proposed.tcp_listen_port.is_value()
@@ -330,7 +364,10 @@ impl Resource for WorkloadResource {
         {
             replace.push(AttributePath::new("tcp_listen_port"));
         }
-        let same_requirements = match (proposed.requirements.as_ref_option(), prior.requirements.as_ref_option()) {
+        let same_requirements = match (
+            proposed.requirements.as_ref_option(),
+            prior.requirements.as_ref_option(),
+        ) {
             (Some(a), Some(b)) => a.same_as(b),
             (None, None) => true,
             _ => false,
@@ -373,7 +410,9 @@ impl Resource for WorkloadResource {
         let applied = connection
             .retrying(CALL_RETRY_BUDGET, || {
                 let mut client = connection.workloads();
-                let request = pb::ApplyWorkloadRequest { spec: Some(spec.clone()) };
+                let request = pb::ApplyWorkloadRequest {
+                    spec: Some(spec.clone()),
+                };
                 async move { client.apply_workload(request).await }
             })
             .await;
@@ -410,7 +449,10 @@ impl Resource for WorkloadResource {
         planned.set_computed(&accepted);
         // From here the workload exists: every failure returns it, so Terraform keeps
         // it in the state (tainted) and the next apply replaces it; nothing is orphaned.
-        let taint = |mut state: WorkloadState, diags: &mut Diagnostics, summary: String, detail: String| {
+        let taint = |mut state: WorkloadState,
+                     diags: &mut Diagnostics,
+                     summary: String,
+                     detail: String| {
             state.unknowns_to_null();
             diags.root_error(
                 summary,
@@ -425,7 +467,10 @@ impl Resource for WorkloadResource {
             }
             Ok(Waited::Done(w)) => {
                 diags.root_error(
-                    format!("Workload {name:?} failed to start: step {} failed", w.failed_step),
+                    format!(
+                        "Workload {name:?} failed to start: step {} failed",
+                        w.failed_step
+                    ),
                     failure_detail(&w),
                 );
                 None
@@ -451,7 +496,13 @@ impl Resource for WorkloadResource {
             }
             Err(status) => {
                 let mut waiting = Diagnostics::default();
-                report_status(&mut waiting, &connection, "waiting for the workload to start", &status, AttributePath::root());
+                report_status(
+                    &mut waiting,
+                    &connection,
+                    "waiting for the workload to start",
+                    &status,
+                    AttributePath::root(),
+                );
                 let detail = waiting
                     .errors
                     .first()
@@ -488,6 +539,7 @@ impl Resource for WorkloadResource {
             on_interruption: spec.on_interruption,
             env: spec.env,
             storage: spec.storage,
+            tcp_allowed_cidrs: spec.tcp_allowed_cidrs,
         };
         // An update replaces every value it carries, so repeating it is harmless.
         let answer = connection
@@ -503,7 +555,13 @@ impl Resource for WorkloadResource {
                 Some((planned, private))
             }
             Err(status) => {
-                report_status(diags, &connection, "updating a workload", &status, AttributePath::root());
+                report_status(
+                    diags,
+                    &connection,
+                    "updating a workload",
+                    &status,
+                    AttributePath::root(),
+                );
                 None
             }
         }
@@ -533,7 +591,13 @@ impl Resource for WorkloadResource {
             Ok(_) => {}
             Err(status) if Reason::of(&status) == Some(Reason::NotFound) => return Some(()),
             Err(status) => {
-                report_status(diags, &connection, "deleting a workload", &status, AttributePath::root());
+                report_status(
+                    diags,
+                    &connection,
+                    "deleting a workload",
+                    &status,
+                    AttributePath::root(),
+                );
                 return None;
             }
         }
@@ -548,7 +612,13 @@ impl Resource for WorkloadResource {
                 None
             }
             Err(status) => {
-                report_status(diags, &connection, "waiting for termination", &status, AttributePath::root());
+                report_status(
+                    diags,
+                    &connection,
+                    "waiting for termination",
+                    &status,
+                    AttributePath::root(),
+                );
                 None
             }
         }
@@ -584,7 +654,13 @@ impl Resource for WorkloadResource {
                 None
             }
             Err(status) => {
-                report_status(diags, &connection, "importing a workload", &status, AttributePath::root());
+                report_status(
+                    diags,
+                    &connection,
+                    "importing a workload",
+                    &status,
+                    AttributePath::root(),
+                );
                 None
             }
         }

@@ -33,6 +33,7 @@ pub fn schema() -> Schema {
         ("backend_endpoint".to_string(), computed(AttributeType::String, "The current instance's own `host:port`; changes when the workload moves, so use `endpoint` instead.")),
         ("tcp_port".to_string(), optional(AttributeType::Number, "A raw TCP port the workload serves on (the local driver sets `TCP_PORT` to a free port instead). When set, the router exposes it on `tcp_endpoint`. Changing it replaces the workload.")),
         ("tcp_listen_port".to_string(), optional_computed(AttributeType::Number, "The router's stable TCP listener port for `tcp_port`: the one requested (within the router's TCP port range, default 20000-20999), or allocated when unset. Changing it replaces the workload.")),
+        ("tcp_allowed_cidrs".to_string(), optional_computed(string_list(), "Address ranges (CIDR, like `10.0.0.0/8` or `2001:db8::/32`) whose clients may connect to `tcp_endpoint`; connections from anywhere else are closed at once. Default `[\"127.0.0.0/8\", \"::1/128\"]`: this machine only. `[\"0.0.0.0/0\", \"::/0\"]` opens it to everyone. At most 64 ranges. Changed in place, and applies to new connections at once.")),
         ("tcp_endpoint".to_string(), computed(AttributeType::String, "`host:port` of the router's TCP listener for this workload, when `tcp_port` is set. Null otherwise.")),
         ("price_per_hour".to_string(), computed(AttributeType::Number, "Spot price paid, USD per hour.")),
         ("on_demand_price_per_hour".to_string(), computed(AttributeType::Number, "On-demand price of the same offer, USD per hour; null when unknown.")),
@@ -76,11 +77,17 @@ pub fn schema() -> Schema {
         attributes: HashMap::from([
             (
                 "create".to_string(),
-                optional(AttributeType::String, "How long create may take, such as `10m` (default) or `1h30m`."),
+                optional(
+                    AttributeType::String,
+                    "How long create may take, such as `10m` (default) or `1h30m`.",
+                ),
             ),
             (
                 "delete".to_string(),
-                optional(AttributeType::String, "How long destroy may take. Default `5m`."),
+                optional(
+                    AttributeType::String,
+                    "How long destroy may take. Default `5m`.",
+                ),
             ),
         ]),
         description: "Operation timeouts.".into(),

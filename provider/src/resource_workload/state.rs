@@ -49,6 +49,7 @@ pub struct WorkloadState {
     pub port: Value<Number>,
     pub tcp_port: Value<Number>,
     pub tcp_listen_port: Value<Number>,
+    pub tcp_allowed_cidrs: canonical::StringList,
     #[serde(with = "serde_as_vec")]
     pub health_check: Value<HealthCheckBlock>,
     pub on_interruption: Value<String>,
@@ -180,9 +181,21 @@ impl HealthCheckBlock {
     fn refreshed(prior: &HealthCheckBlock, actual: &HealthCheckBlock) -> HealthCheckBlock {
         HealthCheckBlock {
             path: refreshed(&prior.path, &actual.path, canonical::text),
-            interval_seconds: refreshed(&prior.interval_seconds, &actual.interval_seconds, canonical::number),
-            timeout_seconds: refreshed(&prior.timeout_seconds, &actual.timeout_seconds, canonical::number),
-            unhealthy_threshold: refreshed(&prior.unhealthy_threshold, &actual.unhealthy_threshold, canonical::number),
+            interval_seconds: refreshed(
+                &prior.interval_seconds,
+                &actual.interval_seconds,
+                canonical::number,
+            ),
+            timeout_seconds: refreshed(
+                &prior.timeout_seconds,
+                &actual.timeout_seconds,
+                canonical::number,
+            ),
+            unhealthy_threshold: refreshed(
+                &prior.unhealthy_threshold,
+                &actual.unhealthy_threshold,
+                canonical::number,
+            ),
         }
     }
 }
@@ -210,9 +223,19 @@ impl StorageBlock {
         let prior = prior.unwrap_or(&none);
         let zero = || Some(integer(0));
         StorageBlock {
-            enabled: planned(&config.enabled, &prior.enabled, Some(Value::Value(false)), canonical::flag),
+            enabled: planned(
+                &config.enabled,
+                &prior.enabled,
+                Some(Value::Value(false)),
+                canonical::flag,
+            ),
             quota_gb: planned(&config.quota_gb, &prior.quota_gb, zero(), canonical::number),
-            retention_days: planned(&config.retention_days, &prior.retention_days, zero(), canonical::number),
+            retention_days: planned(
+                &config.retention_days,
+                &prior.retention_days,
+                zero(),
+                canonical::number,
+            ),
         }
     }
 
@@ -220,7 +243,11 @@ impl StorageBlock {
         StorageBlock {
             enabled: refreshed(&prior.enabled, &actual.enabled, canonical::flag),
             quota_gb: refreshed(&prior.quota_gb, &actual.quota_gb, canonical::number),
-            retention_days: refreshed(&prior.retention_days, &actual.retention_days, canonical::number),
+            retention_days: refreshed(
+                &prior.retention_days,
+                &actual.retention_days,
+                canonical::number,
+            ),
         }
     }
 
@@ -246,7 +273,11 @@ fn planned_block<T: Clone>(
 }
 
 impl WorkloadState {
-    pub fn timeout(&self, pick: fn(&TimeoutsBlock) -> &Value<String>, default: Duration) -> Duration {
+    pub fn timeout(
+        &self,
+        pick: fn(&TimeoutsBlock) -> &Value<String>,
+        default: Duration,
+    ) -> Duration {
         self.timeouts
             .as_ref_option()
             .and_then(|t| pick(t).as_ref_option().and_then(|d| duration::parse(d)))
@@ -271,7 +302,10 @@ impl WorkloadState {
                 .map(whole)
                 .unwrap_or(i64::from(defaults::PORT))
                 .clamp(0, 65_536) as u32,
-            health_check: self.health_check.as_ref_option().map(HealthCheckBlock::to_pb),
+            health_check: self
+                .health_check
+                .as_ref_option()
+                .map(HealthCheckBlock::to_pb),
             on_interruption: self
                 .on_interruption
                 .as_ref_option()
@@ -284,6 +318,7 @@ impl WorkloadState {
                 .as_secs() as u32,
             tcp_port: port_of(&self.tcp_port),
             tcp_listen_port: port_of(&self.tcp_listen_port),
+            tcp_allowed_cidrs: strings(&self.tcp_allowed_cidrs),
         }
     }
 
@@ -312,6 +347,12 @@ impl WorkloadState {
             canonical::text,
         );
         self.tcp_port = planned(&config.tcp_port, &prior.tcp_port, None, canonical::number);
+        self.tcp_allowed_cidrs = planned(
+            &config.tcp_allowed_cidrs,
+            &prior.tcp_allowed_cidrs,
+            Some(canonical::list_value(&canonical::default_tcp_allowed())),
+            canonical::cidrs,
+        );
         self.requirements = planned_block(&config.requirements, &prior.requirements, |c, p| {
             RequirementsBlock::planned(c, p)
         });
@@ -325,7 +366,9 @@ impl WorkloadState {
         self.timeouts = planned_block(&config.timeouts, &prior.timeouts, |c, p| {
             let seconds = |v: &Value<String>| v.as_ref_option().and_then(|d| duration::parse(d));
             let keep = |c: &Value<String>, p: Option<&Value<String>>| match p {
-                Some(p) if p.is_value() && seconds(c).is_some() && seconds(c) == seconds(p) => p.clone(),
+                Some(p) if p.is_value() && seconds(c).is_some() && seconds(c) == seconds(p) => {
+                    p.clone()
+                }
                 _ => c.clone(),
             };
             TimeoutsBlock {
@@ -336,10 +379,17 @@ impl WorkloadState {
         // The router's TCP listener port: as written; else kept while tcp_port is
         // unchanged; else chosen by the service at apply.
         self.tcp_listen_port = if !config.tcp_listen_port.is_null() {
-            planned(&config.tcp_listen_port, &prior.tcp_listen_port, None, canonical::number)
+            planned(
+                &config.tcp_listen_port,
+                &prior.tcp_listen_port,
+                None,
+                canonical::number,
+            )
         } else if self.tcp_port.is_null() {
             Value::Null
-        } else if prior.id.is_value() && canonical::number(&prior.tcp_port) == canonical::number(&self.tcp_port) {
+        } else if prior.id.is_value()
+            && canonical::number(&prior.tcp_port) == canonical::number(&self.tcp_port)
+        {
             prior.tcp_listen_port.clone()
         } else {
             Value::Unknown
@@ -356,6 +406,7 @@ impl WorkloadState {
             || self.port != other.port
             || self.tcp_port != other.tcp_port
             || self.tcp_listen_port != other.tcp_listen_port
+            || self.tcp_allowed_cidrs != other.tcp_allowed_cidrs
             || self.health_check != other.health_check
             || self.on_interruption != other.on_interruption
             || self.storage != other.storage
@@ -476,6 +527,7 @@ impl WorkloadState {
             port: Value::Null,
             tcp_port: Value::Null,
             tcp_listen_port: Value::Null,
+            tcp_allowed_cidrs: Value::Null,
             health_check: Value::Null,
             on_interruption: Value::Null,
             storage: Value::Null,
@@ -513,6 +565,7 @@ impl WorkloadState {
         state.port = integer(spec.port);
         state.tcp_port = spec.tcp_port.map(integer).unwrap_or(Value::Null);
         state.tcp_listen_port = spec.tcp_listen_port.map(integer).unwrap_or(Value::Null);
+        state.tcp_allowed_cidrs = canonical::list_value(&spec.tcp_allowed_cidrs);
         state.health_check = spec
             .health_check
             .as_ref()
@@ -521,9 +574,13 @@ impl WorkloadState {
         state.on_interruption = Value::Value(spec.on_interruption.clone());
         state.storage = spec.storage.as_ref().map(StorageBlock::from_pb).into();
         // The service keeps the create timeout; one other than the default was written.
-        if spec.create_timeout_seconds != 0 && spec.create_timeout_seconds != defaults::CREATE_TIMEOUT_SECONDS {
+        if spec.create_timeout_seconds != 0
+            && spec.create_timeout_seconds != defaults::CREATE_TIMEOUT_SECONDS
+        {
             state.timeouts = Value::Value(TimeoutsBlock {
-                create: Value::Value(duration::format(Duration::from_secs(spec.create_timeout_seconds.into()))),
+                create: Value::Value(duration::format(Duration::from_secs(
+                    spec.create_timeout_seconds.into(),
+                ))),
                 delete: Value::Null,
             });
         }
@@ -545,7 +602,16 @@ impl WorkloadState {
         state.tags = refreshed(&prior.tags, &actual.tags, canonical::map);
         state.port = refreshed(&prior.port, &actual.port, canonical::number);
         state.tcp_port = refreshed(&prior.tcp_port, &actual.tcp_port, canonical::number);
-        state.on_interruption = refreshed(&prior.on_interruption, &actual.on_interruption, canonical::text);
+        state.tcp_allowed_cidrs = refreshed(
+            &prior.tcp_allowed_cidrs,
+            &actual.tcp_allowed_cidrs,
+            canonical::cidrs,
+        );
+        state.on_interruption = refreshed(
+            &prior.on_interruption,
+            &actual.on_interruption,
+            canonical::text,
+        );
         state.requirements = match (&prior.requirements, &actual.requirements) {
             (Value::Value(p), Value::Value(a)) => Value::Value(RequirementsBlock::refreshed(p, a)),
             (_, a) => a.clone(),
@@ -627,13 +693,20 @@ mod tests {
         for written in ["amd64", "x86_64", "X86_64"] {
             let c = config(written, Value::Value(true), tags.clone());
             let planned = plan(&imported, &c);
-            assert!(!planned.configured_differs(&imported), "{written}: {planned:#?}");
+            assert!(
+                !planned.configured_differs(&imported),
+                "{written}: {planned:#?}"
+            );
         }
     }
 
     #[test]
     fn a_change_made_outside_terraform_reads_back_as_a_diff() {
-        let c = config("amd64", Value::Value(true), map_value(&HashMap::from([("team".into(), "ml".into())])));
+        let c = config(
+            "amd64",
+            Value::Value(true),
+            map_value(&HashMap::from([("team".into(), "ml".into())])),
+        );
         let mut prior = c.clone();
         prior.plan_configured(&c, None);
         prior.set_computed(&workload(stored_spec()));
@@ -657,13 +730,61 @@ mod tests {
         });
         let planned = plan(&WorkloadState::empty(), &c);
         let check = planned.health_check.as_ref_option().unwrap();
-        assert_eq!(canonical::number(&check.timeout_seconds), canonical::number(&integer(2)));
+        assert_eq!(
+            canonical::number(&check.timeout_seconds),
+            canonical::number(&integer(2))
+        );
         assert_eq!(check.path, Value::Value("/health".into()));
         c.health_check = Value::Value(HealthCheckBlock {
             interval_seconds: Value::Unknown,
             ..Default::default()
         });
         let planned = plan(&WorkloadState::empty(), &c);
-        assert!(planned.health_check.as_ref_option().unwrap().timeout_seconds.is_unknown());
+        assert!(planned
+            .health_check
+            .as_ref_option()
+            .unwrap()
+            .timeout_seconds
+            .is_unknown());
+    }
+
+    #[test]
+    fn tcp_ranges_compare_as_sets_of_canonical_ranges() {
+        let ranges = |items: &[&str]| {
+            canonical::list_value(&items.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        };
+        // Left out: the plan says what the service will use.
+        let planned = plan(
+            &WorkloadState::empty(),
+            &config("x86_64", Value::Null, Value::Null),
+        );
+        assert_eq!(
+            canonical::list(&planned.tcp_allowed_cidrs),
+            vec!["127.0.0.0/8", "::1/128"]
+        );
+
+        let tags = map_value(&HashMap::from([("team".into(), "ml".into())]));
+        let mut c = config("x86_64", Value::Value(true), tags);
+        c.tcp_allowed_cidrs = ranges(&["10.0.0.7", "192.168.0.0/16"]);
+        let mut prior = plan(&WorkloadState::empty(), &c);
+        prior.set_computed(&workload(stored_spec()));
+        // The service answers in canonical form and keeps the order; no diff.
+        let mut stored = stored_spec();
+        stored.tcp_allowed_cidrs = vec!["10.0.0.7/32".into(), "192.168.0.0/16".into()];
+        let same = WorkloadState::refreshed(&prior, &workload(stored.clone()));
+        assert_eq!(same.tcp_allowed_cidrs, c.tcp_allowed_cidrs);
+        // Reordered in the configuration: the same set, so no diff either.
+        let mut reordered = c.clone();
+        reordered.tcp_allowed_cidrs = ranges(&["192.168.0.0/16", "10.0.0.7/32", "10.0.0.7"]);
+        assert!(!plan(&same, &reordered).configured_differs(&same));
+        // Narrowed through the CLI: a diff that puts the configured ranges back.
+        stored.tcp_allowed_cidrs = vec!["10.0.0.7/32".into()];
+        let drifted = WorkloadState::refreshed(&prior, &workload(stored));
+        let replan = plan(&drifted, &c);
+        assert!(replan.configured_differs(&drifted));
+        assert_eq!(
+            replan.spec_pb().tcp_allowed_cidrs,
+            vec!["10.0.0.7", "192.168.0.0/16"]
+        );
     }
 }

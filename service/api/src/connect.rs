@@ -88,12 +88,23 @@ fn explain(
     let tls = target.url.starts_with("https://");
     let hint = if tls && (lower.contains("certificate") || lower.contains("unknownissuer")) {
         " The service's certificate is not trusted: set the provider's ca_file (COMPUTEARBITRAGE_CA_FILE, or --ca-file) to the CA certificate that signed it."
-    } else if tls && (lower.contains("corrupt message") || lower.contains("invalidcontenttype") || lower.contains("wrong version")) {
+    } else if tls
+        && (lower.contains("corrupt message")
+            || lower.contains("invalidcontenttype")
+            || lower.contains("wrong version"))
+    {
         " The service did not answer TLS: if it serves plain gRPC, use an http:// endpoint."
     } else if !tls
-        && ["frame", "h2 protocol", "connection reset", "broken pipe", "stream closed", "connection closed"]
-            .iter()
-            .any(|sign| lower.contains(sign))
+        && [
+            "frame",
+            "h2 protocol",
+            "connection reset",
+            "broken pipe",
+            "stream closed",
+            "connection closed",
+        ]
+        .iter()
+        .any(|sign| lower.contains(sign))
     {
         " If the service serves TLS (tls.cert_file is set), use an https:// endpoint."
     } else {
@@ -117,9 +128,15 @@ mod tests {
     async fn endpoints_are_checked_with_the_fix() {
         assert!(endpoint(&target("http://127.0.0.1:7070", None)).is_ok());
         assert!(endpoint(&target("https://127.0.0.1:7070", None)).is_ok());
-        assert!(endpoint(&target("127.0.0.1:7070", None)).unwrap_err().contains("https://HOST:PORT"));
-        assert!(endpoint(&target("http://h:1", Some("/x.pem"))).unwrap_err().contains("only applies to https://"));
-        assert!(endpoint(&target("https://h:1", Some("/no/such.pem"))).unwrap_err().contains("cannot read the CA file /no/such.pem"));
+        assert!(endpoint(&target("127.0.0.1:7070", None))
+            .unwrap_err()
+            .contains("https://HOST:PORT"));
+        assert!(endpoint(&target("http://h:1", Some("/x.pem")))
+            .unwrap_err()
+            .contains("only applies to https://"));
+        assert!(endpoint(&target("https://h:1", Some("/no/such.pem")))
+            .unwrap_err()
+            .contains("cannot read the CA file /no/such.pem"));
         let dir = std::env::temp_dir().join(format!("ca-test-{}", std::process::id()));
         std::fs::write(&dir, "not a certificate").unwrap();
         let err = endpoint(&target("https://h:1", Some(dir.to_str().unwrap()))).unwrap_err();

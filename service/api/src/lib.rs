@@ -57,10 +57,14 @@ pub const CLOUDS: [&str; 3] = computearbitrage_conventions::CLOUDS;
 
 /// The canonical spelling of an architecture the API accepts (`amd64` → `x86_64`).
 pub use computearbitrage_conventions::architecture as canonical_architecture;
-/// The canonical name of a GPU model (`nvidia-tesla-a100` → `A100`).
-pub use computearbitrage_conventions::gpu::canonical as canonical_gpu;
+/// The canonical spelling of an address range (`10.0.0.0/8`).
+pub use computearbitrage_conventions::cidr::canonical as canonical_cidr;
+/// Who may reach a TCP endpoint when a workload does not say: this machine only.
+pub use computearbitrage_conventions::cidr::DEFAULT_TCP_ALLOWED;
 /// What a spec's absent fields mean.
 pub use computearbitrage_conventions::defaults;
+/// The canonical name of a GPU model (`nvidia-tesla-a100` → `A100`).
+pub use computearbitrage_conventions::gpu::canonical as canonical_gpu;
 
 /// Why a call failed: one stable code per cause, so each gets its own diagnostic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -283,6 +283,7 @@ pub fn workload_fields(spec: &pb::WorkloadSpec) -> Vec<Violation> {
     env(&spec.env, &mut out);
     tags(&spec.tags, &mut out);
     on_interruption(&spec.on_interruption, &mut out);
+    tcp_allowed_cidrs(&spec.tcp_allowed_cidrs, &mut out);
     out
 }
 
@@ -321,9 +322,7 @@ pub fn env(env: &std::collections::HashMap<String, String>, out: &mut Vec<Violat
     keys.sort();
     for key in keys {
         let value = &env[key];
-        let portable = key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let portable = key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if key.is_empty() || !portable || key.starts_with(|c: char| c.is_ascii_digit()) {
             out.push(Violation::field(
                 "env",
@@ -332,7 +331,10 @@ pub fn env(env: &std::collections::HashMap<String, String>, out: &mut Vec<Violat
         } else if key.len() > MAX_ENV_NAME_BYTES {
             out.push(Violation::field(
                 "env",
-                format!("the name {}… is longer than {MAX_ENV_NAME_BYTES} bytes; use a shorter name", &key[..32]),
+                format!(
+                    "the name {}… is longer than {MAX_ENV_NAME_BYTES} bytes; use a shorter name",
+                    &key[..32]
+                ),
             ));
         }
         match key.as_str() {
@@ -374,7 +376,10 @@ pub fn tags(tags: &std::collections::HashMap<String, String>, out: &mut Vec<Viol
     if tags.len() > MAX_TAGS {
         out.push(Violation::field(
             "tags",
-            format!("{} tags is more than the {MAX_TAGS} allowed; merge some", tags.len()),
+            format!(
+                "{} tags is more than the {MAX_TAGS} allowed; merge some",
+                tags.len()
+            ),
         ));
     }
     let mut keys: Vec<&String> = tags.keys().collect();
@@ -382,7 +387,10 @@ pub fn tags(tags: &std::collections::HashMap<String, String>, out: &mut Vec<Viol
     for key in keys {
         let value = &tags[key];
         if key.trim().is_empty() {
-            out.push(Violation::field("tags", "a tag key is empty; give every tag a name"));
+            out.push(Violation::field(
+                "tags",
+                "a tag key is empty; give every tag a name",
+            ));
         } else if key.chars().count() > MAX_TAG_KEY_CHARS {
             out.push(Violation::field(
                 "tags",
@@ -410,11 +418,30 @@ pub fn tags(tags: &std::collections::HashMap<String, String>, out: &mut Vec<Viol
     }
 }
 
+/// Most ranges a TCP endpoint may list.
+pub const MAX_TCP_ALLOWED_CIDRS: usize = 64;
+
+fn tcp_allowed_cidrs(list: &[String], out: &mut Vec<Violation>) {
+    if list.len() > MAX_TCP_ALLOWED_CIDRS {
+        out.push(Violation::field(
+            "tcp_allowed_cidrs",
+            format!("{} ranges is more than the {MAX_TCP_ALLOWED_CIDRS} allowed; merge some into wider ones", list.len()),
+        ));
+    }
+    for (i, text) in list.iter().enumerate() {
+        if let Err(message) = computearbitrage_conventions::cidr::Cidr::parse(text) {
+            out.push(Violation::element("tcp_allowed_cidrs", i, message));
+        }
+    }
+}
+
 fn on_interruption(value: &str, out: &mut Vec<Violation>) {
     if !["", "migrate", "terminate"].contains(&value) {
         out.push(Violation::field(
             "on_interruption",
-            format!("{value:?} is not a choice; use \"migrate\" (move the workload) or \"terminate\""),
+            format!(
+                "{value:?} is not a choice; use \"migrate\" (move the workload) or \"terminate\""
+            ),
         ));
     }
 }
@@ -423,13 +450,21 @@ fn on_interruption(value: &str, out: &mut Vec<Violation>) {
 pub fn update_workload(req: &pb::UpdateWorkloadRequest) -> Vec<Violation> {
     let mut out = Vec::new();
     if req.id.trim().is_empty() {
-        out.push(Violation::field("id", "the workload id is empty; give the id of the workload to change (`wl-…`)"));
+        out.push(Violation::field(
+            "id",
+            "the workload id is empty; give the id of the workload to change (`wl-…`)",
+        ));
     }
     env(&req.env, &mut out);
     tags(&req.tags, &mut out);
     on_interruption(&req.on_interruption, &mut out);
+    tcp_allowed_cidrs(&req.tcp_allowed_cidrs, &mut out);
     if let Some(check) = &req.health_check {
-        out.extend(health_check(check).into_iter().map(|v| v.within("health_check")));
+        out.extend(
+            health_check(check)
+                .into_iter()
+                .map(|v| v.within("health_check")),
+        );
     }
     if let Some(s) = &req.storage {
         out.extend(storage(s).into_iter().map(|v| v.within("storage")));
@@ -726,12 +761,23 @@ mod tests {
         update.env.insert("PORT".into(), "1".into());
         update.env.insert("A=B".into(), "x".into());
         update.env.insert("NUL".into(), "a\0b".into());
-        update.env.insert("BIG".into(), "x".repeat(MAX_ENV_VALUE_BYTES + 1));
-        update.env.insert("COMPUTEARBITRAGE_INSTANCE_ID".into(), "spoof".into());
-        update.tags.insert("computearbitrage-tenant".into(), "other".into());
-        update.tags.insert("k".into(), "v".repeat(MAX_TAG_VALUE_CHARS + 1));
+        update
+            .env
+            .insert("BIG".into(), "x".repeat(MAX_ENV_VALUE_BYTES + 1));
+        update
+            .env
+            .insert("COMPUTEARBITRAGE_INSTANCE_ID".into(), "spoof".into());
+        update
+            .tags
+            .insert("computearbitrage-tenant".into(), "other".into());
+        update
+            .tags
+            .insert("k".into(), "v".repeat(MAX_TAG_VALUE_CHARS + 1));
         update.on_interruption = "pause".into();
-        let messages: Vec<String> = update_workload(&update).iter().map(|v| v.to_string()).collect();
+        let messages: Vec<String> = update_workload(&update)
+            .iter()
+            .map(|v| v.to_string())
+            .collect();
         let all = messages.join("\n");
         for expected in [
             "\"A=B\" is not an environment variable name",
@@ -749,8 +795,14 @@ mod tests {
         let mut spec = valid_spec();
         spec.env = update.env.clone();
         spec.tags = update.tags.clone();
-        let create: Vec<String> = workload_spec(&spec).iter().map(|v| v.message.clone()).collect();
-        for v in update_workload(&update).iter().filter(|v| v.dotted_path() != "on_interruption") {
+        let create: Vec<String> = workload_spec(&spec)
+            .iter()
+            .map(|v| v.message.clone())
+            .collect();
+        for v in update_workload(&update)
+            .iter()
+            .filter(|v| v.dotted_path() != "on_interruption")
+        {
             assert!(create.contains(&v.message), "{}", v.message);
         }
     }

@@ -13,6 +13,7 @@
 //! - [`gpu`]: canonical GPU model names and the clouds' own names for them.
 //! - [`nearest`]: the known names closest to a misspelt one, for "did you mean".
 //! - [`defaults`]: the values of fields a spec leaves out.
+//! - [`cidr`]: address ranges (`10.0.0.0/8`), for who may reach a TCP endpoint.
 
 /// The cloud names, canonical and only accepted spelling.
 pub const CLOUDS: [&str; 3] = ["aws", "gcp", "azure"];
@@ -100,6 +101,105 @@ pub mod defaults {
     }
 }
 
+/// Address ranges in CIDR notation.
+pub mod cidr {
+    use std::net::IpAddr;
+
+    /// `address/prefix`, with no bits set past the prefix.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Cidr {
+        network: IpAddr,
+        prefix: u8,
+    }
+
+    fn bits(ip: IpAddr) -> (u128, u8) {
+        match ip {
+            IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
+            IpAddr::V6(v6) => (u128::from(v6), 128),
+        }
+    }
+
+    fn mask(prefix: u8, width: u8) -> u128 {
+        if prefix == 0 {
+            0
+        } else {
+            let all = if width == 32 {
+                u128::from(u32::MAX)
+            } else {
+                u128::MAX
+            };
+            (all << (width - prefix)) & all
+        }
+    }
+
+    impl Cidr {
+        /// Parses `10.0.0.0/8`, `::1/128`, or a bare address (a single host). The
+        /// error says what is wrong and what to write.
+        pub fn parse(text: &str) -> Result<Cidr, String> {
+            let (address, prefix) = match text.split_once('/') {
+                Some((a, p)) => (a, Some(p)),
+                None => (text, None),
+            };
+            let ip: IpAddr = address.trim().parse().map_err(|_| {
+                format!("{text:?} is not an address range; write it like \"10.0.0.0/8\" or \"2001:db8::/32\"")
+            })?;
+            let width = bits(ip).1;
+            let prefix = match prefix {
+                None => width,
+                Some(p) => match p.trim().parse::<u8>() {
+                    Ok(n) if n <= width => n,
+                    _ => {
+                        return Err(format!(
+                            "{text:?}: the prefix must be a number from 0 to {width}"
+                        ))
+                    }
+                },
+            };
+            let (value, _) = bits(ip);
+            if value & !mask(prefix, width) != 0 {
+                let network = value & mask(prefix, width);
+                let canonical = match ip {
+                    IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::from(network as u32)),
+                    IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::from(network)),
+                };
+                return Err(format!(
+                    "{text:?} has bits set past its /{prefix}; write the network, {canonical}/{prefix}"
+                ));
+            }
+            Ok(Cidr {
+                network: ip,
+                prefix,
+            })
+        }
+
+        /// Whether `ip` is in the range (an IPv4-mapped IPv6 address counts as IPv4).
+        pub fn contains(&self, ip: IpAddr) -> bool {
+            let ip = match ip {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+                v4 => v4,
+            };
+            let ((have, width), (want, want_width)) = (bits(ip), bits(self.network));
+            width == want_width && (have & mask(self.prefix, width)) == want
+        }
+    }
+
+    impl std::fmt::Display for Cidr {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{}/{}", self.network, self.prefix)
+        }
+    }
+
+    /// Who may connect to a TCP endpoint when nothing is said: this machine only.
+    pub const DEFAULT_TCP_ALLOWED: [&str; 2] = ["127.0.0.0/8", "::1/128"];
+
+    /// The canonical spelling of a range, or the text as it is if it is not one.
+    pub fn canonical(text: &str) -> String {
+        Cidr::parse(text)
+            .map(|c| c.to_string())
+            .unwrap_or_else(|_| text.to_string())
+    }
+}
+
 /// Levenshtein distance, for suggestions.
 pub fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
@@ -118,7 +218,11 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
 /// Up to `limit` of `known` closest to `name` (case-insensitive), nearest first,
 /// among those within a third of the name's length (at least 2 edits). Ties keep
 /// `known`'s order.
-pub fn nearest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>, limit: usize) -> Vec<&'a str> {
+pub fn nearest<'a>(
+    name: &str,
+    known: impl IntoIterator<Item = &'a str>,
+    limit: usize,
+) -> Vec<&'a str> {
     let lower = name.to_ascii_lowercase();
     let budget = (lower.chars().count() / 3).max(2);
     let mut scored: Vec<(usize, usize, &str)> = known
@@ -162,8 +266,40 @@ mod tests {
         assert_eq!(gpu::canonical(" T4 "), "T4");
         assert_eq!(gpu::canonical("Radeon MI25"), "Radeon MI25");
         for name in gpu::CANONICAL {
-            assert_eq!(gpu::canonical(name), name, "canonical names are fixed points");
+            assert_eq!(
+                gpu::canonical(name),
+                name,
+                "canonical names are fixed points"
+            );
         }
+    }
+
+    #[test]
+    fn ranges_parse_match_and_say_what_is_wrong() {
+        use cidr::Cidr;
+        let private = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(private.contains("10.1.2.3".parse().unwrap()));
+        assert!(private.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!private.contains("11.0.0.1".parse().unwrap()));
+        assert!(!private.contains("::1".parse().unwrap()));
+        let v6 = Cidr::parse("2001:DB8::/32").unwrap();
+        assert_eq!(v6.to_string(), "2001:db8::/32");
+        assert!(v6.contains("2001:db8:1::5".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        assert_eq!(
+            Cidr::parse("192.0.2.7").unwrap().to_string(),
+            "192.0.2.7/32"
+        );
+        assert!(Cidr::parse("10.0.0.1/8")
+            .unwrap_err()
+            .contains("write the network, 10.0.0.0/8"));
+        assert!(Cidr::parse("10.0.0.0/33").unwrap_err().contains("0 to 32"));
+        assert!(Cidr::parse("everyone")
+            .unwrap_err()
+            .contains("not an address range"));
+        assert_eq!(cidr::canonical("0:0::1/128"), "::1/128");
     }
 
     #[test]
@@ -179,7 +315,10 @@ mod tests {
     fn nearest_names_are_ranked_by_distance() {
         let regions = ["us-east-1", "us-east-2", "eu-west-1", "us-west-1"];
         // One edit from us-east-1 and from us-west-1, two from us-east-2.
-        assert_eq!(nearest("us-eest-1", regions, 3), vec!["us-east-1", "us-west-1", "us-east-2"]);
+        assert_eq!(
+            nearest("us-eest-1", regions, 3),
+            vec!["us-east-1", "us-west-1", "us-east-2"]
+        );
         assert_eq!(nearest("US-EAST-1", regions, 1), vec!["us-east-1"]);
         assert!(nearest("antarctica-9", regions, 3).is_empty());
         assert_eq!(cloud("aws"), Some("aws"));

@@ -32,7 +32,10 @@ impl UnknownName {
             [one] => text.push_str(&format!("; did you mean {one:?}?")),
             many => text.push_str(&format!(
                 "; the closest known are {}",
-                many.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
+                many.iter()
+                    .map(|n| format!("{n:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )),
         }
         text
@@ -58,16 +61,24 @@ fn check_list(
             continue;
         }
         let known = known.get_or_insert_with(|| {
-            catalog.rows.iter().map(|r| catalog.strings.get(key(r))).collect()
+            catalog
+                .rows
+                .iter()
+                .map(|r| catalog.strings.get(key(r)))
+                .collect()
         });
         out.push(UnknownName {
             field,
             index: Some(index),
             name: name.clone(),
-            nearest: computearbitrage_conventions::nearest(name, known.iter().copied(), SUGGESTIONS)
-                .into_iter()
-                .map(str::to_string)
-                .collect(),
+            nearest: computearbitrage_conventions::nearest(
+                name,
+                known.iter().copied(),
+                SUGGESTIONS,
+            )
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
         });
     }
 }
@@ -81,7 +92,12 @@ fn check_gpu(catalog: &Catalog, name: Option<&str>, out: &mut Vec<UnknownName>) 
         .rows
         .iter()
         .filter(|r| r.has_gpu())
-        .flat_map(|r| [catalog.strings.get(r.gpu_name), catalog.strings.get(r.gpu_original_name)])
+        .flat_map(|r| {
+            [
+                catalog.strings.get(r.gpu_name),
+                catalog.strings.get(r.gpu_original_name),
+            ]
+        })
         .collect();
     let present = gpus
         .iter()
@@ -103,7 +119,13 @@ fn check_gpu(catalog: &Catalog, name: Option<&str>, out: &mut Vec<UnknownName>) 
 pub fn unknown_in_filter(catalog: &Catalog, filter: &OfferFilter) -> Vec<UnknownName> {
     let mut out = Vec::new();
     check_list(catalog, "regions", &filter.regions, |r| r.region, &mut out);
-    check_list(catalog, "instance_types", &filter.instance_types, |r| r.instance_type, &mut out);
+    check_list(
+        catalog,
+        "instance_types",
+        &filter.instance_types,
+        |r| r.instance_type,
+        &mut out,
+    );
     check_gpu(catalog, filter.gpu_name.as_deref(), &mut out);
     out
 }
@@ -113,8 +135,20 @@ pub fn unknown_in_requirements(catalog: &Catalog, requirements: &Requirements) -
     let filter = &requirements.filter;
     let mut out = Vec::new();
     check_list(catalog, "regions", &filter.regions, |r| r.region, &mut out);
-    check_list(catalog, "exclude_regions", &filter.exclude_regions, |r| r.region, &mut out);
-    check_list(catalog, "preferred_regions", &requirements.preferred_regions, |r| r.region, &mut out);
+    check_list(
+        catalog,
+        "exclude_regions",
+        &filter.exclude_regions,
+        |r| r.region,
+        &mut out,
+    );
+    check_list(
+        catalog,
+        "preferred_regions",
+        &requirements.preferred_regions,
+        |r| r.region,
+        &mut out,
+    );
     check_gpu(catalog, filter.gpu_name.as_deref(), &mut out);
     out
 }
@@ -150,8 +184,13 @@ mod tests {
         let unknown = unknown_in_filter(&catalog(), &filter);
         assert_eq!(unknown.len(), 1);
         assert_eq!(unknown[0].index, Some(1));
-        assert_eq!(unknown[0].nearest, vec!["us-east-1", "us-west-1", "us-east-2"]);
-        assert!(unknown[0].message().contains("no offer has the region \"us-eest-1\"; the closest known are \"us-east-1\""));
+        assert_eq!(
+            unknown[0].nearest,
+            vec!["us-east-1", "us-west-1", "us-east-2"]
+        );
+        assert!(unknown[0].message().contains(
+            "no offer has the region \"us-eest-1\"; the closest known are \"us-east-1\""
+        ));
     }
 
     #[test]
@@ -162,10 +201,16 @@ mod tests {
             ..Default::default()
         };
         let unknown = unknown_in_filter(&catalog(), &filter);
-        let fields: Vec<_> = unknown.iter().map(|u| (u.field, u.nearest.first().cloned())).collect();
+        let fields: Vec<_> = unknown
+            .iter()
+            .map(|u| (u.field, u.nearest.first().cloned()))
+            .collect();
         assert_eq!(
             fields,
-            vec![("instance_types", Some("m5.xlarge".into())), ("gpu_name", Some("A100".into()))]
+            vec![
+                ("instance_types", Some("m5.xlarge".into())),
+                ("gpu_name", Some("A100".into()))
+            ]
         );
         let fine = OfferFilter {
             gpu_name: Some("NVIDIA-TESLA-A100".into()),

@@ -40,10 +40,10 @@ pub mod workflow;
 pub mod workload;
 
 pub use catalog::{Catalog, PageCursor};
-/// Spellings and defaults shared with the API contract.
-pub use computearbitrage_conventions as conventions;
 pub use cloud::{Architecture, Cloud};
 pub use collector::PriceCollector;
+/// Spellings and defaults shared with the API contract.
+pub use computearbitrage_conventions as conventions;
 pub use driver::{Driver, DriverEvent, Instance, InstanceSpec, InstanceState};
 pub use error::Error;
 pub use filter::{OfferFilter, Requirements};

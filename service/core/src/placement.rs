@@ -558,7 +558,11 @@ mod tests {
         let strict = place(&catalog, &req, 5, &ScoringPolicy::default()).unwrap();
         assert_eq!(strict.best.offer.instance_type, "rated");
         assert!(strict.alternatives.is_empty());
-        assert!(strict.best.reason.contains("interruption rate <5%"), "{}", strict.best.reason);
+        assert!(
+            strict.best.reason.contains("interruption rate <5%"),
+            "{}",
+            strict.best.reason
+        );
         assert!(strict.warnings.is_empty());
 
         // Allowed explicitly, the cheaper unrated offer wins, and both its reason and a
@@ -573,13 +577,20 @@ mod tests {
         );
         assert!(!allowed.best.reason.contains("assumed"));
         assert_eq!(allowed.warnings.len(), 1);
-        assert!(allowed.warnings[0].contains("gcp unrated in us-central1"), "{}", allowed.warnings[0]);
+        assert!(
+            allowed.warnings[0].contains("gcp unrated in us-central1"),
+            "{}",
+            allowed.warnings[0]
+        );
 
         // Without a limit there is nothing to warn about.
         req.filter.max_interruption_rate = None;
         let free = place(&catalog, &req, 5, &ScoringPolicy::default()).unwrap();
         assert!(free.warnings.is_empty());
-        assert!(free.best.reason.contains("interruption rate unknown (scored as 10%)"));
+        assert!(free
+            .best
+            .reason
+            .contains("interruption rate unknown (scored as 10%)"));
     }
 
     #[test]

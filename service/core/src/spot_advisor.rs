@@ -78,7 +78,10 @@ mod tests {
 
     #[test]
     fn the_real_feed_parses_and_buckets_map_to_ranges() {
-        let rates = parse(include_bytes!("../../server/data/prices/aws-spot-advisor-data.json")).unwrap();
+        let rates = parse(include_bytes!(
+            "../../server/data/prices/aws-spot-advisor-data.json"
+        ))
+        .unwrap();
         // Every Linux entry of the file (counted independently with Python).
         assert_eq!(rates.len(), 14_962);
         // Spot-checked against the file: m6i.2xlarge in us-east-1 is bucket 4.
@@ -93,9 +96,13 @@ mod tests {
     fn bad_feeds_are_errors_not_panics() {
         assert!(parse(b"").is_err());
         assert!(parse(b"{}").is_err());
-        assert!(parse(br#"{"spot_advisor": {"r": {"Linux": {"t": {"s": 1, "r": 9}}}}}"#)
-            .unwrap_err()
-            .contains("bucket 9"));
-        assert!(parse(br#"{"spot_advisor": {"r": {"Windows": {}}}}"#).unwrap().is_empty());
+        assert!(
+            parse(br#"{"spot_advisor": {"r": {"Linux": {"t": {"s": 1, "r": 9}}}}}"#)
+                .unwrap_err()
+                .contains("bucket 9")
+        );
+        assert!(parse(br#"{"spot_advisor": {"r": {"Windows": {}}}}"#)
+            .unwrap()
+            .is_empty());
     }
 }

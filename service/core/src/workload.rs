@@ -89,6 +89,10 @@ pub struct WorkloadSpec {
     /// The router listener port the user asked for; allocated when `None`.
     #[serde(default)]
     pub tcp_listen_port: Option<u16>,
+    /// Who may connect to the router's TCP listener (canonical CIDR ranges); empty is
+    /// this machine only.
+    #[serde(default)]
+    pub tcp_allowed_cidrs: Vec<String>,
     /// Which optional blocks were written; `None` in records stored before this was
     /// kept, see [`WorkloadSpec::written_blocks`].
     #[serde(default)]
@@ -96,6 +100,18 @@ pub struct WorkloadSpec {
 }
 
 impl WorkloadSpec {
+    /// The ranges that may reach the TCP endpoint, the default filled in.
+    pub fn tcp_allowed(&self) -> Vec<String> {
+        if self.tcp_allowed_cidrs.is_empty() {
+            computearbitrage_conventions::cidr::DEFAULT_TCP_ALLOWED
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        } else {
+            self.tcp_allowed_cidrs.clone()
+        }
+    }
+
     /// Which blocks were written; for old records, those that differ from the defaults.
     pub fn written_blocks(&self) -> WrittenBlocks {
         self.written.unwrap_or(WrittenBlocks {
@@ -129,14 +145,24 @@ impl WorkloadSpec {
             "health_check",
             self.health_check == other.health_check && mine.health_check == theirs.health_check,
         );
-        check("on_interruption", self.on_interruption == other.on_interruption);
+        check(
+            "on_interruption",
+            self.on_interruption == other.on_interruption,
+        );
         check(
             "storage",
             self.storage == other.storage && mine.storage == theirs.storage,
         );
         check("tags", self.tags == other.tags);
         check("tcp_port", self.tcp_port == other.tcp_port);
-        check("tcp_listen_port", self.tcp_listen_port == other.tcp_listen_port);
+        check(
+            "tcp_listen_port",
+            self.tcp_listen_port == other.tcp_listen_port,
+        );
+        check(
+            "tcp_allowed_cidrs",
+            self.tcp_allowed() == other.tcp_allowed(),
+        );
         out
     }
 }
@@ -160,6 +186,7 @@ mod tests {
             create_timeout: Duration::from_secs(600),
             tcp_port: None,
             tcp_listen_port: None,
+            tcp_allowed_cidrs: Vec::new(),
             written: Some(WrittenBlocks {
                 requirements: true,
                 health_check: false,

@@ -126,7 +126,11 @@ pub fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
 }
 
 /// Makes an instance's working directory, owned by `owner` when given.
-pub fn work_dir(root: &Path, instance_id: &str, owner: Option<(u32, u32)>) -> std::io::Result<PathBuf> {
+pub fn work_dir(
+    root: &Path,
+    instance_id: &str,
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<PathBuf> {
     // Others may enter the root to reach their own directory, but not list it.
     private_dir(root, 0o711)?;
     let dir = root.join(instance_id);

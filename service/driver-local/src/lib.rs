@@ -201,7 +201,8 @@ impl LocalDriver {
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             if entry.path().extension().and_then(|e| e.to_str()) == Some("log") {
                 use std::os::unix::fs::PermissionsExt;
-                let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600));
+                let _ =
+                    std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600));
             }
         }
         Ok(LocalDriver {
@@ -766,7 +767,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let driver = LocalDriver::open(dir.path(), options(dir.path())).unwrap();
         let inst = driver
-            .create_spot_instance(&spec("t", "env | cut -d= -f1 | sort > seen; pwd >> seen; echo >> seen; sleep 30"))
+            .create_spot_instance(&spec(
+                "t",
+                "env | cut -d= -f1 | sort > seen; pwd >> seen; echo >> seen; sleep 30",
+            ))
             .await
             .unwrap();
         let work = dir.path().join("work").join(&inst.instance_id);
@@ -775,21 +779,43 @@ mod tests {
         // The test runner's environment (CARGO_*, RUST_*, the real HOME) is not there.
         for name in &names {
             assert!(
-                ["GREETING", "HOME", "PATH", "PORT", "PWD", "SHLVL", "_", INSTANCE_ENV].contains(name),
+                [
+                    "GREETING",
+                    "HOME",
+                    "PATH",
+                    "PORT",
+                    "PWD",
+                    "SHLVL",
+                    "_",
+                    INSTANCE_ENV
+                ]
+                .contains(name),
                 "unexpected {name} in the workload's environment: {names:?}"
             );
         }
         assert!(names.contains(&"GREETING") && names.contains(&"PORT"));
-        assert!(seen.contains(&work.display().to_string()), "runs in its own directory: {seen}");
+        assert!(
+            seen.contains(&work.display().to_string()),
+            "runs in its own directory: {seen}"
+        );
         use std::os::unix::fs::PermissionsExt;
         let log = dir.path().join(format!("{}.log", inst.instance_id));
         let record = dir.path().join(format!("{}.json", inst.instance_id));
         for private in [&log, &record] {
-            assert_eq!(std::fs::metadata(private).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(private).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
-        assert_eq!(std::fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            std::fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         driver.terminate(&inst.instance_id).await.unwrap();
-        assert!(!work.exists(), "the working directory ends with the instance");
+        assert!(
+            !work.exists(),
+            "the working directory ends with the instance"
+        );
     }
 
     #[tokio::test]
@@ -816,8 +842,14 @@ mod tests {
             "{{ id -u; id -G; cat {} 2>&1 || echo denied; ls .. 2>&1 | head -1; }} > who.tmp; mv who.tmp who; sleep 30",
             secret.display()
         );
-        let a = driver.create_spot_instance(&spec("a", &script)).await.unwrap();
-        let b = driver.create_spot_instance(&spec("b", &script)).await.unwrap();
+        let a = driver
+            .create_spot_instance(&spec("a", &script))
+            .await
+            .unwrap();
+        let b = driver
+            .create_spot_instance(&spec("b", &script))
+            .await
+            .unwrap();
         let who_a = read_when_written(&work_root.path().join(&a.instance_id).join("who")).await;
         let who_b = read_when_written(&work_root.path().join(&b.instance_id).join("who")).await;
         let lines_a: Vec<&str> = who_a.lines().collect();
@@ -825,8 +857,14 @@ mod tests {
         assert_eq!(lines_a[0], "250000");
         assert_eq!(lines_b[0], "250001", "two live workloads never share a uid");
         assert_eq!(lines_a[1], "250000", "only its own group: {who_a}");
-        assert!(lines_a[2].contains("Permission denied"), "the service's files: {who_a}");
-        assert!(lines_a[4].contains("Permission denied"), "other workloads' directories: {who_a}");
+        assert!(
+            lines_a[2].contains("Permission denied"),
+            "the service's files: {who_a}"
+        );
+        assert!(
+            lines_a[4].contains("Permission denied"),
+            "other workloads' directories: {who_a}"
+        );
         assert!(!who_a.contains("secret") && !who_b.contains("secret"));
         driver.terminate(&a.instance_id).await.unwrap();
         driver.terminate(&b.instance_id).await.unwrap();

@@ -87,4 +87,3 @@ pub(crate) async fn stop_process(pid: u32, start_ticks: Option<u64>, grace: Dura
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
-

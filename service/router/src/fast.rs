@@ -25,7 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-/// Longest request or response head relayed here; longer ones go to hyper (431).
+/// Longest response head relayed here.
 const MAX_HEAD: usize = 64 * 1024;
 const COPY_BUFFER: usize = 64 * 1024;
 
@@ -164,6 +164,12 @@ fn plan(
     else {
         return Err(());
     };
+    if let Some(limit) = router.settings().rate_limit {
+        // Over the limit: hyper answers the 429 (one implementation of it).
+        if grant.metrics.admit(limit).is_err() {
+            return Err(());
+        }
+    }
     let route = &*grant.route;
     let Some(backend) = route.serving_backend() else {
         return Err(());
@@ -193,6 +199,24 @@ fn plan(
     }))
 }
 
+/// Where the request head at the start of `buf` ends (after its blank line).
+fn head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| at + 4)
+}
+
+/// The 431 answer to a request head over `limit` bytes; the connection then closes,
+/// since the rest of that head cannot be told from a next request.
+fn head_too_large(limit: usize) -> Vec<u8> {
+    let body = format!("request head is over {limit} bytes; send fewer or shorter headers\n");
+    format!(
+        "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 /// Relays requests until the client leaves, `stop` is set between requests, or a
 /// request needs hyper.
 pub(crate) async fn run(
@@ -205,22 +229,49 @@ pub(crate) async fn run(
     let mut upstream: Option<Upstream> = None;
     let peer_ip = peer.ip().to_string();
     let mut decisions = Decisions::new(router);
+    let settings = router.settings();
     loop {
-        // A whole request head.
+        // A whole request head: an idle connection closes after `idle_timeout`, one
+        // that has started a head must finish it within `header_read_timeout`.
+        let mut head_deadline: Option<tokio::time::Instant> = None;
+        let idle_deadline = tokio::time::Instant::now() + settings.idle_timeout;
         let plan = loop {
             if !buf.is_empty() {
+                // Every request head is held to `max_header_bytes` here, whichever
+                // path serves it: hyper's own limit cannot go below 8 KiB.
                 match plan(router, &buf, &peer_ip, &mut decisions) {
-                    Ok(Some(plan)) => break plan,
-                    Ok(None) if buf.len() <= MAX_HEAD => {}
-                    _ => return Outcome::HandOff(buf.freeze()),
+                    Ok(Some(plan)) if plan.head_len <= settings.max_header_bytes => break plan,
+                    Ok(None) if buf.len() <= settings.max_header_bytes => {}
+                    Err(())
+                        if head_end(&buf).is_some_and(|end| end <= settings.max_header_bytes) =>
+                    {
+                        return Outcome::HandOff(buf.freeze())
+                    }
+                    Err(())
+                        if head_end(&buf).is_none() && buf.len() <= settings.max_header_bytes => {}
+                    _ => {
+                        tracing::debug!(%peer, limit = settings.max_header_bytes, "request head too large");
+                        let _ = client
+                            .write_all(&head_too_large(settings.max_header_bytes))
+                            .await;
+                        return Outcome::Closed;
+                    }
                 }
+                head_deadline.get_or_insert_with(|| {
+                    tokio::time::Instant::now() + settings.header_read_timeout
+                });
             }
             if *stop.borrow() && buf.is_empty() {
                 return Outcome::Closed;
             }
+            let deadline = head_deadline.unwrap_or(idle_deadline);
             let read = tokio::select! {
                 read = client.read_buf(&mut buf) => read,
                 _ = stop.wait_for(|s| *s), if buf.is_empty() => return Outcome::Closed,
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::debug!(%peer, partial = !buf.is_empty(), "client connection timed out waiting for a request head");
+                    return Outcome::Closed;
+                }
             };
             match read {
                 Ok(0) | Err(_) => return Outcome::Closed,
@@ -436,13 +487,8 @@ async fn copy_chunked(up: &mut Upstream, client: &mut TcpStream) -> std::io::Res
     let mut total = 0u64;
     loop {
         let line = read_line(up).await?;
-        let size_text = std::str::from_utf8(&line)
-            .ok()
-            .and_then(|l| l.trim_end().split(';').next())
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default();
-        let size = u64::from_str_radix(&size_text, 16)
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
+        let size = head::chunk_size(&line)
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
         client.write_all(&line).await?;
         if size == 0 {
             // Trailers, up to the empty line.
@@ -454,8 +500,9 @@ async fn copy_chunked(up: &mut Upstream, client: &mut TcpStream) -> std::io::Res
                 }
             }
         }
-        // The chunk and its CRLF.
-        let mut left = size + 2;
+        // The chunk and its CRLF; a size that cannot be followed is an error.
+        let mut left = head::chunk_span(size)
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
         while left > 0 {
             if up.buf.is_empty() && up.stream.read_buf(&mut up.buf).await? == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());

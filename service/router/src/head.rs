@@ -178,7 +178,8 @@ pub struct Forwarding<'a> {
 
 /// Appends the head to send to the backend: the client's end-to-end headers, then
 /// `Host`, `X-Forwarded-For/Proto/Host`, `X-Workload-Id` and `traceparent` set by the
-/// router (any the client sent are dropped), and the empty line.
+/// router (any the client sent are dropped, and so are `Forwarded` and `X-Real-IP`), a
+/// `Referer` without the router's `token`, and the empty line.
 pub fn write_forwarded_request(head: &RequestHead<'_, '_>, to: &Forwarding<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
@@ -196,14 +197,20 @@ pub fn write_forwarded_request(head: &RequestHead<'_, '_>, to: &Forwarding<'_>, 
         if is_hop_by_hop(n)
             || n.eq_ignore_ascii_case("host")
             || n.eq_ignore_ascii_case("x-workload-id")
-            || n.eq_ignore_ascii_case("x-forwarded-for")
-            || n.eq_ignore_ascii_case("x-forwarded-proto")
-            || n.eq_ignore_ascii_case("x-forwarded-host")
+            || crate::parse::CLIENT_CLAIMS
+                .iter()
+                .any(|c| n.eq_ignore_ascii_case(c))
             || n.eq_ignore_ascii_case("traceparent")
             || (!keep_trace && n.eq_ignore_ascii_case("tracestate"))
             || (to.strip_authorization && n.eq_ignore_ascii_case("authorization"))
         {
             continue;
+        }
+        if n.eq_ignore_ascii_case("referer") {
+            if let Some(clean) = crate::parse::referer_without_token(h.value) {
+                put_header(out, n, &clean);
+                continue;
+            }
         }
         put_header(out, n, h.value);
     }
@@ -226,6 +233,83 @@ fn put_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// The size a chunk's size line (`1a;name=value\r\n`) declares; `None` for one that is
+/// malformed or past any real body (more than 16 hex digits).
+pub fn chunk_size(line: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(line).ok()?;
+    let size = text
+        .trim_end_matches(['\r', '\n'])
+        .split(';')
+        .next()?
+        .trim();
+    if size.is_empty() || size.len() > 16 || !size.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(size, 16).ok()
+}
+
+/// The bytes after a size line: the chunk and its CRLF. `None` when that does not fit
+/// in a u64 (a size such as `ffffffffffffffff`): an error, never a wrap-around.
+pub fn chunk_span(size: u64) -> Option<u64> {
+    size.checked_add(2)
+}
+
+/// What [`scan_chunked`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkScan {
+    /// The body ends after this many bytes (last chunk and trailers included).
+    Complete(usize),
+    NeedMore,
+    Invalid,
+}
+
+/// Walks a chunked body with the fast path's rules ([`chunk_size`], [`chunk_span`]),
+/// for tests and the fuzzer: where it ends, or that it is malformed.
+pub fn scan_chunked(body: &[u8]) -> ChunkScan {
+    let line = |from: usize| -> Option<usize> {
+        body.get(from..)?
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map(|p| from + p + 2)
+    };
+    let mut at = 0usize;
+    loop {
+        let Some(end) = line(at) else {
+            return ChunkScan::NeedMore;
+        };
+        let Some(size) = chunk_size(&body[at..end]) else {
+            return ChunkScan::Invalid;
+        };
+        if size == 0 {
+            // Trailers up to the empty line.
+            let mut t = end;
+            loop {
+                let Some(next) = line(t) else {
+                    return ChunkScan::NeedMore;
+                };
+                if next - t == 2 {
+                    return ChunkScan::Complete(next);
+                }
+                t = next;
+            }
+        }
+        let Some(span) = chunk_span(size) else {
+            return ChunkScan::Invalid;
+        };
+        let Some(next) = u64::try_from(end).ok().and_then(|e| e.checked_add(span)) else {
+            return ChunkScan::Invalid;
+        };
+        if next > body.len() as u64 {
+            return ChunkScan::NeedMore;
+        }
+        let next = next as usize;
+        if &body[next - 2..next] != b"\r\n" {
+            return ChunkScan::Invalid;
+        }
+        at = next;
+    }
 }
 
 /// How a response body is delimited.
@@ -356,6 +440,38 @@ pub fn read_response(
         framing,
         backend_close,
     }))
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes_are_read_strictly_and_never_overflow() {
+        assert_eq!(chunk_size(b"1a\r\n"), Some(26));
+        assert_eq!(chunk_size(b"1A;name=v\r\n"), Some(26));
+        assert_eq!(chunk_size(b"0\r\n"), Some(0));
+        assert_eq!(chunk_size(b"zz\r\n"), None);
+        assert_eq!(chunk_size(b"-1\r\n"), None);
+        assert_eq!(chunk_size(b"\r\n"), None);
+        assert_eq!(chunk_size(b"10000000000000000\r\n"), None, "17 digits");
+        let huge = chunk_size(b"ffffffffffffffff\r\n").unwrap();
+        assert_eq!(chunk_span(huge), None, "size + 2 would wrap");
+        assert_eq!(
+            scan_chunked(b"ffffffffffffffff\r\nab\r\n0\r\n\r\n"),
+            ChunkScan::Invalid
+        );
+        assert_eq!(
+            scan_chunked(b"2\r\nab\r\n0\r\n\r\n"),
+            ChunkScan::Complete(12)
+        );
+        assert_eq!(
+            scan_chunked(b"2\r\nab\r\n0\r\nx: y\r\n\r\nextra"),
+            ChunkScan::Complete(18)
+        );
+        assert_eq!(scan_chunked(b"2\r\nabc\r\n"), ChunkScan::Invalid);
+        assert_eq!(scan_chunked(b"5\r\nab"), ChunkScan::NeedMore);
+    }
 }
 
 #[cfg(test)]

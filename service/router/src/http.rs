@@ -47,6 +47,17 @@ pub struct HttpSettings {
     pub retry_after_seconds: u32,
     /// Connect timeout to backends.
     pub connect_timeout: Duration,
+    /// Time a client has to send a whole request head once it started one (and, on
+    /// connections handed to hyper, once it may send the next one).
+    pub header_read_timeout: Duration,
+    /// Time a kept-alive connection may stay idle between requests.
+    pub idle_timeout: Duration,
+    /// Longest request head accepted; a longer one is answered 431.
+    pub max_header_bytes: usize,
+    /// Connections open at once, shared by every serving thread.
+    pub connection_limits: Arc<crate::limits::ConnectionLimits>,
+    /// Requests per second per workload; `None` for no limit.
+    pub rate_limit: Option<crate::limits::RateLimit>,
 }
 
 pub struct HttpRouter {
@@ -90,6 +101,10 @@ impl HttpRouter {
 
     pub(crate) fn connect_timeout(&self) -> Duration {
         self.settings.connect_timeout
+    }
+
+    pub(crate) fn settings(&self) -> &HttpSettings {
+        &self.settings
     }
 
     pub(crate) fn metrics_of(&self, workload_id: &str) -> Arc<WorkloadMetrics> {
@@ -177,6 +192,18 @@ impl HttpRouter {
             Access::Granted(route) => route,
         };
         let metrics = self.metrics.workload(&route.workload_id);
+        if let Some(limit) = self.settings.rate_limit {
+            if let Err(wait) = metrics.admit(limit) {
+                metrics
+                    .local()
+                    .rate_limited
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return (
+                    too_many_requests(&route.workload_id, limit, wait),
+                    Some(metrics),
+                );
+            }
+        }
         let in_flight = GaugeGuard::new(metrics.clone(), |m| &m.active_http);
 
         let Some(backend) = route.serving_backend().map(str::to_owned) else {
@@ -195,6 +222,22 @@ impl HttpRouter {
         if from_authorization {
             // Our credential, not the workload's: never forwarded.
             headers.remove(header::AUTHORIZATION);
+        }
+        for claim in parse::CLIENT_CLAIMS {
+            headers.remove(claim);
+        }
+        let referer = headers
+            .get(header::REFERER)
+            .and_then(|v| parse::referer_without_token(v.as_bytes()));
+        if let Some(clean) = referer {
+            match HeaderValue::from_bytes(&clean) {
+                Ok(v) => {
+                    headers.insert(header::REFERER, v);
+                }
+                Err(_) => {
+                    headers.remove(header::REFERER);
+                }
+            }
         }
         if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
             headers.insert(X_FORWARDED_FOR, v);
@@ -508,6 +551,25 @@ fn plain(status: StatusCode, text: String) -> Response<Body> {
     response
 }
 
+fn too_many_requests(
+    workload_id: &str,
+    limit: crate::limits::RateLimit,
+    wait: Duration,
+) -> Response<Body> {
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let mut response = plain(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!(
+            "workload {workload_id} gets more requests than the router allows it ({} per second); retry after {seconds} s\n",
+            limit.per_second
+        ),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
+}
+
 fn unauthorized() -> Response<Body> {
     let mut response = plain(
         StatusCode::UNAUTHORIZED,
@@ -598,7 +660,18 @@ pub async fn serve(
     grace: Duration,
 ) {
     use hyper_util::server::conn::auto;
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let settings = router.settings();
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+    let limits = settings.connection_limits.clone();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     // Fast-path connections see the stop between requests; hyper's see `graceful`.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -616,6 +689,17 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let Some(permit) = limits.admit(peer.ip()) else {
+                    // Past the limits: refused before a byte is read, at no cost to
+                    // the connections within them.
+                    tracing::debug!(%peer, open = limits.open(), "router connection refused: limit reached");
+                    let mut stream = stream;
+                    tokio::spawn(async move {
+                        use tokio::io::AsyncWriteExt;
+                        let _ = stream.write_all(b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+                    });
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let router = router.clone();
                 let builder = builder.clone();
@@ -623,6 +707,7 @@ pub async fn serve(
                 let mut stop = stop_rx.clone();
                 let open = OpenGuard::new(fast_open.clone());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let mut stream = stream;
                     let prefix = match crate::fast::run(&mut stream, peer, &router, &mut stop).await {
                         crate::fast::Outcome::Closed => return,

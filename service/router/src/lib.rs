@@ -12,7 +12,10 @@
 //! - [`http`]: the HTTP proxy (keep-alive, h2c, Upgrade, streaming, one retry); its
 //!   plain-HTTP/1.1 requests take `fast`, a relay over one backend connection per
 //!   client connection, and everything else (and every non-forwarded answer) hyper.
-//! - [`tcp`]: per-workload TCP listeners, connection records, drain.
+//! - [`tcp`]: per-workload TCP listeners (allowed ranges, a cap), batched connection
+//!   records, drain.
+//! - [`limits`]: connection limits (in all, per client address) and per-workload
+//!   request rate limits.
 //! - [`metrics`]: per-workload Prometheus metrics and their HTTP endpoint.
 //! - [`error`]: [`RouterError`], classified by source and retryability.
 //!
@@ -25,6 +28,7 @@ mod fast;
 pub mod follow;
 pub mod head;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod parse;
 pub mod table;

@@ -47,14 +47,29 @@ pub struct Counters {
     pub active_http: AtomicI64,
     pub active_tcp: AtomicI64,
     pub tcp_connections: AtomicU64,
+    /// TCP connections refused: outside `tcp_allowed_cidrs`, or past the cap.
+    pub tcp_refused: AtomicU64,
+    /// HTTP requests answered 429 by the per-workload rate limit.
+    pub rate_limited: AtomicU64,
 }
 
 #[derive(Default)]
 pub struct WorkloadMetrics {
     shards: [Counters; SHARDS],
+    /// The workload's request bucket, when the router limits requests per workload.
+    bucket: std::sync::Mutex<Option<crate::limits::Bucket>>,
 }
 
 impl WorkloadMetrics {
+    /// Takes one request from the workload's bucket under `limit`; the wait when it is
+    /// empty.
+    pub fn admit(&self, limit: crate::limits::RateLimit) -> Result<(), Duration> {
+        let mut bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        bucket
+            .get_or_insert_with(|| crate::limits::Bucket::full(limit))
+            .take(limit, std::time::Instant::now())
+    }
+
     /// The calling thread's shard, to count on.
     pub fn local(&self) -> &Counters {
         &self.shards[shard_index()]
@@ -226,6 +241,20 @@ impl Metrics {
                 "computearbitrage_router_tcp_connections_total{{workload=\"{w}\"}} {}",
                 m.total(|s| &s.tcp_connections)
             );
+        }
+        header(
+            &mut out,
+            "computearbitrage_router_refused_total",
+            "counter",
+            "Connections and requests the router refused: TCP from outside tcp_allowed_cidrs or past the per-workload cap (tcp), HTTP over the per-workload rate limit (rate_limit).",
+        );
+        for (w, m) in &snapshot {
+            let _ = writeln!(
+                out,
+                "computearbitrage_router_refused_total{{workload=\"{w}\",reason=\"tcp\"}} {}",
+                m.total(|s| &s.tcp_refused)
+            );
+            let _ = writeln!(out, "computearbitrage_router_refused_total{{workload=\"{w}\",reason=\"rate_limit\"}} {}", m.total(|s| &s.rate_limited));
         }
         out
     }

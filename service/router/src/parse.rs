@@ -212,6 +212,52 @@ pub fn take_query_token(query: &str) -> (Option<String>, String) {
     (token, kept.join("&"))
 }
 
+/// A `Referer` value without the router credential a browser put in the page's URL:
+/// `None` when it has none (forward it as it is), else the value with every `token`
+/// query pair removed. A page opened with `?token=…` would otherwise hand its token
+/// to every request it makes.
+pub fn referer_without_token(value: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (before, fragment) = match text.split_once('#') {
+        Some((b, f)) => (b, Some(f)),
+        None => (text, None),
+    };
+    let (base, query) = before.split_once('?')?;
+    let has_token = query
+        .split('&')
+        .any(|pair| pair == "token" || pair.starts_with("token="));
+    if !has_token {
+        return None;
+    }
+    let (_, kept) = take_query_token(query);
+    let mut out = String::from(base);
+    if !kept.is_empty() {
+        out.push('?');
+        out.push_str(&kept);
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    Some(out.into_bytes())
+}
+
+/// Client headers that claim who the client is: the router sets
+/// `X-Forwarded-For/Proto/Host` itself and drops these, so a backend never believes a
+/// client about its own address.
+pub const CLIENT_CLAIMS: [&str; 10] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+];
+
 /// Whether a request with this method may be sent to a backend a second time: the
 /// idempotent methods of RFC 9110 §9.2.2. Any other request that reached a backend
 /// may have taken effect, so the router never repeats it.
@@ -333,6 +379,31 @@ pub fn new_traceparent_bytes() -> [u8; 55] {
     let _ = hex::encode_to_slice(&ids[..16], &mut out[3..35]);
     let _ = hex::encode_to_slice(&ids[16..], &mut out[36..52]);
     out
+}
+
+#[cfg(test)]
+mod referer_tests {
+    use super::*;
+
+    #[test]
+    fn the_router_credential_never_leaves_in_a_referer() {
+        let strip =
+            |v: &str| referer_without_token(v.as_bytes()).map(|b| String::from_utf8(b).unwrap());
+        assert_eq!(
+            strip("http://r/w/wl-1/page?token=caw_x&a=b"),
+            Some("http://r/w/wl-1/page?a=b".into())
+        );
+        assert_eq!(
+            strip("http://r/w/wl-1/?token=caw_x"),
+            Some("http://r/w/wl-1/".into())
+        );
+        assert_eq!(
+            strip("http://r/p?a=1&token=x&token=y#frag"),
+            Some("http://r/p?a=1#frag".into())
+        );
+        assert_eq!(strip("http://r/p?tokens=1"), None, "another parameter");
+        assert_eq!(strip("http://r/p"), None);
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! the store announces. Lookups never touch the store.
 
 use crate::error::RouterError;
+use computearbitrage_core::conventions::cidr::Cidr;
 use computearbitrage_core::WorkloadStatus;
 use computearbitrage_store::{Scope, Store, WorkloadRecord};
 use sha2::{Digest, Sha256};
@@ -43,6 +44,8 @@ pub struct Route {
     /// The router listener port of its TCP exposure.
     pub tcp_listen_port: Option<u16>,
     pub access_token_hash: Option<String>,
+    /// Who may connect to the TCP listener.
+    pub tcp_allowed: Vec<Cidr>,
 }
 
 impl Route {
@@ -59,7 +62,19 @@ impl Route {
             tcp_backend: w.tcp_endpoint.clone(),
             tcp_listen_port: w.tcp_listen_port,
             access_token_hash: w.access_token_hash.clone(),
+            // Stored ranges were validated; one that no longer parses admits nobody.
+            tcp_allowed: w
+                .spec
+                .tcp_allowed()
+                .iter()
+                .filter_map(|c| Cidr::parse(c).ok())
+                .collect(),
         })
+    }
+
+    /// Whether a TCP client at `ip` may connect.
+    pub fn tcp_admits(&self, ip: std::net::IpAddr) -> bool {
+        self.tcp_allowed.iter().any(|c| c.contains(ip))
     }
 
     /// Where requests go now, or `None` while the workload cannot take them (it is
@@ -229,14 +244,15 @@ impl RouteTable {
         let key = digest(token);
         // One read of the table for the whole decision.
         let t = self.read();
-        let (allowed_tenant, expires) = match (t.tenant_tokens.get(&key), t.workload_tokens.get(&key)) {
-            (Some((_, Some(expires))), None) if unix_now() >= *expires => {
-                return (Access::Unauthenticated, None)
-            }
-            (Some((tenant, expires)), _) => (Some(tenant.as_str()), *expires),
-            (None, Some(_)) => (None, None),
-            (None, None) => return (Access::Unauthenticated, None),
-        };
+        let (allowed_tenant, expires) =
+            match (t.tenant_tokens.get(&key), t.workload_tokens.get(&key)) {
+                (Some((_, Some(expires))), None) if unix_now() >= *expires => {
+                    return (Access::Unauthenticated, None)
+                }
+                (Some((tenant, expires)), _) => (Some(tenant.as_str()), *expires),
+                (None, Some(_)) => (None, None),
+                (None, None) => return (Access::Unauthenticated, None),
+            };
         let Some(route) = t.routes.get(workload_id) else {
             return (Access::NotFound, None);
         };
@@ -265,6 +281,7 @@ mod tests {
             tcp_backend: None,
             tcp_listen_port: None,
             access_token_hash: Some(hex::encode(digest(token))),
+            tcp_allowed: Vec::new(),
         }
     }
 
@@ -294,7 +311,10 @@ mod tests {
         );
 
         assert_eq!(table.authorize(None, "wl-1"), Access::Unauthenticated);
-        assert_eq!(table.authorize(Some("tenant-a-old"), "wl-1"), Access::Unauthenticated);
+        assert_eq!(
+            table.authorize(Some("tenant-a-old"), "wl-1"),
+            Access::Unauthenticated
+        );
         assert_eq!(
             table.authorize(Some("nope"), "wl-1"),
             Access::Unauthenticated

@@ -4,11 +4,16 @@
 //! drain on the old one. Every open connection has a row in the store with its byte
 //! counts; the row is removed on close, and a restarting router removes the rows its
 //! previous run left.
+//!
+//! A connection from outside the workload's `tcp_allowed_cidrs`, or past its
+//! per-workload cap, is closed at once, before anything is recorded. Rows are written
+//! in batches (every flush, one transaction for all opens, counters and closes), so a
+//! flood of connections costs the store one write per flush, not one per connection.
 
 use crate::error::RouterError;
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::table::RouteTable;
-use computearbitrage_store::{ConnectionRecord, Store};
+use computearbitrage_store::{ConnectionBatch, ConnectionRecord, Store};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -34,6 +39,8 @@ pub struct TcpSettings {
     /// Names this router's rows in the connection table.
     pub router_id: String,
     pub connect_timeout: Duration,
+    /// Most connections open at once to one workload.
+    pub max_connections_per_workload: usize,
 }
 
 #[derive(Default)]
@@ -56,6 +63,10 @@ pub struct TcpRouter {
     settings: TcpSettings,
     listeners: Mutex<HashMap<u16, Listener>>,
     open: Mutex<HashMap<String, Arc<Counters>>>,
+    /// Open connections per workload, for the cap.
+    per_workload: Mutex<HashMap<String, usize>>,
+    /// Rows not written yet: opened connections, and closed ones whose row exists.
+    pending: Mutex<ConnectionBatch>,
     /// Set at the end of the drain period: connections still open are cut.
     cut: watch::Sender<bool>,
 }
@@ -74,6 +85,8 @@ impl TcpRouter {
             settings,
             listeners: Mutex::new(HashMap::new()),
             open: Mutex::new(HashMap::new()),
+            per_workload: Mutex::new(HashMap::new()),
+            pending: Mutex::new(ConnectionBatch::default()),
             cut: watch::channel(false).0,
         })
     }
@@ -210,6 +223,22 @@ impl TcpRouter {
         let Some(route) = self.table.get(&workload_id) else {
             return;
         };
+        let metrics = self.metrics.workload(&workload_id);
+        if !route.tcp_admits(peer.ip()) {
+            metrics.local().tcp_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(workload = %workload_id, %peer, "TCP connection refused: not in tcp_allowed_cidrs");
+            return;
+        }
+        // Counted from here; the guard gives the slot back however the task ends.
+        let Some(_slot) = Slot::take(
+            &self.per_workload,
+            &workload_id,
+            self.settings.max_connections_per_workload,
+        ) else {
+            metrics.local().tcp_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(workload = %workload_id, %peer, cap = self.settings.max_connections_per_workload, "TCP connection refused: the workload's connection cap is reached");
+            return;
+        };
         let Some(backend) = route.serving_tcp_backend().map(str::to_owned) else {
             tracing::debug!(workload = %workload_id, status = %route.status, "TCP connection refused: workload not serving");
             return;
@@ -244,13 +273,10 @@ impl TcpRouter {
             bytes_to_backend: 0,
             bytes_from_backend: 0,
         };
-        if let Err(e) = self.store.open_connection(record).await {
-            // Forwarding matters more than the record; the gap is logged.
-            tracing::warn!(connection = %id, error = %e, "cannot record the TCP connection");
-        }
+        // Written with the next flush.
+        lock(&self.pending).opened.push(record);
         let counters = Arc::new(Counters::default());
         lock(&self.open).insert(id.clone(), counters.clone());
-        let metrics = self.metrics.workload(&workload_id);
         metrics
             .local()
             .tcp_connections
@@ -290,8 +316,14 @@ impl TcpRouter {
         }
         drop(gauge);
         lock(&self.open).remove(&id);
-        if let Err(e) = self.store.close_connection(&id).await {
-            tracing::warn!(connection = %id, error = %e, "cannot remove the TCP connection record");
+        {
+            // Never written: forget it; written: remove its row with the next flush.
+            let mut pending = lock(&self.pending);
+            let before = pending.opened.len();
+            pending.opened.retain(|r| r.id != id);
+            if pending.opened.len() == before {
+                pending.closed.push(id.clone());
+            }
         }
         tracing::debug!(
             connection = %id,
@@ -301,8 +333,8 @@ impl TcpRouter {
         );
     }
 
-    /// Writes the byte counts of open connections that moved data since the last
-    /// flush.
+    /// Writes what changed since the last flush in one transaction: opened
+    /// connections, the byte counts of open ones that moved data, closed ones.
     pub async fn flush(&self) -> Result<(), RouterError> {
         let changed: Vec<(String, u64, u64)> = lock(&self.open)
             .iter()
@@ -318,8 +350,20 @@ impl TcpRouter {
                 })
             })
             .collect();
-        if !changed.is_empty() {
-            self.store.record_connection_bytes(changed).await?;
+        let mut batch = std::mem::take(&mut *lock(&self.pending));
+        batch.bytes = changed;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.store.apply_connection_batch(batch.clone()).await {
+            // Kept for the next flush, so a store blip loses no row.
+            let mut pending = lock(&self.pending);
+            let newer = std::mem::take(&mut *pending);
+            batch.opened.extend(newer.opened);
+            batch.closed.extend(newer.closed);
+            batch.bytes.clear();
+            *pending = batch;
+            return Err(e.into());
         }
         Ok(())
     }
@@ -342,6 +386,43 @@ async fn pump(
         to.write_all(&buffer[..n]).await?;
         connection.fetch_add(n as u64, Ordering::Relaxed);
         workload.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// A workload's connection slot while a connection is open.
+struct Slot<'a> {
+    counts: &'a Mutex<HashMap<String, usize>>,
+    workload_id: String,
+}
+
+impl<'a> Slot<'a> {
+    fn take(
+        counts: &'a Mutex<HashMap<String, usize>>,
+        workload_id: &str,
+        cap: usize,
+    ) -> Option<Slot<'a>> {
+        let mut map = lock(counts);
+        let open = map.entry(workload_id.to_string()).or_default();
+        if *open >= cap {
+            return None;
+        }
+        *open += 1;
+        Some(Slot {
+            counts,
+            workload_id: workload_id.to_string(),
+        })
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut map = lock(self.counts);
+        if let Some(open) = map.get_mut(&self.workload_id) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                map.remove(&self.workload_id);
+            }
+        }
     }
 }
 

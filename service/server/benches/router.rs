@@ -18,6 +18,15 @@
 //! - `probe --url URL [--header 'K: V']... [--expect TEXT]`: one GET, fails unless
 //!   200 (and the body contains TEXT).
 //! - `free-ports N`: N free loopback ports.
+//! - `flood --wrk PATH [--seconds S] [--connectors C]`: store, router, an HTTP
+//!   workload and a TCP workload in this process; wrk loads the HTTP workload while a
+//!   `tcp-flood` process opens, uses and closes connections to the TCP one: at 1,000
+//!   a second, then as fast as it can, then as fast as it can from outside the
+//!   workload's `tcp_allowed_cidrs`. Prints wrk's latency, the flood's rate and the
+//!   latency of store writes made meanwhile.
+//! - `tcp-flood --connect ADDR --seconds S [--connectors C] [--rate R]`: C tasks
+//!   that connect, send a byte, half-close and read the answer, R connections a
+//!   second in all (0: as fast as they can); prints the answered and refused counts.
 //! - `bare-proxy --backend ADDR --listen ADDR [--auto] [--paired] [--per-core N]`: the
 //!   same HTTP stack with no routing, for diagnosis (see docs/benchmarks.md).
 //!
@@ -72,6 +81,8 @@ fn main() {
         "probe" => runtime(Some(1)).block_on(probe_mode(&args)),
         "bare-proxy" => runtime(threads).block_on(bare_proxy_mode(&args)),
         "free-ports" => free_ports_mode(&args),
+        "flood" => runtime(threads).block_on(flood_mode(&args)),
+        "tcp-flood" => runtime(threads).block_on(tcp_flood_mode(&args)),
         _ => {
             // `cargo bench` passes `--bench`; `cargo test` does not.
             let full = args.iter().any(|a| a == "--bench");
@@ -304,6 +315,7 @@ fn spec(name: &str) -> WorkloadSpec {
         create_timeout: Duration::from_secs(60),
         tcp_port: None,
         tcp_listen_port: None,
+        tcp_allowed_cidrs: Vec::new(),
         written: None,
     }
 }
@@ -330,6 +342,17 @@ impl Bench {
         tcp_backend: Option<&str>,
         tcp_port: Option<u16>,
     ) -> Fallible<Bench> {
+        let port = tcp_port.unwrap_or(0);
+        let bench = Bench::empty(listen, (port, port)).await?;
+        bench
+            .add_workload(WORKLOAD, Some(backend), tcp_backend, tcp_port)
+            .await?;
+        Ok(bench)
+    }
+
+    /// A router over a store with the bench tenant and its token and no workload yet;
+    /// TCP listener ports come from `tcp_ports`.
+    async fn empty(listen: SocketAddr, tcp_ports: (u16, u16)) -> Fallible<Bench> {
         let dir = tempfile::Builder::new().prefix("router-bench").tempdir()?;
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("state.db"))?);
         let now = unix_now();
@@ -346,11 +369,39 @@ impl Bench {
                 revoked_at: None,
             })
             .await?;
+        let config = RouterConfig {
+            listen,
+            metrics_listen: String::new(),
+            tcp_bind: std::net::IpAddr::from([127, 0, 0, 1]),
+            tcp_port_min: tcp_ports.0,
+            tcp_port_max: tcp_ports.1,
+            id: "bench".into(),
+            ..RouterConfig::default()
+        };
+        let router =
+            RunningRouter::start(store.clone(), &config, Duration::from_secs(1), Feed::Local)
+                .await?;
+        Ok(Bench {
+            store,
+            router,
+            _dir: dir,
+        })
+    }
+
+    /// Stores a RUNNING workload `id` and waits until the router serves it.
+    async fn add_workload(
+        &self,
+        id: &str,
+        backend: Option<&str>,
+        tcp_backend: Option<&str>,
+        tcp_port: Option<u16>,
+    ) -> Fallible {
+        let now = unix_now();
         let record = WorkloadRecord {
-            id: WORKLOAD.into(),
+            id: id.into(),
             tenant_id: TENANT.into(),
-            name: WORKLOAD.into(),
-            spec: spec(WORKLOAD),
+            name: id.into(),
+            spec: spec(id),
             status: WorkloadStatus::Pending,
             status_reason: "bench".into(),
             failed_step: None,
@@ -365,9 +416,9 @@ impl Bench {
             updated_at: now,
         };
         let run = RunRecord {
-            id: format!("run-{WORKLOAD}"),
+            id: format!("run-{id}"),
             tenant_id: TENANT.into(),
-            workload_id: WORKLOAD.into(),
+            workload_id: id.into(),
             kind: RunKind::Provision,
             status: RunStatus::Completed,
             reason: "bench".into(),
@@ -377,13 +428,13 @@ impl Bench {
             created_at: now,
             updated_at: now,
         };
-        store.create_workload(record, run).await?;
+        self.store.create_workload(record, run).await?;
         let provisioning = Transition::new(WorkloadStatus::Pending, WorkloadStatus::Provisioning)?;
         let running = Transition::new(WorkloadStatus::Provisioning, WorkloadStatus::Running)?;
-        store
+        self.store
             .transition_workload(
                 TENANT,
-                WORKLOAD,
+                id,
                 provisioning,
                 "bench",
                 now,
@@ -391,43 +442,33 @@ impl Bench {
             )
             .await?;
         let changes = WorkloadChanges {
-            endpoint: Some(Some(backend.to_string())),
+            endpoint: Some(backend.map(str::to_string)),
             tcp_endpoint: Some(tcp_backend.map(str::to_string)),
             ..Default::default()
         };
-        store
-            .transition_workload(TENANT, WORKLOAD, running, "bench", now, changes)
+        self.store
+            .transition_workload(TENANT, id, running, "bench", now, changes)
             .await?;
-
-        let port = tcp_port.unwrap_or(0);
-        let config = RouterConfig {
-            listen,
-            metrics_listen: String::new(),
-            tcp_bind: std::net::IpAddr::from([127, 0, 0, 1]),
-            tcp_port_min: port,
-            tcp_port_max: port,
-            id: "bench".into(),
-            ..RouterConfig::default()
-        };
-        let router =
-            RunningRouter::start(store.clone(), &config, Duration::from_secs(1), Feed::Local)
-                .await?;
-        if let Some(port) = tcp_port {
-            let waited = Instant::now();
-            while !router.tcp.listening().iter().any(|(p, _)| *p == port) {
-                if waited.elapsed() > Duration::from_secs(10) {
-                    return Err(
-                        format!("the router did not open its TCP listener on port {port}").into(),
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+        let waited = Instant::now();
+        loop {
+            let routed = self
+                .router
+                .table
+                .get(id)
+                .is_some_and(|r| r.status == WorkloadStatus::Running);
+            let listening = tcp_port
+                .is_none_or(|port| self.router.tcp.listening().iter().any(|(p, _)| *p == port));
+            if routed && listening {
+                return Ok(());
             }
+            if waited.elapsed() > Duration::from_secs(10) {
+                return Err(format!(
+                    "the router did not serve {id} (TCP port {tcp_port:?}) within 10 s"
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Ok(Bench {
-            store,
-            router,
-            _dir: dir,
-        })
     }
 
     fn url(&self) -> String {
@@ -730,6 +771,343 @@ async fn paired_connection(stream: TcpStream, backend: String) {
         _ = server => {}
         _ = connection => {}
     }
+}
+
+// ---- connection flood ----
+
+/// One phase of the flood measurement.
+struct FloodPhase {
+    name: &'static str,
+    wrk: WrkResult,
+    /// Flood connections completed per second; admitted ones got the sink's answer.
+    admitted_per_s: f64,
+    refused_per_s: f64,
+    /// Store writes (a workload update each) made during the phase.
+    store_writes: Vec<Duration>,
+    /// CPU seconds per second of the phase: this process (router, store, backends)
+    /// and its children (wrk and the flood).
+    cpu_router: f64,
+    cpu_clients: f64,
+}
+
+/// CPU seconds used so far by this process and by its children that have been waited
+/// for (`/proc/self/stat`, in USER_HZ = 100 ticks a second).
+fn cpu_seconds() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<f64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .map(|f| f.parse().unwrap_or(0.0))
+                .collect()
+        })
+        .unwrap_or_default();
+    let tick = |i: usize| fields.get(i).copied().unwrap_or(0.0) / 100.0;
+    // utime, stime, cutime, cstime are fields 14-17, so 11-14 after the name.
+    (tick(11) + tick(12), tick(13) + tick(14))
+}
+
+struct WrkResult {
+    requests_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// A wrk duration (`123.45us`, `1.20ms`, `1.00s`) in milliseconds.
+fn wrk_ms(text: &str) -> Option<f64> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    Some(match unit {
+        "us" => number / 1e3,
+        "ms" => number,
+        "s" => number * 1e3,
+        "m" => number * 60e3,
+        _ => return None,
+    })
+}
+
+fn parse_wrk(output: &str) -> Fallible<WrkResult> {
+    let field = |prefix: &str| {
+        output
+            .lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(|rest| rest.trim().to_string())
+            .ok_or_else(|| format!("wrk printed no {prefix:?} line:\n{output}"))
+    };
+    if output.contains("Non-2xx") || output.contains("Socket errors") {
+        return Err(format!("wrk saw errors:\n{output}").into());
+    }
+    let latency = |prefix: &str| -> Fallible<f64> {
+        let value = field(prefix)?;
+        wrk_ms(&value).ok_or_else(|| format!("wrk latency {value:?} is not a duration").into())
+    };
+    Ok(WrkResult {
+        requests_per_s: field("Requests/sec:")?.parse()?,
+        p50_ms: latency("50%")?,
+        p99_ms: latency("99%")?,
+    })
+}
+
+/// Opens, uses (one byte, the sink's 8-byte answer) and closes connections to
+/// `address` until `deadline`, one every `every` at most; counts those answered and
+/// those closed unanswered.
+async fn flood(address: String, deadline: Instant, every: Option<Duration>) -> (u64, u64) {
+    let (mut admitted, mut refused) = (0, 0);
+    let mut next = tokio::time::Instant::now();
+    while Instant::now() < deadline {
+        if let Some(every) = every {
+            tokio::time::sleep_until(next).await;
+            next += every;
+        }
+        let Ok(mut stream) = TcpStream::connect(&address).await else {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        };
+        let _ = stream.write_all(b"x").await;
+        let _ = stream.shutdown().await;
+        let mut answer = Vec::with_capacity(8);
+        match tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await {
+            Ok(Ok(_)) if answer.len() == 8 => admitted += 1,
+            _ => refused += 1,
+        }
+    }
+    (admitted, refused)
+}
+
+async fn tcp_flood_mode(args: &[String]) -> Fallible {
+    let address = required(args, "--connect")?;
+    let seconds: f64 = required(args, "--seconds")?.parse()?;
+    let connectors: usize = opt(args, "--connectors")
+        .unwrap_or_else(|| "64".into())
+        .parse()?;
+    let rate: f64 = opt(args, "--rate").unwrap_or_else(|| "0".into()).parse()?;
+    let every = (rate > 0.0).then(|| Duration::from_secs_f64(connectors as f64 / rate));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(seconds);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..connectors.max(1) {
+        tasks.spawn(flood(address.clone(), deadline, every));
+    }
+    let (mut admitted, mut refused) = (0u64, 0u64);
+    while let Some(counts) = tasks.join_next().await {
+        let (a, r) = counts?;
+        admitted += a;
+        refused += r;
+    }
+    println!(
+        "RESULT admitted={admitted} refused={refused} seconds={:.3}",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn flood_phase(
+    bench: &Bench,
+    name: &'static str,
+    wrk: &str,
+    seconds: u64,
+    flood_target: Option<(&str, usize, u32)>,
+) -> Fallible<FloodPhase> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (router_before, clients_before) = cpu_seconds();
+    let started = Instant::now();
+    // The flood comes from its own process, as it would from other machines: its
+    // client work is not done by the router's runtime.
+    let flooder = match flood_target {
+        Some((address, connectors, rate)) => Some(
+            tokio::process::Command::new(std::env::current_exe()?)
+                .args(["tcp-flood", "--connect", address, "--threads", "1"])
+                .args(["--seconds", &seconds.to_string()])
+                .args(["--connectors", &connectors.to_string()])
+                .args(["--rate", &rate.to_string()])
+                .stdout(std::process::Stdio::piped())
+                .spawn()?,
+        ),
+        None => None,
+    };
+    // Store writes meanwhile: what the API and the orchestrator would wait on.
+    let stop = Arc::new(AtomicBool::new(false));
+    let store = bench.store.clone();
+    let probe_stop = stop.clone();
+    let probe = tokio::spawn(async move {
+        let mut took = Vec::new();
+        while !probe_stop.load(Ordering::Relaxed) {
+            let started = Instant::now();
+            let changes = WorkloadChanges {
+                instance_id: Some(Some(format!("i-{}", took.len()))),
+                ..Default::default()
+            };
+            if store
+                .update_workload(TENANT, "wl-probe", changes, unix_now())
+                .await
+                .is_ok()
+            {
+                took.push(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        took
+    });
+    let output = tokio::process::Command::new(wrk)
+        .args(["-t1", "-c16", &format!("-d{seconds}s"), "--latency"])
+        .args(["-H", &format!("X-Workload-Id: {WORKLOAD}")])
+        .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+        .arg(bench.url())
+        .output()
+        .await?;
+    stop.store(true, Ordering::Relaxed);
+    let store_writes = probe.await?;
+    if !output.status.success() {
+        return Err(format!("wrk failed: {}", String::from_utf8_lossy(&output.stderr)).into());
+    }
+    let (mut admitted_per_s, mut refused_per_s) = (0.0, 0.0);
+    if let Some(flooder) = flooder {
+        let out = flooder.wait_with_output().await?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("RESULT "))
+            .ok_or_else(|| format!("tcp-flood printed no result: {text}"))?;
+        let value = |key: &str| -> Fallible<f64> {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key))
+                .ok_or_else(|| format!("tcp-flood result without {key}").into())
+                .and_then(|v| v.parse::<f64>().map_err(Into::into))
+        };
+        let elapsed = value("seconds=")?;
+        admitted_per_s = value("admitted=")? / elapsed;
+        refused_per_s = value("refused=")? / elapsed;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (router_after, clients_after) = cpu_seconds();
+    Ok(FloodPhase {
+        name,
+        wrk: parse_wrk(&String::from_utf8_lossy(&output.stdout))?,
+        admitted_per_s,
+        refused_per_s,
+        store_writes,
+        cpu_router: (router_after - router_before) / elapsed,
+        cpu_clients: (clients_after - clients_before) / elapsed,
+    })
+}
+
+async fn flood_mode(args: &[String]) -> Fallible {
+    let wrk = required(args, "--wrk")?;
+    let seconds: u64 = opt(args, "--seconds")
+        .unwrap_or_else(|| "5".into())
+        .parse()?;
+    let connectors: usize = opt(args, "--connectors")
+        .unwrap_or_else(|| "64".into())
+        .parse()?;
+    let backend = start_backend("hello\n").await?.to_string();
+    let sink = start_sink().await?.to_string();
+    let port = free_port()?;
+    let bench = Bench::empty("127.0.0.1:0".parse()?, (port, port)).await?;
+    bench
+        .add_workload(WORKLOAD, Some(&backend), None, None)
+        .await?;
+    bench
+        .add_workload("wl-flooded", None, Some(&sink), Some(port))
+        .await?;
+    bench.add_workload("wl-probe", None, None, None).await?;
+    let target = format!("127.0.0.1:{port}");
+
+    let mut phases = vec![flood_phase(&bench, "no flood", &wrk, seconds, None).await?];
+    phases.push(
+        flood_phase(
+            &bench,
+            "1,000 connections/s, allowed",
+            &wrk,
+            seconds,
+            Some((&target, connectors, 1000)),
+        )
+        .await?,
+    );
+    phases.push(
+        flood_phase(
+            &bench,
+            "flood, allowed",
+            &wrk,
+            seconds,
+            Some((&target, connectors, 0)),
+        )
+        .await?,
+    );
+    // The flooded workload now admits only 10.0.0.0/8: the same flood is refused.
+    let mut narrowed = spec("wl-flooded");
+    narrowed.tcp_port = Some(9000);
+    narrowed.tcp_allowed_cidrs = vec!["10.0.0.0/8".into()];
+    bench
+        .store
+        .update_workload(
+            TENANT,
+            "wl-flooded",
+            WorkloadChanges {
+                spec: Some(narrowed),
+                ..Default::default()
+            },
+            unix_now(),
+        )
+        .await?;
+    let waited = Instant::now();
+    while bench
+        .router
+        .table
+        .get("wl-flooded")
+        .is_some_and(|r| r.tcp_admits(std::net::IpAddr::from([127, 0, 0, 1])))
+    {
+        if waited.elapsed() > Duration::from_secs(10) {
+            return Err("the router never saw the narrowed tcp_allowed_cidrs".into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    phases.push(
+        flood_phase(
+            &bench,
+            "flood from outside tcp_allowed_cidrs",
+            &wrk,
+            seconds,
+            Some((&target, connectors, 0)),
+        )
+        .await?,
+    );
+    bench.shutdown().await;
+
+    println!("| phase | HTTP req/s | HTTP p50 | HTTP p99 | flood connections/s (answered / refused) | store write p50 | store write p99 | store write max | CPU: router process / wrk + flood |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for p in &phases {
+        let max = p.store_writes.iter().max().copied().unwrap_or_default();
+        println!(
+            "| {} | {:.0} | {:.2} ms | {:.2} ms | {:.0} / {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} / {:.2} cores |",
+            p.name,
+            p.wrk.requests_per_s,
+            p.wrk.p50_ms,
+            p.wrk.p99_ms,
+            p.admitted_per_s,
+            p.refused_per_s,
+            ms(quantile(&p.store_writes, 0.50)),
+            ms(quantile(&p.store_writes, 0.99)),
+            ms(max),
+            p.cpu_router,
+            p.cpu_clients,
+        );
+    }
+    for (i, p) in phases.iter().enumerate() {
+        println!(
+            "RESULT phase={i} rps={:.0} p50_ms={:.2} p99_ms={:.2} admitted_per_s={:.0} refused_per_s={:.0} store_p50_ms={:.2} store_p99_ms={:.2}",
+            p.wrk.requests_per_s,
+            p.wrk.p50_ms,
+            p.wrk.p99_ms,
+            p.admitted_per_s,
+            p.refused_per_s,
+            ms(quantile(&p.store_writes, 0.50)),
+            ms(quantile(&p.store_writes, 0.99)),
+        );
+    }
+    Ok(())
 }
 
 // ---- helpers for the script ----

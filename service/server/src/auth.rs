@@ -103,7 +103,10 @@ fn unix_now() -> i64 {
 }
 
 impl Authenticator {
-    pub async fn load(store: &dyn Store, limit: Option<RateLimit>) -> Result<Arc<Authenticator>, ServiceError> {
+    pub async fn load(
+        store: &dyn Store,
+        limit: Option<RateLimit>,
+    ) -> Result<Arc<Authenticator>, ServiceError> {
         let authenticator = Arc::new(Authenticator {
             tokens: RwLock::new(HashMap::new()),
             limit,
@@ -161,7 +164,9 @@ impl Authenticator {
             bucket.tokens -= 1.0;
             Ok(())
         } else {
-            Err(std::time::Duration::from_secs_f64((1.0 - bucket.tokens) / limit.per_second))
+            Err(std::time::Duration::from_secs_f64(
+                (1.0 - bucket.tokens) / limit.per_second,
+            ))
         }
     }
 
@@ -303,11 +308,17 @@ mod tests {
             .unwrap();
         assert_eq!(outcome, Bootstrap::FromEnvironment);
         let auth = Authenticator::load(&store, None).await.unwrap();
-        let caller = auth.authenticate(Some(&format!("Bearer {secret}")), 1).unwrap();
+        let caller = auth
+            .authenticate(Some(&format!("Bearer {secret}")), 1)
+            .unwrap();
         assert_eq!(caller.tenant, "default");
         assert!(caller.scopes.allows(Scope::Admin));
         assert_eq!(auth.authenticate(Some("Bearer wrong-token-value"), 1), None);
-        assert_eq!(auth.authenticate(Some(secret), 1), None, "scheme is required");
+        assert_eq!(
+            auth.authenticate(Some(secret), 1),
+            None,
+            "scheme is required"
+        );
         assert_eq!(auth.authenticate(None, 1), None);
         // The store never sees the token itself.
         let stored = store.list_tokens().await.unwrap();

@@ -142,7 +142,11 @@ fn lifetime(text: &str) -> Result<u64, String> {
         "h" => 3_600,
         "m" => 60,
         "s" => 1,
-        _ => return Err(format!("{text:?} is not a lifetime; write it like 30d, 12h, 90m or 45s")),
+        _ => {
+            return Err(format!(
+                "{text:?} is not a lifetime; write it like 30d, 12h, 90m or 45s"
+            ))
+        }
     };
     Ok(n.saturating_mul(per))
 }
@@ -224,6 +228,7 @@ pub async fn run(target: Target, command: ClientCommand) -> Result<(), String> {
                     on_interruption: spec.on_interruption,
                     env: spec.env,
                     storage: spec.storage,
+                    tcp_allowed_cidrs: spec.tcp_allowed_cidrs,
                 };
                 for text in &tags {
                     let (k, v) = pair(text, "KEY")?;
@@ -262,7 +267,13 @@ pub async fn run(target: Target, command: ClientCommand) -> Result<(), String> {
                         storage.retention_days = days;
                     }
                 }
-                print(&workloads.update_workload(request).await.map_err(fail)?.into_inner())
+                print(
+                    &workloads
+                        .update_workload(request)
+                        .await
+                        .map_err(fail)?
+                        .into_inner(),
+                )
             }
             WorkloadCommand::Delete { id, reason } => print(
                 &workloads
@@ -352,7 +363,11 @@ pub async fn run(target: Target, command: ClientCommand) -> Result<(), String> {
                     tenant,
                     scopes,
                     label,
-                    expires_in_seconds: expires_in.as_deref().map(lifetime).transpose()?.unwrap_or(0),
+                    expires_in_seconds: expires_in
+                        .as_deref()
+                        .map(lifetime)
+                        .transpose()?
+                        .unwrap_or(0),
                 })
                 .await
                 .map_err(fail)?

@@ -119,6 +119,8 @@ pub struct RouterConfig {
     pub tcp_port_min: u16,
     /// Last port of that range (inclusive).
     pub tcp_port_max: u16,
+    /// Most TCP connections open at once to one workload; more are closed at once.
+    pub tcp_max_connections_per_workload: u32,
     /// Names this router's rows in the connection table; its rows are cleared when a router with this id starts.
     pub id: String,
     /// `Retry-After` seconds of the 503 answer for a workload that is starting, stopping or moving.
@@ -127,6 +129,20 @@ pub struct RouterConfig {
     pub connect_timeout_ms: u64,
     /// HTTP router threads, each a single-thread runtime with its own listener (SO_REUSEPORT) and backend pool. 0: one per CPU.
     pub threads: u32,
+    /// Milliseconds a client has to send a whole request head once it started one; a slower client is closed.
+    pub header_read_timeout_ms: u64,
+    /// Milliseconds a kept-alive HTTP connection may stay idle between requests before it is closed.
+    pub idle_timeout_ms: u64,
+    /// Longest request head (request line and headers) in bytes; a longer one is answered 431.
+    pub max_header_bytes: u32,
+    /// HTTP connections the router holds open at once; past it a new connection gets 503 and is closed.
+    pub max_connections: u32,
+    /// HTTP connections one client address may hold open at once; past it a new connection gets 503 and is closed.
+    pub max_connections_per_client: u32,
+    /// Requests per second one workload may receive through the router, as a sustained rate; more are answered 429 with `Retry-After`. 0: no limit.
+    pub rate_limit_per_workload: u32,
+    /// Requests one workload may receive in a burst above `rate_limit_per_workload`.
+    pub rate_limit_burst: u32,
 }
 
 impl Default for RouterConfig {
@@ -140,10 +156,18 @@ impl Default for RouterConfig {
             tcp_bind: std::net::IpAddr::from([127, 0, 0, 1]),
             tcp_port_min: 20000,
             tcp_port_max: 20999,
+            tcp_max_connections_per_workload: 1024,
             id: "embedded".into(),
             retry_after_seconds: 2,
             connect_timeout_ms: 2000,
             threads: 0,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_header_bytes: 16 * 1024,
+            max_connections: 10_000,
+            max_connections_per_client: 256,
+            rate_limit_per_workload: 0,
+            rate_limit_burst: 100,
         }
     }
 }
@@ -188,7 +212,10 @@ impl Default for LocalWorkloadsConfig {
 
 impl LocalWorkloadsConfig {
     /// The driver's options, or what is wrong with the settings.
-    pub fn options(&self, data_dir: &Path) -> Result<computearbitrage_driver_local::LocalOptions, ServiceError> {
+    pub fn options(
+        &self,
+        data_dir: &Path,
+    ) -> Result<computearbitrage_driver_local::LocalOptions, ServiceError> {
         use computearbitrage_driver_local::{isolation, LocalOptions, RunAs};
         let defaults = LocalOptions::defaults();
         let work_root = if self.work_dir.as_os_str().is_empty() {
@@ -197,7 +224,10 @@ impl LocalWorkloadsConfig {
             self.work_dir.clone()
         };
         let inside = |a: &Path, b: &Path| {
-            let (a, b) = (std::path::absolute(a).unwrap_or(a.to_path_buf()), std::path::absolute(b).unwrap_or(b.to_path_buf()));
+            let (a, b) = (
+                std::path::absolute(a).unwrap_or(a.to_path_buf()),
+                std::path::absolute(b).unwrap_or(b.to_path_buf()),
+            );
             a.starts_with(&b)
         };
         if inside(&work_root, data_dir) {
@@ -579,6 +609,43 @@ fn validate(config: &Config, origin: &BTreeMap<String, String>) -> Result<(), Se
             ),
         );
     }
+    for (key, value, least) in [
+        (
+            "router.header_read_timeout_ms",
+            router.header_read_timeout_ms,
+            1,
+        ),
+        ("router.idle_timeout_ms", router.idle_timeout_ms, 1),
+        (
+            "router.max_header_bytes",
+            u64::from(router.max_header_bytes),
+            1024,
+        ),
+        (
+            "router.max_connections",
+            u64::from(router.max_connections),
+            1,
+        ),
+        (
+            "router.max_connections_per_client",
+            u64::from(router.max_connections_per_client),
+            1,
+        ),
+        (
+            "router.tcp_max_connections_per_workload",
+            u64::from(router.tcp_max_connections_per_workload),
+            1,
+        ),
+        (
+            "router.rate_limit_burst",
+            u64::from(router.rate_limit_burst),
+            1,
+        ),
+    ] {
+        if value < least {
+            return fail(key, format!("{value} is less than {least}"));
+        }
+    }
     let scheme_ok = ["http://", "https://"]
         .iter()
         .any(|scheme| router.public_url.starts_with(scheme));
@@ -623,7 +690,10 @@ fn validate(config: &Config, origin: &BTreeMap<String, String>) -> Result<(), Se
     if !config.api.rate_limit_per_second.is_finite() || config.api.rate_limit_per_second < 0.0 {
         return fail(
             "api.rate_limit_per_second",
-            format!("{} is not a rate; use 0 (no limit) or more", config.api.rate_limit_per_second),
+            format!(
+                "{} is not a rate; use 0 (no limit) or more",
+                config.api.rate_limit_per_second
+            ),
         );
     }
     let (cert, key) = (&config.tls.cert_file, &config.tls.key_file);

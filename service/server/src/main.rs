@@ -94,7 +94,8 @@ fn main() -> ExitCode {
         libc::umask(0o077);
     }
     // Taken before any thread exists, so no later reader of the environment sees it.
-    let bootstrap_token = computearbitrage::secrets::take_from_environment("COMPUTEARBITRAGE_BOOTSTRAP_TOKEN");
+    let bootstrap_token =
+        computearbitrage::secrets::take_from_environment("COMPUTEARBITRAGE_BOOTSTRAP_TOKEN");
     let cli = Cli::parse();
     // Read by clap above; the process keeps the value in `cli` only.
     let _ = computearbitrage::secrets::take_from_environment("COMPUTEARBITRAGE_TOKEN");

@@ -9,6 +9,7 @@ use crate::error::ServiceError;
 use crate::worker::{Supervisor, Worker};
 use computearbitrage_router::follow::Follower;
 use computearbitrage_router::http::{self, HttpRouter, HttpSettings};
+use computearbitrage_router::limits::{ConnectionLimits, RateLimit};
 use computearbitrage_router::metrics::{self, Metrics};
 use computearbitrage_router::tcp::{TcpRouter, TcpSettings};
 use computearbitrage_router::RouteTable;
@@ -139,6 +140,17 @@ impl RunningRouter {
             base_domain: config.base_domain.clone(),
             retry_after_seconds: config.retry_after_seconds,
             connect_timeout,
+            header_read_timeout: Duration::from_millis(config.header_read_timeout_ms.max(1)),
+            idle_timeout: Duration::from_millis(config.idle_timeout_ms.max(1)),
+            max_header_bytes: config.max_header_bytes as usize,
+            connection_limits: ConnectionLimits::new(
+                config.max_connections as usize,
+                config.max_connections_per_client as usize,
+            ),
+            rate_limit: (config.rate_limit_per_workload > 0).then(|| RateLimit {
+                per_second: f64::from(config.rate_limit_per_workload),
+                burst: f64::from(config.rate_limit_burst.max(1)),
+            }),
         };
         let threads = match config.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -207,6 +219,7 @@ impl RunningRouter {
                 bind: config.tcp_bind,
                 router_id: config.id.clone(),
                 connect_timeout,
+                max_connections_per_workload: config.tcp_max_connections_per_workload as usize,
             },
         );
         let tcp_run = tcp.clone().run(stopped(stop.subscribe()), grace);
@@ -289,7 +302,8 @@ impl Worker for ConnectionFlusher {
     }
 
     fn interval(&self) -> Duration {
-        Duration::from_secs(1)
+        // Connection rows appear and go within this; one transaction each time.
+        Duration::from_millis(250)
     }
 
     async fn tick(&mut self) -> Result<(), ServiceError> {

@@ -5,11 +5,11 @@
 
 use crate::error::ServiceError;
 use crate::worker::Worker;
+use computearbitrage_api::connect::{self, Target};
 use computearbitrage_api::pb;
 use computearbitrage_api::pb::admin_client::AdminClient;
 use computearbitrage_router::RouteTable;
 use computearbitrage_store::Store;
-use computearbitrage_api::connect::{self, Target};
 use std::sync::Arc;
 use std::time::Duration;
 

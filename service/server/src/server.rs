@@ -36,12 +36,14 @@ pub async fn serve(
 ) -> Result<(), ServiceError> {
     // The data directory holds the secrets and the database: the service's alone,
     // also when an earlier version or an operator made it wider.
-    computearbitrage_driver_local::isolation::private_dir(&config.data_dir, 0o700).map_err(|e| {
-        ServiceError::io(
-            format!("cannot create data_dir {}", config.data_dir.display()),
-            e,
-        )
-    })?;
+    computearbitrage_driver_local::isolation::private_dir(&config.data_dir, 0o700).map_err(
+        |e| {
+            ServiceError::io(
+                format!("cannot create data_dir {}", config.data_dir.display()),
+                e,
+            )
+        },
+    )?;
     let local_options = config.workloads.local.options(&config.data_dir)?;
     let store: Arc<dyn Store> = match config.store.engine {
         StoreEngine::Sqlite => Arc::new(SqliteStore::open(&config.sqlite_file())?),
@@ -191,7 +193,11 @@ pub async fn serve(
     let address = listener
         .local_addr()
         .map_err(|e| ServiceError::io("cannot read the listening address", e))?;
-    let scheme = if config.tls.enabled() { "https" } else { "http" };
+    let scheme = if config.tls.enabled() {
+        "https"
+    } else {
+        "http"
+    };
     print_banner(&format!("{scheme}://{address}"), &bootstrap);
     let router_line = match &router {
         Some(router) => format!(
@@ -245,9 +251,11 @@ pub async fn serve(
     };
     let mut builder = tonic::transport::Server::builder();
     if config.tls.enabled() {
-        builder = builder
-            .tls_config(server_tls(&config.tls)?)
-            .map_err(|e| ServiceError::config(format!("cannot serve TLS with tls.cert_file and tls.key_file: {e}")))?;
+        builder = builder.tls_config(server_tls(&config.tls)?).map_err(|e| {
+            ServiceError::config(format!(
+                "cannot serve TLS with tls.cert_file and tls.key_file: {e}"
+            ))
+        })?;
         tracing::info!(cert = %config.tls.cert_file.display(), "gRPC API serves TLS");
     }
     let server = builder
@@ -284,16 +292,20 @@ pub(crate) fn set_private(path: &std::path::Path) -> Result<(), ServiceError> {
     match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(ServiceError::io(format!("cannot make {} private", path.display()), e)),
+        Err(e) => Err(ServiceError::io(
+            format!("cannot make {} private", path.display()),
+            e,
+        )),
     }
 }
 
 /// The TLS identity of the gRPC API, read from the configured PEM files.
-fn server_tls(tls: &crate::config::TlsConfig) -> Result<tonic::transport::ServerTlsConfig, ServiceError> {
+fn server_tls(
+    tls: &crate::config::TlsConfig,
+) -> Result<tonic::transport::ServerTlsConfig, ServiceError> {
     let read = |path: &std::path::Path, key: &str| {
-        std::fs::read(path).map_err(|e| {
-            ServiceError::config(format!("cannot read {key} {}: {e}", path.display()))
-        })
+        std::fs::read(path)
+            .map_err(|e| ServiceError::config(format!("cannot read {key} {}: {e}", path.display())))
     };
     let cert = read(&tls.cert_file, "tls.cert_file")?;
     let key = read(&tls.key_file, "tls.key_file")?;

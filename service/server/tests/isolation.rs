@@ -97,7 +97,13 @@ async fn a_workload_reaches_none_of_the_service_and_its_files_are_private() {
         .await
         .unwrap()
         .into_inner();
-    let running = wait_status(&mut client, &created.id, &["RUNNING"], Duration::from_secs(30)).await;
+    let running = wait_status(
+        &mut client,
+        &created.id,
+        &["RUNNING"],
+        Duration::from_secs(30),
+    )
+    .await;
     let body = reqwest::get(format!("http://{}/", running.backend_endpoint))
         .await
         .unwrap()
@@ -114,16 +120,32 @@ async fn a_workload_reaches_none_of_the_service_and_its_files_are_private() {
         .collect();
     for name in &env {
         assert!(
-            ["DATA_DIR", "WORKLOAD_NAME", "PORT", "PATH", "HOME", "COMPUTEARBITRAGE_INSTANCE_ID", "LC_CTYPE"].contains(&name.as_str()),
+            [
+                "DATA_DIR",
+                "WORKLOAD_NAME",
+                "PORT",
+                "PATH",
+                "HOME",
+                "COMPUTEARBITRAGE_INSTANCE_ID",
+                "LC_CTYPE"
+            ]
+            .contains(&name.as_str()),
             "{name} leaked into the workload's environment: {env:?}"
         );
     }
     let cwd = seen["cwd"].as_str().unwrap();
-    assert!(cwd.starts_with(work_dir) && !cwd.starts_with(data.to_str().unwrap()), "{cwd}");
+    assert!(
+        cwd.starts_with(work_dir) && !cwd.starts_with(data.to_str().unwrap()),
+        "{cwd}"
+    );
     if computearbitrage_driver_local::isolation::is_root() {
         let uid = seen["uid"].as_u64().unwrap();
         assert!(uid >= 200_000, "runs as its own user, not {uid}");
-        assert_eq!(seen["groups"], serde_json::json!([]), "no supplementary groups");
+        assert_eq!(
+            seen["groups"],
+            serde_json::json!([]),
+            "no supplementary groups"
+        );
         for secret in ["token_key", "admin_token", "state_db", "service_environ"] {
             assert_eq!(seen[secret], "PermissionError", "{secret}: {seen}");
         }
@@ -152,8 +174,17 @@ async fn a_workload_reaches_none_of_the_service_and_its_files_are_private() {
         }))
         .await
         .unwrap();
-    wait_status(&mut client, &created.id, &["TERMINATED"], Duration::from_secs(30)).await;
-    assert!(!std::path::Path::new(cwd).exists(), "the working directory went with it");
+    wait_status(
+        &mut client,
+        &created.id,
+        &["TERMINATED"],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(
+        !std::path::Path::new(cwd).exists(),
+        "the working directory went with it"
+    );
     service.stop();
 }
 
@@ -170,5 +201,8 @@ fn a_work_dir_inside_the_data_dir_is_refused() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("`workloads.local.work_dir`") && stderr.contains("inside data_dir"), "{stderr}");
+    assert!(
+        stderr.contains("`workloads.local.work_dir`") && stderr.contains("inside data_dir"),
+        "{stderr}"
+    );
 }

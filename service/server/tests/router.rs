@@ -546,38 +546,6 @@ async fn keep_alive_serves_several_requests_on_one_connection() {
     fx.shutdown().await;
 }
 
-/// Sends one request on `stream` and reads its whole answer (by `content-length`).
-async fn one_exchange(stream: &mut tokio::net::TcpStream, request: &str) -> String {
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "{}",
-            String::from_utf8_lossy(&answer)
-        );
-        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map(|v| v.trim().parse().unwrap())
-                .unwrap_or(0);
-            if answer.len() >= end + 4 + length {
-                return String::from_utf8_lossy(&answer).to_string();
-            }
-        }
-        let mut buf = vec![0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
-        answer.extend_from_slice(&buf[..n]);
-    }
-}
-
 /// The fast path remembers the last access decision of a connection; every request
 /// must still be decided on its own credential, workload and the current table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -958,30 +926,6 @@ async fn route_changes_under_load_never_answer_with_a_connection_error() {
     );
 }
 
-async fn tcp_echo(tag: &'static str) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                loop {
-                    let n = match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    let mut reply = tag.as_bytes().to_vec();
-                    reply.extend_from_slice(&buf[..n]);
-                    if stream.write_all(&reply).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    address
-}
-
 async fn exchange(stream: &mut tokio::net::TcpStream, text: &str) -> String {
     stream.write_all(text.as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 1024];
@@ -990,6 +934,18 @@ async fn exchange(stream: &mut tokio::net::TcpStream, text: &str) -> String {
         .unwrap()
         .unwrap();
     String::from_utf8_lossy(&buf[..n]).to_string()
+}
+
+/// The connection rows of `id` once there are `count` of them.
+async fn connection_rows(fx: &Fixture, id: &str, count: usize) -> Vec<ConnectionRecord> {
+    for _ in 0..300 {
+        let rows = fx.store.connections(TENANT_A, id).await.unwrap();
+        if rows.len() == count {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{id} never had {count} connection rows");
 }
 
 async fn wait_until<
@@ -1034,8 +990,8 @@ async fn tcp_echo_connection_records_and_drain_on_backend_change() {
         .await
         .unwrap();
     assert_eq!(exchange(&mut first, "ping").await, "1:ping");
-    let rows = fx.store.connections(TENANT_A, "wl-tcp").await.unwrap();
-    assert_eq!(rows.len(), 1);
+    // Rows are written in batches, within a flush interval.
+    let rows = connection_rows(&fx, "wl-tcp", 1).await;
     assert_eq!(rows[0].backend, one);
     assert_eq!(rows[0].router_id, "embedded");
     // Byte counts reach the row within a flush interval.
@@ -1080,11 +1036,8 @@ async fn tcp_echo_connection_records_and_drain_on_backend_change() {
         "1:again",
         "the old connection drains on its backend"
     );
-    let backends: Vec<String> = fx
-        .store
-        .connections(TENANT_A, "wl-tcp")
+    let backends: Vec<String> = connection_rows(&fx, "wl-tcp", 2)
         .await
-        .unwrap()
         .into_iter()
         .map(|r| r.backend)
         .collect();
@@ -1111,16 +1064,19 @@ async fn tcp_echo_connection_records_and_drain_on_backend_change() {
 
     // A restart of this router leaves no stale rows.
     fx.store
-        .open_connection(ConnectionRecord {
-            id: "conn-stale".into(),
-            router_id: "embedded".into(),
-            tenant_id: TENANT_A.into(),
-            workload_id: "wl-tcp".into(),
-            backend: one.clone(),
-            client: "127.0.0.1:1".into(),
-            started_at: 1,
-            bytes_to_backend: 0,
-            bytes_from_backend: 0,
+        .apply_connection_batch(computearbitrage_store::ConnectionBatch {
+            opened: vec![ConnectionRecord {
+                id: "conn-stale".into(),
+                router_id: "embedded".into(),
+                tenant_id: TENANT_A.into(),
+                workload_id: "wl-tcp".into(),
+                backend: one.clone(),
+                client: "127.0.0.1:1".into(),
+                started_at: 1,
+                bytes_to_backend: 0,
+                bytes_from_backend: 0,
+            }],
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -178,7 +178,11 @@ async fn a_workload_is_reached_through_its_router_endpoints_with_its_access_toke
         401,
         "the token died with its workload"
     );
-    assert_eq!(http_get(&running.endpoint, Some(TOKEN)).await.0, 401, "an admin token is no router credential");
+    assert_eq!(
+        http_get(&running.endpoint, Some(TOKEN)).await.0,
+        401,
+        "an admin token is no router credential"
+    );
     service.stop();
 }
 

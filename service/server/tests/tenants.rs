@@ -18,7 +18,12 @@ fn as_token<T>(message: T, token: &str) -> tonic::Request<T> {
     request
 }
 
-async fn issue(service: &Service, tenant: &str, scopes: &str, expires_in_seconds: u64) -> (String, String) {
+async fn issue(
+    service: &Service,
+    tenant: &str,
+    scopes: &str,
+    expires_in_seconds: u64,
+) -> (String, String) {
     let created = service
         .admin()
         .await
@@ -71,7 +76,10 @@ async fn two_tenants_cannot_see_or_reach_each_other() {
         .into_inner()
         .tenants;
     assert_eq!(
-        tenants.iter().map(|t| (t.id.as_str(), t.max_concurrent_workloads)).collect::<Vec<_>>(),
+        tenants
+            .iter()
+            .map(|t| (t.id.as_str(), t.max_concurrent_workloads))
+            .collect::<Vec<_>>(),
         vec![("default", None), ("acme", Some(3)), ("globex", None)]
     );
     let (acme, acme_id) = issue(&service, "acme", "write", 0).await;
@@ -95,7 +103,12 @@ async fn two_tenants_cannot_see_or_reach_each_other() {
     let mut ids = Vec::new();
     for token in [&acme, &globex] {
         let created = client
-            .apply_workload(as_token(pb::ApplyWorkloadRequest { spec: Some(spec("shared-name", &[])) }, token))
+            .apply_workload(as_token(
+                pb::ApplyWorkloadRequest {
+                    spec: Some(spec("shared-name", &[])),
+                },
+                token,
+            ))
             .await
             .unwrap()
             .into_inner();
@@ -121,7 +134,12 @@ async fn two_tenants_cannot_see_or_reach_each_other() {
         }
     }
     let acme_run = client
-        .list_runs(as_token(pb::ListRunsRequest { workload_id: acme_wl.clone() }, &acme))
+        .list_runs(as_token(
+            pb::ListRunsRequest {
+                workload_id: acme_wl.clone(),
+            },
+            &acme,
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -131,61 +149,181 @@ async fn two_tenants_cannot_see_or_reach_each_other() {
 
     // globex asks about acme's workload every way there is: it does not exist.
     let g = |m| as_token(m, &globex);
-    assert_eq!(reason(client.get_workload(g(pb::GetWorkloadRequest { id: acme_wl.clone() })).await), Some(Reason::NotFound));
     assert_eq!(
-        reason(client.update_workload(as_token(pb::UpdateWorkloadRequest { id: acme_wl.clone(), ..Default::default() }, &globex)).await),
+        reason(
+            client
+                .get_workload(g(pb::GetWorkloadRequest {
+                    id: acme_wl.clone()
+                }))
+                .await
+        ),
         Some(Reason::NotFound)
     );
     assert_eq!(
-        reason(client.delete_workload(as_token(pb::DeleteWorkloadRequest { id: acme_wl.clone(), reason: "x".into() }, &globex)).await),
+        reason(
+            client
+                .update_workload(as_token(
+                    pb::UpdateWorkloadRequest {
+                        id: acme_wl.clone(),
+                        ..Default::default()
+                    },
+                    &globex
+                ))
+                .await
+        ),
         Some(Reason::NotFound)
     );
     assert_eq!(
-        reason(client.list_runs(as_token(pb::ListRunsRequest { workload_id: acme_wl.clone() }, &globex)).await),
+        reason(
+            client
+                .delete_workload(as_token(
+                    pb::DeleteWorkloadRequest {
+                        id: acme_wl.clone(),
+                        reason: "x".into()
+                    },
+                    &globex
+                ))
+                .await
+        ),
         Some(Reason::NotFound)
     );
     assert_eq!(
-        reason(client.get_billing(as_token(pb::GetBillingRequest { workload_id: acme_wl.clone() }, &globex)).await),
+        reason(
+            client
+                .list_runs(as_token(
+                    pb::ListRunsRequest {
+                        workload_id: acme_wl.clone()
+                    },
+                    &globex
+                ))
+                .await
+        ),
         Some(Reason::NotFound)
     );
     assert_eq!(
-        reason(client.list_connections(as_token(pb::ListConnectionsRequest { workload_id: acme_wl.clone() }, &globex)).await),
+        reason(
+            client
+                .get_billing(as_token(
+                    pb::GetBillingRequest {
+                        workload_id: acme_wl.clone()
+                    },
+                    &globex
+                ))
+                .await
+        ),
         Some(Reason::NotFound)
     );
     assert_eq!(
-        reason(client.replay_dead_letter(as_token(pb::ReplayDeadLetterRequest { run_id: acme_run.clone() }, &globex)).await),
+        reason(
+            client
+                .list_connections(as_token(
+                    pb::ListConnectionsRequest {
+                        workload_id: acme_wl.clone()
+                    },
+                    &globex
+                ))
+                .await
+        ),
         Some(Reason::NotFound)
     );
     assert_eq!(
-        reason(admin.inject_interruption(as_token(pb::InjectInterruptionRequest { workload_id: acme_wl.clone(), delay_ms: 0 }, &globex)).await),
+        reason(
+            client
+                .replay_dead_letter(as_token(
+                    pb::ReplayDeadLetterRequest {
+                        run_id: acme_run.clone()
+                    },
+                    &globex
+                ))
+                .await
+        ),
+        Some(Reason::NotFound)
+    );
+    assert_eq!(
+        reason(
+            admin
+                .inject_interruption(as_token(
+                    pb::InjectInterruptionRequest {
+                        workload_id: acme_wl.clone(),
+                        delay_ms: 0
+                    },
+                    &globex
+                ))
+                .await
+        ),
         Some(Reason::NotFound)
     );
     let theirs = client
-        .list_notifications(as_token(pb::ListNotificationsRequest { workload_id: acme_wl.clone() }, &globex))
+        .list_notifications(as_token(
+            pb::ListNotificationsRequest {
+                workload_id: acme_wl.clone(),
+            },
+            &globex,
+        ))
         .await
         .unwrap()
         .into_inner();
     assert!(theirs.notifications.is_empty());
     let mine = client
-        .list_notifications(as_token(pb::ListNotificationsRequest { workload_id: acme_wl.clone() }, &acme))
+        .list_notifications(as_token(
+            pb::ListNotificationsRequest {
+                workload_id: acme_wl.clone(),
+            },
+            &acme,
+        ))
         .await
         .unwrap()
         .into_inner();
-    assert!(!mine.notifications.is_empty(), "acme sees its own (the ready notice)");
+    assert!(
+        !mine.notifications.is_empty(),
+        "acme sees its own (the ready notice)"
+    );
     // Listings that span tenants need admin.
     assert_eq!(
-        reason(admin.list_audit(as_token(pb::ListAuditRequest { tenant: "acme".into(), limit: 10 }, &globex)).await),
+        reason(
+            admin
+                .list_audit(as_token(
+                    pb::ListAuditRequest {
+                        tenant: "acme".into(),
+                        limit: 10
+                    },
+                    &globex
+                ))
+                .await
+        ),
         Some(Reason::PermissionDenied)
     );
-    assert_eq!(reason(admin.list_tokens(as_token(pb::ListTokensRequest::default(), &globex)).await), Some(Reason::PermissionDenied));
     assert_eq!(
-        reason(admin.create_tenant(as_token(pb::CreateTenantRequest { id: "evil".into(), max_concurrent_workloads: None }, &globex)).await),
+        reason(
+            admin
+                .list_tokens(as_token(pb::ListTokensRequest::default(), &globex))
+                .await
+        ),
+        Some(Reason::PermissionDenied)
+    );
+    assert_eq!(
+        reason(
+            admin
+                .create_tenant(as_token(
+                    pb::CreateTenantRequest {
+                        id: "evil".into(),
+                        max_concurrent_workloads: None
+                    },
+                    &globex
+                ))
+                .await
+        ),
         Some(Reason::PermissionDenied)
     );
     // acme is still as it was.
     assert_eq!(
         client
-            .get_workload(as_token(pb::GetWorkloadRequest { id: acme_wl.clone() }, &acme))
+            .get_workload(as_token(
+                pb::GetWorkloadRequest {
+                    id: acme_wl.clone()
+                },
+                &acme
+            ))
             .await
             .unwrap()
             .into_inner()
@@ -198,68 +336,156 @@ async fn two_tenants_cannot_see_or_reach_each_other() {
     let acme_endpoint = &running[0].endpoint;
     assert_eq!(router_status(acme_endpoint, &acme_route).await, 200);
     assert_eq!(router_status(acme_endpoint, &globex_route).await, 404);
-    assert_eq!(router_status(acme_endpoint, &running[1].access_token).await, 404);
-    assert_eq!(router_status(&running[1].endpoint, &globex_route).await, 200);
+    assert_eq!(
+        router_status(acme_endpoint, &running[1].access_token).await,
+        404
+    );
+    assert_eq!(
+        router_status(&running[1].endpoint, &globex_route).await,
+        200
+    );
     // API tokens are no router credentials, not even the tenant's write token.
     assert_eq!(router_status(acme_endpoint, &acme).await, 401);
 
     // Scopes: read can read and not write; the refusal is audited.
     client
-        .get_workload(as_token(pb::GetWorkloadRequest { id: acme_wl.clone() }, &acme_read))
+        .get_workload(as_token(
+            pb::GetWorkloadRequest {
+                id: acme_wl.clone(),
+            },
+            &acme_read,
+        ))
         .await
         .unwrap();
     assert_eq!(
-        reason(client.apply_workload(as_token(pb::ApplyWorkloadRequest { spec: Some(spec("other", &[])) }, &acme_read)).await),
+        reason(
+            client
+                .apply_workload(as_token(
+                    pb::ApplyWorkloadRequest {
+                        spec: Some(spec("other", &[]))
+                    },
+                    &acme_read
+                ))
+                .await
+        ),
         Some(Reason::PermissionDenied)
     );
     let audit = admin
-        .list_audit(as_token(pb::ListAuditRequest { tenant: String::new(), limit: 50 }, &acme_read))
+        .list_audit(as_token(
+            pb::ListAuditRequest {
+                tenant: String::new(),
+                limit: 50,
+            },
+            &acme_read,
+        ))
         .await
         .unwrap()
         .into_inner()
         .entries;
     let seen: Vec<(String, String, String, String)> = audit
         .iter()
-        .map(|e| (e.action.clone(), e.token_id.clone(), e.target.clone(), e.outcome.clone()))
+        .map(|e| {
+            (
+                e.action.clone(),
+                e.token_id.clone(),
+                e.target.clone(),
+                e.outcome.clone(),
+            )
+        })
         .collect();
-    assert!(seen.contains(&("ApplyWorkload".into(), acme_id.clone(), acme_wl.clone(), "ok".into())), "{seen:?}");
-    assert!(seen.contains(&("ApplyWorkload".into(), acme_read_id.clone(), "other".into(), "permission-denied".into())), "{seen:?}");
-    assert!(audit.iter().all(|e| e.tenant == "acme"), "only acme's own entries: {audit:?}");
+    assert!(
+        seen.contains(&(
+            "ApplyWorkload".into(),
+            acme_id.clone(),
+            acme_wl.clone(),
+            "ok".into()
+        )),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&(
+            "ApplyWorkload".into(),
+            acme_read_id.clone(),
+            "other".into(),
+            "permission-denied".into()
+        )),
+        "{seen:?}"
+    );
+    assert!(
+        audit.iter().all(|e| e.tenant == "acme"),
+        "only acme's own entries: {audit:?}"
+    );
     let all = admin
-        .list_audit(authed(pb::ListAuditRequest { tenant: "*".into(), limit: 100 }))
+        .list_audit(authed(pb::ListAuditRequest {
+            tenant: "*".into(),
+            limit: 100,
+        }))
         .await
         .unwrap()
         .into_inner()
         .entries;
-    assert!(all.iter().any(|e| e.tenant == "globex" && e.action == "DeleteWorkload" && e.outcome == "not-found"));
-    assert!(all.iter().any(|e| e.tenant == "default" && e.action == "CreateTenant" && e.target == "acme"));
+    assert!(all
+        .iter()
+        .any(|e| e.tenant == "globex" && e.action == "DeleteWorkload" && e.outcome == "not-found"));
+    assert!(all
+        .iter()
+        .any(|e| e.tenant == "default" && e.action == "CreateTenant" && e.target == "acme"));
 
     // Revoked: refused at once. Expired: refused once its time is up.
     admin
-        .revoke_token(authed(pb::RevokeTokenRequest { id: acme_read_id.clone() }))
+        .revoke_token(authed(pb::RevokeTokenRequest {
+            id: acme_read_id.clone(),
+        }))
         .await
         .unwrap();
     assert_eq!(
-        reason(client.get_workload(as_token(pb::GetWorkloadRequest { id: acme_wl.clone() }, &acme_read)).await),
+        reason(
+            client
+                .get_workload(as_token(
+                    pb::GetWorkloadRequest {
+                        id: acme_wl.clone()
+                    },
+                    &acme_read
+                ))
+                .await
+        ),
         Some(Reason::Unauthenticated)
     );
     let (short, _) = issue(&service, "acme", "read", 1).await;
     client
-        .get_workload(as_token(pb::GetWorkloadRequest { id: acme_wl.clone() }, &short))
+        .get_workload(as_token(
+            pb::GetWorkloadRequest {
+                id: acme_wl.clone(),
+            },
+            &short,
+        ))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(
-        reason(client.get_workload(as_token(pb::GetWorkloadRequest { id: acme_wl.clone() }, &short)).await),
+        reason(
+            client
+                .get_workload(as_token(
+                    pb::GetWorkloadRequest {
+                        id: acme_wl.clone()
+                    },
+                    &short
+                ))
+                .await
+        ),
         Some(Reason::Unauthenticated)
     );
     let listed = admin
-        .list_tokens(authed(pb::ListTokensRequest { tenant: "acme".into() }))
+        .list_tokens(authed(pb::ListTokensRequest {
+            tenant: "acme".into(),
+        }))
         .await
         .unwrap()
         .into_inner()
         .tokens;
-    assert!(listed.iter().any(|t| t.id == acme_read_id && !t.revoked_at.is_empty()));
+    assert!(listed
+        .iter()
+        .any(|t| t.id == acme_read_id && !t.revoked_at.is_empty()));
     assert!(listed.iter().all(|t| t.tenant == "acme"));
     let stored = std::fs::read(dir.path().join("state.db")).unwrap();
     for token in [&acme, &acme_read, &globex] {
@@ -271,7 +497,13 @@ async fn two_tenants_cannot_see_or_reach_each_other() {
 
     for (token, id) in [(&acme, &acme_wl), (&globex, &globex_wl)] {
         client
-            .delete_workload(as_token(pb::DeleteWorkloadRequest { id: id.clone(), reason: "test".into() }, token))
+            .delete_workload(as_token(
+                pb::DeleteWorkloadRequest {
+                    id: id.clone(),
+                    reason: "test".into(),
+                },
+                token,
+            ))
             .await
             .unwrap();
     }
@@ -305,7 +537,10 @@ async fn each_token_is_rate_limited_with_a_retry_delay() {
     let mut client = service.workloads().await;
     let mut limited = None;
     for _ in 0..6 {
-        match client.list_dead_letters(authed(pb::ListDeadLettersRequest {})).await {
+        match client
+            .list_dead_letters(authed(pb::ListDeadLettersRequest {}))
+            .await
+        {
             Ok(_) => {}
             Err(status) => {
                 limited = Some(status);

@@ -22,7 +22,10 @@ fn as_token<T>(message: T, token: &str) -> tonic::Request<T> {
 }
 
 /// Reads one request head (enough for these tests) and answers `reply`.
-async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut socket: S, reply: &[u8]) -> String {
+async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut socket: S,
+    reply: &[u8],
+) -> String {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -55,9 +58,18 @@ async fn serve(reply: &'static [u8]) -> (u16, Arc<Mutex<Vec<String>>>) {
     (port, seen)
 }
 
-async fn notifications(client: &mut pb::workloads_client::WorkloadsClient<tonic::transport::Channel>, id: &str, token: &str) -> Vec<pb::Notification> {
+async fn notifications(
+    client: &mut pb::workloads_client::WorkloadsClient<tonic::transport::Channel>,
+    id: &str,
+    token: &str,
+) -> Vec<pb::Notification> {
     client
-        .list_notifications(as_token(pb::ListNotificationsRequest { workload_id: id.into() }, token))
+        .list_notifications(as_token(
+            pb::ListNotificationsRequest {
+                workload_id: id.into(),
+            },
+            token,
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -72,10 +84,18 @@ async fn wait_notification(
 ) -> pb::Notification {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(n) = notifications(client, id, token).await.into_iter().find(|n| done(n)) {
+        if let Some(n) = notifications(client, id, token)
+            .await
+            .into_iter()
+            .find(|n| done(n))
+        {
             return n;
         }
-        assert!(std::time::Instant::now() < deadline, "{:?}", notifications(client, id, token).await);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            notifications(client, id, token).await
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -83,7 +103,12 @@ async fn wait_notification(
 async fn running_workload(service: &Service, name: &str, token: &str) -> String {
     let mut client = service.workloads().await;
     let created = client
-        .apply_workload(as_token(pb::ApplyWorkloadRequest { spec: Some(spec(name, &[])) }, token))
+        .apply_workload(as_token(
+            pb::ApplyWorkloadRequest {
+                spec: Some(spec(name, &[])),
+            },
+            token,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -94,7 +119,13 @@ async fn running_workload(service: &Service, name: &str, token: &str) -> String 
 async fn internal_targets_are_refused_when_set_and_when_resolved() {
     let dir = tempfile::tempdir().unwrap();
     // The default: private targets are not allowed.
-    let service = Service::start(dir.path(), &[("COMPUTEARBITRAGE_NOTIFICATIONS__ALLOW_PRIVATE_TARGETS", "false")]);
+    let service = Service::start(
+        dir.path(),
+        &[(
+            "COMPUTEARBITRAGE_NOTIFICATIONS__ALLOW_PRIVATE_TARGETS",
+            "false",
+        )],
+    );
     let (port, seen) = serve(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
     let mut admin = service.admin().await;
     for url in [
@@ -103,25 +134,41 @@ async fn internal_targets_are_refused_when_set_and_when_resolved() {
         "http://[::1]/hook".to_string(),
     ] {
         let err = admin
-            .set_webhook(authed(pb::SetWebhookRequest { url: url.clone(), secret: SECRET.into() }))
+            .set_webhook(authed(pb::SetWebhookRequest {
+                url: url.clone(),
+                secret: SECRET.into(),
+            }))
             .await
             .unwrap_err();
         assert_eq!(Reason::of(&err), Some(Reason::InvalidArgument), "{url}");
-        assert!(err.message().contains("loopback, private, link-local or metadata"), "{}", err.message());
+        assert!(
+            err.message()
+                .contains("loopback, private, link-local or metadata"),
+            "{}",
+            err.message()
+        );
     }
     // A name is only resolved at connect time, and refused there.
     admin
-        .set_webhook(authed(pb::SetWebhookRequest { url: format!("http://localhost:{port}/hook"), secret: SECRET.into() }))
+        .set_webhook(authed(pb::SetWebhookRequest {
+            url: format!("http://localhost:{port}/hook"),
+            secret: SECRET.into(),
+        }))
         .await
         .unwrap();
     let id = running_workload(&service, "guarded", TOKEN).await;
     let mut client = service.workloads().await;
     let refused = wait_notification(&mut client, &id, TOKEN, |n| n.attempts > 0).await;
     assert!(
-        refused.last_error.contains("refused: localhost resolves only to addresses webhooks may not reach"),
+        refused
+            .last_error
+            .contains("refused: localhost resolves only to addresses webhooks may not reach"),
         "{refused:?}"
     );
-    assert!(seen.lock().unwrap().is_empty(), "nothing reached the internal address");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "nothing reached the internal address"
+    );
     service.stop();
 }
 
@@ -136,24 +183,45 @@ async fn redirects_are_not_followed_and_errors_do_not_map_the_network() {
     let (port, _) = serve(redirect).await;
     let mut admin = service.admin().await;
     admin
-        .set_webhook(authed(pb::SetWebhookRequest { url: format!("http://127.0.0.1:{port}/hook"), secret: SECRET.into() }))
+        .set_webhook(authed(pb::SetWebhookRequest {
+            url: format!("http://127.0.0.1:{port}/hook"),
+            secret: SECRET.into(),
+        }))
         .await
         .unwrap();
     let id = running_workload(&service, "redirected", TOKEN).await;
     let mut client = service.workloads().await;
     let failed = wait_notification(&mut client, &id, TOKEN, |n| n.attempts > 0).await;
-    assert!(failed.last_error.contains("answered HTTP 302 (redirects are not followed"), "{failed:?}");
-    assert!(reached.lock().unwrap().is_empty(), "the redirect's target was never asked");
+    assert!(
+        failed
+            .last_error
+            .contains("answered HTTP 302 (redirects are not followed"),
+        "{failed:?}"
+    );
+    assert!(
+        reached.lock().unwrap().is_empty(),
+        "the redirect's target was never asked"
+    );
 
     // Nothing listening and a closed port read alike: no detail of the network.
-    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     admin
-        .set_webhook(authed(pb::SetWebhookRequest { url: format!("http://127.0.0.1:{free}/hook"), secret: SECRET.into() }))
+        .set_webhook(authed(pb::SetWebhookRequest {
+            url: format!("http://127.0.0.1:{free}/hook"),
+            secret: SECRET.into(),
+        }))
         .await
         .unwrap();
     let second = running_workload(&service, "unanswered", TOKEN).await;
     let failed = wait_notification(&mut client, &second, TOKEN, |n| n.attempts > 0).await;
-    assert_eq!(failed.last_error, "no HTTP answer from the webhook (connection, TLS or a 10 s timeout)");
+    assert_eq!(
+        failed.last_error,
+        "no HTTP answer from the webhook (connection, TLS or a 10 s timeout)"
+    );
     service.stop();
 }
 
@@ -199,18 +267,31 @@ async fn https_webhooks_deliver_to_a_receiver_the_service_trusts() {
     });
 
     let data = dir.path().join("data");
-    let service = Service::start(&data, &[("COMPUTEARBITRAGE_NOTIFICATIONS__CA_FILE", ca_file.to_str().unwrap())]);
+    let service = Service::start(
+        &data,
+        &[(
+            "COMPUTEARBITRAGE_NOTIFICATIONS__CA_FILE",
+            ca_file.to_str().unwrap(),
+        )],
+    );
     service
         .admin()
         .await
-        .set_webhook(authed(pb::SetWebhookRequest { url: format!("https://localhost:{port}/hook"), secret: SECRET.into() }))
+        .set_webhook(authed(pb::SetWebhookRequest {
+            url: format!("https://localhost:{port}/hook"),
+            secret: SECRET.into(),
+        }))
         .await
         .unwrap();
     let id = running_workload(&service, "tls-hook", TOKEN).await;
     let mut client = service.workloads().await;
     let delivered = wait_notification(&mut client, &id, TOKEN, |n| n.status == "delivered").await;
     assert_eq!(delivered.kind, "workload.ready");
-    assert!(bodies.lock().unwrap().iter().any(|h| h.starts_with("POST /hook")));
+    assert!(bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|h| h.starts_with("POST /hook")));
     service.stop();
 }
 
@@ -222,11 +303,18 @@ async fn one_tenants_dead_endpoint_does_not_delay_another_tenants_deliveries() {
     let mut tokens = Vec::new();
     for tenant in ["slow", "fast"] {
         admin
-            .create_tenant(authed(pb::CreateTenantRequest { id: tenant.into(), max_concurrent_workloads: None }))
+            .create_tenant(authed(pb::CreateTenantRequest {
+                id: tenant.into(),
+                max_concurrent_workloads: None,
+            }))
             .await
             .unwrap();
         let token = admin
-            .create_token(authed(pb::CreateTokenRequest { tenant: tenant.into(), scopes: "write".into(), ..Default::default() }))
+            .create_token(authed(pb::CreateTokenRequest {
+                tenant: tenant.into(),
+                scopes: "write".into(),
+                ..Default::default()
+            }))
             .await
             .unwrap()
             .into_inner()
@@ -246,7 +334,13 @@ async fn one_tenants_dead_endpoint_does_not_delay_another_tenants_deliveries() {
     let (fast_port, fast_seen) = serve(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
     for (token, port) in [(&tokens[0], hang_port), (&tokens[1], fast_port)] {
         admin
-            .set_webhook(as_token(pb::SetWebhookRequest { url: format!("http://127.0.0.1:{port}/hook"), secret: SECRET.into() }, token))
+            .set_webhook(as_token(
+                pb::SetWebhookRequest {
+                    url: format!("http://127.0.0.1:{port}/hook"),
+                    secret: SECRET.into(),
+                },
+                token,
+            ))
             .await
             .unwrap();
     }
@@ -254,14 +348,20 @@ async fn one_tenants_dead_endpoint_does_not_delay_another_tenants_deliveries() {
     let fast = running_workload(&service, "fast-wl", &tokens[1]).await;
     let mut client = service.workloads().await;
     // fast's notice is delivered while slow's first attempt is still hanging.
-    let delivered = wait_notification(&mut client, &fast, &tokens[1], |n| n.status == "delivered").await;
+    let delivered =
+        wait_notification(&mut client, &fast, &tokens[1], |n| n.status == "delivered").await;
     assert_eq!(delivered.kind, "workload.ready");
     let stuck = notifications(&mut client, &slow, &tokens[0]).await;
     assert!(
-        stuck.iter().all(|n| n.status == "pending" && n.attempts == 0),
+        stuck
+            .iter()
+            .all(|n| n.status == "pending" && n.attempts == 0),
         "slow's delivery is still in its first attempt: {stuck:?}"
     );
-    assert!(!held.lock().unwrap().is_empty(), "slow's endpoint holds a connection");
+    assert!(
+        !held.lock().unwrap().is_empty(),
+        "slow's endpoint holds a connection"
+    );
     assert!(!fast_seen.lock().unwrap().is_empty());
     service.stop();
 }

@@ -371,14 +371,24 @@ async fn every_rpc_applies_the_shared_rules_and_names_its_reason() {
         .await
         .unwrap()
         .into_inner();
-    wait_status(&mut client, &created.id, &["RUNNING"], Duration::from_secs(30)).await;
+    wait_status(
+        &mut client,
+        &created.id,
+        &["RUNNING"],
+        Duration::from_secs(30),
+    )
+    .await;
 
     // UpdateWorkload refuses what ApplyWorkload refuses, in the same words.
     for (key, value, words) in [
         ("PORT", "1", "PORT is set by the driver"),
         ("A=B", "x", "is not an environment variable name"),
         ("NUL", "a\0b", "contains a NUL character"),
-        ("COMPUTEARBITRAGE_BOOTSTRAP_TOKEN", "x", "are the service's own"),
+        (
+            "COMPUTEARBITRAGE_BOOTSTRAP_TOKEN",
+            "x",
+            "are the service's own",
+        ),
         ("BIG", &"x".repeat(40_000), "more than the 32768 allowed"),
     ] {
         let mut env = std::collections::HashMap::new();
@@ -400,7 +410,11 @@ async fn every_rpc_applies_the_shared_rules_and_names_its_reason() {
             .apply_workload(authed(pb::ApplyWorkloadRequest { spec: Some(create) }))
             .await
             .unwrap_err();
-        assert!(on_create.message().contains(words), "{key}: {}", on_create.message());
+        assert!(
+            on_create.message().contains(words),
+            "{key}: {}",
+            on_create.message()
+        );
     }
     let mut tags = std::collections::HashMap::new();
     tags.insert("computearbitrage-tenant".to_string(), "other".to_string());
@@ -412,7 +426,12 @@ async fn every_rpc_applies_the_shared_rules_and_names_its_reason() {
         }))
         .await
         .unwrap_err();
-    assert!(err.message().contains("set by the service on every instance"), "{}", err.message());
+    assert!(
+        err.message()
+            .contains("set by the service on every instance"),
+        "{}",
+        err.message()
+    );
 
     // Storage: the quota changes in place, `enabled` does not.
     let updated = client
@@ -453,7 +472,12 @@ async fn every_rpc_applies_the_shared_rules_and_names_its_reason() {
         .unwrap_err();
     assert_eq!(Reason::of(&err), Some(Reason::NameTaken));
     assert!(err.message().contains(&created.id) && err.message().contains("terraform import"));
-    assert!(err.message().contains("differs in env, health_check, on_interruption, storage, tags"), "{}", err.message());
+    assert!(
+        err.message()
+            .contains("differs in env, health_check, on_interruption, storage, tags"),
+        "{}",
+        err.message()
+    );
 
     // An update of a terminated workload says so, not "no offer matches".
     client
@@ -463,7 +487,13 @@ async fn every_rpc_applies_the_shared_rules_and_names_its_reason() {
         }))
         .await
         .unwrap();
-    wait_status(&mut client, &created.id, &["TERMINATED"], Duration::from_secs(30)).await;
+    wait_status(
+        &mut client,
+        &created.id,
+        &["TERMINATED"],
+        Duration::from_secs(30),
+    )
+    .await;
     let err = client
         .update_workload(authed(pb::UpdateWorkloadRequest {
             id: created.id.clone(),
@@ -473,7 +503,9 @@ async fn every_rpc_applies_the_shared_rules_and_names_its_reason() {
         .unwrap_err();
     assert_eq!(Reason::of(&err), Some(Reason::WorkloadTerminated));
     let err = client
-        .get_workload(authed(pb::GetWorkloadRequest { id: "wl-nope".into() }))
+        .get_workload(authed(pb::GetWorkloadRequest {
+            id: "wl-nope".into(),
+        }))
         .await
         .unwrap_err();
     assert_eq!(Reason::of(&err), Some(Reason::NotFound));

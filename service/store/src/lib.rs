@@ -107,7 +107,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// The newest `limit` audit records, newest first: of one tenant, or of all when
     /// `tenant_id` is `None`.
-    async fn audit_log(&self, tenant_id: Option<&str>, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
+    async fn audit_log(
+        &self,
+        tenant_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError>;
 
     async fn tenant_settings(&self, tenant_id: &str) -> Result<TenantSettings, StoreError>;
 
@@ -254,17 +258,11 @@ pub trait Store: Send + Sync + 'static {
     /// the caller's credential against the workload's tenant.
     async fn workload_for_routing(&self, id: &str) -> Result<Option<WorkloadRecord>, StoreError>;
 
-    /// Records an opened TCP connection.
-    async fn open_connection(&self, connection: ConnectionRecord) -> Result<(), StoreError>;
-
-    /// Sets the byte counters of open connections: `(id, to_backend, from_backend)`.
-    async fn record_connection_bytes(
-        &self,
-        counters: Vec<(String, u64, u64)>,
-    ) -> Result<(), StoreError>;
-
-    /// Removes a closed connection's row.
-    async fn close_connection(&self, id: &str) -> Result<(), StoreError>;
+    /// Applies a router's pending connection changes in one transaction: rows of
+    /// opened connections, byte counters `(id, to_backend, from_backend)` of open ones,
+    /// and removal of closed ones. Batching keeps a connection flood from issuing a
+    /// write per connection.
+    async fn apply_connection_batch(&self, batch: ConnectionBatch) -> Result<(), StoreError>;
 
     /// Removes every row of a router (it restarted, so they are closed); returns how
     /// many there were.

@@ -188,11 +188,13 @@ async fn connection_records_open_count_and_close(store: &dyn Store) {
         bytes_to_backend: 0,
         bytes_from_backend: 0,
     };
-    store.open_connection(record("c1", "r1")).await.unwrap();
-    store.open_connection(record("c2", "r1")).await.unwrap();
-    store.open_connection(record("c3", "r2")).await.unwrap();
     store
-        .record_connection_bytes(vec![("c1".into(), 5, 7), ("gone".into(), 1, 1)])
+        .apply_connection_batch(ConnectionBatch {
+            opened: vec![record("c1", "r1"), record("c2", "r1"), record("c3", "r2")],
+            // Counters of a row opened in the same batch apply after it.
+            bytes: vec![("c1".into(), 5, 7), ("gone".into(), 1, 1)],
+            closed: vec![],
+        })
         .await
         .unwrap();
     let open = store.connections("conn", "w-conn").await.unwrap();
@@ -208,7 +210,13 @@ async fn connection_records_open_count_and_close(store: &dyn Store) {
         "isolated by tenant"
     );
 
-    store.close_connection("c1").await.unwrap();
+    store
+        .apply_connection_batch(ConnectionBatch {
+            closed: vec!["c1".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(store.close_router_connections("r1").await.unwrap(), 1);
     let left: Vec<String> = store
         .connections("conn", "w-conn")
@@ -236,6 +244,7 @@ fn spec(name: &str) -> WorkloadSpec {
         create_timeout: Duration::from_secs(600),
         tcp_port: None,
         tcp_listen_port: None,
+        tcp_allowed_cidrs: Vec::new(),
         written: None,
     }
 }
@@ -602,7 +611,11 @@ async fn billing_and_notifications(store: &dyn Store) {
 pub async fn check_persisted(store: &dyn Store) {
     let offers = store.load_offers().await.unwrap();
     assert_eq!(offers.len(), 2, "offers must survive a reopen");
-    assert_eq!(store.list_tokens().await.unwrap().len(), 2, "the operator's token and the revoked ci token");
+    assert_eq!(
+        store.list_tokens().await.unwrap().len(),
+        2,
+        "the operator's token and the revoked ci token"
+    );
     assert_eq!(
         store
             .workload("default", "w4")
@@ -762,11 +775,21 @@ async fn tenants_and_tokens(store: &dyn Store) {
     let twice = store.revoke_token("tok-ci", 700).await.unwrap().unwrap();
     assert_eq!(twice.revoked_at, Some(500));
     assert_eq!(store.revoke_token("tok-none", 700).await.unwrap(), None);
-    let tenants: Vec<String> = store.tenants().await.unwrap().into_iter().map(|t| t.id).collect();
+    let tenants: Vec<String> = store
+        .tenants()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
     assert_eq!(tenants, vec!["default", "other"]);
 
     // The audit log, newest first, per tenant or for all.
-    for (tenant, action) in [("default", "CreateTenant"), ("other", "ApplyWorkload"), ("other", "DeleteWorkload")] {
+    for (tenant, action) in [
+        ("default", "CreateTenant"),
+        ("other", "ApplyWorkload"),
+        ("other", "DeleteWorkload"),
+    ] {
         store
             .record_audit(AuditRecord {
                 id: 0,

@@ -69,7 +69,9 @@ impl Scopes {
             let scope = Scope::ALL
                 .into_iter()
                 .find(|s| s.as_str() == part)
-                .ok_or_else(|| format!("{part:?} is not a scope; use read, write, admin or route"))?;
+                .ok_or_else(|| {
+                    format!("{part:?} is not a scope; use read, write, admin or route")
+                })?;
             scopes.push(scope);
         }
         if scopes.is_empty() {
@@ -145,8 +147,13 @@ mod tests {
         assert!(admin.allows(Scope::Write) && !admin.allows(Scope::Route));
         let route = Scopes::parse("route").unwrap();
         assert!(route.allows(Scope::Route) && !route.allows(Scope::Read));
-        assert_eq!(Scopes::parse(" route , read").unwrap().to_string(), "read,route");
-        assert!(Scopes::parse("root").unwrap_err().contains("\"root\" is not a scope"));
+        assert_eq!(
+            Scopes::parse(" route , read").unwrap().to_string(),
+            "read,route"
+        );
+        assert!(Scopes::parse("root")
+            .unwrap_err()
+            .contains("\"root\" is not a scope"));
         assert!(Scopes::parse("").is_err());
     }
 }

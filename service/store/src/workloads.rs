@@ -237,6 +237,21 @@ pub enum ChangeKind {
     Credentials,
 }
 
+/// Connection changes a router applies together ([`crate::Store::apply_connection_batch`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectionBatch {
+    pub opened: Vec<ConnectionRecord>,
+    /// `(id, bytes to the backend, bytes from the backend)`.
+    pub bytes: Vec<(String, u64, u64)>,
+    pub closed: Vec<String>,
+}
+
+impl ConnectionBatch {
+    pub fn is_empty(&self) -> bool {
+        self.opened.is_empty() && self.bytes.is_empty() && self.closed.is_empty()
+    }
+}
+
 /// One open TCP connection through a router, while it is open.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionRecord {

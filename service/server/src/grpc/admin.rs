@@ -110,7 +110,14 @@ impl Admin for AdminApi {
             store.set_tenant_settings(settings).await.map_err(store_status)
         }
         .await;
-        audit(self.orchestrator.store().as_ref(), &caller, "SetWebhook", &caller.tenant, &result).await;
+        audit(
+            self.orchestrator.store().as_ref(),
+            &caller,
+            "SetWebhook",
+            &caller.tenant,
+            &result,
+        )
+        .await;
         result?;
         Ok(Response::new(pb::SetWebhookResponse {}))
     }
@@ -124,7 +131,10 @@ impl Admin for AdminApi {
         request: Request<pb::WatchRoutesRequest>,
     ) -> Result<Response<Self::WatchRoutesStream>, Status> {
         let caller = caller(&request)?;
-        caller.require(Scope::Admin, "WatchRoutes (the route feed spans every tenant)")?;
+        caller.require(
+            Scope::Admin,
+            "WatchRoutes (the route feed spans every tenant)",
+        )?;
         let mut changes = self.orchestrator.store().workload_changes();
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         tokio::spawn(async move {
@@ -168,7 +178,14 @@ impl Admin for AdminApi {
                 .map_err(status_of)
         }
         .await;
-        audit(self.orchestrator.store().as_ref(), &caller, "InjectInterruption", &req.workload_id, &result).await;
+        audit(
+            self.orchestrator.store().as_ref(),
+            &caller,
+            "InjectInterruption",
+            &req.workload_id,
+            &result,
+        )
+        .await;
         let (instance_id, deadline) = result?;
         Ok(Response::new(pb::InjectInterruptionResponse {
             instance_id,
@@ -195,11 +212,21 @@ impl Admin for AdminApi {
                 .map_err(store_status)?;
             let mut settings = store.tenant_settings(&req.id).await.map_err(store_status)?;
             settings.max_concurrent_workloads = req.max_concurrent_workloads;
-            store.set_tenant_settings(settings).await.map_err(store_status)?;
+            store
+                .set_tenant_settings(settings)
+                .await
+                .map_err(store_status)?;
             self.tenant_info(&tenant.id, tenant.created_at).await
         }
         .await;
-        audit(self.orchestrator.store().as_ref(), &caller, "CreateTenant", &req.id, &result).await;
+        audit(
+            self.orchestrator.store().as_ref(),
+            &caller,
+            "CreateTenant",
+            &req.id,
+            &result,
+        )
+        .await;
         Ok(Response::new(result?))
     }
 
@@ -210,7 +237,13 @@ impl Admin for AdminApi {
         let caller = caller(&request)?;
         caller.require(Scope::Admin, "ListTenants")?;
         let mut tenants = Vec::new();
-        for t in self.orchestrator.store().tenants().await.map_err(store_status)? {
+        for t in self
+            .orchestrator
+            .store()
+            .tenants()
+            .await
+            .map_err(store_status)?
+        {
             tenants.push(self.tenant_info(&t.id, t.created_at).await?);
         }
         Ok(Response::new(pb::ListTenantsResponse { tenants }))
@@ -274,7 +307,14 @@ impl Admin for AdminApi {
             .ok()
             .and_then(|r| r.info.as_ref().map(|i| i.id.clone()))
             .unwrap_or_else(|| req.tenant.clone());
-        audit(self.orchestrator.store().as_ref(), &caller, "CreateToken", &target, &result).await;
+        audit(
+            self.orchestrator.store().as_ref(),
+            &caller,
+            "CreateToken",
+            &target,
+            &result,
+        )
+        .await;
         Ok(Response::new(result?))
     }
 
@@ -312,12 +352,24 @@ impl Admin for AdminApi {
                 .revoke_token(&id, unix_now())
                 .await
                 .map_err(store_status)?
-                .ok_or_else(|| Reason::NotFound.status(false, format!("no token {id:?}; list them with `computearbitrage token list`")))?;
+                .ok_or_else(|| {
+                    Reason::NotFound.status(
+                        false,
+                        format!("no token {id:?}; list them with `computearbitrage token list`"),
+                    )
+                })?;
             self.reload_tokens().await?;
             Ok(token_info(&revoked))
         }
         .await;
-        audit(self.orchestrator.store().as_ref(), &caller, "RevokeToken", &id, &result).await;
+        audit(
+            self.orchestrator.store().as_ref(),
+            &caller,
+            "RevokeToken",
+            &id,
+            &result,
+        )
+        .await;
         Ok(Response::new(result?))
     }
 

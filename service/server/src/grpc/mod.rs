@@ -104,9 +104,7 @@ pub(crate) fn core_status(error: computearbitrage_core::Error) -> Status {
         Error::InvalidTransition { .. } => {
             Reason::WrongWorkloadState.status(false, error.to_string())
         }
-        Error::Collect { .. } | Error::Driver { .. } => {
-            service_status(&ServiceError::Core(error))
-        }
+        Error::Collect { .. } | Error::Driver { .. } => service_status(&ServiceError::Core(error)),
     }
 }
 

@@ -1,15 +1,17 @@
 //! The `Pricing` and `System` handlers.
 
-use super::wire::{candidate_to_pb, filter_from_pb, offer_to_pb, requirements_from_pb, unknown_name_warning};
-use super::{core_status, invalid, store_status};
 use super::caller;
-use computearbitrage_store::Scope;
+use super::wire::{
+    candidate_to_pb, filter_from_pb, offer_to_pb, requirements_from_pb, unknown_name_warning,
+};
+use super::{core_status, invalid, store_status};
 use crate::pricing::PriceBook;
 use computearbitrage_api::pb::pricing_server::Pricing;
 use computearbitrage_api::pb::system_server::System;
 use computearbitrage_api::{pb, validate};
 use computearbitrage_core::fmt::rfc3339;
 use computearbitrage_core::{hints, place, PageCursor, ScoringPolicy};
+use computearbitrage_store::Scope;
 use computearbitrage_store::Store;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -94,10 +96,11 @@ impl Pricing for PricingApi {
             &self.policy,
         )
         .map_err(core_status)?;
-        let mut warnings: Vec<pb::Warning> = hints::unknown_in_requirements(&catalog, &requirements)
-            .iter()
-            .map(|u| unknown_name_warning("requirements", u))
-            .collect();
+        let mut warnings: Vec<pb::Warning> =
+            hints::unknown_in_requirements(&catalog, &requirements)
+                .iter()
+                .map(|u| unknown_name_warning("requirements", u))
+                .collect();
         warnings.extend(placement.warnings.iter().map(|message| pb::Warning {
             field: "requirements.allow_unknown_interruption_rate".into(),
             message: message.clone(),
@@ -125,7 +128,11 @@ impl System for SystemApi {
         request: Request<pb::HealthRequest>,
     ) -> Result<Response<pb::HealthResponse>, Status> {
         reader(&request, "Health")?;
-        let statuses = self.store.collector_statuses().await.map_err(store_status)?;
+        let statuses = self
+            .store
+            .collector_statuses()
+            .await
+            .map_err(store_status)?;
         let catalog_offers = self.book.catalog().len() as u64;
         let failing = statuses.iter().any(|s| s.last_error.is_some());
         let status = if catalog_offers == 0 || failing {

@@ -8,11 +8,11 @@ use computearbitrage_api::pb;
 use computearbitrage_core::conventions::defaults;
 use computearbitrage_core::fmt::rfc3339;
 use computearbitrage_core::hints::UnknownName;
+use computearbitrage_core::workload::WrittenBlocks;
 use computearbitrage_core::{
-    gpu, Architecture, Candidate, Cloud, HealthCheck, OfferFilter, OnInterruption, Offer,
+    gpu, Architecture, Candidate, Cloud, HealthCheck, Offer, OfferFilter, OnInterruption,
     Requirements, StorageSpec, WorkloadSpec,
 };
-use computearbitrage_core::workload::WrittenBlocks;
 use computearbitrage_store::WorkloadRecord;
 use std::time::Duration;
 
@@ -26,7 +26,9 @@ fn optional_count(value: Option<i64>) -> Option<u32> {
 }
 
 fn gpu_name(name: &str) -> Option<String> {
-    Some(name).filter(|g| !g.trim().is_empty()).map(gpu::canonical_name)
+    Some(name)
+        .filter(|g| !g.trim().is_empty())
+        .map(gpu::canonical_name)
 }
 
 pub fn filter_from_pb(f: &pb::OfferFilter) -> OfferFilter {
@@ -195,7 +197,9 @@ pub fn on_interruption(text: &str) -> OnInterruption {
 pub fn spec_from_pb(spec: &pb::WorkloadSpec) -> WorkloadSpec {
     WorkloadSpec {
         name: spec.name.clone(),
-        requirements: requirements_from_pb(spec.requirements.as_ref().unwrap_or(&Default::default())),
+        requirements: requirements_from_pb(
+            spec.requirements.as_ref().unwrap_or(&Default::default()),
+        ),
         command: spec.command.clone(),
         image: Some(spec.image.clone()).filter(|i| !i.is_empty()),
         env: spec.env.clone().into_iter().collect(),
@@ -216,6 +220,7 @@ pub fn spec_from_pb(spec: &pb::WorkloadSpec) -> WorkloadSpec {
         // Validation has checked both are ports.
         tcp_port: spec.tcp_port.map(|p| p as u16),
         tcp_listen_port: spec.tcp_listen_port.map(|p| p as u16),
+        tcp_allowed_cidrs: canonical_cidrs(&spec.tcp_allowed_cidrs),
         written: Some(WrittenBlocks {
             requirements: spec.requirements.is_some(),
             health_check: spec.health_check.is_some(),
@@ -246,7 +251,15 @@ pub fn spec_to_pb(s: &WorkloadSpec) -> pb::WorkloadSpec {
         create_timeout_seconds: s.create_timeout.as_secs() as u32,
         tcp_port: s.tcp_port.map(u32::from),
         tcp_listen_port: s.tcp_listen_port.map(u32::from),
+        tcp_allowed_cidrs: s.tcp_allowed(),
     }
+}
+
+/// Validated ranges in canonical spelling (`2001:DB8::/32` → `2001:db8::/32`).
+pub fn canonical_cidrs(list: &[String]) -> Vec<String> {
+    list.iter()
+        .map(|c| computearbitrage_core::conventions::cidr::canonical(c))
+        .collect()
 }
 
 /// The wire form of a workload, as its owner sees it: with its router endpoints and
@@ -306,7 +319,10 @@ mod tests {
         assert_eq!(canonical.gpu_name, "A100");
         assert_eq!(canonical.allow_unknown_interruption_rate, Some(false));
         // Canonical forms are fixed points.
-        assert_eq!(requirements_to_pb(&requirements_from_pb(&canonical)), canonical);
+        assert_eq!(
+            requirements_to_pb(&requirements_from_pb(&canonical)),
+            canonical
+        );
     }
 
     #[test]
@@ -317,7 +333,9 @@ mod tests {
             ..Default::default()
         };
         let back = spec_to_pb(&spec_from_pb(&without));
-        assert!(back.requirements.is_none() && back.health_check.is_none() && back.storage.is_none());
+        assert!(
+            back.requirements.is_none() && back.health_check.is_none() && back.storage.is_none()
+        );
         assert_eq!(back.port, 8080);
         assert_eq!(back.on_interruption, "migrate");
 
@@ -333,7 +351,12 @@ mod tests {
         let back = spec_to_pb(&spec_from_pb(&with));
         let check = back.health_check.unwrap();
         assert_eq!(
-            (check.path.as_str(), check.interval_seconds, check.timeout_seconds, check.unhealthy_threshold),
+            (
+                check.path.as_str(),
+                check.interval_seconds,
+                check.timeout_seconds,
+                check.unhealthy_threshold
+            ),
             ("/health", 2, 2, 3),
             "the default timeout fits the interval"
         );

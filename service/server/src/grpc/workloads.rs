@@ -91,7 +91,14 @@ impl Workloads for WorkloadsApi {
         }
         .await;
         let target = result.as_ref().map(|w| w.id.clone()).unwrap_or(name);
-        audit(self.orchestrator.store().as_ref(), &caller, "ApplyWorkload", &target, &result).await;
+        audit(
+            self.orchestrator.store().as_ref(),
+            &caller,
+            "ApplyWorkload",
+            &target,
+            &result,
+        )
+        .await;
         Ok(Response::new(self.to_pb(&result?)))
     }
 
@@ -129,6 +136,7 @@ impl Workloads for WorkloadsApi {
                 health_check_written: req.health_check.is_some(),
                 on_interruption: wire::on_interruption(&req.on_interruption),
                 storage: req.storage.as_ref().map(|s| wire::storage_from_pb(Some(s))),
+                tcp_allowed_cidrs: wire::canonical_cidrs(&req.tcp_allowed_cidrs),
             };
             self.orchestrator
                 .update(&caller.tenant, &req.id, update)
@@ -136,7 +144,14 @@ impl Workloads for WorkloadsApi {
                 .map_err(status_of)
         }
         .await;
-        audit(self.orchestrator.store().as_ref(), &caller, "UpdateWorkload", &req.id, &result).await;
+        audit(
+            self.orchestrator.store().as_ref(),
+            &caller,
+            "UpdateWorkload",
+            &req.id,
+            &result,
+        )
+        .await;
         Ok(Response::new(self.to_pb(&result?)))
     }
 
@@ -159,7 +174,14 @@ impl Workloads for WorkloadsApi {
                 .map_err(status_of)
         }
         .await;
-        audit(self.orchestrator.store().as_ref(), &caller, "DeleteWorkload", &req.id, &result).await;
+        audit(
+            self.orchestrator.store().as_ref(),
+            &caller,
+            "DeleteWorkload",
+            &req.id,
+            &result,
+        )
+        .await;
         Ok(Response::new(self.to_pb(&result?)))
     }
 
@@ -212,8 +234,17 @@ impl Workloads for WorkloadsApi {
                 .map_err(status_of)
         }
         .await;
-        audit(self.orchestrator.store().as_ref(), &caller, "ReplayDeadLetter", &run_id, &result).await;
-        Ok(Response::new(run_to_pb(&self.orchestrator, &result?).await?))
+        audit(
+            self.orchestrator.store().as_ref(),
+            &caller,
+            "ReplayDeadLetter",
+            &run_id,
+            &result,
+        )
+        .await;
+        Ok(Response::new(
+            run_to_pb(&self.orchestrator, &result?).await?,
+        ))
     }
 
     async fn get_billing(

@@ -345,7 +345,10 @@ mod tests {
             );
         }
         let rated = offers.iter().find(|o| o.cloud == Cloud::Aws).unwrap();
-        assert_eq!(rated.interruption_source, "AWS Spot Instance Advisor, 2025-06-28");
+        assert_eq!(
+            rated.interruption_source,
+            "AWS Spot Instance Advisor, 2025-06-28"
+        );
     }
 
     #[test]
@@ -362,12 +365,20 @@ mod tests {
         .unwrap();
         assert_eq!(offers[0].interruption_rate.to_string(), "5-10%");
         assert_eq!(offers[0].interruption_source, "Advisor, 2025-06-28");
-        assert_eq!(offers[1].interruption_rate, InterruptionRate::Unknown, "no rate for that region");
+        assert_eq!(
+            offers[1].interruption_rate,
+            InterruptionRate::Unknown,
+            "no rate for that region"
+        );
         let err = parse_snapshot(manifest, "m", |name| {
             Ok(if name == "x.csv" { csv } else { "[1, 2" }.to_string())
         })
         .unwrap_err();
-        assert!(err.to_string().contains("r.json: not a Spot Instance Advisor feed"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("r.json: not a Spot Instance Advisor feed"),
+            "{err}"
+        );
     }
 
     #[test]

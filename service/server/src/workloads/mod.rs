@@ -19,9 +19,9 @@ pub mod engine;
 pub mod monitor;
 pub mod notify;
 pub mod steps;
-pub mod webhook_target;
 #[cfg(test)]
 mod tests;
+pub mod webhook_target;
 
 use crate::error::ServiceError;
 use crate::pricing::PriceBook;
@@ -118,6 +118,8 @@ pub struct WorkloadUpdate {
     pub on_interruption: computearbitrage_core::OnInterruption,
     /// `None` keeps the current storage.
     pub storage: Option<computearbitrage_core::StorageSpec>,
+    /// Empty: this machine only.
+    pub tcp_allowed_cidrs: Vec<String>,
 }
 
 pub struct Orchestrator {
@@ -397,6 +399,7 @@ impl Orchestrator {
         spec.health_check = update.health_check;
         written.health_check = update.health_check_written;
         spec.on_interruption = update.on_interruption;
+        spec.tcp_allowed_cidrs = update.tcp_allowed_cidrs;
         spec.written = Some(written);
         self.store
             .update_workload(

@@ -225,7 +225,9 @@ impl Worker for NotificationSender {
                         tracing::warn!(tenant = %tenant, error = %e, origin = ?e.origin(), retryable = e.is_retryable(), "cannot save a delivery");
                     }
                 }
-                busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&tenant);
+                busy.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&tenant);
             });
         }
         Ok(())

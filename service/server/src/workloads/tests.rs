@@ -166,6 +166,7 @@ fn workload_spec(name: &str) -> WorkloadSpec {
         create_timeout: Duration::from_secs(60),
         tcp_port: None,
         tcp_listen_port: None,
+        tcp_allowed_cidrs: Vec::new(),
         written: None,
     }
 }

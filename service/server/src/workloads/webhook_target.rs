@@ -51,13 +51,17 @@ pub fn check_url(url: &str, allow_private: bool) -> Result<reqwest::Url, String>
     let parsed = reqwest::Url::parse(url)
         .map_err(|e| format!("{url:?} is not a URL ({e}); write it as https://HOST/PATH"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(format!("{url:?} is not an http(s) URL; write it as https://HOST/PATH"));
+        return Err(format!(
+            "{url:?} is not an http(s) URL; write it as https://HOST/PATH"
+        ));
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err("the URL carries credentials; remove them: the receiver verifies the X-ComputeArbitrage-Signature header instead".into());
     }
     let Some(host) = parsed.host_str().filter(|h| !h.is_empty()) else {
-        return Err(format!("{url:?} has no host; write it as https://HOST/PATH"));
+        return Err(format!(
+            "{url:?} has no host; write it as https://HOST/PATH"
+        ));
     };
     let literal = host
         .trim_start_matches('[')
@@ -85,9 +89,8 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let allow_private = self.allow_private;
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let allowed: Vec<SocketAddr> = found
                 .into_iter()
                 .filter(|a| allow_private || is_public(a.ip()))
@@ -106,7 +109,11 @@ pub struct Refused(pub String);
 
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} resolves only to addresses webhooks may not reach", self.0)
+        write!(
+            f,
+            "{} resolves only to addresses webhooks may not reach",
+            self.0
+        )
     }
 }
 
@@ -151,8 +158,18 @@ mod tests {
     #[test]
     fn internal_addresses_are_not_public() {
         for ip in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0",
-            "100.64.0.1", "::1", "fd00:ec2::254", "fe80::1", "::ffff:127.0.0.1", "::",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fd00:ec2::254",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
@@ -175,20 +192,30 @@ mod tests {
             let err = check_url(url, false).unwrap_err();
             assert!(err.contains(words), "{url}: {err}");
         }
-        assert!(check_url("http://127.0.0.1:9/x", true).is_ok(), "the operator may allow it");
+        assert!(
+            check_url("http://127.0.0.1:9/x", true).is_ok(),
+            "the operator may allow it"
+        );
     }
 
     #[tokio::test]
     async fn a_name_of_a_private_address_is_refused_at_connect_time() {
         use reqwest::dns::Resolve;
-        let guarded = GuardedResolver { allow_private: false };
+        let guarded = GuardedResolver {
+            allow_private: false,
+        };
         let name: reqwest::dns::Name = "localhost".parse().unwrap();
         let err = match guarded.resolve(name).await {
             Ok(_) => panic!("localhost resolved"),
             Err(e) => e.to_string(),
         };
-        assert!(err.contains("resolves only to addresses webhooks may not reach"), "{err}");
-        let open = GuardedResolver { allow_private: true };
+        assert!(
+            err.contains("resolves only to addresses webhooks may not reach"),
+            "{err}"
+        );
+        let open = GuardedResolver {
+            allow_private: true,
+        };
         assert!(open.resolve("localhost".parse().unwrap()).await.is_ok());
     }
 }

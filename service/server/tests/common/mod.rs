@@ -44,7 +44,10 @@ impl Service {
             .env("COMPUTEARBITRAGE_WORKLOADS__LOCAL__RUN_AS", "service")
             // Test webhook receivers listen on loopback; tests/webhooks.rs checks the
             // default, which refuses it.
-            .env("COMPUTEARBITRAGE_NOTIFICATIONS__ALLOW_PRIVATE_TARGETS", "true")
+            .env(
+                "COMPUTEARBITRAGE_NOTIFICATIONS__ALLOW_PRIVATE_TARGETS",
+                "true",
+            )
             // Many services run at once: free ports, and a TCP range of their own.
             .env("COMPUTEARBITRAGE_ROUTER__LISTEN", "127.0.0.1:0")
             .env("COMPUTEARBITRAGE_ROUTER__METRICS_LISTEN", "127.0.0.1:0")

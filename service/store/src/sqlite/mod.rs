@@ -5,7 +5,9 @@
 mod tenants;
 
 use crate::workloads::*;
-use crate::{AuditRecord, CollectorOutcome, CollectorStatus, Store, StoreError, Tenant, TokenRecord};
+use crate::{
+    AuditRecord, CollectorOutcome, CollectorStatus, Store, StoreError, Tenant, TokenRecord,
+};
 use computearbitrage_core::offer::Gpu;
 use computearbitrage_core::{Architecture, Cloud, InterruptionRate, Offer};
 use computearbitrage_core::{Transition, WorkloadStatus};
@@ -747,7 +749,8 @@ impl Store for SqliteStore {
 
     async fn add_token(&self, record: TokenRecord) -> Result<(), StoreError> {
         let tenant_id = record.tenant_id.clone();
-        self.with_conn(move |conn| tenants::add_token(conn, &record)).await?;
+        self.with_conn(move |conn| tenants::add_token(conn, &record))
+            .await?;
         self.announce_credentials(&tenant_id);
         Ok(())
     }
@@ -758,7 +761,9 @@ impl Store for SqliteStore {
 
     async fn revoke_token(&self, id: &str, at: i64) -> Result<Option<TokenRecord>, StoreError> {
         let id = id.to_string();
-        let revoked = self.with_conn(move |conn| tenants::revoke_token(conn, &id, at)).await?;
+        let revoked = self
+            .with_conn(move |conn| tenants::revoke_token(conn, &id, at))
+            .await?;
         if let Some(token) = &revoked {
             self.announce_credentials(&token.tenant_id);
         }
@@ -770,12 +775,18 @@ impl Store for SqliteStore {
     }
 
     async fn record_audit(&self, record: AuditRecord) -> Result<(), StoreError> {
-        self.with_conn(move |conn| tenants::record_audit(conn, &record)).await
+        self.with_conn(move |conn| tenants::record_audit(conn, &record))
+            .await
     }
 
-    async fn audit_log(&self, tenant_id: Option<&str>, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+    async fn audit_log(
+        &self,
+        tenant_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
         let tenant_id = tenant_id.map(str::to_string);
-        self.with_conn(move |conn| tenants::audit_log(conn, tenant_id.as_deref(), limit)).await
+        self.with_conn(move |conn| tenants::audit_log(conn, tenant_id.as_deref(), limit))
+            .await
     }
 
     async fn tenant_settings(&self, tenant_id: &str) -> Result<TenantSettings, StoreError> {
@@ -1291,45 +1302,40 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn open_connection(&self, c: ConnectionRecord) -> Result<(), StoreError> {
-        self.with_conn(move |conn| {
-            conn.execute(
-                "INSERT INTO router_connections (id, router_id, tenant_id, workload_id, backend, client, started_at, bytes_to_backend, bytes_from_backend)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![c.id, c.router_id, c.tenant_id, c.workload_id, c.backend, c.client, c.started_at, c.bytes_to_backend as i64, c.bytes_from_backend as i64],
-            )
-            .map(|_| ())
-            .map_err(classify)
-        })
-        .await
-    }
-
-    async fn record_connection_bytes(
-        &self,
-        counters: Vec<(String, u64, u64)>,
-    ) -> Result<(), StoreError> {
+    async fn apply_connection_batch(&self, batch: ConnectionBatch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
         self.with_conn(move |conn| {
             let tx = conn.transaction().map_err(classify)?;
             {
-                let mut stmt = tx
+                let mut insert = tx
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO router_connections (id, router_id, tenant_id, workload_id, backend, client, started_at, bytes_to_backend, bytes_from_backend)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    )
+                    .map_err(classify)?;
+                for c in &batch.opened {
+                    insert
+                        .execute(params![c.id, c.router_id, c.tenant_id, c.workload_id, c.backend, c.client, c.started_at, c.bytes_to_backend as i64, c.bytes_from_backend as i64])
+                        .map_err(classify)?;
+                }
+                let mut bytes = tx
                     .prepare_cached("UPDATE router_connections SET bytes_to_backend = ?2, bytes_from_backend = ?3 WHERE id = ?1")
                     .map_err(classify)?;
-                for (id, to_backend, from_backend) in &counters {
-                    stmt.execute(params![id, *to_backend as i64, *from_backend as i64])
+                for (id, to_backend, from_backend) in &batch.bytes {
+                    bytes
+                        .execute(params![id, *to_backend as i64, *from_backend as i64])
                         .map_err(classify)?;
+                }
+                let mut delete = tx
+                    .prepare_cached("DELETE FROM router_connections WHERE id = ?1")
+                    .map_err(classify)?;
+                for id in &batch.closed {
+                    delete.execute(params![id]).map_err(classify)?;
                 }
             }
             tx.commit().map_err(classify)
-        })
-        .await
-    }
-
-    async fn close_connection(&self, id: &str) -> Result<(), StoreError> {
-        let id = id.to_string();
-        self.with_conn(move |conn| {
-            conn.execute("DELETE FROM router_connections WHERE id = ?1", params![id])
-                .map(|_| ())
-                .map_err(classify)
         })
         .await
     }

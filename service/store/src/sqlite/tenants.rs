@@ -4,7 +4,8 @@ use super::{classify, ENGINE};
 use crate::{AuditRecord, Scopes, StoreError, Tenant, TokenRecord};
 use rusqlite::{params, Connection, OptionalExtension};
 
-const TOKEN_COLUMNS: &str = "id, token_hash, tenant_id, label, scopes, created_at, expires_at, revoked_at";
+const TOKEN_COLUMNS: &str =
+    "id, token_hash, tenant_id, label, scopes, created_at, expires_at, revoked_at";
 
 fn token_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TokenRecord, String>> {
     let scopes: String = row.get(4)?;
@@ -24,17 +25,26 @@ fn token_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TokenRecor
     }))
 }
 
-fn tokens_where(conn: &Connection, clause: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<TokenRecord>, StoreError> {
+fn tokens_where(
+    conn: &Connection,
+    clause: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<TokenRecord>, StoreError> {
     let mut stmt = conn
-        .prepare(&format!("SELECT {TOKEN_COLUMNS} FROM api_tokens {clause} ORDER BY created_at, id"))
+        .prepare(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens {clause} ORDER BY created_at, id"
+        ))
         .map_err(classify)?;
     let rows = stmt.query_map(args, token_from_row).map_err(classify)?;
     let mut out = Vec::new();
     for row in rows {
-        out.push(row.map_err(classify)?.map_err(|message| StoreError::Corrupt {
-            engine: ENGINE,
-            message,
-        })?);
+        out.push(
+            row.map_err(classify)?
+                .map_err(|message| StoreError::Corrupt {
+                    engine: ENGINE,
+                    message,
+                })?,
+        );
     }
     Ok(out)
 }
@@ -63,7 +73,9 @@ pub(super) fn add_token(conn: &mut Connection, record: &TokenRecord) -> Result<(
         None => {}
     }
     tx.execute(
-        &format!("INSERT INTO api_tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+        &format!(
+            "INSERT INTO api_tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+        ),
         params![
             record.id,
             record.token_hash,
@@ -83,13 +95,19 @@ pub(super) fn list_tokens(conn: &Connection) -> Result<Vec<TokenRecord>, StoreEr
     tokens_where(conn, "", &[])
 }
 
-pub(super) fn revoke_token(conn: &mut Connection, id: &str, at: i64) -> Result<Option<TokenRecord>, StoreError> {
+pub(super) fn revoke_token(
+    conn: &mut Connection,
+    id: &str,
+    at: i64,
+) -> Result<Option<TokenRecord>, StoreError> {
     conn.execute(
         "UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
         params![id, at],
     )
     .map_err(classify)?;
-    Ok(tokens_where(conn, "WHERE id = ?1", &[&id])?.into_iter().next())
+    Ok(tokens_where(conn, "WHERE id = ?1", &[&id])?
+        .into_iter()
+        .next())
 }
 
 pub(super) fn tenants(conn: &Connection) -> Result<Vec<Tenant>, StoreError> {
@@ -116,7 +134,11 @@ pub(super) fn record_audit(conn: &Connection, r: &AuditRecord) -> Result<(), Sto
     .map_err(classify)
 }
 
-pub(super) fn audit_log(conn: &Connection, tenant_id: Option<&str>, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+pub(super) fn audit_log(
+    conn: &Connection,
+    tenant_id: Option<&str>,
+    limit: u32,
+) -> Result<Vec<AuditRecord>, StoreError> {
     let mut stmt = conn
         .prepare(
             "SELECT id, tenant_id, token_id, action, target, outcome, at FROM audit_log
