@@ -75,12 +75,15 @@ async fn two_tenants_cannot_see_or_reach_each_other() {
         .unwrap()
         .into_inner()
         .tenants;
+    // In creation order, ties (same second) by id; so compared as a set here.
+    let mut listed: Vec<_> = tenants
+        .iter()
+        .map(|t| (t.id.as_str(), t.max_concurrent_workloads))
+        .collect();
+    listed.sort();
     assert_eq!(
-        tenants
-            .iter()
-            .map(|t| (t.id.as_str(), t.max_concurrent_workloads))
-            .collect::<Vec<_>>(),
-        vec![("default", None), ("acme", Some(3)), ("globex", None)]
+        listed,
+        vec![("acme", Some(3)), ("default", None), ("globex", None)]
     );
     let (acme, acme_id) = issue(&service, "acme", "write", 0).await;
     let (acme_read, acme_read_id) = issue(&service, "acme", "read", 0).await;
