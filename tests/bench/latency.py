@@ -44,6 +44,8 @@ def start_service(bin_dir, data_dir):
     env = dict(os.environ, COMPUTEARBITRAGE_BOOTSTRAP_TOKEN=TOKEN, RUST_LOG="warn")
     env["COMPUTEARBITRAGE_ROUTER__LISTEN"] = "127.0.0.1:0"
     env["COMPUTEARBITRAGE_ROUTER__METRICS_LISTEN"] = ""
+    # The per-token API limit (50 calls/s by default) would measure the limiter, not the call.
+    env["COMPUTEARBITRAGE_API__RATE_LIMIT_PER_SECOND"] = "0"
     process = subprocess.Popen(
         [str(bin_dir / "computearbitrage"), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
         stdout=subprocess.PIPE,
