@@ -92,4 +92,17 @@ pub trait Driver: Send + Sync {
 
     /// Waits up to `wait` for the next event; `None` when there was none.
     async fn next_event(&self, wait: Duration) -> Option<DriverEvent>;
+
+    /// Raises an interruption notice on a running instance, with the kill `delay`
+    /// later; returns the deadline (unix seconds). For drills and tests: a driver that
+    /// cannot (a real cloud without a fault-injection service) says so.
+    async fn inject_interruption(&self, instance_id: &str, delay: Duration) -> Result<i64, Error> {
+        let _ = (instance_id, delay);
+        Err(Error::Driver {
+            driver: self.name().to_string(),
+            message: "this driver cannot inject interruptions; use the local driver for drills"
+                .into(),
+            retryable: false,
+        })
+    }
 }

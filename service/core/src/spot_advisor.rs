@@ -79,7 +79,7 @@ mod tests {
     #[test]
     fn the_real_feed_parses_and_buckets_map_to_ranges() {
         let rates = parse(include_bytes!(
-            "../../server/data/prices/aws-spot-advisor-data.json"
+            "../../orchestrator/data/prices/aws-spot-advisor-data.json"
         ))
         .unwrap();
         // Every Linux entry of the file (counted independently with Python).

@@ -327,6 +327,10 @@ impl Driver for LocalDriver {
         DRIVER
     }
 
+    async fn inject_interruption(&self, instance_id: &str, delay: Duration) -> Result<i64, Error> {
+        LocalDriver::inject_interruption(self, instance_id, delay).await
+    }
+
     async fn create_spot_instance(&self, spec: &InstanceSpec) -> Result<Instance, Error> {
         let mut inner = self.inner.lock().await;
         if let Some(existing) = inner

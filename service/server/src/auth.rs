@@ -11,7 +11,6 @@ use crate::error::ServiceError;
 use computearbitrage_api::Reason;
 use computearbitrage_store::{Scope, Scopes, Store, TokenRecord};
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -55,10 +54,7 @@ impl Caller {
     }
 }
 
-/// Hex SHA-256 of a token.
-pub fn hash_token(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
+pub use computearbitrage_orchestrator::tokens::{hash_token, AccessTokenKey};
 
 /// A new random token, as shown once to whoever asked for it.
 pub fn new_token() -> String {
@@ -405,67 +401,29 @@ mod tests {
 /// File, inside the data dir, holding the key workload access tokens derive from.
 pub const ACCESS_TOKEN_KEY_FILE: &str = "workload-token-key";
 
-/// Derives each workload's router access token as HMAC-SHA256(key, workload id). The
-/// service can show the owner the token at any time (create, adopt, refresh, import)
-/// while the store keeps only its SHA-256, like every other token.
-#[derive(Clone)]
-pub struct AccessTokenKey(Arc<[u8; 32]>);
-
-impl std::fmt::Debug for AccessTokenKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AccessTokenKey(<secret>)")
-    }
-}
-
-impl AccessTokenKey {
-    /// A fresh random key (tests, and a first start).
-    pub fn random() -> AccessTokenKey {
-        let mut key = [0u8; 32];
-        rand::thread_rng().fill_bytes(&mut key);
-        AccessTokenKey(Arc::new(key))
-    }
-
-    /// The key in `data_dir`, created (mode 0600) on first use.
-    pub fn load_or_create(data_dir: &Path) -> Result<AccessTokenKey, ServiceError> {
-        let path = data_dir.join(ACCESS_TOKEN_KEY_FILE);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                // Private even if it was created wider (by hand, or a restore).
-                crate::server::set_private(&path)?;
-                let bytes = hex::decode(text.trim()).ok().filter(|b| b.len() == 32).ok_or_else(|| {
-                    ServiceError::config(format!(
-                        "{} is not 64 hex characters; restore it from a backup (deleting it invalidates every workload access token)",
-                        path.display()
-                    ))
-                })?;
-                let mut key = [0u8; 32];
-                key.copy_from_slice(&bytes);
-                Ok(AccessTokenKey(Arc::new(key)))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = AccessTokenKey::random();
-                write_private(&path, &hex::encode(*key.0))?;
-                Ok(key)
-            }
-            Err(e) => Err(ServiceError::io(
-                format!("cannot read {}", path.display()),
-                e,
-            )),
+/// The key in `data_dir` that workload access tokens derive from, created (mode 0600)
+/// on first use.
+pub fn load_or_create_access_token_key(data_dir: &Path) -> Result<AccessTokenKey, ServiceError> {
+    let path = data_dir.join(ACCESS_TOKEN_KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            // Private even if it was created wider (by hand, or a restore).
+            crate::server::set_private(&path)?;
+            AccessTokenKey::from_hex(&text).ok_or_else(|| {
+                ServiceError::config(format!(
+                    "{} is not 64 hex characters; restore it from a backup (deleting it invalidates every workload access token)",
+                    path.display()
+                ))
+            })
         }
-    }
-
-    /// The access token of a workload.
-    pub fn token_for(&self, workload_id: &str) -> String {
-        use hmac::{Hmac, Mac};
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.0.as_slice())
-            .expect("HMAC takes a key of any length");
-        mac.update(b"workload-access-token:");
-        mac.update(workload_id.as_bytes());
-        format!("caw_{}", hex::encode(mac.finalize().into_bytes()))
-    }
-
-    /// What the store keeps of it.
-    pub fn hash_for(&self, workload_id: &str) -> String {
-        hash_token(&self.token_for(workload_id))
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = AccessTokenKey::random();
+            write_private(&path, &key.to_hex())?;
+            Ok(key)
+        }
+        Err(e) => Err(ServiceError::io(
+            format!("cannot read {}", path.display()),
+            e,
+        )),
     }
 }

@@ -1,18 +1,11 @@
 //! The service's error type: where an error came from and whether retrying can help.
 //! Retry decisions read [`ServiceError::is_retryable`], never message text.
 
+use computearbitrage_orchestrator::worker::TickError;
 use computearbitrage_store::StoreError;
 
-/// Where an error originated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    Config,
-    Store,
-    Collector,
-    Driver,
-    Input,
-    Io,
-}
+/// Where an error originated (the same classification as the orchestrator's).
+pub use computearbitrage_orchestrator::error::Origin;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -24,6 +17,8 @@ pub enum ServiceError {
     Core(#[from] computearbitrage_core::Error),
     #[error(transparent)]
     Router(#[from] computearbitrage_router::RouterError),
+    #[error(transparent)]
+    Orchestrator(#[from] computearbitrage_orchestrator::OrchestratorError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -53,6 +48,7 @@ impl ServiceError {
             ServiceError::Core(_) => Origin::Input,
             ServiceError::Io { .. } => Origin::Io,
             ServiceError::Router(computearbitrage_router::RouterError::Store(_)) => Origin::Store,
+            ServiceError::Orchestrator(e) => e.origin(),
         }
     }
 
@@ -62,6 +58,7 @@ impl ServiceError {
             ServiceError::Store(e) => e.is_retryable(),
             ServiceError::Core(e) => e.is_retryable(),
             ServiceError::Router(e) => e.is_retryable(),
+            ServiceError::Orchestrator(e) => e.is_retryable(),
             ServiceError::Io { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::Interrupted
@@ -69,5 +66,14 @@ impl ServiceError {
                     | std::io::ErrorKind::WouldBlock
             ),
         }
+    }
+}
+
+impl TickError for ServiceError {
+    fn origin(&self) -> Origin {
+        ServiceError::origin(self)
+    }
+    fn is_retryable(&self) -> bool {
+        ServiceError::is_retryable(self)
     }
 }

@@ -1,20 +1,18 @@
-//! The computearbitrage service.
+//! The computearbitrage service: the wiring around the engine
+//! (`computearbitrage-orchestrator`): configuration, the gRPC API, auth, the CLI and
+//! the router's process.
 //!
 //! Module map:
 //! - [`cli`]: the operator commands that talk to a running service.
 //! - [`config`]: the configuration struct, loaded from file, environment and flags.
-//! - [`server`]: `serve`: wiring of store, auth, catalog, workers and gRPC.
+//! - [`server`]: `serve`: wiring of store, auth, the orchestrator's catalog, workloads
+//!   and workers, and gRPC.
 //! - [`grpc`]: the gRPC handlers (`Pricing`, `System`, `Workloads`, `Admin`), wire ↔
 //!   core conversion, and the mapping of failures onto statuses with a reason.
 //! - [`auth`]: bearer-token authentication, tenants, the bootstrap token.
-//! - [`pricing`]: the served catalog ([`pricing::PriceBook`]), the snapshot collector and
-//!   the collector worker.
-//! - [`workloads`]: the orchestrator (durable workflows), the health monitor,
-//!   notifications and the driver-event, resumer and sweeper workers.
 //! - [`routing`]: runs the router (in `serve` or as `computearbitrage router`) and
 //!   builds each workload's public `endpoint`; [`routing_remote`] is the route feed of
 //!   a separate router process.
-//! - [`worker`]: the background-worker trait and its supervisor.
 //! - [`error`]: [`error::ServiceError`], classified by origin and retryability.
 //! - [`secrets`]: secrets taken from the environment so nothing can read them later.
 //!
@@ -25,10 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod grpc;
-pub mod pricing;
 pub mod routing;
 pub mod routing_remote;
 pub mod secrets;
 pub mod server;
-pub mod worker;
-pub mod workloads;

@@ -6,7 +6,7 @@
 
 use crate::config::RouterConfig;
 use crate::error::ServiceError;
-use crate::worker::{Supervisor, Worker};
+use computearbitrage_orchestrator::worker::{Supervisor, Worker};
 use computearbitrage_router::follow::Follower;
 use computearbitrage_router::http::{self, HttpRouter, HttpSettings};
 use computearbitrage_router::limits::{ConnectionLimits, RateLimit};
@@ -272,6 +272,7 @@ struct RouteFollower {
 
 #[async_trait::async_trait]
 impl Worker for RouteFollower {
+    type Error = ServiceError;
     fn name(&self) -> String {
         "router:follow".into()
     }
@@ -297,6 +298,7 @@ struct ConnectionFlusher {
 
 #[async_trait::async_trait]
 impl Worker for ConnectionFlusher {
+    type Error = ServiceError;
     fn name(&self) -> String {
         "router:connection-bytes".into()
     }

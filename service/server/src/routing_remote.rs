@@ -4,10 +4,10 @@
 //! disconnected stays stale.
 
 use crate::error::ServiceError;
-use crate::worker::Worker;
 use computearbitrage_api::connect::{self, Target};
 use computearbitrage_api::pb;
 use computearbitrage_api::pb::admin_client::AdminClient;
+use computearbitrage_orchestrator::worker::Worker;
 use computearbitrage_router::RouteTable;
 use computearbitrage_store::Store;
 use std::sync::Arc;
@@ -81,6 +81,7 @@ impl RemoteFollower {
 
 #[async_trait::async_trait]
 impl Worker for RemoteFollower {
+    type Error = ServiceError;
     fn name(&self) -> String {
         "router:follow-remote".into()
     }

@@ -1,27 +1,31 @@
 //! `computearbitrage serve`: opens the store, makes sure a token exists, loads the
 //! catalog, starts the collectors and serves gRPC until SIGINT/SIGTERM.
 
-use crate::auth::{self, AccessTokenKey, Authenticator, Bootstrap};
+use crate::auth::{self, Authenticator, Bootstrap};
 use crate::config::{Config, StoreEngine};
 use crate::error::ServiceError;
 use crate::grpc::admin::AdminApi;
 use crate::grpc::pricing::{PricingApi, SystemApi};
 use crate::grpc::workloads::WorkloadsApi;
-use crate::pricing::collect::{unix_now, CollectorWorker};
-use crate::pricing::snapshot::{SnapshotCollector, SnapshotSource, SOURCE as SNAPSHOT_SOURCE};
-use crate::pricing::PriceBook;
 use crate::routing::{Feed, PublicAddress, RunningRouter};
-use crate::worker::Supervisor;
-use crate::workloads::background::{DriverEventListener, OrphanSweeper, RunResumer};
-use crate::workloads::monitor::{Monitor, MonitorWorker};
-use crate::workloads::notify::NotificationSender;
-use crate::workloads::{Orchestrator, Settings};
 use computearbitrage_api::pb::admin_server::AdminServer;
 use computearbitrage_api::pb::pricing_server::PricingServer;
 use computearbitrage_api::pb::system_server::SystemServer;
 use computearbitrage_api::pb::workloads_server::WorkloadsServer;
 use computearbitrage_core::WorkloadStatus;
 use computearbitrage_driver_local::LocalDriver;
+use computearbitrage_orchestrator::pricing::collect::{unix_now, CollectorWorker};
+use computearbitrage_orchestrator::pricing::snapshot::{
+    SnapshotCollector, SnapshotSource, SOURCE as SNAPSHOT_SOURCE,
+};
+use computearbitrage_orchestrator::pricing::PriceBook;
+use computearbitrage_orchestrator::worker::Supervisor;
+use computearbitrage_orchestrator::workloads::background::{
+    DriverEventListener, OrphanSweeper, RunResumer,
+};
+use computearbitrage_orchestrator::workloads::monitor::{Monitor, MonitorWorker};
+use computearbitrage_orchestrator::workloads::notify::NotificationSender;
+use computearbitrage_orchestrator::workloads::{Orchestrator, Settings};
 use computearbitrage_store::{SqliteStore, Store};
 use std::future::Future;
 use std::sync::Arc;
@@ -90,7 +94,7 @@ pub async fn serve(
         let mut worker =
             CollectorWorker::new(Arc::new(collector), store.clone(), book.clone(), stored);
         if warm == 0 {
-            use crate::worker::Worker;
+            use computearbitrage_orchestrator::worker::Worker;
             worker.tick().await?;
         }
         supervisor.spawn(worker);
@@ -105,11 +109,11 @@ pub async fn serve(
     tracing::info!(work_root = %local_options.work_root.display(), run_as = ?local_options.run_as, "local driver isolation");
     let local = LocalDriver::open(&config.data_dir.join("local-driver"), local_options)?;
     let monitor = Monitor::new(config.monitor.max_concurrent_checks as usize);
-    let orchestrator = Orchestrator::with_local_driver(
+    let orchestrator = Orchestrator::with_one_driver(
         store.clone(),
         book.clone(),
         config.pricing.scoring.policy(),
-        local.clone(),
+        Arc::new(local.clone()),
         monitor.clone(),
         Settings {
             max_concurrent_workloads: config.workloads.max_concurrent_workloads,
@@ -120,7 +124,7 @@ pub async fn serve(
             pause_at: std::env::var("CA_TEST_PAUSE_AT")
                 .ok()
                 .filter(|v| !v.is_empty()),
-            access_tokens: AccessTokenKey::load_or_create(&config.data_dir)?,
+            access_tokens: auth::load_or_create_access_token_key(&config.data_dir)?,
             tcp_ports: config.router.tcp_port_min..=config.router.tcp_port_max,
         },
     );
@@ -161,8 +165,11 @@ pub async fn serve(
     let allow_private = config.notifications.allow_private_targets;
     supervisor.spawn(NotificationSender {
         store: store.clone(),
-        http: crate::workloads::webhook_target::client(allow_private, webhook_ca.as_deref())
-            .map_err(ServiceError::config)?,
+        http: computearbitrage_orchestrator::workloads::webhook_target::client(
+            allow_private,
+            webhook_ca.as_deref(),
+        )
+        .map_err(ServiceError::config)?,
         interval: Duration::from_millis(500),
         allow_private,
         busy: Default::default(),

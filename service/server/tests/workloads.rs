@@ -4,8 +4,8 @@
 mod common;
 
 use common::*;
-use computearbitrage::workloads::notify::{verify, SIGNATURE_HEADER};
 use computearbitrage_api::pb;
+use computearbitrage_orchestrator::workloads::notify::{verify, SIGNATURE_HEADER};
 use std::time::Duration;
 
 const SECRET: &str = "webhook-secret-for-tests-0123";

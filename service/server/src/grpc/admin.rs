@@ -3,11 +3,11 @@
 
 use super::{audit, caller, invalid, status_of, store_status};
 use crate::auth::{self, Authenticator, Caller, DEFAULT_TENANT};
-use crate::workloads::Orchestrator;
 use computearbitrage_api::pb::admin_server::Admin;
 use computearbitrage_api::validate::Violation;
 use computearbitrage_api::{pb, validate, Reason};
 use computearbitrage_core::fmt::rfc3339;
+use computearbitrage_orchestrator::workloads::Orchestrator;
 use computearbitrage_store::{ChangeKind, Scope, Scopes, TenantSettings, TokenRecord};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +22,7 @@ pub struct AdminApi {
 }
 
 fn unix_now() -> i64 {
-    crate::workloads::now_ms() / 1000
+    computearbitrage_orchestrator::workloads::now_ms() / 1000
 }
 
 fn token_info(t: &TokenRecord) -> pb::TokenInfo {
@@ -92,7 +92,7 @@ impl Admin for AdminApi {
                 settings.webhook_url = None;
                 settings.webhook_secret = None;
             } else {
-                crate::workloads::notify::check_webhook_url(&req.url, self.allow_private_webhooks)
+                computearbitrage_orchestrator::workloads::notify::check_webhook_url(&req.url, self.allow_private_webhooks)
                     .map_err(|message| invalid(vec![Violation::field("url", message)]))?;
                 if req.secret.len() < 16 {
                     return Err(invalid(vec![Violation::field(

@@ -16,8 +16,8 @@ pub mod workloads;
 
 use crate::auth::Caller;
 use crate::error::{Origin, ServiceError};
-use crate::workloads::OperationError;
 use computearbitrage_api::{validate, Reason, ERROR_FIELD_METADATA};
+use computearbitrage_orchestrator::workloads::OperationError;
 use computearbitrage_store::{AuditRecord, Store};
 use tonic::{Request, Status};
 
@@ -52,7 +52,7 @@ pub(crate) async fn audit<T>(
         action: action.to_string(),
         target: target.to_string(),
         outcome: outcome.clone(),
-        at: crate::workloads::now_ms(),
+        at: computearbitrage_orchestrator::workloads::now_ms(),
     };
     tracing::info!(tenant = %caller.tenant, token_id = %caller.token_id, action, target, outcome = %outcome, "audit");
     if let Err(e) = store.record_audit(record).await {
@@ -120,6 +120,6 @@ pub(crate) fn status_of(error: OperationError) -> Status {
             invalid(vec![validate::Violation::field(field, message)])
         }
         OperationError::Exhausted(m) => Reason::Exhausted.status(false, m),
-        OperationError::Service(e) => service_status(&e),
+        OperationError::Service(e) => service_status(&ServiceError::from(e)),
     }
 }

@@ -5,12 +5,12 @@ use super::wire::{
     candidate_to_pb, filter_from_pb, offer_to_pb, requirements_from_pb, unknown_name_warning,
 };
 use super::{core_status, invalid, store_status};
-use crate::pricing::PriceBook;
 use computearbitrage_api::pb::pricing_server::Pricing;
 use computearbitrage_api::pb::system_server::System;
 use computearbitrage_api::{pb, validate};
 use computearbitrage_core::fmt::rfc3339;
 use computearbitrage_core::{hints, place, PageCursor, ScoringPolicy};
+use computearbitrage_orchestrator::pricing::PriceBook;
 use computearbitrage_store::Scope;
 use computearbitrage_store::Store;
 use std::sync::Arc;

@@ -4,10 +4,10 @@
 use super::wire::{self, workload_to_pb};
 use super::{audit, caller, invalid, status_of, store_status};
 use crate::routing::PublicAddress;
-use crate::workloads::{Orchestrator, WorkloadUpdate};
 use computearbitrage_api::pb::workloads_server::Workloads;
 use computearbitrage_api::{pb, validate};
 use computearbitrage_core::fmt::rfc3339;
+use computearbitrage_orchestrator::workloads::{Orchestrator, WorkloadUpdate};
 use computearbitrage_store::{RunRecord, Scope, WorkloadRecord};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -20,7 +20,7 @@ pub struct WorkloadsApi {
 
 impl WorkloadsApi {
     fn to_pb(&self, w: &WorkloadRecord) -> pb::Workload {
-        workload_to_pb(w, &self.public, &self.orchestrator.settings.access_tokens)
+        workload_to_pb(w, &self.public, self.orchestrator.access_tokens())
     }
 }
 

@@ -23,12 +23,11 @@ pub mod steps;
 mod tests;
 pub mod webhook_target;
 
-use crate::error::ServiceError;
+use crate::error::OrchestratorError;
 use crate::pricing::PriceBook;
 use computearbitrage_core::{
     Cloud, Driver, ScoringPolicy, Transition, WorkloadSpec, WorkloadStatus,
 };
-use computearbitrage_driver_local::LocalDriver;
 use computearbitrage_store::{
     CreateOutcome, RunKind, RunRecord, RunStatus, Store, WorkloadChanges, WorkloadRecord,
 };
@@ -64,7 +63,7 @@ pub struct Settings {
     /// Where the engine pauses for the crash test (`STEP:before|after|uncommitted`).
     pub pause_at: Option<String>,
     /// Derives each workload's router access token.
-    pub access_tokens: crate::auth::AccessTokenKey,
+    pub access_tokens: crate::tokens::AccessTokenKey,
     /// Router TCP listener ports are allocated from (and requested within) this range.
     pub tcp_ports: std::ops::RangeInclusive<u16>,
 }
@@ -97,7 +96,7 @@ pub enum OperationError {
     #[error("{0}")]
     Exhausted(String),
     #[error(transparent)]
-    Service(#[from] ServiceError),
+    Service(#[from] OrchestratorError),
 }
 
 impl From<computearbitrage_store::StoreError> for OperationError {
@@ -127,7 +126,6 @@ pub struct Orchestrator {
     pub(crate) book: Arc<PriceBook>,
     pub(crate) policy: ScoringPolicy,
     pub(crate) drivers: HashMap<Cloud, Arc<dyn Driver>>,
-    pub(crate) local: Option<LocalDriver>,
     pub(crate) monitor: Arc<monitor::Monitor>,
     pub(crate) http: reqwest::Client,
     pub(crate) settings: Settings,
@@ -138,13 +136,12 @@ pub struct Orchestrator {
 }
 
 impl Orchestrator {
-    /// An orchestrator with a driver per cloud. `local` enables interruption injection.
+    /// An orchestrator with a driver per cloud.
     pub fn new(
         store: Arc<dyn Store>,
         book: Arc<PriceBook>,
         policy: ScoringPolicy,
         drivers: HashMap<Cloud, Arc<dyn Driver>>,
-        local: Option<LocalDriver>,
         monitor: Arc<monitor::Monitor>,
         settings: Settings,
     ) -> Arc<Orchestrator> {
@@ -153,7 +150,6 @@ impl Orchestrator {
             book,
             policy,
             drivers,
-            local,
             monitor,
             // Health checks: a 2xx of the workload itself; a redirect is an answer, not a
             // place to go.
@@ -168,21 +164,25 @@ impl Orchestrator {
         })
     }
 
-    /// The embedded default: the local driver stands in for every cloud.
-    pub fn with_local_driver(
+    /// One driver standing in for every cloud (the embedded default: the local driver).
+    pub fn with_one_driver(
         store: Arc<dyn Store>,
         book: Arc<PriceBook>,
         policy: ScoringPolicy,
-        local: LocalDriver,
+        driver: Arc<dyn Driver>,
         monitor: Arc<monitor::Monitor>,
         settings: Settings,
     ) -> Arc<Orchestrator> {
-        let shared: Arc<dyn Driver> = Arc::new(local.clone());
         let drivers = Cloud::ALL
             .into_iter()
-            .map(|c| (c, shared.clone()))
+            .map(|c| (c, driver.clone()))
             .collect();
-        Self::new(store, book, policy, drivers, Some(local), monitor, settings)
+        Self::new(store, book, policy, drivers, monitor, settings)
+    }
+
+    /// The key each workload's router access token derives from.
+    pub fn access_tokens(&self) -> &crate::tokens::AccessTokenKey {
+        &self.settings.access_tokens
     }
 
     /// Each driver once (one driver may serve several clouds).
@@ -199,10 +199,10 @@ impl Orchestrator {
         &self.store
     }
 
-    pub(crate) fn driver(&self, cloud: &str) -> Result<Arc<dyn Driver>, ServiceError> {
+    pub(crate) fn driver(&self, cloud: &str) -> Result<Arc<dyn Driver>, OrchestratorError> {
         Cloud::parse(cloud)
             .and_then(|c| self.drivers.get(&c).cloned())
-            .ok_or_else(|| ServiceError::config(format!("no driver for cloud {cloud:?}")))
+            .ok_or_else(|| OrchestratorError::config(format!("no driver for cloud {cloud:?}")))
     }
 
     /// Creates a workload and starts provisioning it, or returns the active workload
@@ -347,7 +347,7 @@ impl Orchestrator {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(OperationError::Service(ServiceError::Store(
+        Err(OperationError::Service(OrchestratorError::Store(
             computearbitrage_store::StoreError::Unavailable {
                 engine: self.store.engine(),
                 message: "could not allocate a router TCP port after 8 tries; retry".into(),
@@ -442,7 +442,7 @@ impl Orchestrator {
         self: &Arc<Self>,
         workload: &WorkloadRecord,
         reason: &str,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<(), OrchestratorError> {
         let runs = self
             .store
             .runs_of(&workload.tenant_id, &workload.id)
@@ -525,12 +525,13 @@ impl Orchestrator {
                 workload.status
             )));
         };
-        let Some(local) = &self.local else {
-            return Err(OperationError::WrongState(
-                "interruptions can only be injected with the local driver".into(),
-            ));
+        let Some(placement) = &workload.placement else {
+            return Err(OperationError::WrongState(format!(
+                "workload {id} has no placement; only a placed workload can be interrupted"
+            )));
         };
-        let deadline = local
+        let driver = self.driver(&placement.cloud)?;
+        let deadline = driver
             .inject_interruption(
                 &instance_id,
                 delay.unwrap_or(self.settings.interruption_delay),
@@ -549,7 +550,7 @@ impl Orchestrator {
         to: WorkloadStatus,
         reason: &str,
         changes: WorkloadChanges,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<(), OrchestratorError> {
         let transition = Transition::new(from, to)?;
         let applied = self
             .store

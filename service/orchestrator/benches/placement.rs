@@ -2,16 +2,16 @@
 //! bundled snapshot and a synthetic 1,000,000-offer catalog, and the naive approach of
 //! the first design (SQL `ORDER BY spot_price LIMIT 10`) over the same rows.
 //!
-//! `cargo bench -p computearbitrage --bench placement` runs the full set and prints a
+//! `cargo bench -p computearbitrage-orchestrator --bench placement` runs the full set and prints a
 //! Markdown table (docs/benchmarks.md holds a run). Under `cargo test` (no `--bench`
 //! argument) it runs a quick smoke pass with a 20,000-offer synthetic catalog.
 
-use computearbitrage::pricing::snapshot::bundled_offers;
 use computearbitrage_core::offer::Gpu;
 use computearbitrage_core::{
     place, Architecture, Catalog, Cloud, InterruptionRate, Offer, OfferFilter, Requirements,
     ScoringPolicy,
 };
+use computearbitrage_orchestrator::pricing::snapshot::bundled_offers;
 use computearbitrage_store::{SqliteStore, Store};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};

@@ -138,14 +138,13 @@ async fn setup(driver: Arc<ScriptedDriver>) -> Arc<Orchestrator> {
         book,
         ScoringPolicy::default(),
         drivers,
-        None,
         monitor::Monitor::new(4),
         Settings {
             max_concurrent_workloads: 10,
             wait_running_timeout: Duration::from_secs(5),
             interruption_delay: Duration::from_secs(2),
             pause_at: None,
-            access_tokens: crate::auth::AccessTokenKey::random(),
+            access_tokens: crate::tokens::AccessTokenKey::random(),
             tcp_ports: 20000..=20999,
         },
     )

@@ -13,7 +13,7 @@
 //! as `failed` with its last error.
 
 use super::{new_id, now_ms, webhook_target, Orchestrator};
-use crate::error::ServiceError;
+use crate::error::OrchestratorError;
 use crate::worker::Worker;
 use computearbitrage_core::RetryPolicy;
 use computearbitrage_store::{NotificationRecord, NotificationStatus, Store, WorkloadRecord};
@@ -71,7 +71,7 @@ pub async fn enqueue(
     workload: &WorkloadRecord,
     kind: &str,
     details: serde_json::Value,
-) -> Result<(), ServiceError> {
+) -> Result<(), OrchestratorError> {
     let now = now_ms();
     let id = new_id("ntf");
     let payload = serde_json::json!({
@@ -135,7 +135,7 @@ async fn deliver(
     http: &reqwest::Client,
     allow_private: bool,
     mut n: NotificationRecord,
-) -> Result<(), ServiceError> {
+) -> Result<(), OrchestratorError> {
     let settings = store.tenant_settings(&n.tenant_id).await?;
     n.attempts += 1;
     let result = match (&settings.webhook_url, &settings.webhook_secret) {
@@ -190,6 +190,7 @@ async fn deliver(
 
 #[async_trait::async_trait]
 impl Worker for NotificationSender {
+    type Error = OrchestratorError;
     fn name(&self) -> String {
         "notification-sender".into()
     }
@@ -198,7 +199,7 @@ impl Worker for NotificationSender {
         self.interval
     }
 
-    async fn tick(&mut self) -> Result<(), ServiceError> {
+    async fn tick(&mut self) -> Result<(), OrchestratorError> {
         let mut by_tenant: std::collections::BTreeMap<String, Vec<NotificationRecord>> =
             Default::default();
         for n in self.store.due_notifications(now_ms(), 200).await? {

@@ -12,7 +12,7 @@
 pub mod collect;
 pub mod snapshot;
 
-use crate::error::ServiceError;
+use crate::error::OrchestratorError;
 use computearbitrage_core::Catalog;
 use computearbitrage_store::Store;
 use std::sync::{Arc, RwLock};
@@ -30,11 +30,11 @@ impl PriceBook {
     }
 
     /// Rebuilds the catalog from every offer in the store.
-    pub async fn reload(&self, store: &dyn Store) -> Result<usize, ServiceError> {
+    pub async fn reload(&self, store: &dyn Store) -> Result<usize, OrchestratorError> {
         let offers = store.load_offers().await?;
         let catalog = tokio::task::spawn_blocking(move || Catalog::build(offers))
             .await
-            .map_err(|e| ServiceError::config(format!("catalog build task failed: {e}")))?;
+            .map_err(|e| OrchestratorError::config(format!("catalog build task failed: {e}")))?;
         let size = catalog.len();
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(catalog);
         Ok(size)

@@ -6,13 +6,30 @@
 //! it finishes the current [`Worker::tick`] and stops before the next one. A worker
 //! still busy when the grace period ends is aborted.
 
-use crate::error::ServiceError;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+/// What a failed tick reports: the crate's own error type, classified.
+pub trait TickError: std::fmt::Display + Send + 'static {
+    fn origin(&self) -> crate::error::Origin;
+    fn is_retryable(&self) -> bool;
+}
+
+impl TickError for crate::OrchestratorError {
+    fn origin(&self) -> crate::error::Origin {
+        crate::OrchestratorError::origin(self)
+    }
+    fn is_retryable(&self) -> bool {
+        crate::OrchestratorError::is_retryable(self)
+    }
+}
+
 #[async_trait::async_trait]
 pub trait Worker: Send + 'static {
+    /// The error type of the crate the worker lives in.
+    type Error: TickError;
+
     /// Name for logs (`collector:snapshot`).
     fn name(&self) -> String;
 
@@ -20,7 +37,7 @@ pub trait Worker: Send + 'static {
     fn interval(&self) -> Duration;
 
     /// One unit of work. Errors are logged with their retryability; the loop goes on.
-    async fn tick(&mut self) -> Result<(), ServiceError>;
+    async fn tick(&mut self) -> Result<(), Self::Error>;
 }
 
 /// Starts workers and stops them all on [`Supervisor::shutdown`].
@@ -57,7 +74,7 @@ impl Supervisor {
                     tracing::warn!(
                         worker = %name,
                         %error,
-                        origin = ?error.origin(),
+                        origin = error.origin().as_str(),
                         retryable = error.is_retryable(),
                         "worker tick failed"
                     );
@@ -103,17 +120,18 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Worker for Counter {
+        type Error = crate::OrchestratorError;
         fn name(&self) -> String {
             "counter".into()
         }
         fn interval(&self) -> Duration {
             Duration::from_secs(60)
         }
-        async fn tick(&mut self) -> Result<(), ServiceError> {
+        async fn tick(&mut self) -> Result<(), crate::OrchestratorError> {
             self.ticks.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(self.tick_length).await;
             self.finished.fetch_add(1, Ordering::SeqCst);
-            Err(ServiceError::config(
+            Err(crate::OrchestratorError::config(
                 "every tick fails; the loop must go on",
             ))
         }

@@ -2,7 +2,7 @@
 //! catalog, record the outcome.
 
 use super::PriceBook;
-use crate::error::ServiceError;
+use crate::error::OrchestratorError;
 use crate::worker::Worker;
 use computearbitrage_core::{Offer, PriceCollector};
 use computearbitrage_store::{CollectorOutcome, Store};
@@ -56,6 +56,7 @@ pub fn unix_now() -> i64 {
 
 #[async_trait::async_trait]
 impl Worker for CollectorWorker {
+    type Error = OrchestratorError;
     fn name(&self) -> String {
         format!("collector:{}", self.collector.source())
     }
@@ -64,7 +65,7 @@ impl Worker for CollectorWorker {
         self.collector.interval()
     }
 
-    async fn tick(&mut self) -> Result<(), ServiceError> {
+    async fn tick(&mut self) -> Result<(), OrchestratorError> {
         let source = self.collector.source().to_string();
         let started = std::time::Instant::now();
         let offers = match self.collector.collect().await {

@@ -5,7 +5,7 @@
 
 use super::monitor::{HealthEvent, HealthHandler};
 use super::{notify, Orchestrator};
-use crate::error::ServiceError;
+use crate::error::OrchestratorError;
 use crate::worker::Worker;
 use computearbitrage_core::driver::{TENANT_TAG, WORKLOAD_TAG};
 use computearbitrage_core::{Driver, DriverEvent, InstanceState, OnInterruption, WorkloadStatus};
@@ -18,7 +18,7 @@ impl Orchestrator {
     async fn workload_with_instance(
         &self,
         instance_id: &str,
-    ) -> Result<Option<WorkloadRecord>, ServiceError> {
+    ) -> Result<Option<WorkloadRecord>, OrchestratorError> {
         let candidates = self
             .store
             .workloads_in(&[
@@ -33,7 +33,10 @@ impl Orchestrator {
     }
 
     /// Acts on what a driver reported.
-    pub async fn on_driver_event(self: &Arc<Self>, event: DriverEvent) -> Result<(), ServiceError> {
+    pub async fn on_driver_event(
+        self: &Arc<Self>,
+        event: DriverEvent,
+    ) -> Result<(), OrchestratorError> {
         match event {
             DriverEvent::InterruptionNotice {
                 instance_id,
@@ -108,7 +111,7 @@ impl Orchestrator {
 
 #[async_trait::async_trait]
 impl HealthHandler for Orchestrator {
-    async fn on_health_event(&self, event: HealthEvent) -> Result<(), ServiceError> {
+    async fn on_health_event(&self, event: HealthEvent) -> Result<(), OrchestratorError> {
         match event {
             HealthEvent::Unhealthy {
                 tenant,
@@ -171,6 +174,7 @@ pub struct DriverEventListener {
 
 #[async_trait::async_trait]
 impl Worker for DriverEventListener {
+    type Error = OrchestratorError;
     fn name(&self) -> String {
         format!("driver-events:{}", self.driver.name())
     }
@@ -179,7 +183,7 @@ impl Worker for DriverEventListener {
         Duration::ZERO
     }
 
-    async fn tick(&mut self) -> Result<(), ServiceError> {
+    async fn tick(&mut self) -> Result<(), OrchestratorError> {
         // Bounded wait, so shutdown is noticed within a second.
         if let Some(event) = self.driver.next_event(Duration::from_secs(1)).await {
             self.orchestrator.on_driver_event(event).await?;
@@ -196,6 +200,7 @@ pub struct RunResumer {
 
 #[async_trait::async_trait]
 impl Worker for RunResumer {
+    type Error = OrchestratorError;
     fn name(&self) -> String {
         "run-resumer".into()
     }
@@ -204,7 +209,7 @@ impl Worker for RunResumer {
         self.interval
     }
 
-    async fn tick(&mut self) -> Result<(), ServiceError> {
+    async fn tick(&mut self) -> Result<(), OrchestratorError> {
         self.orchestrator.resume_unfinished().await.map(|_| ())
     }
 }
@@ -216,7 +221,7 @@ pub struct OrphanSweeper {
 }
 
 impl OrphanSweeper {
-    pub async fn sweep(&self) -> Result<Vec<String>, ServiceError> {
+    pub async fn sweep(&self) -> Result<Vec<String>, OrchestratorError> {
         let orch = &self.orchestrator;
         let mut swept = Vec::new();
         for driver in orch.distinct_drivers() {
@@ -253,6 +258,7 @@ impl OrphanSweeper {
 
 #[async_trait::async_trait]
 impl Worker for OrphanSweeper {
+    type Error = OrchestratorError;
     fn name(&self) -> String {
         "orphan-sweeper".into()
     }
@@ -261,7 +267,7 @@ impl Worker for OrphanSweeper {
         self.interval
     }
 
-    async fn tick(&mut self) -> Result<(), ServiceError> {
+    async fn tick(&mut self) -> Result<(), OrchestratorError> {
         self.sweep().await.map(|_| ())
     }
 }

@@ -4,10 +4,10 @@
 //! up if every workload is checked on every interval and no check starts late by more
 //! than a poll tick.
 //!
-//! `cargo bench -p computearbitrage --bench monitor`; under `cargo test` a 2-second,
+//! `cargo bench -p computearbitrage-orchestrator --bench monitor`; under `cargo test` a 2-second,
 //! 200-workload smoke pass.
 
-use computearbitrage::workloads::monitor::Monitor;
+use computearbitrage_orchestrator::workloads::monitor::Monitor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,7 +72,7 @@ fn main() {
             unhealthy += monitor
                 .poll()
                 .iter()
-                .filter(|e| matches!(e, computearbitrage::workloads::monitor::HealthEvent::Unhealthy { .. }))
+                .filter(|e| matches!(e, computearbitrage_orchestrator::workloads::monitor::HealthEvent::Unhealthy { .. }))
                 .count();
             tokio::time::sleep(tick).await;
         }

@@ -10,7 +10,7 @@
 //! - Side-effecting steps pass the idempotency token `RUN_ID:STEP` to the driver.
 
 use super::{now_ms, steps, Orchestrator};
-use crate::error::ServiceError;
+use crate::error::OrchestratorError;
 use computearbitrage_core::workflow::{provision_steps, terminate_steps, StepDef};
 use computearbitrage_store::{RunKind, RunRecord, RunStatus, StepRecord, WorkloadRecord};
 use rand::Rng;
@@ -41,8 +41,8 @@ impl StepError {
     }
 }
 
-impl From<ServiceError> for StepError {
-    fn from(e: ServiceError) -> Self {
+impl From<OrchestratorError> for StepError {
+    fn from(e: OrchestratorError) -> Self {
         StepError {
             retryable: e.is_retryable(),
             message: e.to_string(),
@@ -109,7 +109,7 @@ impl Orchestrator {
     }
 
     /// Runs every unfinished run not already executing here.
-    pub async fn resume_unfinished(self: &Arc<Self>) -> Result<usize, ServiceError> {
+    pub async fn resume_unfinished(self: &Arc<Self>) -> Result<usize, OrchestratorError> {
         let runs = self.store.unfinished_runs().await?;
         let mut started = 0;
         for run in runs {
@@ -127,7 +127,7 @@ impl Orchestrator {
         Ok(started)
     }
 
-    async fn execute(self: &Arc<Self>, run_id: &str) -> Result<(), ServiceError> {
+    async fn execute(self: &Arc<Self>, run_id: &str) -> Result<(), OrchestratorError> {
         let Some(run) = self.store.run(run_id).await? else {
             return Ok(());
         };
@@ -187,7 +187,10 @@ impl Orchestrator {
         Ok(())
     }
 
-    async fn execute_steps(self: &Arc<Self>, run: &RunRecord) -> Result<Outcome, ServiceError> {
+    async fn execute_steps(
+        self: &Arc<Self>,
+        run: &RunRecord,
+    ) -> Result<Outcome, OrchestratorError> {
         let definitions: Vec<StepDef> = match run.kind {
             RunKind::Provision => provision_steps(),
             RunKind::Terminate => terminate_steps(),
@@ -316,7 +319,7 @@ impl Orchestrator {
         run: &RunRecord,
         step: &str,
         error: &str,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<(), OrchestratorError> {
         let Some(workload) = self
             .store
             .workload(&run.tenant_id, &run.workload_id)

@@ -7,7 +7,7 @@
 //! consecutive failures raise [`HealthEvent::Unhealthy`]; a success resets the count
 //! and, for an unhealthy workload, raises [`HealthEvent::Recovered`].
 
-use crate::error::ServiceError;
+use crate::error::OrchestratorError;
 use crate::worker::Worker;
 use computearbitrage_core::WorkloadStatus;
 use computearbitrage_store::WorkloadRecord;
@@ -270,7 +270,7 @@ impl Monitor {
 /// Receives health status changes (the orchestrator; a counter in benchmarks).
 #[async_trait::async_trait]
 pub trait HealthHandler: Send + Sync + 'static {
-    async fn on_health_event(&self, event: HealthEvent) -> Result<(), ServiceError>;
+    async fn on_health_event(&self, event: HealthEvent) -> Result<(), OrchestratorError>;
 }
 
 /// The monitor as a background worker.
@@ -282,6 +282,7 @@ pub struct MonitorWorker<H: HealthHandler> {
 
 #[async_trait::async_trait]
 impl<H: HealthHandler> Worker for MonitorWorker<H> {
+    type Error = OrchestratorError;
     fn name(&self) -> String {
         "health-monitor".into()
     }
@@ -290,7 +291,7 @@ impl<H: HealthHandler> Worker for MonitorWorker<H> {
         self.tick
     }
 
-    async fn tick(&mut self) -> Result<(), ServiceError> {
+    async fn tick(&mut self) -> Result<(), OrchestratorError> {
         for event in self.monitor.poll() {
             self.handler.on_health_event(event).await?;
         }
