@@ -278,6 +278,10 @@ pub fn report_status(
             format!("A cloud was unavailable while {subject}"),
             format!("{message}\n\nThe cloud's API failed in a way that may pass. Run Terraform again shortly."),
         ),
+        Reason::StorageUnavailable => diags.root_error(
+            format!("Workload storage was unavailable while {subject}"),
+            format!("{message}\n\nThe service at {endpoint} is running but its object store failed, even after retries. Run Terraform again; if it persists, check the service's storage settings and the store itself."),
+        ),
         Reason::Internal => diags.root_error(
             format!("The computearbitrage service failed while {subject}"),
             format!("{message}\n\nThis is a fault in the service, not in the configuration; its log at {endpoint} has the details."),

@@ -19,7 +19,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 BIN_DIR = pathlib.Path(os.environ.get("CA_BIN_DIR", REPO / "target" / "debug"))
 TOOLS = REPO / ".tools" / "bin"
 FIXTURE_PRICES = pathlib.Path(__file__).parent / "fixtures" / "prices"
-BUNDLED_PRICES = REPO / "service" / "server" / "data" / "prices"
+BUNDLED_PRICES = REPO / "service" / "orchestrator" / "data" / "prices"
 TOKEN = "acceptance-test-token-0123456789"
 TERRAFORM_VERSIONS = ["1.15.5", "1.0.3"]
 WORKLOAD_SERVER = REPO / "tests" / "workloads" / "http_server.py"
@@ -90,7 +90,9 @@ class Service:
         )
         if check and result.returncode != 0:
             raise AssertionError(f"computearbitrage {' '.join(args)} failed: {result.stderr}")
-        return json.loads(result.stdout) if result.returncode == 0 else {"error": result.stderr}
+        if result.returncode != 0:
+            return {"error": result.stderr}
+        return json.loads(result.stdout) if result.stdout.strip() else {}
 
     def kill(self):
         """kill -9: the service stops without a word, its workloads keep running."""

@@ -56,6 +56,7 @@ def test_apply_update_replace_destroy(workload_service, workload_for_service, te
     ws.apply()
     web = ws.outputs()["web"]
     assert web["status"] == "RUNNING"
+    assert web["storage_prefix"] is None, "no storage block, no namespace"
     assert web["provider"] in ("aws", "gcp", "azure") and web["instance_type"] and web["price_per_hour"] > 0
     answer = get(web)
     assert answer["workload"] == name
@@ -173,6 +174,38 @@ def test_router_tcp_ports_that_cannot_be_had_are_diagnostics_on_tcp_listen_port(
     plan = second.run("plan", check=False)
     assert plan.returncode != 0 and "only means something with tcp_port" in plan.stderr, plan.stderr
     first.run("destroy", "-auto-approve")
+
+
+def test_storage_namespace_is_the_resources_and_holds_what_is_uploaded(workload_service, workload_for_service, terraform, tmp_path):
+    name = unique("stored", terraform)
+    ws = workload_for_service(workload_service)
+    storage = 'storage {\n    enabled        = true\n    quota_gb       = %d\n    retention_days = 3\n  }'
+    ws.write(config(name, extra=storage % 1))
+    ws.apply()
+    web = ws.outputs()["web"]
+    assert web["storage_prefix"] == f"workloads/{web['id']}/"
+    assert ws.plan_is_noop()
+
+    # An artifact goes in and comes back out through signed URLs, via the CLI.
+    artifact = tmp_path / "out.csv"
+    artifact.write_bytes(b"epoch,loss\n1,0.5\n")
+    workload_service.cli("workload", "upload", web["id"], "artifacts/results/out.csv", str(artifact))
+    listed = workload_service.cli("workload", "objects", web["id"], "--prefix", "artifacts/")
+    assert [(o["key"], o["size_bytes"]) for o in listed["objects"]] == [("artifacts/results/out.csv", artifact.stat().st_size)]
+    assert listed["storage_prefix"] == web["storage_prefix"] and listed["quota_bytes"] == 1 << 30
+    back = tmp_path / "back.csv"
+    workload_service.cli("workload", "download", web["id"], "artifacts/results/out.csv", "-o", str(back))
+    assert back.read_bytes() == artifact.read_bytes()
+    assert ws.plan_is_noop(), "storage use is not drift"
+
+    # The quota changes in place; the namespace, id and endpoint stay.
+    ws.write(config(name, extra=storage % 2))
+    ws.apply()
+    after = ws.outputs()["web"]
+    assert (after["id"], after["storage_prefix"], after["endpoint"]) == (web["id"], web["storage_prefix"], web["endpoint"])
+    assert workload_service.cli("workload", "objects", web["id"])["quota_bytes"] == 2 << 30
+    assert ws.plan_is_noop()
+    ws.run("destroy", "-auto-approve")
 
 
 def test_out_of_band_termination_is_recreated(workload_service, workload_for_service, terraform):

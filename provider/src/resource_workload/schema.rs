@@ -37,6 +37,7 @@ pub fn schema() -> Schema {
         ("tcp_endpoint".to_string(), computed(AttributeType::String, "`host:port` of the router's TCP listener for this workload, when `tcp_port` is set. Null otherwise.")),
         ("price_per_hour".to_string(), computed(AttributeType::Number, "Spot price paid, USD per hour.")),
         ("on_demand_price_per_hour".to_string(), computed(AttributeType::Number, "On-demand price of the same offer, USD per hour; null when unknown.")),
+        ("storage_prefix".to_string(), computed(AttributeType::String, "The workload's storage namespace, `workloads/{id}/`, when `storage.enabled`; null otherwise. `computearbitrage workload objects ID` lists it and `computearbitrage workload download ID KEY` fetches from it (keys like `artifacts/results/out.csv`). It stays the same for the workload's life.")),
         ("created_at".to_string(), computed(AttributeType::String, "When the service accepted the workload (RFC 3339).")),
     ]);
     let health_check = Block {
@@ -70,7 +71,7 @@ pub fn schema() -> Schema {
             ("quota_gb".to_string(), optional_computed(AttributeType::Number, "Storage quota in GB. Default 0. Changed in place.")),
             ("retention_days".to_string(), optional_computed(AttributeType::Number, "Days objects are kept after the workload terminates. Default 0. Changed in place.")),
         ]),
-        description: "Workload state storage (recorded now; used by migration). `enabled` forces a new workload; the quota and retention change in place.".into(),
+        description: "Workload storage: a namespace (`storage_prefix`) for state, checkpoints and artifacts, reached through signed URLs. `enabled` forces a new workload; the quota and retention change in place.".into(),
         ..Default::default()
     };
     let timeouts = Block {

@@ -69,6 +69,7 @@ pub struct WorkloadState {
     pub endpoint: Value<String>,
     pub access_token: Value<String>,
     pub tcp_endpoint: Value<String>,
+    pub storage_prefix: Value<String>,
     pub backend_endpoint: Value<String>,
     pub price_per_hour: Value<Number>,
     pub on_demand_price_per_hour: Value<Number>,
@@ -425,6 +426,15 @@ impl WorkloadState {
         } else {
             Value::Unknown
         };
+        let storage_enabled = match &self.storage {
+            Value::Value(storage) => !matches!(storage.enabled, Value::Value(false) | Value::Null),
+            _ => false,
+        };
+        self.storage_prefix = if storage_enabled {
+            Value::Unknown
+        } else {
+            Value::Null
+        };
         self.set_volatile_unknown();
     }
 
@@ -456,6 +466,7 @@ impl WorkloadState {
         self.endpoint = from.endpoint.clone();
         self.access_token = from.access_token.clone();
         self.tcp_endpoint = from.tcp_endpoint.clone();
+        self.storage_prefix = from.storage_prefix.clone();
         self.backend_endpoint = from.backend_endpoint.clone();
         self.price_per_hour = from.price_per_hour.clone();
         self.on_demand_price_per_hour = from.on_demand_price_per_hour.clone();
@@ -475,6 +486,7 @@ impl WorkloadState {
         self.endpoint = Value::Value(w.endpoint.clone());
         self.access_token = Value::Value(w.access_token.clone());
         self.tcp_endpoint = non_empty(&w.tcp_endpoint);
+        self.storage_prefix = non_empty(&w.storage_prefix);
         if let Some(port) = w.tcp_listen_port {
             self.tcp_listen_port = same_number(&self.tcp_listen_port, Some(f64::from(port)));
         } else if self.tcp_port.is_null() {
@@ -505,6 +517,7 @@ impl WorkloadState {
         clear(&mut self.endpoint);
         clear(&mut self.access_token);
         clear(&mut self.tcp_endpoint);
+        clear(&mut self.storage_prefix);
         clear(&mut self.tcp_listen_port);
         clear(&mut self.backend_endpoint);
         clear(&mut self.price_per_hour);
@@ -543,6 +556,7 @@ impl WorkloadState {
             endpoint: Value::Null,
             access_token: Value::Null,
             tcp_endpoint: Value::Null,
+            storage_prefix: Value::Null,
             backend_endpoint: Value::Null,
             price_per_hour: Value::Null,
             on_demand_price_per_hour: Value::Null,

@@ -97,12 +97,14 @@ pub enum Reason {
     StoreUnavailable,
     /// A cloud driver failed in a way a retry may fix (UNAVAILABLE).
     DriverUnavailable,
+    /// Workload storage (the object store) failed in a way a retry may fix (UNAVAILABLE).
+    StorageUnavailable,
     /// Anything else inside the service (INTERNAL).
     Internal,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::InvalidArgument,
         Reason::Unauthenticated,
         Reason::PermissionDenied,
@@ -117,6 +119,7 @@ impl Reason {
         Reason::Exhausted,
         Reason::StoreUnavailable,
         Reason::DriverUnavailable,
+        Reason::StorageUnavailable,
         Reason::Internal,
     ];
 
@@ -136,6 +139,7 @@ impl Reason {
             Reason::Exhausted => "exhausted",
             Reason::StoreUnavailable => "store-unavailable",
             Reason::DriverUnavailable => "driver-unavailable",
+            Reason::StorageUnavailable => "storage-unavailable",
             Reason::Internal => "internal",
         }
     }
@@ -160,7 +164,9 @@ impl Reason {
             Reason::QuotaExceeded | Reason::RateLimited | Reason::Exhausted => {
                 Code::ResourceExhausted
             }
-            Reason::StoreUnavailable | Reason::DriverUnavailable => Code::Unavailable,
+            Reason::StoreUnavailable | Reason::DriverUnavailable | Reason::StorageUnavailable => {
+                Code::Unavailable
+            }
             Reason::Internal => Code::Internal,
         }
     }

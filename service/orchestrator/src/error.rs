@@ -12,6 +12,8 @@ pub enum Origin {
     Driver,
     Input,
     Io,
+    /// Workload storage (the object store).
+    Storage,
 }
 
 impl Origin {
@@ -24,6 +26,7 @@ impl Origin {
             Origin::Driver => "driver",
             Origin::Input => "input",
             Origin::Io => "io",
+            Origin::Storage => "storage",
         }
     }
 }
@@ -37,6 +40,8 @@ pub enum OrchestratorError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Core(#[from] computearbitrage_core::Error),
+    #[error(transparent)]
+    Storage(#[from] computearbitrage_storage::StorageError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -67,6 +72,7 @@ impl OrchestratorError {
             OrchestratorError::Core(computearbitrage_core::Error::Driver { .. }) => Origin::Driver,
             OrchestratorError::Core(_) => Origin::Input,
             OrchestratorError::Io { .. } => Origin::Io,
+            OrchestratorError::Storage(_) => Origin::Storage,
         }
     }
 
@@ -75,6 +81,7 @@ impl OrchestratorError {
             OrchestratorError::Config(_) => false,
             OrchestratorError::Store(e) => e.is_retryable(),
             OrchestratorError::Core(e) => e.is_retryable(),
+            OrchestratorError::Storage(e) => e.is_retryable(),
             OrchestratorError::Io { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::Interrupted

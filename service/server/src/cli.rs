@@ -1,5 +1,5 @@
 //! The operator commands of `computearbitrage` that talk to a running service:
-//! `workload get|update|delete|runs|billing|notifications|interrupt`, `dead-letters`,
+//! `workload get|update|delete|runs|billing|notifications|connections|objects|download|upload|interrupt`, `dead-letters`,
 //! `replay`, `webhook`, `tenant create|list`, `token create|list|revoke`, `audit`. They read COMPUTEARBITRAGE_ENDPOINT, COMPUTEARBITRAGE_TOKEN and
 //! COMPUTEARBITRAGE_CA_FILE (or `--endpoint`/`--token`/`--ca-file`) and print JSON.
 
@@ -59,6 +59,28 @@ pub enum WorkloadCommand {
     Notifications { id: String },
     /// Open TCP connections through the router to the workload.
     Connections { id: String },
+    /// Objects in the workload's storage, with its usage and quota.
+    Objects {
+        id: String,
+        /// Only keys under this prefix of the namespace (`artifacts/`, `checkpoints/…/`).
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// Download one object of the workload's storage (`artifacts/results/out.csv`).
+    Download {
+        id: String,
+        key: String,
+        /// Where to write it; `-` or absent: standard output.
+        #[arg(long, short = 'o')]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Upload a file into the workload's storage (`state/config.json`); counts against
+    /// its quota.
+    Upload {
+        id: String,
+        key: String,
+        file: std::path::PathBuf,
+    },
     /// Local driver: a spot interruption notice now, the kill after --delay-ms.
     Interrupt {
         id: String,
@@ -168,6 +190,112 @@ fn print<T: serde::Serialize>(value: &T) {
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
     );
+}
+
+/// An HTTP client for signed storage URLs: the system roots, plus the CA file the
+/// service's own (local-backend) URLs may need.
+fn storage_client(service: &connect::Target) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+    if let Some(ca) = &service.ca_file {
+        let pem = std::fs::read(ca)
+            .map_err(|e| format!("cannot read the CA file {}: {e}", ca.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .map_err(|e| format!("the CA file {} is not PEM: {e}", ca.display()))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))
+}
+
+/// What a refused storage request answered, without the URL (it is a credential).
+async fn storage_refusal(response: reqwest::Response, what: &str, key: &str) -> String {
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    format!("{what} of {key} refused ({status}): {}", body.trim())
+}
+
+async fn download(
+    service: &connect::Target,
+    url: &str,
+    key: &str,
+    output: Option<&std::path::Path>,
+) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    let mut response = storage_client(service)?
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("cannot download {key}: {}", e.without_url()))?;
+    if !response.status().is_success() {
+        return Err(storage_refusal(response, "the download", key).await);
+    }
+    let mut sink: Box<dyn tokio::io::AsyncWrite + Unpin> = match output {
+        Some(path) if path.as_os_str() != "-" => Box::new(
+            tokio::fs::File::create(path)
+                .await
+                .map_err(|e| format!("cannot create {}: {e}", path.display()))?,
+        ),
+        _ => Box::new(tokio::io::stdout()),
+    };
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("the download of {key} broke off: {}", e.without_url()))?
+    {
+        sink.write_all(&chunk)
+            .await
+            .map_err(|e| format!("cannot write {key}: {e}"))?;
+    }
+    sink.flush()
+        .await
+        .map_err(|e| format!("cannot write {key}: {e}"))
+}
+
+async fn upload(
+    service: &connect::Target,
+    url: &str,
+    key: &str,
+    file: &std::path::Path,
+) -> Result<(), String> {
+    let opened = tokio::fs::File::open(file)
+        .await
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let size = opened
+        .metadata()
+        .await
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?
+        .len();
+    let body = reqwest::Body::wrap_stream(tokio_util_stream(opened));
+    let response = storage_client(service)?
+        .put(url)
+        .header(reqwest::header::CONTENT_LENGTH, size)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| format!("cannot upload {key}: {}", e.without_url()))?;
+    if !response.status().is_success() {
+        return Err(storage_refusal(response, "the upload", key).await);
+    }
+    Ok(())
+}
+
+/// A file as a stream of chunks, so an upload of any size is never read whole.
+fn tokio_util_stream(
+    file: tokio::fs::File,
+) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures::stream::unfold(file, |mut file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buffer = vec![0u8; 1 << 20];
+        match file.read(&mut buffer).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buffer.truncate(n);
+                Some((Ok(buffer), file))
+            }
+            Err(e) => Some((Err(e), file)),
+        }
+    })
 }
 
 /// Runs one command; the error is what to print.
@@ -310,6 +438,46 @@ pub async fn run(target: Target, command: ClientCommand) -> Result<(), String> {
                     .map_err(fail)?
                     .into_inner(),
             ),
+            WorkloadCommand::Objects { id, prefix } => print(
+                &workloads
+                    .list_objects(pb::ListObjectsRequest {
+                        workload_id: id,
+                        prefix,
+                    })
+                    .await
+                    .map_err(fail)?
+                    .into_inner(),
+            ),
+            WorkloadCommand::Download { id, key, output } => {
+                let signed = workloads
+                    .sign_storage_url(pb::SignStorageUrlRequest {
+                        workload_id: id,
+                        key: key.clone(),
+                        method: "GET".into(),
+                        size_bytes: 0,
+                    })
+                    .await
+                    .map_err(fail)?
+                    .into_inner();
+                download(&target.service, &signed.url, &key, output.as_deref()).await?
+            }
+            WorkloadCommand::Upload { id, key, file } => {
+                let size = std::fs::metadata(&file)
+                    .map_err(|e| format!("cannot read {}: {e}", file.display()))?
+                    .len();
+                let signed = workloads
+                    .sign_storage_url(pb::SignStorageUrlRequest {
+                        workload_id: id,
+                        key: key.clone(),
+                        method: "PUT".into(),
+                        size_bytes: size,
+                    })
+                    .await
+                    .map_err(fail)?
+                    .into_inner();
+                upload(&target.service, &signed.url, &key, &file).await?;
+                print(&serde_json::json!({ "key": key, "size_bytes": size }));
+            }
             WorkloadCommand::Interrupt { id, delay_ms } => print(
                 &admin
                     .inject_interruption(pb::InjectInterruptionRequest {

@@ -52,6 +52,8 @@ pub struct Config {
     pub notifications: NotificationsConfig,
     /// The HTTP/TCP router that gives every workload one stable endpoint.
     pub router: RouterConfig,
+    /// Workload storage: where namespaces live and how instances reach them.
+    pub storage: computearbitrage_storage::StorageConfig,
 }
 
 /// Limits of the gRPC API.
@@ -391,6 +393,7 @@ impl Default for Config {
             monitor: MonitorConfig::default(),
             notifications: NotificationsConfig::default(),
             router: RouterConfig::default(),
+            storage: computearbitrage_storage::StorageConfig::default(),
         }
     }
 }
@@ -547,6 +550,9 @@ fn validate(config: &Config, origin: &BTreeMap<String, String>) -> Result<(), Se
             "invalid value for config key `{key}`{from}: {message}"
         )))
     };
+    if let Some((key, message)) = config.storage.problem() {
+        return fail(key, message);
+    }
     if config.pricing.snapshot.interval_seconds == 0 {
         return fail(
             "pricing.snapshot.interval_seconds",

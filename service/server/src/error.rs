@@ -19,6 +19,8 @@ pub enum ServiceError {
     Router(#[from] computearbitrage_router::RouterError),
     #[error(transparent)]
     Orchestrator(#[from] computearbitrage_orchestrator::OrchestratorError),
+    #[error(transparent)]
+    Storage(#[from] computearbitrage_storage::StorageError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -49,6 +51,7 @@ impl ServiceError {
             ServiceError::Io { .. } => Origin::Io,
             ServiceError::Router(computearbitrage_router::RouterError::Store(_)) => Origin::Store,
             ServiceError::Orchestrator(e) => e.origin(),
+            ServiceError::Storage(_) => Origin::Storage,
         }
     }
 
@@ -59,6 +62,7 @@ impl ServiceError {
             ServiceError::Core(e) => e.is_retryable(),
             ServiceError::Router(e) => e.is_retryable(),
             ServiceError::Orchestrator(e) => e.is_retryable(),
+            ServiceError::Storage(e) => e.is_retryable(),
             ServiceError::Io { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::Interrupted

@@ -25,6 +25,7 @@ use computearbitrage_orchestrator::workloads::background::{
 };
 use computearbitrage_orchestrator::workloads::monitor::{Monitor, MonitorWorker};
 use computearbitrage_orchestrator::workloads::notify::NotificationSender;
+use computearbitrage_orchestrator::workloads::retention::RetentionCleaner;
 use computearbitrage_orchestrator::workloads::{Orchestrator, Settings};
 use computearbitrage_store::{SqliteStore, Store};
 use std::future::Future;
@@ -189,6 +190,8 @@ pub async fn serve(
             .unwrap_or(config.router.listen),
     );
 
+    // Before listening: every secret file exists (0600) once the service says it is up.
+    let storage_signer = auth::load_or_create_storage_url_key(&config.data_dir)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| {
@@ -219,6 +222,29 @@ pub async fn serve(
     say(&router_line);
     tracing::info!(%address, "serving gRPC");
 
+    // Workload storage. The local backend's signed URLs are served on this port too,
+    // so instances need to reach only the service.
+    let storage_base = if !config.storage.public_url.is_empty() {
+        config.storage.public_url.clone()
+    } else if address.ip().is_unspecified() {
+        tracing::warn!(%address, "listening on every address; local storage URLs use 127.0.0.1 (set storage.public_url for instances elsewhere)");
+        format!("{scheme}://127.0.0.1:{}", address.port())
+    } else {
+        format!("{scheme}://{address}")
+    };
+    let storage = Arc::new(computearbitrage_storage::Storage::open(
+        &config.storage,
+        &config.data_dir,
+        storage_signer,
+        &storage_base,
+    )?);
+    tracing::info!(backend = ?storage.kind(), url = %storage_base, "workload storage");
+    supervisor.spawn(RetentionCleaner::new(
+        store.clone(),
+        storage.clone(),
+        Duration::from_secs(config.storage.retention_sweep_interval_minutes * 60),
+    ));
+
     let interceptor = authenticator.clone().interceptor();
     let pricing = PricingServer::with_interceptor(
         PricingApi {
@@ -238,6 +264,7 @@ pub async fn serve(
         WorkloadsApi {
             orchestrator: orchestrator.clone(),
             public,
+            storage: storage.clone(),
         },
         interceptor.clone(),
     );
@@ -265,11 +292,27 @@ pub async fn serve(
         })?;
         tracing::info!(cert = %config.tls.cert_file.display(), "gRPC API serves TLS");
     }
-    let server = builder
+    let mut routes = tonic::service::Routes::builder();
+    routes
         .add_service(pricing)
         .add_service(system)
         .add_service(workloads)
-        .add_service(admin)
+        .add_service(admin);
+    let routes = routes.routes().into_axum_router().route(
+        "/storage/v1/*key",
+        axum::routing::any(move |request: axum::extract::Request| {
+            let storage = storage.clone();
+            async move {
+                computearbitrage_storage::http::handle(&storage, request)
+                    .await
+                    .map(axum::body::Body::new)
+            }
+        }),
+    );
+    // HTTP/1.1 too: signed storage URLs are fetched by plain HTTP clients.
+    let server = builder
+        .accept_http1(true)
+        .add_routes(tonic::service::Routes::from(routes))
         .serve_with_incoming_shutdown(nodelay_incoming(listener), signal);
     let deadline = async move {
         if signalled_rx.await.is_ok() {

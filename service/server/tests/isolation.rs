@@ -25,6 +25,7 @@ info = {
     "groups": os.getgroups(),
     "cwd": os.getcwd(),
     "token_key": probe(data + "/workload-token-key"),
+    "storage_key": probe(data + "/storage-url-key"),
     "admin_token": probe(data + "/admin-token"),
     "state_db": probe(data + "/state.db"),
     "service_environ": probe("/proc/%d/environ" % os.getppid()),
@@ -79,7 +80,12 @@ async fn a_workload_reaches_none_of_the_service_and_its_files_are_private() {
     );
     // Private files, also those that existed before.
     assert_eq!(mode(&data), 0o700);
-    for file in ["state.db", "workload-token-key", "admin-token"] {
+    for file in [
+        "state.db",
+        "workload-token-key",
+        "storage-url-key",
+        "admin-token",
+    ] {
         assert_eq!(mode(&data.join(file)), 0o600, "{file}");
     }
 
@@ -146,7 +152,13 @@ async fn a_workload_reaches_none_of_the_service_and_its_files_are_private() {
             serde_json::json!([]),
             "no supplementary groups"
         );
-        for secret in ["token_key", "admin_token", "state_db", "service_environ"] {
+        for secret in [
+            "token_key",
+            "storage_key",
+            "admin_token",
+            "state_db",
+            "service_environ",
+        ] {
             assert_eq!(seen[secret], "PermissionError", "{secret}: {seen}");
         }
         // Its working directory is its own.

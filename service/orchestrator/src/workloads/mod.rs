@@ -8,6 +8,7 @@
 //! - [`monitor`]: health checks of running workloads.
 //! - [`notify`]: signed webhook notifications with retries, per-tenant delivery.
 //! - [`webhook_target`]: where webhooks may go (no internal addresses, no redirects).
+//! - [`retention`]: deletes terminated workloads' storage once `retention_days` pass.
 //! - [`background`]: the workers that listen to driver events, resume runs and sweep
 //!   orphaned instances.
 //!
@@ -18,6 +19,7 @@ pub mod background;
 pub mod engine;
 pub mod monitor;
 pub mod notify;
+pub mod retention;
 pub mod steps;
 #[cfg(test)]
 mod tests;

@@ -334,3 +334,81 @@ async fn a_dead_termination_is_replayed_from_its_failed_step() {
         .iter()
         .all(|i| matches!(i.state, InstanceState::Terminated { .. })));
 }
+
+#[tokio::test]
+async fn terminated_workloads_keep_their_storage_for_retention_days_only() {
+    use computearbitrage_storage::{Area, ObjectKey, Storage, UrlSigner};
+    let driver = Arc::new(ScriptedDriver::default());
+    let orch = setup(driver.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(
+        Storage::local(
+            dir.path(),
+            UrlSigner::new([5; 32]),
+            "http://127.0.0.1:1",
+            Duration::from_secs(60),
+        )
+        .unwrap(),
+    );
+    let cleaner = retention::RetentionCleaner::new(
+        orch.store.clone(),
+        storage.clone(),
+        Duration::from_secs(60),
+    );
+    // Three workloads: kept 2 days, kept 0 days, and one still running.
+    let mut ids = Vec::new();
+    for (name, days) in [("kept", 2), ("gone", 0), ("live", 0)] {
+        let mut spec = workload_spec(name);
+        spec.create_timeout = Duration::from_secs(2);
+        spec.storage = StorageSpec {
+            enabled: true,
+            quota_gb: 1,
+            retention_days: days,
+        };
+        let workload = orch.apply("default", spec).await.unwrap();
+        wait_for_run(&orch, &workload.id, RunKind::Provision).await;
+        let key = ObjectKey::new(&workload.id, Area::Artifacts, "logs/app.log").unwrap();
+        storage.put(&key, bytes_of("log")).await.unwrap();
+        ids.push(workload.id);
+    }
+    for id in &ids[..2] {
+        let current = orch.get("default", id).await.unwrap();
+        orch.start_termination(&current, "test").await.unwrap();
+        wait_for_run(&orch, id, RunKind::Terminate).await;
+        assert_eq!(
+            orch.get("default", id).await.unwrap().status,
+            WorkloadStatus::Terminated
+        );
+    }
+    let now = now_ms();
+    let cleaned = cleaner.clean(now).await.unwrap();
+    assert_eq!(
+        cleaned,
+        vec![(ids[1].clone(), 1)],
+        "only the 0-day workload is due now"
+    );
+    for (id, left) in [(&ids[0], 1), (&ids[1], 0), (&ids[2], 1)] {
+        let listed = storage
+            .list(&computearbitrage_storage::Prefix::workload(id).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), left, "{id}");
+    }
+    // Two days and a bit later the 2-day workload goes too; the running one never.
+    let later = cleaner
+        .clean(now + 2 * 24 * 3600 * 1000 + 1000)
+        .await
+        .unwrap();
+    assert_eq!(later, vec![(ids[0].clone(), 1)]);
+    assert_eq!(storage.usage(&ids[2]).await.unwrap(), 3);
+    // Nothing left to do is not an error.
+    assert!(cleaner
+        .clean(now + 10 * 24 * 3600 * 1000)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+fn bytes_of(text: &'static str) -> bytes::Bytes {
+    bytes::Bytes::from_static(text.as_bytes())
+}

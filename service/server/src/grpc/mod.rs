@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod pricing;
+pub mod storage;
 pub mod wire;
 pub mod workloads;
 

@@ -296,6 +296,11 @@ pub fn workload_to_pb(
             .tcp_listen_port
             .map(|p| public.tcp_endpoint(p))
             .unwrap_or_default(),
+        storage_prefix: if w.spec.storage.enabled {
+            format!("workloads/{}/", w.id)
+        } else {
+            String::new()
+        },
         price_per_hour: placement.map(|p| p.price_per_hour),
         on_demand_price_per_hour: placement.and_then(|p| p.on_demand_price_per_hour),
         created_at: rfc3339(w.created_at / 1000),

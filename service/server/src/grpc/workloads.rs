@@ -16,6 +16,8 @@ pub struct WorkloadsApi {
     pub orchestrator: Arc<Orchestrator>,
     /// Where users reach workloads: builds `endpoint` and `tcp_endpoint`.
     pub public: PublicAddress,
+    /// Workload storage namespaces.
+    pub storage: Arc<computearbitrage_storage::Storage>,
 }
 
 impl WorkloadsApi {
@@ -315,6 +317,24 @@ impl Workloads for WorkloadsApi {
                 })
                 .collect(),
         }))
+    }
+
+    async fn list_objects(
+        &self,
+        request: Request<pb::ListObjectsRequest>,
+    ) -> Result<Response<pb::ListObjectsResponse>, Status> {
+        super::storage::list_objects(&self.orchestrator, &self.storage, request)
+            .await
+            .map(Response::new)
+    }
+
+    async fn sign_storage_url(
+        &self,
+        request: Request<pb::SignStorageUrlRequest>,
+    ) -> Result<Response<pb::SignedStorageUrl>, Status> {
+        super::storage::sign_storage_url(&self.orchestrator, &self.storage, request)
+            .await
+            .map(Response::new)
     }
 
     async fn list_connections(

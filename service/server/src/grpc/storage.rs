@@ -1,0 +1,196 @@
+//! `ListObjects` and `SignStorageUrl`: a workload's storage namespace as its tenant
+//! sees it. Keys on the wire are relative to the namespace (`artifacts/out.csv`); the
+//! tenant comes from the caller, so no key can name another tenant's workload.
+
+use super::{audit, caller, invalid, status_of};
+use computearbitrage_api::{pb, validate, Reason};
+use computearbitrage_core::fmt::rfc3339;
+use computearbitrage_orchestrator::workloads::Orchestrator;
+use computearbitrage_storage::{Area, Method, ObjectKey, Prefix, Storage, StorageError};
+use computearbitrage_store::{Scope, WorkloadRecord};
+use tonic::{Request, Status};
+
+const GIB: u64 = 1 << 30;
+
+/// The one mapping of storage failures onto statuses.
+pub(crate) fn storage_status(error: StorageError, field: &'static str) -> Status {
+    match &error {
+        StorageError::InvalidKey { .. } => {
+            invalid(vec![validate::Violation::field(field, error.to_string())])
+        }
+        StorageError::NotFound(_) => Reason::NotFound.status(false, error.to_string()),
+        StorageError::QuotaExceeded { .. } => Reason::Exhausted.status(false, error.to_string()),
+        StorageError::Denied(_) => Reason::PermissionDenied.status(false, error.to_string()),
+        StorageError::Backend { .. } if error.is_retryable() => {
+            Reason::StorageUnavailable.status(true, format!("{error}; retry shortly"))
+        }
+        StorageError::Backend { .. } | StorageError::Config(_) => {
+            Reason::Internal.status(false, error.to_string())
+        }
+    }
+}
+
+/// The caller's workload, which must have storage.
+async fn workload_with_storage(
+    orchestrator: &Orchestrator,
+    tenant: &str,
+    id: &str,
+) -> Result<WorkloadRecord, Status> {
+    let workload = orchestrator.get(tenant, id).await.map_err(status_of)?;
+    if !workload.spec.storage.enabled {
+        return Err(Reason::WrongWorkloadState.status(
+            false,
+            format!("workload {id} has no storage; it needs `storage {{ enabled = true }}`, which takes a new workload"),
+        ));
+    }
+    Ok(workload)
+}
+
+/// A key relative to the namespace: `{state|checkpoints|artifacts}/{path}`.
+fn relative_key(workload_id: &str, key: &str) -> Result<ObjectKey, StorageError> {
+    let (area, path) = key.split_once('/').unwrap_or((key, ""));
+    let area = Area::parse(area).ok_or_else(|| {
+        StorageError::invalid_key(
+            key,
+            "a key starts with `state/`, `checkpoints/` or `artifacts/`",
+        )
+    })?;
+    ObjectKey::new(workload_id, area, path)
+}
+
+fn relative_prefix(workload_id: &str, prefix: &str) -> Result<Prefix, StorageError> {
+    if prefix.is_empty() {
+        return Prefix::workload(workload_id);
+    }
+    Prefix::parse(&format!("workloads/{workload_id}/{prefix}"))
+}
+
+fn namespace_relative(workload_id: &str, key: &ObjectKey) -> String {
+    let full = key.to_string();
+    full.strip_prefix(&format!("workloads/{workload_id}/"))
+        .unwrap_or(&full)
+        .to_string()
+}
+
+pub(crate) async fn list_objects(
+    orchestrator: &Orchestrator,
+    storage: &Storage,
+    request: Request<pb::ListObjectsRequest>,
+) -> Result<pb::ListObjectsResponse, Status> {
+    let caller = caller(&request)?;
+    caller.require(Scope::Read, "ListObjects")?;
+    let request = request.into_inner();
+    let workload =
+        workload_with_storage(orchestrator, &caller.tenant, &request.workload_id).await?;
+    let prefix =
+        relative_prefix(&workload.id, &request.prefix).map_err(|e| storage_status(e, "prefix"))?;
+    let objects = storage
+        .list(&prefix)
+        .await
+        .map_err(|e| storage_status(e, "prefix"))?;
+    let used_bytes = if request.prefix.is_empty() {
+        objects.iter().map(|o| o.size).sum()
+    } else {
+        storage
+            .usage(&workload.id)
+            .await
+            .map_err(|e| storage_status(e, "workload_id"))?
+    };
+    Ok(pb::ListObjectsResponse {
+        storage_prefix: Prefix::workload(&workload.id)
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        objects: objects
+            .iter()
+            .map(|o| pb::StoredObject {
+                key: namespace_relative(&workload.id, &o.key),
+                size_bytes: o.size,
+                modified_at: rfc3339(o.modified_ms / 1000),
+            })
+            .collect(),
+        used_bytes,
+        quota_bytes: u64::from(workload.spec.storage.quota_gb) * GIB,
+    })
+}
+
+pub(crate) async fn sign_storage_url(
+    orchestrator: &Orchestrator,
+    storage: &Storage,
+    request: Request<pb::SignStorageUrlRequest>,
+) -> Result<pb::SignedStorageUrl, Status> {
+    let caller = caller(&request)?;
+    let request = request.into_inner();
+    let method = Method::parse(&request.method).ok_or_else(|| {
+        invalid(vec![validate::Violation::field(
+            "method",
+            format!(
+                "{:?} is not a method; use \"GET\" to download or \"PUT\" to upload",
+                request.method
+            ),
+        )])
+    })?;
+    match method {
+        Method::Get => caller.require(Scope::Read, "SignStorageUrl (GET)")?,
+        Method::Put => caller.require(Scope::Write, "SignStorageUrl (PUT)")?,
+    }
+    let workload =
+        workload_with_storage(orchestrator, &caller.tenant, &request.workload_id).await?;
+    let key = relative_key(&workload.id, &request.key).map_err(|e| storage_status(e, "key"))?;
+    let quota = u64::from(workload.spec.storage.quota_gb) * GIB;
+    let result = storage
+        .signed_url(method, &key, Some(quota), request.size_bytes)
+        .await
+        .map(|signed| pb::SignedStorageUrl {
+            url: signed.url,
+            expires_at: rfc3339(signed.expires_at),
+        })
+        .map_err(|e| storage_status(e, "key"));
+    if method == Method::Put {
+        // The audit names the object, never the URL (it is a credential).
+        audit(
+            orchestrator.store().as_ref(),
+            &caller,
+            "SignStorageUrl PUT",
+            &key.to_string(),
+            &result,
+        )
+        .await;
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_keys_are_relative_and_checked() {
+        let key = relative_key("wl-1", "artifacts/results/out.csv").unwrap();
+        assert_eq!(key.to_string(), "workloads/wl-1/artifacts/results/out.csv");
+        assert_eq!(
+            namespace_relative("wl-1", &key),
+            "artifacts/results/out.csv"
+        );
+        for bad in [
+            "secrets/x",
+            "artifacts",
+            "artifacts/",
+            "artifacts/../../wl-2/state/x",
+            "/state/x",
+        ] {
+            assert!(relative_key("wl-1", bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            relative_prefix("wl-1", "").unwrap().to_string(),
+            "workloads/wl-1/"
+        );
+        assert_eq!(
+            relative_prefix("wl-1", "checkpoints/100/")
+                .unwrap()
+                .to_string(),
+            "workloads/wl-1/checkpoints/100/"
+        );
+        assert!(relative_prefix("wl-1", "checkpoints").is_err());
+        assert!(relative_prefix("wl-1", "../wl-2/").is_err());
+    }
+}
