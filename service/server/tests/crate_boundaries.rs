@@ -168,6 +168,19 @@ fn each_crate_keeps_to_its_side_of_the_boundaries() {
     ] {
         graph.assert_never(service_crate, &["tf-provider"]);
     }
+    // The agent runs on every instance: none of the service's crates or its stacks.
+    graph.assert_never(
+        "computearbitrage-agent",
+        &[
+            "computearbitrage-*",
+            "computearbitrage",
+            "tonic",
+            "prost",
+            "rusqlite",
+            "object_store",
+        ],
+    );
+    graph.assert_never("computearbitrage-agent", &clouds);
     // The pure core: no runtime, no store, no network.
     graph.assert_never(
         "computearbitrage-core",
