@@ -2,7 +2,7 @@
 //!
 //! Everything a workload (or its agent, or a signed URL) names is checked here before
 //! it reaches a backend: a key is relative, has no empty, `.` or `..` segment, no
-//! backslash and no control character, so no spelling escapes its namespace.
+//! backslash, `#` and no control character, so no spelling escapes its namespace.
 
 use crate::error::StorageError;
 use std::fmt;
@@ -71,6 +71,13 @@ pub fn check_path(path: &str) -> Result<(), StorageError> {
         return Err(StorageError::invalid_key(
             path,
             "the path must be relative (no leading `/`)",
+        ));
+    }
+    if path.contains('#') {
+        // The local backend stages uploads as `name#N`; no backend gets a key it cannot hold.
+        return Err(StorageError::invalid_key(
+            path,
+            "the path may not contain `#`",
         ));
     }
     if let Some(c) = path.chars().find(|c| c.is_control() || *c == '\\') {
@@ -280,6 +287,7 @@ mod tests {
             "a\0b",
             "a\nb",
             "..",
+            "chunk#1",
         ] {
             let err = ObjectKey::new("wl-1", Area::State, bad).unwrap_err();
             assert!(
