@@ -32,6 +32,18 @@ const ROUTER_SET: [&str; 6] = [
     "traceparent",
 ];
 
+/// Claims about the client that only the router may make: a client's own are dropped
+/// (written out here, not taken from the router, so the model checks the router).
+const CLIENT_CLAIMS_DROPPED: [&str; 7] = [
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+];
+
 fuzz_target!(|data: &[u8]| {
     let Some((&flags, rest)) = data.split_first() else {
         return;
@@ -133,10 +145,14 @@ fn check_request(raw: &[u8], strip_authorization: bool) {
     } else {
         assert_eq!(authorization, values(request.headers, "authorization"));
     }
+    for claim in CLIENT_CLAIMS_DROPPED.iter() {
+        assert!(values(forwarded, claim).is_empty(), "the client's {claim} was forwarded");
+    }
     // Every other header of the client reaches the backend, in order, unchanged.
     let passes = |h: &&httparse::Header| {
         !is_hop_by_hop(h.name)
             && !ROUTER_SET.iter().any(|n| h.name.eq_ignore_ascii_case(n))
+            && !CLIENT_CLAIMS_DROPPED.iter().any(|n| h.name.eq_ignore_ascii_case(n))
             && !h.name.eq_ignore_ascii_case("authorization")
             && !h.name.eq_ignore_ascii_case("tracestate")
     };
