@@ -258,15 +258,17 @@ async fn upload(
     key: &str,
     file: &std::path::Path,
 ) -> Result<(), String> {
-    let opened = tokio::fs::File::open(file)
-        .await
-        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let opened =
+        std::fs::File::open(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let size = opened
         .metadata()
-        .await
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?
         .len();
-    let body = reqwest::Body::wrap_stream(tokio_util_stream(opened));
+    // Streamed, so an upload of any size is never read whole.
+    let body = reqwest::Body::wrap_stream(computearbitrage_storage::chunks::file_chunks(
+        opened,
+        0..size,
+    ));
     let response = storage_client(service)?
         .put(url)
         .header(reqwest::header::CONTENT_LENGTH, size)
@@ -278,24 +280,6 @@ async fn upload(
         return Err(storage_refusal(response, "the upload", key).await);
     }
     Ok(())
-}
-
-/// A file as a stream of chunks, so an upload of any size is never read whole.
-fn tokio_util_stream(
-    file: tokio::fs::File,
-) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
-    futures::stream::unfold(file, |mut file| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buffer = vec![0u8; 1 << 20];
-        match file.read(&mut buffer).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buffer.truncate(n);
-                Some((Ok(buffer), file))
-            }
-            Err(e) => Some((Err(e), file)),
-        }
-    })
 }
 
 /// Runs one command; the error is what to print.

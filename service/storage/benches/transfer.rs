@@ -15,46 +15,6 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-async fn serve(storage: Arc<Storage>, listener: tokio::net::TcpListener) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            return;
-        };
-        let _ = stream.set_nodelay(true);
-        let storage = storage.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let storage = storage.clone();
-                async move {
-                    Ok::<_, std::convert::Infallible>(
-                        computearbitrage_storage::http::handle(&storage, request).await,
-                    )
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
-fn file_stream(
-    file: tokio::fs::File,
-) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
-    futures::stream::unfold(file, |mut file| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buffer = vec![0u8; 1 << 20];
-        match file.read(&mut buffer).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buffer.truncate(n);
-                Some((Ok(buffer), file))
-            }
-            Err(e) => Some((Err(e), file)),
-        }
-    })
-}
-
 fn rate(bytes: u64, took: Duration) -> f64 {
     bytes as f64 / (1 << 20) as f64 / took.as_secs_f64()
 }
@@ -96,7 +56,10 @@ async fn main() {
         )
         .unwrap(),
     );
-    tokio::spawn(serve(storage.clone(), listener));
+    tokio::spawn(computearbitrage_storage::http::serve(
+        storage.clone(),
+        listener,
+    ));
     let client = reqwest::Client::new();
 
     let (mut cp, mut up, mut down) = (Vec::new(), Vec::new(), Vec::new());
@@ -118,11 +81,13 @@ async fn main() {
             .await
             .unwrap();
         let start = Instant::now();
-        let file = tokio::fs::File::open(&source).await.unwrap();
+        let file = std::fs::File::open(&source).unwrap();
         let response = client
             .put(&put.url)
             .header(reqwest::header::CONTENT_LENGTH, bytes)
-            .body(reqwest::Body::wrap_stream(file_stream(file)))
+            .body(reqwest::Body::wrap_stream(
+                computearbitrage_storage::chunks::file_chunks(file, 0..bytes),
+            ))
             .send()
             .await
             .unwrap();

@@ -184,63 +184,6 @@ fn prefix_path(prefix: &Prefix) -> StorePath {
     StorePath::parse(text.trim_end_matches('/')).unwrap_or_else(|_| StorePath::from(text))
 }
 
-/// Bytes read per chunk from a local file.
-const LOCAL_READ_CHUNK: usize = 1 << 20;
-
-/// `range` of a local file as a stream of chunks, each read on the blocking pool.
-fn file_chunks(
-    file: std::fs::File,
-    range: std::ops::Range<u64>,
-    context: String,
-) -> impl futures::Stream<Item = Result<Bytes, StorageError>> + Send + 'static {
-    let file = Arc::new(std::sync::Mutex::new(file));
-    futures::stream::unfold((file, range.start), move |(file, offset)| {
-        let (end, context) = (range.end, context.clone());
-        async move {
-            if offset >= end {
-                return None;
-            }
-            let want = (end - offset).min(LOCAL_READ_CHUNK as u64) as usize;
-            let reader = file.clone();
-            let read = tokio::task::spawn_blocking(move || {
-                use std::os::unix::fs::FileExt;
-                let mut buffer = vec![0u8; want];
-                let file = reader.lock().unwrap_or_else(|p| p.into_inner());
-                let mut filled = 0;
-                while filled < want {
-                    match file.read_at(&mut buffer[filled..], offset + filled as u64)? {
-                        0 => break,
-                        n => filled += n,
-                    }
-                }
-                buffer.truncate(filled);
-                Ok::<_, std::io::Error>(buffer)
-            })
-            .await;
-            let failed = |e: Box<dyn std::error::Error + Send + Sync>| {
-                let source = object_store::Error::Generic {
-                    store: "LocalFileSystem",
-                    source: e,
-                };
-                Some((
-                    Err(StorageError::backend(context.clone(), source)),
-                    (file.clone(), end),
-                ))
-            };
-            let chunk = match read {
-                Ok(Ok(buffer)) if buffer.is_empty() => {
-                    return failed("the file ended early".into())
-                }
-                Ok(Ok(buffer)) => buffer,
-                Ok(Err(e)) => return failed(Box::new(e)),
-                Err(e) => return failed(Box::new(e)),
-            };
-            let next = offset + chunk.len() as u64;
-            Some((Ok(Bytes::from(chunk)), (file, next)))
-        }
-    })
-}
-
 impl Storage {
     /// The backend `config` names. `data_dir` holds the local backend's default root;
     /// `local_base_url` is where the service serves local signed URLs (its HTTP side).
@@ -412,10 +355,18 @@ impl Storage {
         let context = format!("cannot read {key}");
         let range = result.range.clone();
         match result.payload {
-            // A local file: read it in large chunks (object_store's own stream reads
-            // 8 KiB at a time, which made restores 15× slower than `cp`).
+            // A local file: read it in large chunks (see `chunks`).
             object_store::GetResultPayload::File(file, _) => {
-                Ok((size, file_chunks(file, range, context).boxed()))
+                let stream = crate::chunks::file_chunks(file, range).map(move |chunk| {
+                    chunk.map_err(|e| {
+                        let source = object_store::Error::Generic {
+                            store: "LocalFileSystem",
+                            source: Box::new(e),
+                        };
+                        StorageError::backend(context.clone(), source)
+                    })
+                });
+                Ok((size, stream.boxed()))
             }
             payload @ object_store::GetResultPayload::Stream(_) => {
                 let result = object_store::GetResult { payload, ..result };

@@ -124,3 +124,25 @@ where
         }
     }
 }
+
+/// Serves the local backend's URLs on `listener` with HTTP/1.1 until the task is
+/// dropped: a storage endpoint of its own, for tools and tests (the service mounts
+/// [`handle`] beside gRPC instead).
+pub async fn serve(storage: std::sync::Arc<Storage>, listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        let storage = storage.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let storage = storage.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(&storage, request).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

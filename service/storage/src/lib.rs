@@ -9,10 +9,12 @@
 //! - [`signed`]: the local backend's HMAC-signed, expiring URLs (cloud backends use
 //!   their own signatures).
 //! - [`http`]: serving the local backend's URLs, streamed.
+//! - [`chunks`]: a file as a stream of large chunks (serving, and clients sending files).
 //! - [`suite`]: the behaviour every backend must show, run against each.
 //! - [`error`]: [`StorageError`], classified by origin and retryability.
 
 pub mod backend;
+pub mod chunks;
 pub mod error;
 pub mod http;
 pub mod key;

@@ -29,28 +29,10 @@ async fn local() -> Local {
         )
         .unwrap(),
     );
-    let serving = storage.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let storage = serving.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request| {
-                    let storage = storage.clone();
-                    async move {
-                        Ok::<_, std::convert::Infallible>(
-                            computearbitrage_storage::http::handle(&storage, request).await,
-                        )
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    tokio::spawn(computearbitrage_storage::http::serve(
+        storage.clone(),
+        listener,
+    ));
     Local {
         storage,
         base,
