@@ -32,17 +32,8 @@ impl AccessTokenKey {
         AccessTokenKey(Arc::new(key))
     }
 
-    /// The key from its 64-hex-character form; `None` if it is not one.
-    pub fn from_hex(text: &str) -> Option<AccessTokenKey> {
-        let bytes = hex::decode(text.trim()).ok().filter(|b| b.len() == 32)?;
-        let mut key = [0u8; 32];
-        key.copy_from_slice(&bytes);
-        Some(AccessTokenKey(Arc::new(key)))
-    }
-
-    /// The form [`AccessTokenKey::from_hex`] reads back.
-    pub fn to_hex(&self) -> String {
-        hex::encode(*self.0)
+    pub fn from_bytes(key: [u8; 32]) -> AccessTokenKey {
+        AccessTokenKey(Arc::new(key))
     }
 
     /// The access token of a workload.
@@ -65,18 +56,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hex_round_trip_keeps_the_tokens() {
-        let key = AccessTokenKey::random();
-        let back = AccessTokenKey::from_hex(&key.to_hex()).unwrap();
-        assert_eq!(key.token_for("wl-1"), back.token_for("wl-1"));
+    fn tokens_are_per_workload_and_stored_hashed() {
+        let key = AccessTokenKey::from_bytes([7; 32]);
+        assert_eq!(
+            key.token_for("wl-1"),
+            AccessTokenKey::from_bytes([7; 32]).token_for("wl-1")
+        );
         assert_ne!(key.token_for("wl-1"), key.token_for("wl-2"));
+        assert_ne!(
+            key.token_for("wl-1"),
+            AccessTokenKey::from_bytes([8; 32]).token_for("wl-1")
+        );
         assert_eq!(key.hash_for("wl-1"), hash_token(&key.token_for("wl-1")));
-    }
-
-    #[test]
-    fn malformed_hex_is_refused() {
-        assert!(AccessTokenKey::from_hex("abc").is_none());
-        assert!(AccessTokenKey::from_hex(&"zz".repeat(32)).is_none());
-        assert!(AccessTokenKey::from_hex(&"ab".repeat(31)).is_none());
     }
 }

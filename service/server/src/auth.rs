@@ -291,6 +291,24 @@ fn write_private(path: &Path, contents: &str) -> Result<(), ServiceError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn secret_key_files_read_back_and_a_damaged_one_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = super::load_or_create_access_token_key(dir.path()).unwrap();
+        let again = super::load_or_create_access_token_key(dir.path()).unwrap();
+        assert_eq!(first.token_for("wl-1"), again.token_for("wl-1"));
+        for damaged in ["abc", &"zz".repeat(32), &"ab".repeat(31)] {
+            std::fs::write(dir.path().join(super::STORAGE_URL_KEY_FILE), damaged).unwrap();
+            let err = super::load_or_create_storage_url_key(dir.path())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("storage-url-key") && err.contains("restore it from a backup"),
+                "{err}"
+            );
+        }
+    }
+
     use super::*;
     use computearbitrage_store::SqliteStore;
 
@@ -446,7 +464,7 @@ pub fn load_or_create_access_token_key(data_dir: &Path) -> Result<AccessTokenKey
         ACCESS_TOKEN_KEY_FILE,
         "invalidates every workload access token",
     )?;
-    Ok(AccessTokenKey::from_hex(&hex::encode(key)).expect("32 bytes are a key"))
+    Ok(AccessTokenKey::from_bytes(key))
 }
 
 /// The key in `data_dir` the local storage backend signs its URLs with.

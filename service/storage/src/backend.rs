@@ -166,7 +166,7 @@ pub struct Storage {
     url_expiry: Duration,
 }
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -394,11 +394,13 @@ impl Storage {
     {
         let used = match limit_bytes {
             // What the upload replaces does not count against it.
-            Some(_) => {
-                let total = self.usage(key.workload_id()).await?;
-                let existing = self.size_of(key).await?.unwrap_or(0);
-                total.saturating_sub(existing)
-            }
+            Some(_) => self
+                .list(&Prefix::workload(key.workload_id())?)
+                .await?
+                .iter()
+                .filter(|o| &o.key != key)
+                .map(|o| o.size)
+                .sum(),
             None => 0,
         };
         let path = store_path(key);

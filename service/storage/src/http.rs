@@ -42,13 +42,6 @@ pub fn status_of(error: &StorageError) -> StatusCode {
     }
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// Answers one request for a signed URL. `storage` must be the local backend.
 pub async fn handle<B>(storage: &Storage, request: Request<B>) -> Response<ResponseBody>
 where
@@ -79,7 +72,7 @@ where
     };
     let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or("").to_string();
-    let authorized = match signer.verify(method, &path, &query, unix_now()) {
+    let authorized = match signer.verify(method, &path, &query, crate::backend::unix_now()) {
         Ok(a) => a,
         Err(e) => {
             tracing::info!(%path, error = %e, "storage URL refused");

@@ -31,6 +31,22 @@ pub(crate) fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
         .ok_or_else(|| Reason::Unauthenticated.status(false, "no caller on this request"))
 }
 
+/// The caller's workload `id`, for a call that needs `scope`: PERMISSION_DENIED without
+/// the scope, NOT_FOUND for an unknown id and for another tenant's.
+pub(crate) async fn callers_workload(
+    orchestrator: &computearbitrage_orchestrator::workloads::Orchestrator,
+    caller: &Caller,
+    scope: computearbitrage_store::Scope,
+    call: &str,
+    id: &str,
+) -> Result<computearbitrage_store::WorkloadRecord, Status> {
+    caller.require(scope, call)?;
+    orchestrator
+        .get(&caller.tenant, id)
+        .await
+        .map_err(status_of)
+}
+
 /// Records a write in the audit log: who, what, on what, and how it ended. A failure
 /// to record is logged; the call's own outcome stands.
 pub(crate) async fn audit<T>(

@@ -2,7 +2,8 @@
 //! sees it. Keys on the wire are relative to the namespace (`artifacts/out.csv`); the
 //! tenant comes from the caller, so no key can name another tenant's workload.
 
-use super::{audit, caller, invalid, status_of};
+use super::{audit, caller, callers_workload, invalid};
+use crate::auth::Caller;
 use computearbitrage_api::{pb, validate, Reason};
 use computearbitrage_core::fmt::rfc3339;
 use computearbitrage_orchestrator::workloads::Orchestrator;
@@ -33,10 +34,12 @@ pub(crate) fn storage_status(error: StorageError, field: &'static str) -> Status
 /// The caller's workload, which must have storage.
 async fn workload_with_storage(
     orchestrator: &Orchestrator,
-    tenant: &str,
+    caller: &Caller,
+    scope: Scope,
+    call: &str,
     id: &str,
 ) -> Result<WorkloadRecord, Status> {
-    let workload = orchestrator.get(tenant, id).await.map_err(status_of)?;
+    let workload = callers_workload(orchestrator, caller, scope, call, id).await?;
     if !workload.spec.storage.enabled {
         return Err(Reason::WrongWorkloadState.status(
             false,
@@ -78,28 +81,30 @@ pub(crate) async fn list_objects(
     request: Request<pb::ListObjectsRequest>,
 ) -> Result<pb::ListObjectsResponse, Status> {
     let caller = caller(&request)?;
-    caller.require(Scope::Read, "ListObjects")?;
     let request = request.into_inner();
-    let workload =
-        workload_with_storage(orchestrator, &caller.tenant, &request.workload_id).await?;
+    let workload = workload_with_storage(
+        orchestrator,
+        &caller,
+        Scope::Read,
+        "ListObjects",
+        &request.workload_id,
+    )
+    .await?;
     let prefix =
         relative_prefix(&workload.id, &request.prefix).map_err(|e| storage_status(e, "prefix"))?;
-    let objects = storage
-        .list(&prefix)
+    // One listing of the namespace gives both the usage and the objects under `prefix`.
+    let namespace = Prefix::workload(&workload.id).map_err(|e| storage_status(e, "workload_id"))?;
+    let everything = storage
+        .list(&namespace)
         .await
         .map_err(|e| storage_status(e, "prefix"))?;
-    let used_bytes = if request.prefix.is_empty() {
-        objects.iter().map(|o| o.size).sum()
-    } else {
-        storage
-            .usage(&workload.id)
-            .await
-            .map_err(|e| storage_status(e, "workload_id"))?
-    };
+    let used_bytes = everything.iter().map(|o| o.size).sum();
+    let objects: Vec<_> = everything
+        .into_iter()
+        .filter(|o| prefix.contains(&o.key))
+        .collect();
     Ok(pb::ListObjectsResponse {
-        storage_prefix: Prefix::workload(&workload.id)
-            .map(|p| p.to_string())
-            .unwrap_or_default(),
+        storage_prefix: namespace.to_string(),
         objects: objects
             .iter()
             .map(|o| pb::StoredObject {
@@ -129,12 +134,12 @@ pub(crate) async fn sign_storage_url(
             ),
         )])
     })?;
-    match method {
-        Method::Get => caller.require(Scope::Read, "SignStorageUrl (GET)")?,
-        Method::Put => caller.require(Scope::Write, "SignStorageUrl (PUT)")?,
-    }
+    let (scope, call) = match method {
+        Method::Get => (Scope::Read, "SignStorageUrl (GET)"),
+        Method::Put => (Scope::Write, "SignStorageUrl (PUT)"),
+    };
     let workload =
-        workload_with_storage(orchestrator, &caller.tenant, &request.workload_id).await?;
+        workload_with_storage(orchestrator, &caller, scope, call, &request.workload_id).await?;
     let key = relative_key(&workload.id, &request.key).map_err(|e| storage_status(e, "key"))?;
     let quota = u64::from(workload.spec.storage.quota_gb) * GIB;
     let result = storage

@@ -2,7 +2,7 @@
 //! orchestrator.
 
 use super::wire::{self, workload_to_pb};
-use super::{audit, caller, invalid, status_of, store_status};
+use super::{audit, caller, callers_workload, invalid, status_of, store_status};
 use crate::routing::PublicAddress;
 use computearbitrage_api::pb::workloads_server::Workloads;
 use computearbitrage_api::{pb, validate};
@@ -192,12 +192,15 @@ impl Workloads for WorkloadsApi {
         request: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
         let caller = caller(&request)?;
-        caller.require(Scope::Read, "ListRuns")?;
         let workload_id = request.into_inner().workload_id;
-        self.orchestrator
-            .get(&caller.tenant, &workload_id)
-            .await
-            .map_err(status_of)?;
+        callers_workload(
+            &self.orchestrator,
+            &caller,
+            Scope::Read,
+            "ListRuns",
+            &workload_id,
+        )
+        .await?;
         let runs = self
             .orchestrator
             .store()
@@ -254,12 +257,15 @@ impl Workloads for WorkloadsApi {
         request: Request<pb::GetBillingRequest>,
     ) -> Result<Response<pb::GetBillingResponse>, Status> {
         let caller = caller(&request)?;
-        caller.require(Scope::Read, "GetBilling")?;
         let workload_id = request.into_inner().workload_id;
-        self.orchestrator
-            .get(&caller.tenant, &workload_id)
-            .await
-            .map_err(status_of)?;
+        callers_workload(
+            &self.orchestrator,
+            &caller,
+            Scope::Read,
+            "GetBilling",
+            &workload_id,
+        )
+        .await?;
         let records = self
             .orchestrator
             .store()
@@ -342,12 +348,15 @@ impl Workloads for WorkloadsApi {
         request: Request<pb::ListConnectionsRequest>,
     ) -> Result<Response<pb::ListConnectionsResponse>, Status> {
         let caller = caller(&request)?;
-        caller.require(Scope::Read, "ListConnections")?;
         let workload_id = request.into_inner().workload_id;
-        self.orchestrator
-            .get(&caller.tenant, &workload_id)
-            .await
-            .map_err(status_of)?;
+        callers_workload(
+            &self.orchestrator,
+            &caller,
+            Scope::Read,
+            "ListConnections",
+            &workload_id,
+        )
+        .await?;
         let list = self
             .orchestrator
             .store()
