@@ -205,6 +205,12 @@ def test_storage_namespace_is_the_resources_and_holds_what_is_uploaded(workload_
     assert (after["id"], after["storage_prefix"], after["endpoint"]) == (web["id"], web["storage_prefix"], web["endpoint"])
     assert workload_service.cli("workload", "objects", web["id"])["quota_bytes"] == 2 << 30
     assert ws.plan_is_noop()
+
+    # Import with storage plans clean too (storage_prefix comes back as it was).
+    other = workload_for_service(workload_service, directory=tmp_path / "importer")
+    other.write(config(name, extra=storage % 2).split('output "web"')[0])
+    other.run("import", "computearbitrage_workload.web", web["id"])
+    assert other.plan_is_noop(), other.run("plan", check=False).stdout
     ws.run("destroy", "-auto-approve")
 
 
