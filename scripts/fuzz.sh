@@ -13,6 +13,8 @@
 #                  (fuzz/fuzz_targets/storage_url.rs)
 #   cloud_notices  the agent's parsers of AWS, GCP and Azure interruption notices
 #                  (fuzz/fuzz_targets/cloud_notices.rs)
+#   checkpoint_manifest  the agent's check of a checkpoint manifest before restoring
+#                  (fuzz/fuzz_targets/checkpoint_manifest.rs)
 #
 #   scripts/fuzz.sh [SECONDS [TARGET...]]   # SECONDS per target: $FUZZ_SECONDS, else 30
 #
@@ -28,7 +30,7 @@ cd "$root"
 
 seconds="${1:-${FUZZ_SECONDS:-30}}"
 targets=("${@:2}")
-[ ${#targets[@]} -gt 0 ] || targets=(parse_request fast_head response_framing spot_advisor storage_url cloud_notices)
+[ ${#targets[@]} -gt 0 ] || targets=(parse_request fast_head response_framing spot_advisor storage_url cloud_notices checkpoint_manifest)
 if ! [[ "$seconds" =~ ^[0-9]+$ ]] || [ "$seconds" -eq 0 ]; then
     echo "usage: $0 [SECONDS] (a positive whole number; got '$seconds')" >&2
     exit 2

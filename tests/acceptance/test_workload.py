@@ -351,3 +351,62 @@ def test_a_create_interrupted_by_ctrl_c_is_adopted_on_the_next_apply(workload_se
     assert len(runs) == 1, "one provisioning run, adopted"
     ws.run("destroy", "-auto-approve")
     assert not workload_pids(name)
+
+
+def test_an_interrupted_workload_migrates_with_its_state_and_terraform_sees_no_change(workload_service, workload_for_service, terraform):
+    """The documented default, on_interruption = "migrate": the notice reaches the agent on
+    the instance's metadata endpoint, the workload checkpoints on SIGTERM, and it comes back
+    on another offer with the same id, endpoint and token, its checkpoint restored."""
+    name = unique("mover", terraform)
+    ws = workload_for_service(workload_service)
+    storage = 'storage {\n    enabled        = true\n    quota_gb       = 1\n    retention_days = 1\n  }'
+    # What a user's module exports: the stable values. (An output of the whole resource
+    # would show its new placement as an output change, which is Terraform reporting
+    # the move, not a change to make.)
+    stable = """output "web" {
+  value = {
+    id           = computearbitrage_workload.web.id
+    endpoint     = computearbitrage_workload.web.endpoint
+    access_token = computearbitrage_workload.web.access_token
+  }
+  sensitive = true
+}
+"""
+    ws.write(config(name, extra=storage).split('output "web"')[0] + stable)
+    ws.apply()
+    web = ws.outputs()["web"]
+    before = workload_service.cli("workload", "get", web["id"])
+    assert before["status"] == "RUNNING"
+    assert [get(web, "/count")["count"] for _ in range(3)] == [1, 2, 3]
+    assert get(web, "/state")["restored"] is False
+
+    workload_service.cli("workload", "interrupt", web["id"])
+    deadline = time.monotonic() + 60
+    while True:
+        now = workload_service.cli("workload", "get", web["id"])
+        if now["status"] == "RUNNING" and now["instance_id"] != before["instance_id"]:
+            break
+        assert time.monotonic() < deadline, f"no migration: {now['status']} ({now['status_reason']})"
+        time.sleep(0.2)
+    offer = lambda w: (w["cloud"], w["region"], w["zone"], w["instance_type"])
+    assert offer(now) != offer(before), "the reclaimed offer is excluded"
+
+    # The same endpoint and token reach the replacement, which restored the checkpoint.
+    state = get(web, "/state")
+    assert state == {"count": 3, "restored": True, "generation": 1}, state
+    assert get(web, "/count")["count"] == 4
+    # The reclaimed instance is gone: nothing answers on its address any more.
+    host, port = before["backend_endpoint"].rsplit(":", 1)
+    with pytest.raises(OSError):
+        socket.create_connection((host, int(port)), timeout=2).close()
+
+    # Terraform sees the same resource: the plan is a no-op, before and after a refresh.
+    assert ws.plan_is_noop(), ws.run("plan", check=False).stdout
+    ws.run("apply", "-refresh-only", "-auto-approve")
+    assert ws.outputs()["web"] == web
+    assert ws.plan_is_noop()
+    state_show = ws.run("state", "show", "computearbitrage_workload.web").stdout
+    assert now["instance_id"] in state_show, "the refreshed state follows the new instance"
+    runs = workload_service.cli("workload", "runs", web["id"])["runs"]
+    assert [r["kind"] for r in runs] == ["provision", "migrate"] and runs[1]["status"] == "completed"
+    ws.run("destroy", "-auto-approve")

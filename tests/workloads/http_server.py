@@ -6,6 +6,13 @@ GET /health answers 200, or 503 when $HEALTH_STATUS_FILE names a file that conta
 a JSON body naming the workload ($WORKLOAD_NAME), its pid, the request path and the
 request headers whose names start with x- or are traceparent. When $TCP_PORT is set it
 also echoes raw TCP there, prefixing each reply with the workload's name and ": ".
+
+State, for the checkpoint tests: GET /count adds one to a counter and answers it; GET
+/state answers {"count", "restored", "generation"}. The counter starts from
+$CHECKPOINT_DIR/state.json when a checkpoint restored one, and SIGTERM writes it there
+(with the generation one higher) before exiting, as a workload that checkpoints on a
+notice does. With $SLOW_RESTORE_SECONDS, a restored workload waits that long before it
+serves (a slow warm-up, for tests that act during a migration).
 """
 import json
 import os
@@ -16,8 +23,46 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+STATE = {"count": 0, "restored": False, "generation": 0}
+LOCK = threading.Lock()
+
+
+def state_file():
+    directory = os.environ.get("CHECKPOINT_DIR")
+    return os.path.join(directory, "state.json") if directory else None
+
+
+def load_state():
+    path = state_file()
+    if path and os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        STATE.update(count=saved["count"], generation=saved["generation"], restored=True)
+
+
+def save_state_and_exit(*_):
+    path = state_file()
+    if path:
+        with LOCK:
+            saved = {"count": STATE["count"], "generation": STATE["generation"] + 1}
+        with open(path + ".tmp", "w") as f:
+            json.dump(saved, f)
+        os.replace(path + ".tmp", path)
+    sys.exit(0)
+
+
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
+        if self.path == "/count":
+            with LOCK:
+                STATE["count"] += 1
+                count = STATE["count"]
+            self.reply(200, {"count": count})
+            return
+        if self.path == "/state":
+            with LOCK:
+                self.reply(200, dict(STATE))
+            return
         if self.path == "/health":
             status_file = os.environ.get("HEALTH_STATUS_FILE")
             failing = False
@@ -58,8 +103,12 @@ def serve_tcp(port):
 def main():
     if os.environ.get("TCP_PORT"):
         threading.Thread(target=serve_tcp, args=(int(os.environ["TCP_PORT"]),), daemon=True).start()
+    load_state()
+    if STATE["restored"] and os.environ.get("SLOW_RESTORE_SECONDS"):
+        import time
+        time.sleep(float(os.environ["SLOW_RESTORE_SECONDS"]))
     server = ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGTERM, save_state_and_exit)
     server.serve_forever()
 
 

@@ -1,15 +1,20 @@
 //! `computearbitrage-agent`: the program that runs on every instance next to the
-//! workload. This first part watches the cloud's interruption signal; registering with
-//! the service, restoring and uploading checkpoints, running the workload and its
-//! operator tasks come next (docs/agent.md says what is built).
+//! workload: it registers with the service, restores the workload's checkpoint, runs
+//! the workload, sends heartbeats, watches the cloud's interruption signal and
+//! checkpoints on a notice (docs/agent.md says what is built and what is not yet).
 //!
 //! It is small on purpose: no dependency on the service's crates, its store or its
-//! gRPC stack, only an HTTP client.
+//! gRPC stack, only an HTTP client and the wire types of `computearbitrage-agent-protocol`.
 //!
 //! Module map:
+//! - [`checkpoint`]: `$CHECKPOINT_DIR` packed into content-hashed chunks and a manifest,
+//!   uploaded through signed URLs (manifest last), restored with every chunk verified.
+//! - [`run`]: the agent's life on an instance (`computearbitrage-agent run`).
 //! - [`notice`]: the clouds' notice payloads parsed into one [`notice::Notice`] (pure,
 //!   fuzzed, tested on the real shapes in `../shared/reference/cloud-api/`).
 //! - [`watch`]: the [`watch::Watcher`] of one cloud's metadata endpoint.
 
+pub mod checkpoint;
 pub mod notice;
+pub mod run;
 pub mod watch;

@@ -182,13 +182,15 @@ impl Watcher {
     }
 
     async fn poll_gcp(&mut self) -> Result<Option<Notice>, PollError> {
-        let mut url = format!(
-            "{}/computeMetadata/v1/instance/preempted?wait_for_change=true&timeout_sec={GCP_WAIT_SECONDS}",
-            self.base
-        );
-        if let Some(etag) = &self.gcp_etag {
-            url.push_str(&format!("&last_etag={etag}"));
-        }
+        // The first read is plain: a hanging GET without `last_etag` waits for the next
+        // change, so a preemption already under way would go unseen until the timeout.
+        let url = match &self.gcp_etag {
+            None => format!("{}/computeMetadata/v1/instance/preempted", self.base),
+            Some(etag) => format!(
+                "{}/computeMetadata/v1/instance/preempted?wait_for_change=true&timeout_sec={GCP_WAIT_SECONDS}&last_etag={etag}",
+                self.base
+            ),
+        };
         let response = self
             .client
             .get(url)

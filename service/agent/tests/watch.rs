@@ -200,14 +200,14 @@ async fn gcp_hanging_get_returns_when_preempted_turns_true() {
             if header(&seen, "Metadata-Flavor") != Some("Google") {
                 return answer(403, "Missing Metadata-Flavor:Google header.");
             }
-            if !seen
-                .uri
-                .starts_with("/computeMetadata/v1/instance/preempted?")
-            {
+            let path = seen.uri.split('?').next().unwrap_or_default();
+            if path != "/computeMetadata/v1/instance/preempted" {
                 return answer(404, "");
             }
-            let waiting =
-                seen.uri.contains("wait_for_change=true") && seen.uri.contains("last_etag=");
+            // As the real server: a hanging GET waits for a value other than the one
+            // `last_etag` names, and without `last_etag` for the next change.
+            let waiting = seen.uri.contains("wait_for_change=true")
+                && !(seen.uri.contains("last_etag=etag-false") && *flipped.borrow());
             if waiting && !*flipped.borrow() {
                 // Held open until the value changes (or the test ends).
                 let _ = tokio::time::timeout(Duration::from_secs(30), flipped.changed()).await;
@@ -250,9 +250,11 @@ async fn gcp_hanging_get_returns_when_preempted_turns_true() {
         (started + 30..=started + 32).contains(&deadline),
         "{deadline} vs {started}"
     );
-    // The first GET had no etag; later ones waited on the last one.
+    // The first GET was a plain read (so a preemption already under way is seen at
+    // once); later ones waited on the last etag.
     let log = log.lock().unwrap();
     assert!(log.len() >= 2, "{log:?}");
+    assert!(!log[0].uri.contains("wait_for_change"), "{:?}", log[0].uri);
     assert!(
         log[1].uri.contains("last_etag=etag-false"),
         "{:?}",

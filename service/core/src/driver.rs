@@ -19,6 +19,9 @@ pub struct InstanceSpec {
     /// Derived from (run id, step): a retried create with the same token returns the
     /// instance the first attempt made instead of making another.
     pub idempotency_token: String,
+    /// The offer's cloud (`aws`, `gcp`, `azure`): the local driver gives the instance
+    /// that cloud's metadata endpoint and notice window.
+    pub cloud: String,
     pub region: String,
     pub zone: String,
     pub instance_type: String,
@@ -35,6 +38,27 @@ pub struct InstanceSpec {
     /// passed as `TCP_PORT` where the driver chooses it.
     pub tcp_port: Option<u16>,
     pub tags: BTreeMap<String, String>,
+    /// How the instance's agent reaches the service. `None`: the instance runs the
+    /// command itself, with no agent (drivers and tests that do not need one).
+    pub agent: Option<AgentBoot>,
+}
+
+/// What an instance's agent is booted with (user-data on a cloud): where the service
+/// is and a registration credential scoped to this one launch. Nothing else secret.
+#[derive(Clone, PartialEq)]
+pub struct AgentBoot {
+    pub service_url: String,
+    pub credential: String,
+}
+
+impl std::fmt::Debug for AgentBoot {
+    // The credential is a secret: never in a log line or an error.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentBoot")
+            .field("service_url", &self.service_url)
+            .field("credential", &"<redacted>")
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

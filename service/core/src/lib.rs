@@ -44,7 +44,7 @@ pub use cloud::{Architecture, Cloud};
 pub use collector::PriceCollector;
 /// Spellings and defaults shared with the API contract.
 pub use computearbitrage_conventions as conventions;
-pub use driver::{Driver, DriverEvent, Instance, InstanceSpec, InstanceState};
+pub use driver::{AgentBoot, Driver, DriverEvent, Instance, InstanceSpec, InstanceState};
 pub use error::Error;
 pub use filter::{OfferFilter, Requirements};
 pub use lifecycle::{Transition, WorkloadStatus};

@@ -3,15 +3,16 @@
 //!
 //! ```text
 //! PENDING ──► PROVISIONING ──► RUNNING ──► STOPPING ──────► TERMINATED
-//!    │             │              ├──────► INTERRUPTED ───► TERMINATED
-//!    │             │              └──────► UNHEALTHY ─────► TERMINATED
+//!    │          ▲  │              ├──────► INTERRUPTED ───► TERMINATED
+//!    │          │  │              └──────► UNHEALTHY ─────► TERMINATED
 //!    └──► FAILED ◄─┘                          │    ▲
-//!                                             └────┘ (health recovered)
+//!               └── INTERRUPTED (migration)   └────┘ (health recovered)
 //! ```
 //!
 //! Also allowed: a destroy from any non-terminal state goes through STOPPING (from
-//! PENDING, PROVISIONING, FAILED, INTERRUPTED and UNHEALTHY too), and INTERRUPTED →
-//! PROVISIONING is reserved for migration (re-provisioning elsewhere).
+//! PENDING, PROVISIONING, FAILED, INTERRUPTED and UNHEALTHY too); UNHEALTHY →
+//! INTERRUPTED (a notice while unhealthy); and migration's INTERRUPTED →
+//! PROVISIONING (the replacement boots) and INTERRUPTED → FAILED (no replacement).
 
 use crate::error::Error;
 use std::fmt;
@@ -99,6 +100,8 @@ pub fn is_allowed(from: WorkloadStatus, to: WorkloadStatus) -> bool {
             | (Running, Stopping)
             | (Running, Interrupted)
             | (Running, Unhealthy)
+            | (Unhealthy, Interrupted)
+            | (Interrupted, Failed)
             | (Failed, Stopping)
             | (Stopping, Terminated)
             | (Interrupted, Terminated)
@@ -160,6 +163,8 @@ mod tests {
             (Running, Stopping),
             (Running, Interrupted),
             (Running, Unhealthy),
+            (Unhealthy, Interrupted),
+            (Interrupted, Failed),
             (Failed, Stopping),
             (Stopping, Terminated),
             (Interrupted, Terminated),

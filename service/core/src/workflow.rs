@@ -41,6 +41,12 @@ pub const STORAGE_INIT: &str = "storage-init";
 pub const START_MONITORING: &str = "start-monitoring";
 pub const NOTIFY: &str = "notify";
 
+pub const RECORD_INTERRUPTION: &str = "record-interruption";
+pub const MARK_MIGRATING: &str = "mark-migrating";
+pub const AWAIT_CHECKPOINT: &str = "await-checkpoint";
+pub const SWITCH_ROUTE: &str = "switch-route";
+pub const TERMINATE_REPLACED: &str = "terminate-replaced";
+
 pub const MARK_STOPPING: &str = "mark-stopping";
 pub const STOP_MONITORING: &str = "stop-monitoring";
 pub const TERMINATE_INSTANCE: &str = "terminate-instance";
@@ -66,6 +72,24 @@ pub fn provision_steps() -> Vec<StepDef> {
         step(REGISTER_ROUTING, STORE_STEP),
         step(STORAGE_INIT, STORE_STEP),
         step(START_MONITORING, STORE_STEP),
+        step(NOTIFY, STORE_STEP),
+    ]
+}
+
+/// The migration steps, in order. `placement`, `provision`, `wait-running` and
+/// `wait-healthy` are the provisioning steps applied to the replacement; the final
+/// checkpoint of the reclaimed instance is awaited while the replacement boots.
+pub fn migrate_steps() -> Vec<StepDef> {
+    vec![
+        step(RECORD_INTERRUPTION, STORE_STEP),
+        step(PLACEMENT, STORE_STEP),
+        step(MARK_MIGRATING, STORE_STEP),
+        step(PROVISION, CLOUD_STEP),
+        step(AWAIT_CHECKPOINT, RetryPolicy::once()),
+        step(WAIT_RUNNING, RetryPolicy::once()),
+        step(WAIT_HEALTHY, RetryPolicy::once()),
+        step(SWITCH_ROUTE, STORE_STEP),
+        step(TERMINATE_REPLACED, CLOUD_STEP),
         step(NOTIFY, STORE_STEP),
     ]
 }
@@ -101,6 +125,16 @@ mod tests {
         let t: Vec<&str> = terminate_steps().iter().map(|s| s.name).collect();
         assert_eq!(t.first(), Some(&MARK_STOPPING));
         assert_eq!(t.last(), Some(&RECORD_BILLING));
+        let m: Vec<&str> = migrate_steps().iter().map(|s| s.name).collect();
+        let mut unique = m.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), m.len());
+        // The replacement is started before the final checkpoint is awaited, and the
+        // route switches only once it is healthy.
+        let at = |n: &str| m.iter().position(|s| *s == n).unwrap();
+        assert!(at(PROVISION) < at(AWAIT_CHECKPOINT));
+        assert!(at(WAIT_HEALTHY) < at(SWITCH_ROUTE) && at(SWITCH_ROUTE) < at(TERMINATE_REPLACED));
         assert!(
             provision_steps()
                 .iter()

@@ -39,6 +39,9 @@ pub struct LocalOptions {
     /// Where each instance's working directory is made (`<work_root>/<instance id>`).
     pub work_root: PathBuf,
     pub run_as: RunAs,
+    /// The agent binary each instance boots, as a cloud instance would through its
+    /// user-data. `None`: instances run their command directly (no checkpoints).
+    pub agent: Option<PathBuf>,
 }
 
 impl LocalOptions {
@@ -55,6 +58,7 @@ impl LocalOptions {
             } else {
                 RunAs::Service
             },
+            agent: None,
         }
     }
 
@@ -64,6 +68,7 @@ impl LocalOptions {
         LocalOptions {
             work_root: work_root.to_path_buf(),
             run_as: RunAs::Service,
+            agent: None,
         }
     }
 }

@@ -8,6 +8,12 @@
 //! - [`isolation`]: what a workload can reach: a cleared environment, its own working
 //!   directory, its own uid when the service runs as root; private files for the rest.
 //! - [`process`]: telling our processes from pid reuse, finding and stopping them.
+//! - [`metadata`]: each instance's metadata endpoint in its cloud's shape (AWS IMDSv2,
+//!   the GCP metadata server, Azure Scheduled Events), where interruptions are raised.
+//! - agent boot: with [`LocalOptions::agent`] set and an [`computearbitrage_core::AgentBoot`]
+//!   in the spec, the instance runs `computearbitrage-agent run` (which runs the
+//!   workload), as a cloud instance boots it from user-data; the boot credential goes
+//!   in a private file, never in an environment.
 //! - records: one JSON file per instance under the driver's directory, written before
 //!   the process starts and updated after, so a restarted service finds every process
 //!   it started, even one spawned just before a crash (processes carry
@@ -19,10 +25,12 @@
 //! kill -9 of the service) do not reach them, and termination reaches their children.
 
 pub mod isolation;
+pub mod metadata;
 mod process;
 
 use computearbitrage_core::{Driver, DriverEvent, Error, Instance, InstanceSpec, InstanceState};
 pub use isolation::{LocalOptions, RunAs};
+use metadata::{MetadataCloud, MetadataServer};
 use process::{alive, find_by_marker, proc_stat, stop_process};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -65,6 +73,13 @@ struct Record {
     /// The instance's working directory, removed when it ends.
     #[serde(default)]
     work_dir: Option<PathBuf>,
+    /// The offer's cloud: the shape of its metadata endpoint and its notice window.
+    #[serde(default)]
+    cloud: String,
+    /// The port of its metadata endpoint, kept so a restarted service serves it again
+    /// where the agent looks.
+    #[serde(default)]
+    metadata_port: Option<u16>,
 }
 
 impl Record {
@@ -99,6 +114,8 @@ impl Record {
 struct Inner {
     records: BTreeMap<String, Record>,
     next_serial: u64,
+    /// The metadata endpoints of live instances that boot an agent.
+    metadata: BTreeMap<String, MetadataServer>,
 }
 
 /// The local driver. Cheap to clone; all clones share state.
@@ -211,25 +228,67 @@ impl LocalDriver {
             inner: Arc::new(Mutex::new(Inner {
                 records,
                 next_serial,
+                metadata: BTreeMap::new(),
             })),
             events_tx,
             events_rx: Arc::new(Mutex::new(events_rx)),
         })
     }
 
-    /// Announces a spot interruption now and kills the process after `delay`.
+    /// Serves the metadata endpoints of live instances again (after a restart), on the
+    /// ports their agents know, with any notice already raised.
+    pub async fn resume_metadata(&self) {
+        let mut inner = self.inner.lock().await;
+        let live: Vec<Record> = inner
+            .records
+            .values()
+            .filter(|r| r.is_live() && r.metadata_port.is_some())
+            .cloned()
+            .collect();
+        for record in live {
+            let (Some(cloud), Some(port)) =
+                (MetadataCloud::parse(&record.cloud), record.metadata_port)
+            else {
+                continue;
+            };
+            match MetadataServer::start(cloud, &record.instance_id, &record.instance_id, port).await
+            {
+                Ok(server) => {
+                    if let RecordState::Interrupted { deadline } = record.state {
+                        server.raise_interruption(deadline);
+                    }
+                    inner.metadata.insert(record.instance_id.clone(), server);
+                }
+                Err(e) => {
+                    tracing::warn!(instance_id = %record.instance_id, port, error = %e, "cannot serve the instance's metadata endpoint again; its agent will not see a notice");
+                }
+            }
+        }
+    }
+
+    /// Announces a spot interruption now, on the instance's metadata endpoint and as a
+    /// driver event, and kills the instance after `delay`; a zero `delay` is the real
+    /// notice window of the instance's cloud (2 min on AWS, 30 s on GCP and Azure).
     pub async fn inject_interruption(
         &self,
         instance_id: &str,
         delay: Duration,
     ) -> Result<i64, Error> {
-        let deadline = now() + delay.as_secs() as i64;
-        let (pid, start_ticks) = {
+        let (pid, start_ticks, deadline, delay) = {
             let mut inner = self.inner.lock().await;
             let record = inner
                 .records
                 .get_mut(instance_id)
                 .ok_or_else(|| failure(format!("no instance {instance_id}"), false))?;
+            let delay = if delay.is_zero() {
+                MetadataCloud::parse(&record.cloud)
+                    .map(MetadataCloud::notice_window)
+                    .unwrap_or(Duration::from_secs(30))
+            } else {
+                delay
+            };
+            // Rounded up: a deadline is whole seconds in every cloud's notice.
+            let deadline = now() + delay.as_millis().div_ceil(1000) as i64;
             if record.state != RecordState::Running {
                 return Err(failure(
                     format!("instance {instance_id} is not running ({:?}); only a running instance can be interrupted", record.state),
@@ -238,7 +297,11 @@ impl LocalDriver {
             }
             record.state = RecordState::Interrupted { deadline };
             write_record(&self.dir, record)?;
-            (record.pid, record.start_ticks)
+            let target = (record.pid, record.start_ticks, deadline, delay);
+            if let Some(server) = inner.metadata.get(instance_id) {
+                server.raise_interruption(deadline);
+            }
+            target
         };
         tracing::info!(
             instance_id,
@@ -271,6 +334,7 @@ impl LocalDriver {
                     reason: reason.to_string(),
                 };
                 remove_work_dir(record);
+                let _ = std::fs::remove_file(self.dir.join(format!("{instance_id}.credential")));
                 if let Err(e) = write_record(&self.dir, record) {
                     tracing::warn!(instance_id, error = %e, "cannot persist instance record");
                 }
@@ -279,6 +343,9 @@ impl LocalDriver {
                     reason: reason.to_string(),
                 });
             }
+        }
+        if let Some(server) = inner.metadata.remove(instance_id) {
+            server.shutdown();
         }
     }
 
@@ -397,6 +464,32 @@ impl Driver for LocalDriver {
             command: spec.command.clone(),
             uid: owner.map(|(uid, _)| uid),
             work_dir: Some(work_dir.clone()),
+            cloud: spec.cloud.clone(),
+            metadata_port: None,
+        };
+        // The agent, when there is one, watches its cloud's metadata endpoint.
+        let booted = match (&spec.agent, &self.options.agent) {
+            (Some(boot), Some(agent)) => {
+                let cloud = MetadataCloud::parse(&spec.cloud).unwrap_or(MetadataCloud::Aws);
+                let server = MetadataServer::start(cloud, &instance_id, &instance_id, 0)
+                    .await
+                    .map_err(|e| failure(format!("cannot serve a metadata endpoint: {e}"), true))?;
+                record.metadata_port = Some(server.port());
+                let credential = self.dir.join(format!("{instance_id}.credential"));
+                isolation::write_private(&credential, boot.credential.as_bytes()).map_err(|e| {
+                    failure(format!("cannot write {}: {e}", credential.display()), true)
+                })?;
+                let url = server.url();
+                inner.metadata.insert(instance_id.clone(), server);
+                Some((
+                    agent.clone(),
+                    boot.service_url.clone(),
+                    credential,
+                    cloud,
+                    url,
+                ))
+            }
+            _ => None,
         };
         // Recorded before the spawn, so a crash in between leaves a trace to follow.
         write_record(&self.dir, &record)?;
@@ -404,27 +497,64 @@ impl Driver for LocalDriver {
         let log = isolation::create_private(&log_path)
             .map_err(|e| failure(format!("cannot create {}: {e}", log_path.display()), true))?;
         let log_err = log.try_clone().map_err(|e| failure(e.to_string(), true))?;
-        let mut command = tokio::process::Command::new(program);
-        // Nothing of the service's environment: only what the workload is given.
+        let mut command = match &booted {
+            Some((agent, service_url, credential, cloud, metadata_url)) => {
+                // The agent runs as the service's user and starts the workload as
+                // the workload's own; it gets the workload's spec from the service.
+                let mut command = tokio::process::Command::new(agent);
+                command
+                    .env_clear()
+                    .env("PATH", isolation::DEFAULT_PATH)
+                    .env("HOME", &work_dir)
+                    .env(INSTANCE_ENV, &instance_id)
+                    .env("RUST_LOG", "info")
+                    .arg("run")
+                    .arg("--service")
+                    .arg(service_url)
+                    .arg("--credential-file")
+                    .arg(credential)
+                    .arg("--instance-id")
+                    .arg(&instance_id)
+                    .arg("--cloud")
+                    .arg(cloud.as_str())
+                    .arg("--metadata-url")
+                    .arg(metadata_url)
+                    .arg("--resource")
+                    .arg(&instance_id)
+                    .arg("--work-dir")
+                    .arg(&work_dir)
+                    .arg("--port")
+                    .arg(port.to_string())
+                    .args(tcp_port.map(|p| format!("--tcp-port={p}")))
+                    .args(owner.map(|(uid, gid)| format!("--owner={uid}:{gid}")));
+                command
+            }
+            None => {
+                let mut command = tokio::process::Command::new(program);
+                // Nothing of the service's environment: only what the workload is given.
+                command
+                    .env_clear()
+                    .env("PATH", isolation::DEFAULT_PATH)
+                    .env("HOME", &work_dir)
+                    .envs(&spec.env)
+                    .env("PORT", port.to_string())
+                    .env(INSTANCE_ENV, &instance_id)
+                    .envs(tcp_port.map(|p| ("TCP_PORT", p.to_string())))
+                    .args(&spec.command[1..]);
+                if let Some((uid, gid)) = owner {
+                    // std drops the supplementary groups when root sets a uid.
+                    command.uid(uid).gid(gid);
+                }
+                command
+            }
+        };
         command
-            .env_clear()
-            .env("PATH", isolation::DEFAULT_PATH)
-            .env("HOME", &work_dir)
-            .envs(&spec.env)
-            .env("PORT", port.to_string())
-            .env(INSTANCE_ENV, &instance_id)
-            .envs(tcp_port.map(|p| ("TCP_PORT", p.to_string())))
             .current_dir(&work_dir)
-            .args(&spec.command[1..])
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(log_err)
             .process_group(0)
             .kill_on_drop(false);
-        if let Some((uid, gid)) = owner {
-            // std drops the supplementary groups when root sets a uid.
-            command.uid(uid).gid(gid);
-        }
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             command.pre_exec(|| {
@@ -555,6 +685,7 @@ mod tests {
     fn spec(token: &str, script: &str) -> InstanceSpec {
         InstanceSpec {
             idempotency_token: token.into(),
+            cloud: "aws".into(),
             region: "local".into(),
             zone: String::new(),
             instance_type: "local".into(),
@@ -565,6 +696,7 @@ mod tests {
             port: 8080,
             tcp_port: None,
             tags: BTreeMap::from([("computearbitrage-workload".into(), "w1".into())]),
+            agent: None,
         }
     }
 
@@ -714,6 +846,8 @@ mod tests {
             command: vec!["sleep".into(), "30".into()],
             uid: None,
             work_dir: None,
+            cloud: String::new(),
+            metadata_port: None,
         };
         write_record(dir.path(), &record).unwrap();
         let mut child = std::process::Command::new("sleep")
@@ -840,6 +974,7 @@ mod tests {
                 first: 250_000,
                 last: 250_010,
             },
+            agent: None,
         };
         let driver = LocalDriver::open(&dir.path().join("driver"), options).unwrap();
         let script = format!(

@@ -81,7 +81,9 @@ pub enum WorkloadCommand {
         key: String,
         file: std::path::PathBuf,
     },
-    /// Local driver: a spot interruption notice now, the kill after --delay-ms.
+    /// Local driver: a spot interruption notice now, on the instance's metadata endpoint in
+    /// its cloud's shape; the instance is reclaimed after --delay-ms (0: the service's
+    /// `workloads.interruption_delay_ms`, by default the cloud's real notice window).
     Interrupt {
         id: String,
         #[arg(long, default_value_t = 0)]

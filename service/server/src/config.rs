@@ -182,8 +182,12 @@ pub struct WorkloadsConfig {
     pub max_concurrent_workloads: u32,
     /// Seconds a new instance may take to report running.
     pub wait_running_timeout_seconds: u64,
-    /// Milliseconds between an injected interruption notice and the kill (local driver).
+    /// Milliseconds between an injected interruption notice and the kill (local driver). 0: the real notice window of the instance's cloud (AWS 120 s, GCP and Azure 30 s); shorten it for tests and drills.
     pub interruption_delay_ms: u64,
+    /// Milliseconds between an agent's heartbeats.
+    pub agent_heartbeat_ms: u64,
+    /// Seconds placement skips an offer (cloud, region, zone, type) after one of its instances was reclaimed.
+    pub migration_cooldown_seconds: u64,
     /// Seconds between sweeps for instances no workload owns.
     pub orphan_sweep_interval_seconds: u64,
     /// What the local driver's workloads can reach.
@@ -200,6 +204,8 @@ pub struct LocalWorkloadsConfig {
     pub run_as: String,
     /// The uids (and gids) `per-workload` gives out, as `FIRST-LAST`.
     pub uid_range: String,
+    /// The agent binary every local instance boots (it runs the workload). Empty: `computearbitrage-agent` beside this executable.
+    pub agent_path: PathBuf,
 }
 
 impl Default for LocalWorkloadsConfig {
@@ -208,6 +214,7 @@ impl Default for LocalWorkloadsConfig {
             work_dir: PathBuf::new(),
             run_as: "per-workload".into(),
             uid_range: "200000-299999".into(),
+            agent_path: PathBuf::new(),
         }
     }
 }
@@ -272,7 +279,25 @@ impl LocalWorkloadsConfig {
                 },
             }
         };
-        Ok(LocalOptions { work_root, run_as })
+        let agent = if self.agent_path.as_os_str().is_empty() {
+            std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(|dir| dir.join("computearbitrage-agent")))
+                .unwrap_or_else(|| PathBuf::from("computearbitrage-agent"))
+        } else {
+            self.agent_path.clone()
+        };
+        if !agent.is_file() {
+            return Err(ServiceError::config(format!(
+                "invalid value for config key `workloads.local.agent_path`: no agent binary at {}; build it (`cargo build --release -p computearbitrage-agent` puts it beside the service) or set the path",
+                agent.display()
+            )));
+        }
+        Ok(LocalOptions {
+            work_root,
+            run_as,
+            agent: Some(agent),
+        })
     }
 }
 
@@ -281,7 +306,9 @@ impl Default for WorkloadsConfig {
         WorkloadsConfig {
             max_concurrent_workloads: 10,
             wait_running_timeout_seconds: 120,
-            interruption_delay_ms: 2000,
+            interruption_delay_ms: 0,
+            agent_heartbeat_ms: 2000,
+            migration_cooldown_seconds: 1800,
             orphan_sweep_interval_seconds: 60,
             local: LocalWorkloadsConfig::default(),
         }

@@ -9,6 +9,7 @@
 //!   and workers, and gRPC.
 //! - [`grpc`]: the gRPC handlers (`Pricing`, `System`, `Workloads`, `Admin`), wire ↔
 //!   core conversion, and the mapping of failures onto statuses with a reason.
+//! - [`agent_api`]: the agents' HTTP API (`/agent/v1/…`) beside gRPC.
 //! - [`auth`]: bearer-token authentication, tenants, the bootstrap token.
 //! - [`routing`]: runs the router (in `serve` or as `computearbitrage router`) and
 //!   builds each workload's public `endpoint`; [`routing_remote`] is the route feed of
@@ -18,6 +19,7 @@
 //!
 //! The service never speaks the Terraform plugin protocol: only `provider/` does.
 
+pub mod agent_api;
 pub mod auth;
 pub mod cli;
 pub mod config;

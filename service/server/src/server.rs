@@ -101,6 +101,43 @@ pub async fn serve(
         supervisor.spawn(worker);
     }
 
+    // Before listening: every secret file exists (0600) once the service says it is up.
+    let storage_signer = auth::load_or_create_storage_url_key(&config.data_dir)?;
+    let access_tokens = auth::load_or_create_access_token_key(&config.data_dir)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| {
+            ServiceError::io(
+                format!("cannot listen on {} (config key `listen`)", config.listen),
+                e,
+            )
+        })?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| ServiceError::io("cannot read the listening address", e))?;
+    let scheme = if config.tls.enabled() {
+        "https"
+    } else {
+        "http"
+    };
+    // Workload storage. The local backend's signed URLs are served on this port too,
+    // so instances need to reach only the service.
+    let storage_base = if !config.storage.public_url.is_empty() {
+        config.storage.public_url.clone()
+    } else if address.ip().is_unspecified() {
+        tracing::warn!(%address, "listening on every address; local storage URLs use 127.0.0.1 (set storage.public_url for instances elsewhere)");
+        format!("{scheme}://127.0.0.1:{}", address.port())
+    } else {
+        format!("{scheme}://{address}")
+    };
+    let storage = Arc::new(computearbitrage_storage::Storage::open(
+        &config.storage,
+        &config.data_dir,
+        storage_signer,
+        &storage_base,
+    )?);
+    tracing::info!(backend = ?storage.kind(), url = %storage_base, "workload storage");
+
     // Workloads: the local driver stands in for every cloud on embedded defaults.
     if local_options.run_as == computearbitrage_driver_local::RunAs::Service
         && computearbitrage_driver_local::isolation::is_root()
@@ -125,10 +162,20 @@ pub async fn serve(
             pause_at: std::env::var("CA_TEST_PAUSE_AT")
                 .ok()
                 .filter(|v| !v.is_empty()),
-            access_tokens: auth::load_or_create_access_token_key(&config.data_dir)?,
+            access_tokens,
             tcp_ports: config.router.tcp_port_min..=config.router.tcp_port_max,
+            agent_heartbeat: Duration::from_millis(config.workloads.agent_heartbeat_ms),
+            migration_cooldown: Duration::from_secs(config.workloads.migration_cooldown_seconds),
         },
     );
+    // Agents reach the service where storage URLs point: its own HTTP side.
+    orchestrator.attach_agents(
+        computearbitrage_orchestrator::workloads::agents::AgentLink {
+            service_url: storage_base.clone(),
+            storage: storage.clone(),
+        },
+    );
+    local.resume_metadata().await;
     for workload in store
         .workloads_in(&[WorkloadStatus::Running, WorkloadStatus::Unhealthy])
         .await?
@@ -190,24 +237,6 @@ pub async fn serve(
             .unwrap_or(config.router.listen),
     );
 
-    // Before listening: every secret file exists (0600) once the service says it is up.
-    let storage_signer = auth::load_or_create_storage_url_key(&config.data_dir)?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| {
-            ServiceError::io(
-                format!("cannot listen on {} (config key `listen`)", config.listen),
-                e,
-            )
-        })?;
-    let address = listener
-        .local_addr()
-        .map_err(|e| ServiceError::io("cannot read the listening address", e))?;
-    let scheme = if config.tls.enabled() {
-        "https"
-    } else {
-        "http"
-    };
     print_banner(&format!("{scheme}://{address}"), &bootstrap);
     let router_line = match &router {
         Some(router) => format!(
@@ -222,23 +251,6 @@ pub async fn serve(
     say(&router_line);
     tracing::info!(%address, "serving gRPC");
 
-    // Workload storage. The local backend's signed URLs are served on this port too,
-    // so instances need to reach only the service.
-    let storage_base = if !config.storage.public_url.is_empty() {
-        config.storage.public_url.clone()
-    } else if address.ip().is_unspecified() {
-        tracing::warn!(%address, "listening on every address; local storage URLs use 127.0.0.1 (set storage.public_url for instances elsewhere)");
-        format!("{scheme}://127.0.0.1:{}", address.port())
-    } else {
-        format!("{scheme}://{address}")
-    };
-    let storage = Arc::new(computearbitrage_storage::Storage::open(
-        &config.storage,
-        &config.data_dir,
-        storage_signer,
-        &storage_base,
-    )?);
-    tracing::info!(backend = ?storage.kind(), url = %storage_base, "workload storage");
     supervisor.spawn(RetentionCleaner::new(
         store.clone(),
         storage.clone(),
@@ -270,7 +282,7 @@ pub async fn serve(
     );
     let admin = AdminServer::with_interceptor(
         AdminApi {
-            orchestrator,
+            orchestrator: orchestrator.clone(),
             authenticator: authenticator.clone(),
             allow_private_webhooks: allow_private,
         },
@@ -298,17 +310,27 @@ pub async fn serve(
         .add_service(system)
         .add_service(workloads)
         .add_service(admin);
-    let routes = routes.routes().into_axum_router().route(
-        "/storage/v1/*key",
-        axum::routing::any(move |request: axum::extract::Request| {
-            let storage = storage.clone();
-            async move {
-                computearbitrage_storage::http::handle(&storage, request)
-                    .await
-                    .map(axum::body::Body::new)
-            }
-        }),
-    );
+    let agents = orchestrator.clone();
+    let routes = routes
+        .routes()
+        .into_axum_router()
+        .route(
+            "/agent/v1/*call",
+            axum::routing::any(move |request: axum::extract::Request| {
+                crate::agent_api::handle(agents.clone(), request)
+            }),
+        )
+        .route(
+            "/storage/v1/*key",
+            axum::routing::any(move |request: axum::extract::Request| {
+                let storage = storage.clone();
+                async move {
+                    computearbitrage_storage::http::handle(&storage, request)
+                        .await
+                        .map(axum::body::Body::new)
+                }
+            }),
+        );
     // HTTP/1.1 too: signed storage URLs are fetched by plain HTTP clients.
     let server = builder
         .accept_http1(true)

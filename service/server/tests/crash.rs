@@ -37,9 +37,11 @@ async fn crash_and_recover(step: &str, when: &str) {
         .unwrap()
         .into_inner();
     service.wait_for_log(&format!("paused at {pause}"), Duration::from_secs(30));
+    let address = service.address();
     service.kill();
 
-    let service = Service::start(dir.path(), &[]);
+    // Where the instance's agent calls the service.
+    let service = Service::start_on(dir.path(), &address, &[]);
     let mut client = service.workloads().await;
     let running = wait_status(
         &mut client,

@@ -168,11 +168,23 @@ fn each_crate_keeps_to_its_side_of_the_boundaries() {
     ] {
         graph.assert_never(service_crate, &["tf-provider"]);
     }
-    // The agent runs on every instance: none of the service's crates or its stacks.
+    // The agent runs on every instance: none of the service's crates or its stacks,
+    // only the wire types, which are serde alone.
+    graph.assert_never(
+        "computearbitrage-agent-protocol",
+        &["computearbitrage-*", "tokio", "reqwest", "hyper"],
+    );
     graph.assert_never(
         "computearbitrage-agent",
         &[
-            "computearbitrage-*",
+            "computearbitrage-core",
+            "computearbitrage-store",
+            "computearbitrage-storage",
+            "computearbitrage-orchestrator",
+            "computearbitrage-driver-local",
+            "computearbitrage-router",
+            "computearbitrage-api",
+            "computearbitrage-conventions",
             "computearbitrage",
             "tonic",
             "prost",

@@ -129,6 +129,8 @@ async fn a_workload_reaches_none_of_the_service_and_its_files_are_private() {
             [
                 "DATA_DIR",
                 "WORKLOAD_NAME",
+                // Where the agent restores checkpoints and the workload writes them.
+                "CHECKPOINT_DIR",
                 "PORT",
                 "PATH",
                 "HOME",

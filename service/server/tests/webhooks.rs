@@ -358,10 +358,16 @@ async fn one_tenants_dead_endpoint_does_not_delay_another_tenants_deliveries() {
             .all(|n| n.status == "pending" && n.attempts == 0),
         "slow's delivery is still in its first attempt: {stuck:?}"
     );
-    assert!(
-        !held.lock().unwrap().is_empty(),
-        "slow's endpoint holds a connection"
-    );
+    // The slow attempt may still be connecting on a loaded machine: its connection
+    // shows up, and is held.
+    let connected = std::time::Instant::now() + Duration::from_secs(10);
+    while held.lock().unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < connected,
+            "slow's endpoint holds a connection"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(!fast_seen.lock().unwrap().is_empty());
     service.stop();
 }

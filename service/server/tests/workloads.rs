@@ -511,3 +511,41 @@ async fn every_rpc_applies_the_shared_rules_and_names_its_reason() {
     assert_eq!(Reason::of(&err), Some(Reason::NotFound));
     service.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workload_that_exits_at_start_fails_with_its_own_last_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(dir.path(), &[]);
+    let mut client = service.workloads().await;
+    let mut spec = spec("exits", &[]);
+    spec.command = vec![
+        "sh".into(),
+        "-c".into(),
+        "echo starting; echo 'config file /etc/app.toml not found' >&2; exit 3".into(),
+    ];
+    let created = client
+        .apply_workload(authed(pb::ApplyWorkloadRequest { spec: Some(spec) }))
+        .await
+        .unwrap()
+        .into_inner();
+    let failed = wait_status(
+        &mut client,
+        &created.id,
+        &["FAILED"],
+        Duration::from_secs(30),
+    )
+    .await;
+    // The agent reported the workload's output, so the reason says what went wrong,
+    // not only "exit status: 3".
+    assert!(
+        failed
+            .status_reason
+            .contains("config file /etc/app.toml not found")
+            && failed.status_reason.contains("starting")
+            && failed.status_reason.contains("exit status: 3"),
+        "{}",
+        failed.status_reason
+    );
+    service.stop();
+    kill_workloads(dir.path());
+}

@@ -5,7 +5,7 @@
 use computearbitrage_core::{WorkloadSpec, WorkloadStatus};
 
 /// Where a workload was placed and what it pays.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PlacementRecord {
     pub cloud: String,
     pub region: String,
@@ -69,6 +69,8 @@ pub struct TransitionRecord {
 pub enum RunKind {
     Provision,
     Terminate,
+    /// Moves a workload to a replacement instance (after an interruption).
+    Migrate,
 }
 
 impl RunKind {
@@ -76,6 +78,7 @@ impl RunKind {
         match self {
             RunKind::Provision => "provision",
             RunKind::Terminate => "terminate",
+            RunKind::Migrate => "migrate",
         }
     }
 
@@ -83,6 +86,7 @@ impl RunKind {
         match text {
             "provision" => Some(RunKind::Provision),
             "terminate" => Some(RunKind::Terminate),
+            "migrate" => Some(RunKind::Migrate),
             _ => None,
         }
     }

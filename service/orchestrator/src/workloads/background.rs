@@ -51,15 +51,22 @@ impl Orchestrator {
                     "spot interruption: instance {instance_id} is reclaimed at {}",
                     computearbitrage_core::fmt::rfc3339(deadline)
                 );
-                if workload.status == WorkloadStatus::Running {
+                if matches!(
+                    workload.status,
+                    WorkloadStatus::Running | WorkloadStatus::Unhealthy
+                ) {
                     self.transition(
                         &workload,
-                        WorkloadStatus::Running,
+                        workload.status,
                         WorkloadStatus::Interrupted,
                         &reason,
                         WorkloadChanges::default(),
                     )
                     .await?;
+                } else {
+                    // Already acted on (the agent and the driver both report a notice),
+                    // or still provisioning: provisioning fails on its own.
+                    return Ok(());
                 }
                 notify::enqueue(
                     self,
@@ -68,14 +75,15 @@ impl Orchestrator {
                     json!({ "instance_id": instance_id, "deadline": computearbitrage_core::fmt::rfc3339(deadline), "on_interruption": workload.spec.on_interruption.as_str() }),
                 )
                 .await?;
-                let why = match workload.spec.on_interruption {
-                    OnInterruption::Terminate => "spot interruption; on_interruption = \"terminate\"".to_string(),
-                    OnInterruption::Migrate => {
-                        "spot interruption; on_interruption = \"migrate\", but migration is not available yet, so the workload was terminated".to_string()
+                match workload.spec.on_interruption {
+                    OnInterruption::Terminate => {
+                        self.start_termination(
+                            &workload,
+                            "spot interruption; on_interruption = \"terminate\"",
+                        )
+                        .await?;
                     }
-                };
-                if workload.status != WorkloadStatus::Provisioning {
-                    self.start_termination(&workload, &why).await?;
+                    OnInterruption::Migrate => self.start_migration(&workload, deadline).await?,
                 }
             }
             DriverEvent::Exited {

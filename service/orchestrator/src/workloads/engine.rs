@@ -11,7 +11,7 @@
 
 use super::{now_ms, steps, Orchestrator};
 use crate::error::OrchestratorError;
-use computearbitrage_core::workflow::{provision_steps, terminate_steps, StepDef};
+use computearbitrage_core::workflow::{migrate_steps, provision_steps, terminate_steps, StepDef};
 use computearbitrage_store::{RunKind, RunRecord, RunStatus, StepRecord, WorkloadRecord};
 use rand::Rng;
 use serde_json::Value;
@@ -162,6 +162,8 @@ impl Orchestrator {
                 tracing::warn!(run_id = %run.id, workload_id = %run.workload_id, step = %step, %error, "run failed; moved to dead letters");
                 if run.kind == RunKind::Provision {
                     self.fail_provisioning(&run, &step, &error).await?;
+                } else if run.kind == RunKind::Migrate {
+                    self.fail_migration(&run, &step, &error).await?;
                 } else if let Some(workload) = self
                     .store
                     .workload(&run.tenant_id, &run.workload_id)
@@ -194,6 +196,7 @@ impl Orchestrator {
         let definitions: Vec<StepDef> = match run.kind {
             RunKind::Provision => provision_steps(),
             RunKind::Terminate => terminate_steps(),
+            RunKind::Migrate => migrate_steps(),
         };
         let ledger: HashMap<String, StepRecord> = self
             .store
@@ -223,7 +226,7 @@ impl Orchestrator {
                     error: "the workload no longer exists".into(),
                 });
             };
-            if run.kind == RunKind::Provision && self.is_cancelled(&workload.id) {
+            if run.kind != RunKind::Terminate && self.is_cancelled(&workload.id) {
                 return Ok(Outcome::Cancelled(
                     "cancelled: the workload is being terminated".into(),
                 ));
@@ -246,7 +249,7 @@ impl Orchestrator {
                     finished_at: None,
                 };
                 self.store.save_step(record.clone()).await?;
-                self.pause_if(def.name, "before").await;
+                self.pause_if(run.kind, def.name, "before").await;
                 let ctx = StepContext {
                     run,
                     workload: &workload,
@@ -255,20 +258,20 @@ impl Orchestrator {
                 let result = steps::execute(self, def.name, &ctx).await;
                 match result {
                     Ok(output) => {
-                        self.pause_if(def.name, "uncommitted").await;
+                        self.pause_if(run.kind, def.name, "uncommitted").await;
                         record.completed = true;
                         record.output = Some(output.to_string());
                         record.finished_at = Some(now_ms());
                         self.store.save_step(record).await?;
                         tracing::debug!(run_id = %run.id, step = def.name, attempts, "step completed");
                         outputs.insert(def.name.to_string(), output);
-                        self.pause_if(def.name, "after").await;
+                        self.pause_if(run.kind, def.name, "after").await;
                         break;
                     }
                     Err(error) => {
                         record.last_error = Some(error.message.clone());
                         self.store.save_step(record).await?;
-                        if run.kind == RunKind::Provision && self.is_cancelled(&workload.id) {
+                        if run.kind != RunKind::Terminate && self.is_cancelled(&workload.id) {
                             return Ok(Outcome::Cancelled(
                                 "cancelled: the workload is being terminated".into(),
                             ));
@@ -304,11 +307,16 @@ impl Orchestrator {
     }
 
     /// Test hook for the crash test: parks the run forever at a named point so the
-    /// test can kill -9 the process there. Set by `CA_TEST_PAUSE_AT=STEP:WHEN`.
-    async fn pause_if(&self, step: &str, when: &str) {
-        if self.settings.pause_at.as_deref() == Some(&format!("{step}:{when}")) {
+    /// test can kill -9 the process there. Set by `CA_TEST_PAUSE_AT=STEP:WHEN`, or
+    /// `migrate.STEP:WHEN` for a migration's steps (which share names with provisioning).
+    async fn pause_if(&self, kind: RunKind, step: &str, when: &str) {
+        let point = match kind {
+            RunKind::Migrate => format!("migrate.{step}:{when}"),
+            _ => format!("{step}:{when}"),
+        };
+        if self.settings.pause_at.as_deref() == Some(point.as_str()) {
             tracing::warn!(step, when, "paused by CA_TEST_PAUSE_AT");
-            eprintln!("computearbitrage: paused at {step}:{when}");
+            eprintln!("computearbitrage: paused at {point}");
             std::future::pending::<()>().await;
         }
     }

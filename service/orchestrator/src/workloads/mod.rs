@@ -5,6 +5,9 @@
 //! - [`engine`]: executes workflow runs step by step against the ledger in the store,
 //!   with retries, dead letters and crash-safe resumption.
 //! - [`steps`]: what each provisioning and termination step does.
+//! - [`agents`]: what the on-instance agents may do (register, heartbeat, report
+//!   notices, checkpoints and exits), and who is fenced.
+//! - [`migration`]: moving an interrupted workload to a replacement instance.
 //! - [`monitor`]: health checks of running workloads.
 //! - [`notify`]: signed webhook notifications with retries, per-tenant delivery.
 //! - [`webhook_target`]: where webhooks may go (no internal addresses, no redirects).
@@ -15,8 +18,10 @@
 //! Invariant: only this module changes a workload's status, and only through
 //! `core::lifecycle::Transition`.
 
+pub mod agents;
 pub mod background;
 pub mod engine;
+pub mod migration;
 pub mod monitor;
 pub mod notify;
 pub mod retention;
@@ -68,6 +73,10 @@ pub struct Settings {
     pub access_tokens: crate::tokens::AccessTokenKey,
     /// Router TCP listener ports are allocated from (and requested within) this range.
     pub tcp_ports: std::ops::RangeInclusive<u16>,
+    /// How often agents send heartbeats.
+    pub agent_heartbeat: Duration,
+    /// How long placement skips an offer after one of its instances was reclaimed.
+    pub migration_cooldown: Duration,
 }
 
 /// An API-level failure of an orchestrator operation, one variant per cause the API
@@ -135,6 +144,14 @@ pub struct Orchestrator {
     pub(crate) in_flight: Mutex<HashMap<String, String>>,
     /// Workloads whose provisioning must stop at the next step boundary.
     pub(crate) cancelled: Mutex<HashSet<String>>,
+    /// Where agents reach the service, and checkpoint storage (set once listening).
+    pub(crate) agents: std::sync::OnceLock<agents::AgentLink>,
+    /// The last checkpoint report per workload.
+    pub(crate) checkpoint_reports: Mutex<HashMap<String, agents::CheckpointOutcome>>,
+    /// The last output lines of exited workloads, by the run that launched them.
+    pub(crate) exit_reports: Mutex<HashMap<String, Vec<String>>>,
+    /// Offers recently reclaimed, skipped by placement until the time (unix ms).
+    pub(crate) reclaimed: Mutex<Vec<(migration::ExcludedOffer, i64)>>,
 }
 
 impl Orchestrator {
@@ -163,6 +180,10 @@ impl Orchestrator {
             settings,
             in_flight: Mutex::new(HashMap::new()),
             cancelled: Mutex::new(HashSet::new()),
+            agents: std::sync::OnceLock::new(),
+            checkpoint_reports: Mutex::new(HashMap::new()),
+            exit_reports: Mutex::new(HashMap::new()),
+            reclaimed: Mutex::new(Vec::new()),
         })
     }
 

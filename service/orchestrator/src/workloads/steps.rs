@@ -19,6 +19,11 @@ pub async fn execute(
     step: &str,
     ctx: &StepContext<'_>,
 ) -> Result<Value, StepError> {
+    if ctx.run.kind == computearbitrage_store::RunKind::Migrate {
+        if let Some(result) = super::migration::execute(orch, step, ctx).await {
+            return result;
+        }
+    }
     match step {
         QUOTA_CHECK => quota_check(orch, ctx).await,
         PLACEMENT => placement(orch, ctx).await,
@@ -96,8 +101,30 @@ async fn quota_check(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value
 
 async fn placement(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, StepError> {
     let catalog = orch.book.catalog();
-    let placed = place(&catalog, &ctx.workload.spec.requirements, 0, &orch.policy)?;
-    let offer = placed.best.offer;
+    let excluded = super::migration::excluded_offers(orch, ctx)?;
+    let alternatives = if excluded.is_empty() {
+        0
+    } else {
+        computearbitrage_core::placement::MAX_ALTERNATIVES
+    };
+    let placed = place(
+        &catalog,
+        &ctx.workload.spec.requirements,
+        alternatives,
+        &orch.policy,
+    )?;
+    let Some(best) = std::iter::once(placed.best)
+        .chain(placed.alternatives)
+        .find(|c| !excluded.iter().any(|x| x.matches(&c.offer)))
+    else {
+        return Err(StepError::permanent(format!(
+            "no offer matches the workload's requirements except the {} excluded after interruptions ({}); widen the requirements, or wait for the cooldown (migration.cooldown_seconds)",
+            excluded.len(),
+            excluded.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
+        )));
+    };
+    let offer = best.offer;
+    let reason = best.reason;
     Ok(json!({
         "provider": offer.cloud.as_str(),
         "region": offer.region,
@@ -105,11 +132,11 @@ async fn placement(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, 
         "instance_type": offer.instance_type,
         "spot_price": offer.spot_price,
         "on_demand_price": offer.on_demand_price,
-        "reason": placed.best.reason,
+        "reason": reason,
     }))
 }
 
-fn placement_record(output: &Value) -> PlacementRecord {
+pub(crate) fn placement_record(output: &Value) -> PlacementRecord {
     let s = |k: &str| {
         output
             .get(k)
@@ -160,6 +187,7 @@ async fn provision(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, 
     let instance = driver
         .create_spot_instance(&InstanceSpec {
             idempotency_token: ctx.token(PROVISION),
+            cloud: placed.cloud.clone(),
             region: placed.region.clone(),
             zone: placed.zone.clone(),
             instance_type: placed.instance_type.clone(),
@@ -171,9 +199,16 @@ async fn provision(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, 
             port: spec.port,
             tcp_port: spec.tcp_port,
             tags,
+            agent: orch.agent_boot(&ctx.run.id),
         })
         .await?;
     let started_ms = now_ms();
+    // A replacement becomes the workload's instance only when the route switches.
+    if ctx.run.kind == computearbitrage_store::RunKind::Migrate {
+        return Ok(
+            json!({ "instance_id": instance.instance_id, "started_at_ms": started_ms, "driver": driver.name() }),
+        );
+    }
     orch.store
         .update_workload(
             &ctx.workload.tenant_id,
@@ -191,7 +226,7 @@ async fn provision(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, 
     )
 }
 
-fn instance_id(ctx: &StepContext<'_>) -> Result<String, StepError> {
+pub(crate) fn instance_id(ctx: &StepContext<'_>) -> Result<String, StepError> {
     ctx.output(PROVISION)?
         .get("instance_id")
         .and_then(Value::as_str)
@@ -215,7 +250,8 @@ async fn wait_running(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Valu
             }
             InstanceState::Terminated { reason } => {
                 return Err(StepError::permanent(format!(
-                    "instance {id} stopped before running: {reason}"
+                    "instance {id} stopped before running: {reason}{}",
+                    last_output_suffix(orch, ctx)
                 )));
             }
             InstanceState::Interrupted { .. } => {
@@ -255,7 +291,13 @@ async fn wait_healthy(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Valu
     // exactly create_timeout sees FAILED with this step's error, not a timeout.
     let total_ms = ctx.workload.spec.create_timeout.as_millis() as i64;
     let margin_ms = (total_ms / 10).max(1_000);
-    let budget_ms = total_ms - margin_ms - (now_ms() - ctx.workload.created_at);
+    // A migration's replacement gets the same budget, counted from the notice.
+    let since = if ctx.run.kind == computearbitrage_store::RunKind::Migrate {
+        ctx.run.created_at
+    } else {
+        ctx.workload.created_at
+    };
+    let budget_ms = total_ms - margin_ms - (now_ms() - since);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(budget_ms.max(1_000) as u64);
     let mut last_error: String;
     loop {
@@ -267,7 +309,8 @@ async fn wait_healthy(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Valu
             Err(e) => last_error = describe_http_error(&e),
         }
         if let InstanceState::Terminated { reason } = driver.instance(&id).await?.state {
-            return Err(StepError::permanent(format!("the workload exited before its health check passed ({reason}); last check of {url}: {last_error}")));
+            let output = last_output_suffix(orch, ctx);
+            return Err(StepError::permanent(format!("the workload exited before its health check passed ({reason}); last check of {url}: {last_error}{output}")));
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(StepError::permanent(format!(
@@ -279,6 +322,14 @@ async fn wait_healthy(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Valu
             return Err(StepError::permanent("cancelled"));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The last lines an exited workload wrote, as its agent reported them, for the error.
+fn last_output_suffix(orch: &Orchestrator, ctx: &StepContext<'_>) -> String {
+    match orch.last_output(&ctx.run.id) {
+        Some(lines) if !lines.is_empty() => format!("; its last output:\n{}", lines.join("\n")),
+        _ => String::new(),
     }
 }
 

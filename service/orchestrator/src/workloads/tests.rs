@@ -146,6 +146,8 @@ async fn setup(driver: Arc<ScriptedDriver>) -> Arc<Orchestrator> {
             pause_at: None,
             access_tokens: crate::tokens::AccessTokenKey::random(),
             tcp_ports: 20000..=20999,
+            agent_heartbeat: Duration::from_secs(1),
+            migration_cooldown: Duration::from_secs(600),
         },
     )
 }
@@ -411,4 +413,193 @@ async fn terminated_workloads_keep_their_storage_for_retention_days_only() {
 
 fn bytes_of(text: &'static str) -> bytes::Bytes {
     bytes::Bytes::from_static(text.as_bytes())
+}
+
+/// A workload as provisioning leaves it: the run that launched `instance` recorded it.
+async fn launched(orch: &Orchestrator, instance: &str) -> (WorkloadRecord, RunRecord) {
+    let now = now_ms();
+    let id = new_id("wl");
+    let record = WorkloadRecord {
+        id: id.clone(),
+        tenant_id: "default".into(),
+        name: format!("agents-{id}"),
+        spec: workload_spec(&format!("agents-{id}")),
+        status: WorkloadStatus::Running,
+        status_reason: String::new(),
+        failed_step: None,
+        placement: None,
+        instance_id: Some(instance.into()),
+        endpoint: Some("127.0.0.1:9".into()),
+        instance_started_at: Some(now),
+        access_token_hash: None,
+        tcp_endpoint: None,
+        tcp_listen_port: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let run = run_of(&id, RunKind::Provision);
+    orch.store
+        .create_workload(record.clone(), run.clone())
+        .await
+        .unwrap();
+    record_launch(orch, &run.id, instance).await;
+    (record, run)
+}
+
+fn run_of(workload_id: &str, kind: RunKind) -> RunRecord {
+    let now = now_ms();
+    RunRecord {
+        id: new_id("run"),
+        tenant_id: "default".into(),
+        workload_id: workload_id.into(),
+        kind,
+        status: RunStatus::Running,
+        reason: "test".into(),
+        error: None,
+        failed_step: None,
+        replays: 0,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+async fn record_launch(orch: &Orchestrator, run_id: &str, instance: &str) {
+    orch.store
+        .save_step(computearbitrage_store::StepRecord {
+            run_id: run_id.into(),
+            step: "provision".into(),
+            attempts: 1,
+            completed: true,
+            output: Some(format!("{{\"instance_id\":\"{instance}\"}}")),
+            last_error: None,
+            started_at: now_ms(),
+            finished_at: Some(now_ms()),
+        })
+        .await
+        .unwrap();
+}
+
+fn beat() -> computearbitrage_agent_protocol::Heartbeat {
+    computearbitrage_agent_protocol::Heartbeat {
+        phase: "running".into(),
+    }
+}
+
+#[tokio::test]
+async fn agents_are_current_replacement_or_fenced_and_tokens_cannot_be_stretched() {
+    use crate::tokens::AgentTokenKind::{Registration, Session};
+    use agents::AgentError;
+    let orch = setup(Arc::new(ScriptedDriver::default())).await;
+    let key = orch.access_tokens().clone();
+    let later = now_ms() / 1000 + 600;
+    let (workload, first) = launched(&orch, "i-old").await;
+    let old = key.agent_token(Session, &first.id, later);
+    orch.agent_heartbeat(&old, beat()).await.unwrap();
+
+    // A migration's replacement may heartbeat, but not report for the workload, and
+    // registers only once the final checkpoint is settled.
+    let migration = run_of(&workload.id, RunKind::Migrate);
+    orch.store.create_run(migration.clone()).await.unwrap();
+    record_launch(&orch, &migration.id, "i-new").await;
+    let new = key.agent_token(Session, &migration.id, later);
+    orch.agent_heartbeat(&new, beat()).await.unwrap();
+    let refused = orch
+        .agent_notice(
+            &new,
+            computearbitrage_agent_protocol::NoticeReport {
+                signal: "interruption".into(),
+                deadline: None,
+            },
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(AgentError::Invalid(_))),
+        "{refused:?}"
+    );
+    let waiting = orch
+        .agent_register(
+            &key.agent_token(Registration, &migration.id, later),
+            computearbitrage_agent_protocol::Register {
+                instance_id: "i-new".into(),
+                agent_version: "test".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            waiting,
+            computearbitrage_agent_protocol::RegisterReply::Wait { .. }
+        ),
+        "{waiting:?}"
+    );
+
+    // The route switches: the old agent is fenced, the new one is current.
+    orch.store
+        .update_workload(
+            "default",
+            &workload.id,
+            WorkloadChanges {
+                instance_id: Some(Some("i-new".into())),
+                ..Default::default()
+            },
+            now_ms(),
+        )
+        .await
+        .unwrap();
+    orch.store
+        .finish_run(&migration.id, RunStatus::Completed, None, None, now_ms())
+        .await
+        .unwrap();
+    let fenced = orch.agent_heartbeat(&old, beat()).await;
+    assert!(
+        matches!(&fenced, Err(AgentError::Fenced(m)) if m.contains("i-old") && m.contains("i-new")),
+        "{fenced:?}"
+    );
+    orch.agent_heartbeat(&new, beat()).await.unwrap();
+
+    // Tokens: expired beyond the grace, forged, another kind: refused.
+    let long_ago = now_ms() / 1000 - agents::REFRESH_GRACE.as_secs() as i64 - 1;
+    for token in [
+        key.agent_token(Session, &migration.id, long_ago),
+        key.agent_token(Registration, &migration.id, later),
+        crate::tokens::AccessTokenKey::random().agent_token(Session, &migration.id, later),
+        format!("{new}x"),
+    ] {
+        let result = orch.agent_heartbeat(&token, beat()).await;
+        assert!(
+            matches!(result, Err(AgentError::Unauthorized(_))),
+            "{result:?}"
+        );
+    }
+    // Recently expired: a heartbeat still refreshes it (the service was down).
+    let recently = key.agent_token(Session, &migration.id, now_ms() / 1000 - 60);
+    let refreshed = orch.agent_heartbeat(&recently, beat()).await.unwrap();
+    assert!(refreshed.token_expires_at > now_ms() / 1000);
+    // Registration credentials get no grace.
+    let stale = key.agent_token(Registration, &migration.id, now_ms() / 1000 - 1);
+    let register = orch
+        .agent_register(
+            &stale,
+            computearbitrage_agent_protocol::Register {
+                instance_id: "i-new".into(),
+                agent_version: "test".into(),
+            },
+        )
+        .await;
+    assert!(matches!(register, Err(AgentError::Unauthorized(_))));
+
+    // A workload that ended fences everyone.
+    let current = orch.get("default", &workload.id).await.unwrap();
+    orch.transition(
+        &current,
+        WorkloadStatus::Running,
+        WorkloadStatus::Stopping,
+        "test",
+        WorkloadChanges::default(),
+    )
+    .await
+    .unwrap();
+    let ended = orch.agent_heartbeat(&new, beat()).await;
+    assert!(matches!(ended, Err(AgentError::Fenced(_))), "{ended:?}");
 }

@@ -29,10 +29,24 @@ pub struct Service {
 impl Service {
     /// Starts `computearbitrage serve` with extra environment variables.
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Service {
+        Service::start_on(data_dir, "127.0.0.1:0", env)
+    }
+
+    /// The `host:port` the service listens on.
+    pub fn address(&self) -> String {
+        self.endpoint
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .to_string()
+    }
+
+    /// Starts the service on `listen`: a restart after a crash listens where the
+    /// agents of its instances call it, as a real deployment does.
+    pub fn start_on(data_dir: &Path, listen: &str, env: &[(&str, &str)]) -> Service {
         let tcp_range = free_port_range();
         let mut command = Command::new(env!("CARGO_BIN_EXE_computearbitrage"));
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .env("COMPUTEARBITRAGE_BOOTSTRAP_TOKEN", TOKEN)
             .env("COMPUTEARBITRAGE_SHUTDOWN_GRACE_SECONDS", "1")

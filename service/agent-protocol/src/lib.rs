@@ -1,0 +1,193 @@
+//! What the agent and the service say to each other, in one place so neither side
+//! guesses the other's shapes. JSON over HTTP on the service's port; every call
+//! carries `Authorization: Bearer <agent token>`.
+//!
+//! - [`paths`]: the endpoints.
+//! - [`Register`], [`Assignment`]: the agent's first call and what it is told to run.
+//! - [`Heartbeat`], [`HeartbeatReply`]: liveness, token refresh, and fencing.
+//! - [`NoticeReport`], [`CheckpointGrantRequest`], [`CheckpointGrant`],
+//!   [`CheckpointReport`]: acting on an interruption notice.
+//! - [`Manifest`]: a checkpoint's table of contents, written last: a checkpoint is
+//!   complete exactly when its `manifest.json` exists.
+//! - [`ErrorBody`]: every refusal, with what to do.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub mod paths {
+    pub const REGISTER: &str = "/agent/v1/register";
+    pub const HEARTBEAT: &str = "/agent/v1/heartbeat";
+    pub const NOTICE: &str = "/agent/v1/notice";
+    pub const CHECKPOINT_GRANT: &str = "/agent/v1/checkpoint/grant";
+    pub const CHECKPOINT_REPORT: &str = "/agent/v1/checkpoint/report";
+    pub const EXITED: &str = "/agent/v1/exited";
+}
+
+/// The file name that completes a checkpoint directory.
+pub const MANIFEST: &str = "manifest.json";
+/// Checkpoint chunks are at most this large.
+pub const CHUNK_BYTES: u64 = 8 << 20;
+
+/// The agent's first call, and its retries until it gets an assignment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Register {
+    /// The instance id as the machine knows it (the cloud's, or the local driver's).
+    pub instance_id: String,
+    pub agent_version: String,
+}
+
+/// The reply to [`Register`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RegisterReply {
+    /// Not yet: the instance is a replacement whose predecessor is still writing its
+    /// final checkpoint, or the service has not recorded the instance yet.
+    Wait {
+        retry_ms: u64,
+        why: String,
+    },
+    Run(Box<Assignment>),
+}
+
+/// What to run, and how.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Assignment {
+    pub workload_id: String,
+    /// A fresh token for every later call; the registration credential is spent.
+    pub token: String,
+    /// Unix seconds.
+    pub token_expires_at: i64,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub heartbeat_ms: u64,
+    /// How to tell the workload about a notice.
+    pub on_notice: NoticeHandling,
+    /// Present when the workload has storage; checkpoints need it.
+    pub storage: Option<StorageGrant>,
+    /// The checkpoint to restore into `$CHECKPOINT_DIR` before starting, if any.
+    pub restore: Option<Restore>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NoticeHandling {
+    /// Signal number sent to the workload (15 = SIGTERM) when no command is set.
+    pub signal: i32,
+    /// Run instead of signalling, in the workload's directory and environment.
+    pub checkpoint_command: Option<Vec<String>>,
+    /// Seconds before the deadline by which the checkpoint upload must be under way.
+    pub safety_margin_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StorageGrant {
+    /// `workloads/{id}/`.
+    pub prefix: String,
+    pub quota_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Restore {
+    /// The checkpoint's name (`checkpoints/{name}/`).
+    pub name: String,
+    pub manifest: Manifest,
+    /// Signed GET URL of each chunk, by its SHA-256 (hex).
+    pub chunk_urls: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Heartbeat {
+    /// `starting`, `running`, `checkpointing`, `exited`.
+    pub phase: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HeartbeatReply {
+    pub token: String,
+    pub token_expires_at: i64,
+}
+
+/// The agent saw the cloud's notice (interruption or rebalance).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NoticeReport {
+    /// `interruption` or `rebalance`.
+    pub signal: String,
+    /// Unix seconds, when the cloud said.
+    pub deadline: Option<i64>,
+}
+
+/// Asks for upload URLs for one checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CheckpointGrantRequest {
+    /// `{unix ms}`, chosen by the agent; the directory `checkpoints/{name}/`.
+    pub name: String,
+    /// SHA-256 (hex) → size of each distinct chunk.
+    pub chunks: BTreeMap<String, u64>,
+    pub manifest_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CheckpointGrant {
+    /// Signed PUT URL per chunk, by SHA-256.
+    pub chunk_urls: BTreeMap<String, String>,
+    /// Signed PUT URL of `manifest.json`; upload it last.
+    pub manifest_url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CheckpointReport {
+    pub name: String,
+    /// Why it was taken: `notice`, `periodic`, `task`.
+    pub trigger: String,
+    /// `None`: complete. Otherwise what went wrong.
+    pub error: Option<String>,
+    pub bytes: u64,
+    pub files: u64,
+    pub duration_ms: u64,
+}
+
+/// The workload exited on its own.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExitReport {
+    /// `exit status: 3`, `signal: 9`.
+    pub status: String,
+    /// The last lines the workload wrote to stdout and stderr.
+    pub last_output: Vec<String>,
+}
+
+/// A checkpoint's table of contents.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Manifest {
+    pub version: u32,
+    /// Unix milliseconds when the copy began.
+    pub created_at_ms: i64,
+    /// Every directory, relative, `/`-separated (so empty ones come back too).
+    pub directories: Vec<String>,
+    pub files: Vec<ManifestFile>,
+    pub total_bytes: u64,
+    /// Why it was taken: `notice` (the final checkpoint before a reclaim), `periodic`,
+    /// `task`.
+    #[serde(default)]
+    pub trigger: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ManifestFile {
+    /// Relative, `/`-separated, no `.` or `..` segments.
+    pub path: String,
+    pub size: u64,
+    /// Unix permission bits.
+    pub mode: u32,
+    /// The file's content is these chunks (SHA-256 hex) in order.
+    pub chunks: Vec<String>,
+}
+
+/// Every refusal: what was wrong and what to do. `fenced` tells an agent it has
+/// been replaced and must stop.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default)]
+    pub fenced: bool,
+    #[serde(default)]
+    pub retryable: bool,
+}

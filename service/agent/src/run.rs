@@ -1,0 +1,566 @@
+//! `computearbitrage-agent run`: the agent's life on an instance.
+//!
+//! 1. Register with the boot credential (retried until the service answers, waiting
+//!    while the instance this one replaces writes its final checkpoint).
+//! 2. Restore the assigned checkpoint into `$CHECKPOINT_DIR`.
+//! 3. Start the workload with its env, `PORT`, `TCP_PORT` and `CHECKPOINT_DIR`, its
+//!    output passed through to the agent's and its last lines kept.
+//! 4. Heartbeat (refreshing the session token) and watch the cloud's notice.
+//! 5. On a notice: report it, signal the workload, wait for it up to the deadline
+//!    minus the safety margin, upload the checkpoint (chunks, then the manifest),
+//!    report the result, approve the event where the cloud has approval (Azure).
+//! 6. The workload exits on its own: report its status and last lines, exit with
+//!    its code. A fenced agent (its instance was replaced) stops the workload.
+
+use crate::checkpoint;
+use crate::notice::{Notice, Signal};
+use crate::watch::{Cloud, Watcher};
+use computearbitrage_agent_protocol::{self as protocol, paths};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// Lines of output kept for the exit report.
+const LAST_LINES: usize = 40;
+
+/// What the machine (the driver's user-data) tells the agent.
+#[derive(Debug, Clone)]
+pub struct RunArgs {
+    pub service_url: String,
+    pub credential_file: PathBuf,
+    pub instance_id: String,
+    pub cloud: Cloud,
+    pub metadata_url: String,
+    /// The VM name Azure's Scheduled Events use.
+    pub resource: String,
+    /// The workload's working directory; `$CHECKPOINT_DIR` is `checkpoint/` in it.
+    pub work_dir: PathBuf,
+    /// The ports the machine gives the workload.
+    pub port: u16,
+    pub tcp_port: Option<u16>,
+    /// Who the workload runs as, when not the agent's user.
+    pub owner: Option<(u32, u32)>,
+    pub poll: Duration,
+}
+
+/// Why the agent stopped, as its exit code.
+#[derive(Debug)]
+pub enum Exit {
+    /// The workload's own exit code.
+    Workload(i32),
+    /// Checkpointed after a notice.
+    Reclaimed,
+    /// The service refused this instance (fenced, or a bad credential).
+    Refused(String),
+    /// The checkpoint could not be restored, or the workload not started.
+    Failed(String),
+}
+
+impl Exit {
+    pub fn code(&self) -> i32 {
+        match self {
+            Exit::Workload(code) => *code,
+            Exit::Reclaimed => 0,
+            Exit::Refused(_) => 75,
+            Exit::Failed(_) => 70,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum CallError {
+    /// Told to stop.
+    Fenced(String),
+    /// The service said no; retrying the same call will not help.
+    Refused(String),
+    /// Unreachable, or a transient failure: retry.
+    Transient(String),
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Mutex<String>,
+}
+
+impl Client {
+    fn token(&self) -> String {
+        self.token.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_token(&self, token: String) {
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = token;
+    }
+
+    async fn call<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Q,
+    ) -> Result<A, CallError> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(self.token())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(body).unwrap_or_default())
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| CallError::Transient(format!("POST {path}: {e}")))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| CallError::Transient(format!("POST {path}: {e}")))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| {
+                CallError::Refused(format!(
+                    "POST {path}: the service's answer is unreadable: {e}"
+                ))
+            });
+        }
+        let error: protocol::ErrorBody =
+            serde_json::from_slice(&bytes).unwrap_or(protocol::ErrorBody {
+                error: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+                fenced: false,
+                retryable: status.is_server_error() || status.as_u16() == 429,
+            });
+        let message = format!("POST {path}: HTTP {status}: {}", error.error);
+        Err(if error.fenced {
+            CallError::Fenced(message)
+        } else if error.retryable {
+            CallError::Transient(message)
+        } else {
+            CallError::Refused(message)
+        })
+    }
+
+    /// Retries transient failures with backoff for up to `patience`.
+    async fn call_patiently<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Q,
+        patience: Duration,
+    ) -> Result<A, CallError> {
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.call(path, body).await {
+                Err(CallError::Transient(message)) if started.elapsed() < patience => {
+                    tracing::warn!(path, error = %message, retry_in_ms = delay.as_millis() as u64, "service call failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// The kept tail of the workload's output.
+#[derive(Default)]
+struct Tail(Mutex<VecDeque<String>>);
+
+impl Tail {
+    fn push(&self, line: String) {
+        let mut lines = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if lines.len() == LAST_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(line);
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs the agent until its workload ends, it is reclaimed, or it is fenced.
+pub async fn run(args: RunArgs) -> Exit {
+    let credential = match std::fs::read_to_string(&args.credential_file) {
+        Ok(text) => text.trim().to_string(),
+        Err(e) => {
+            return Exit::Failed(format!(
+                "cannot read the boot credential {}: {e}",
+                args.credential_file.display()
+            ))
+        }
+    };
+    // Spent on registration; nothing on the machine needs it afterwards.
+    let _ = std::fs::remove_file(&args.credential_file);
+    let client = Arc::new(Client {
+        http: reqwest::Client::new(),
+        base: args.service_url.trim_end_matches('/').to_string(),
+        token: Mutex::new(credential),
+    });
+    let assignment = match register(&client, &args).await {
+        Ok(a) => a,
+        Err(exit) => return exit,
+    };
+    client.set_token(assignment.token.clone());
+    let checkpoint_dir = args.work_dir.join("checkpoint");
+    if let Err(e) = prepare_dir(&checkpoint_dir, args.owner) {
+        return Exit::Failed(format!("cannot create {}: {e}", checkpoint_dir.display()));
+    }
+    if let Some(restore) = &assignment.restore {
+        let started = Instant::now();
+        match checkpoint::restore(&client.http, restore, &checkpoint_dir, args.owner).await {
+            Ok((files, bytes)) => {
+                tracing::info!(checkpoint = %restore.name, files, bytes, duration_ms = started.elapsed().as_millis() as u64, "checkpoint restored");
+            }
+            Err(e) => {
+                return Exit::Failed(format!("cannot restore checkpoint {}: {e}", restore.name))
+            }
+        }
+    }
+    let tail = Arc::new(Tail::default());
+    let mut child = match spawn_workload(&args, &assignment, &checkpoint_dir, &tail) {
+        Ok(child) => child,
+        Err(message) => {
+            report_exit(&client, &message, vec![message.clone()]).await;
+            return Exit::Failed(message);
+        }
+    };
+    let pid = child.id().unwrap_or(0) as i32;
+    tracing::info!(workload_id = %assignment.workload_id, pid, "workload started");
+
+    let heartbeat = tokio::spawn(heartbeats(
+        client.clone(),
+        Duration::from_millis(assignment.heartbeat_ms.max(100)),
+    ));
+    let mut watcher = Watcher::new(args.cloud, &args.metadata_url, &args.resource, args.poll);
+    let exit = loop {
+        tokio::select! {
+            status = child.wait() => {
+                let (text, code) = match status {
+                    Ok(s) => (s.to_string(), exit_code(s)),
+                    Err(e) => (format!("lost: {e}"), 70),
+                };
+                // Let the output readers drain the last lines first.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                report_exit(&client, &text, tail.lines()).await;
+                break Exit::Workload(code);
+            }
+            fenced = wait_fenced(&heartbeat) => {
+                tracing::warn!(reason = %fenced, "this instance was replaced; stopping the workload");
+                signal(pid, libc::SIGKILL);
+                let _ = child.wait().await;
+                break Exit::Refused(fenced);
+            }
+            notice = watcher.next() => {
+                match notice.signal {
+                    Signal::Rebalance => {
+                        let _ = client.call::<_, serde_json::Value>(paths::NOTICE, &protocol::NoticeReport {
+                            signal: "rebalance".into(),
+                            deadline: None,
+                        }).await;
+                    }
+                    Signal::Interruption => {
+                        on_notice(&client, &assignment, &notice, &watcher, &mut child, pid, &checkpoint_dir).await;
+                        break Exit::Reclaimed;
+                    }
+                }
+            }
+        }
+    };
+    heartbeat.abort();
+    exit
+}
+
+async fn register(client: &Client, args: &RunArgs) -> Result<protocol::Assignment, Exit> {
+    let request = protocol::Register {
+        instance_id: args.instance_id.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    loop {
+        match client
+            .call_patiently(paths::REGISTER, &request, Duration::from_secs(3600))
+            .await
+        {
+            Ok(protocol::RegisterReply::Run(assignment)) => return Ok(*assignment),
+            Ok(protocol::RegisterReply::Wait { retry_ms, why }) => {
+                tracing::info!(why, retry_ms, "registered; waiting for the assignment");
+                tokio::time::sleep(Duration::from_millis(retry_ms.clamp(50, 5_000))).await;
+            }
+            Err(CallError::Fenced(m) | CallError::Refused(m) | CallError::Transient(m)) => {
+                return Err(Exit::Refused(m))
+            }
+        }
+    }
+}
+
+fn prepare_dir(dir: &std::path::Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+    }
+    Ok(())
+}
+
+fn spawn_workload(
+    args: &RunArgs,
+    assignment: &protocol::Assignment,
+    checkpoint_dir: &std::path::Path,
+    tail: &Arc<Tail>,
+) -> Result<tokio::process::Child, String> {
+    let Some(program) = assignment.command.first() else {
+        return Err("the command is empty; give at least the program to run".into());
+    };
+    let mut command = tokio::process::Command::new(program);
+    command
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", &args.work_dir)
+        .envs(&assignment.env)
+        .env("PORT", args.port.to_string())
+        .env("CHECKPOINT_DIR", checkpoint_dir)
+        .envs(args.tcp_port.map(|p| ("TCP_PORT", p.to_string())))
+        .current_dir(&args.work_dir)
+        .args(&assignment.command[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some((uid, gid)) = args.owner {
+        command.uid(uid).gid(gid);
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot start {program:?}: {e}; check the workload's `command`"))?;
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(pass_through(out, tokio::io::stdout(), tail.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(pass_through(err, tokio::io::stderr(), tail.clone()));
+    }
+    Ok(child)
+}
+
+/// Copies the workload's output line by line to the agent's own, keeping the tail.
+async fn pass_through<R, W>(from: R, mut to: W, tail: Arc<Tail>)
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut lines = BufReader::new(from).split(b'\n');
+    while let Ok(Some(line)) = lines.next_segment().await {
+        let _ = to.write_all(&line).await;
+        let _ = to.write_all(b"\n").await;
+        let _ = to.flush().await;
+        tail.push(String::from_utf8_lossy(&line).into_owned());
+    }
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+fn signal(pid: i32, signal: i32) {
+    if pid > 0 {
+        // SAFETY: kill(2) on the workload's own pid.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+}
+
+async fn report_exit(client: &Client, status: &str, last_output: Vec<String>) {
+    let report = protocol::ExitReport {
+        status: status.to_string(),
+        last_output,
+    };
+    if let Err(e) = client
+        .call_patiently::<_, serde_json::Value>(paths::EXITED, &report, Duration::from_secs(10))
+        .await
+    {
+        tracing::warn!(error = ?e, "cannot report the workload's exit");
+    }
+}
+
+/// Sends heartbeats; returns why the service fenced this instance.
+async fn heartbeats(client: Arc<Client>, every: Duration) -> String {
+    loop {
+        tokio::time::sleep(every).await;
+        let beat = protocol::Heartbeat {
+            phase: "running".into(),
+        };
+        match client
+            .call::<_, protocol::HeartbeatReply>(paths::HEARTBEAT, &beat)
+            .await
+        {
+            Ok(reply) => client.set_token(reply.token),
+            Err(CallError::Fenced(reason)) => return reason,
+            // A control-plane blip is not a reason to stop a healthy workload.
+            Err(e) => tracing::warn!(error = ?e, "heartbeat failed; the workload keeps running"),
+        }
+    }
+}
+
+async fn wait_fenced(heartbeat: &tokio::task::JoinHandle<String>) -> String {
+    // Polled by reference inside select!: finish only when the task has.
+    loop {
+        if heartbeat.is_finished() {
+            return "fenced by the service".into();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Acts on an interruption notice: report, tell the workload, checkpoint, approve.
+async fn on_notice(
+    client: &Client,
+    assignment: &protocol::Assignment,
+    notice: &Notice,
+    watcher: &Watcher,
+    child: &mut tokio::process::Child,
+    pid: i32,
+    checkpoint_dir: &std::path::Path,
+) {
+    tracing::warn!(deadline = ?notice.deadline, action = %notice.action, "interruption notice");
+    if let Err(e) = client
+        .call_patiently::<_, serde_json::Value>(
+            paths::NOTICE,
+            &protocol::NoticeReport {
+                signal: "interruption".into(),
+                deadline: notice.deadline,
+            },
+            Duration::from_secs(5),
+        )
+        .await
+    {
+        tracing::warn!(error = ?e, "cannot report the notice; the driver's signal still reaches the service");
+    }
+    let began_ms = unix_ms();
+    let deadline_ms = notice
+        .deadline
+        .map(|d| d * 1000)
+        .unwrap_or(began_ms + 30_000);
+    let margin_ms = (assignment.on_notice.safety_margin_seconds as i64 * 1000)
+        .min((deadline_ms - began_ms) / 4)
+        .max(0);
+    let wait_until = deadline_ms - margin_ms;
+    // Tell the workload, then give it until the deadline minus the margin.
+    let told = match &assignment.on_notice.checkpoint_command {
+        Some(command) if !command.is_empty() => {
+            run_checkpoint_command(command, checkpoint_dir).await
+        }
+        _ => {
+            signal(pid, assignment.on_notice.signal);
+            let budget = Duration::from_millis((wait_until - unix_ms()).max(0) as u64);
+            match tokio::time::timeout(budget, child.wait()).await {
+                Ok(_) => Ok(()),
+                Err(_) => Err(format!(
+                    "the workload did not exit within {} ms of signal {}; checkpointing what it wrote",
+                    budget.as_millis(),
+                    assignment.on_notice.signal
+                )),
+            }
+        }
+    };
+    if let Err(message) = &told {
+        tracing::warn!(
+            message,
+            "the workload did not finish its checkpoint in time"
+        );
+    }
+    if assignment.storage.is_some() {
+        let name = began_ms.to_string();
+        let started = Instant::now();
+        let outcome = upload_checkpoint(client, &name, "notice", checkpoint_dir).await;
+        let (error, bytes, files) = match outcome {
+            Ok((bytes, files)) => (None, bytes, files),
+            Err(e) => (Some(e), 0, 0),
+        };
+        let report = protocol::CheckpointReport {
+            name,
+            trigger: "notice".into(),
+            error,
+            bytes,
+            files,
+            duration_ms: started.elapsed().as_millis() as u64,
+        };
+        tracing::info!(checkpoint = %report.name, bytes, files, error = ?report.error, "final checkpoint");
+        if let Err(e) = client
+            .call_patiently::<_, serde_json::Value>(
+                paths::CHECKPOINT_REPORT,
+                &report,
+                Duration::from_secs(5),
+            )
+            .await
+        {
+            tracing::warn!(error = ?e, "cannot report the checkpoint");
+        }
+    }
+    if let Err(e) = watcher.approve(notice).await {
+        tracing::warn!(error = %e, "cannot approve the scheduled event");
+    }
+    // Whatever is left of the workload goes with the machine.
+    signal(pid, libc::SIGKILL);
+    let _ = child.wait().await;
+}
+
+async fn run_checkpoint_command(
+    command: &[String],
+    checkpoint_dir: &std::path::Path,
+) -> Result<(), String> {
+    let status = tokio::process::Command::new(&command[0])
+        .args(&command[1..])
+        .env("CHECKPOINT_DIR", checkpoint_dir)
+        .status()
+        .await
+        .map_err(|e| format!("cannot run the checkpoint command: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("the checkpoint command failed: {status}"))
+    }
+}
+
+/// Uploads `dir` as checkpoint `name`: chunks first, the manifest last.
+async fn upload_checkpoint(
+    client: &Client,
+    name: &str,
+    trigger: &str,
+    dir: &std::path::Path,
+) -> Result<(u64, u64), String> {
+    let scan_dir = dir.to_path_buf();
+    let created = name.parse::<i64>().unwrap_or(0);
+    let mut packed = tokio::task::spawn_blocking(move || checkpoint::scan(&scan_dir, created))
+        .await
+        .map_err(|e| format!("the scan did not finish: {e}"))?
+        .map_err(|e| e.to_string())?;
+    packed.manifest.trigger = trigger.to_string();
+    let request = protocol::CheckpointGrantRequest {
+        name: name.to_string(),
+        chunks: packed.chunk_sizes(),
+        manifest_bytes: packed.manifest_json().len() as u64,
+    };
+    let grant: protocol::CheckpointGrant = client
+        .call_patiently(paths::CHECKPOINT_GRANT, &request, Duration::from_secs(5))
+        .await
+        .map_err(|e| format!("no upload grant: {e:?}"))?;
+    let bytes = checkpoint::upload(&client.http, &packed, &grant)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((bytes, packed.manifest.files.len() as u64))
+}

@@ -1,0 +1,625 @@
+//! What the orchestrator does for the agents on its instances: registration and the
+//! assignment, heartbeats with token refresh, notices, checkpoint grants and reports,
+//! and exit reports. The server maps these onto HTTP (`/agent/v1/…`).
+//!
+//! Who may call: an agent token names the run that launched its instance. An agent is
+//! - **current** when the workload's instance is the one that run launched;
+//! - the **replacement** while that run is the workload's unfinished migration;
+//! - otherwise **fenced**: its instance was replaced (or its workload ended), and
+//!   every call of it is refused, so a reclaimed or cut-off machine that comes back
+//!   cannot report, take grants or upload over its successor.
+
+use super::{notify, now_ms, Orchestrator};
+use crate::error::OrchestratorError;
+use crate::tokens::{AgentClaims, AgentTokenKind};
+use computearbitrage_agent_protocol as protocol;
+use computearbitrage_core::workflow::{AWAIT_CHECKPOINT, PROVISION};
+use computearbitrage_core::WorkloadStatus;
+use computearbitrage_storage::{Area, Method, ObjectKey, Prefix, Storage};
+use computearbitrage_store::{RunKind, RunRecord, RunStatus, WorkloadRecord};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+const GIB: u64 = 1 << 30;
+/// A registration credential outlives a slow boot.
+pub const REGISTRATION_LIFETIME: Duration = Duration::from_secs(3600);
+/// Session tokens are short-lived and refreshed by every heartbeat.
+pub const SESSION_LIFETIME: Duration = Duration::from_secs(900);
+/// A heartbeat may still refresh a session token this long after it expired (the
+/// service was down), as long as the instance is still the workload's.
+pub const REFRESH_GRACE: Duration = Duration::from_secs(24 * 3600);
+/// Complete checkpoints kept per workload; older ones are deleted.
+pub const CHECKPOINTS_KEPT: usize = 3;
+
+/// Where agents reach the service and where checkpoints go; attached once the
+/// service listens.
+pub struct AgentLink {
+    pub service_url: String,
+    pub storage: Arc<Storage>,
+}
+
+/// A refused agent call.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The token is not one of ours, expired, or of the wrong kind.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The instance was replaced or its workload ended: stop.
+    #[error("{0}")]
+    Fenced(String),
+    /// The request itself is wrong.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Service(#[from] OrchestratorError),
+}
+
+impl From<computearbitrage_store::StoreError> for AgentError {
+    fn from(e: computearbitrage_store::StoreError) -> Self {
+        AgentError::Service(e.into())
+    }
+}
+
+impl From<computearbitrage_storage::StorageError> for AgentError {
+    fn from(e: computearbitrage_storage::StorageError) -> Self {
+        match e {
+            computearbitrage_storage::StorageError::InvalidKey { .. }
+            | computearbitrage_storage::StorageError::QuotaExceeded { .. } => {
+                AgentError::Invalid(e.to_string())
+            }
+            other => AgentError::Service(other.into()),
+        }
+    }
+}
+
+/// The last checkpoint report of a workload's current instance (kept in memory: after
+/// a restart the storage listing answers the same question).
+#[derive(Debug, Clone)]
+pub struct CheckpointOutcome {
+    pub name: String,
+    pub error: Option<String>,
+    pub at_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Current,
+    Replacement,
+}
+
+struct Session {
+    workload: WorkloadRecord,
+    run: RunRecord,
+    role: Role,
+}
+
+/// A checkpoint's name is the unix milliseconds it was begun at.
+pub fn checkpoint_name_ok(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 20 && name.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn chunk_key(workload_id: &str, name: &str, sha: &str) -> Result<ObjectKey, AgentError> {
+    Ok(ObjectKey::new(
+        workload_id,
+        Area::Checkpoints,
+        &format!("{name}/chunks/{sha}"),
+    )?)
+}
+
+fn manifest_key(workload_id: &str, name: &str) -> Result<ObjectKey, AgentError> {
+    Ok(ObjectKey::new(
+        workload_id,
+        Area::Checkpoints,
+        &format!("{name}/{}", protocol::MANIFEST),
+    )?)
+}
+
+/// The names of a workload's complete checkpoints (those with a manifest), oldest first.
+pub async fn complete_checkpoints(
+    storage: &Storage,
+    workload_id: &str,
+) -> Result<Vec<String>, computearbitrage_storage::StorageError> {
+    let prefix = Prefix::area(workload_id, Area::Checkpoints, None)?;
+    let mut names: Vec<String> = storage
+        .list(&prefix)
+        .await?
+        .into_iter()
+        .filter_map(|o| {
+            let (name, rest) = o.key.path().split_once('/')?;
+            (rest == protocol::MANIFEST && checkpoint_name_ok(name)).then(|| name.to_string())
+        })
+        .collect();
+    names.sort_by_key(|n| n.parse::<u64>().unwrap_or(0));
+    Ok(names)
+}
+
+impl Orchestrator {
+    /// Connects the agents' side once the service knows its own address.
+    pub fn attach_agents(&self, link: AgentLink) {
+        if self.agents.set(link).is_err() {
+            tracing::warn!("agents were attached twice; keeping the first link");
+        }
+    }
+
+    pub(crate) fn agent_link(&self) -> Option<&AgentLink> {
+        self.agents.get()
+    }
+
+    /// The boot of an instance launched by `run_id`, when agents are attached.
+    pub(crate) fn agent_boot(&self, run_id: &str) -> Option<computearbitrage_core::AgentBoot> {
+        let link = self.agents.get()?;
+        let expires = now_ms() / 1000 + REGISTRATION_LIFETIME.as_secs() as i64;
+        Some(computearbitrage_core::AgentBoot {
+            service_url: link.service_url.clone(),
+            credential: self.settings.access_tokens.agent_token(
+                AgentTokenKind::Registration,
+                run_id,
+                expires,
+            ),
+        })
+    }
+
+    fn session_token(&self, run_id: &str) -> (String, i64) {
+        let expires = now_ms() / 1000 + SESSION_LIFETIME.as_secs() as i64;
+        (
+            self.settings
+                .access_tokens
+                .agent_token(AgentTokenKind::Session, run_id, expires),
+            expires,
+        )
+    }
+
+    /// The instance a run launched, once its provision step is in the ledger.
+    async fn launched_instance(&self, run_id: &str) -> Result<Option<String>, AgentError> {
+        Ok(self
+            .store
+            .steps(run_id)
+            .await?
+            .into_iter()
+            .find(|s| s.step == PROVISION && s.completed)
+            .and_then(|s| s.output)
+            .and_then(|o| serde_json::from_str::<Value>(&o).ok())
+            .and_then(|o| o.get("instance_id")?.as_str().map(str::to_string)))
+    }
+
+    /// Checks a token and places its agent: current, replacement, or fenced.
+    async fn agent_session(
+        &self,
+        token: &str,
+        kind: AgentTokenKind,
+        grace: Duration,
+    ) -> Result<Session, AgentError> {
+        let claims: AgentClaims = self
+            .settings
+            .access_tokens
+            .verify_agent_token(token)
+            .filter(|c| c.kind == kind)
+            .ok_or_else(|| {
+                AgentError::Unauthorized(match kind {
+                    AgentTokenKind::Registration => "not a registration credential of this service; an agent registers with the credential its instance was booted with".into(),
+                    AgentTokenKind::Session => "not a session token of this service; register again".into(),
+                })
+            })?;
+        if claims.expires_at + grace.as_secs() as i64 <= now_ms() / 1000 {
+            return Err(AgentError::Unauthorized(format!(
+                "the agent token expired at {}; register again with a fresh credential",
+                computearbitrage_core::fmt::rfc3339(claims.expires_at)
+            )));
+        }
+        let run =
+            self.store.run(&claims.run_id).await?.ok_or_else(|| {
+                AgentError::Fenced(format!("run {} no longer exists", claims.run_id))
+            })?;
+        let workload = self
+            .store
+            .workload(&run.tenant_id, &run.workload_id)
+            .await?
+            .filter(|w| w.status.is_active() && w.status != WorkloadStatus::Stopping)
+            .ok_or_else(|| {
+                AgentError::Fenced(format!(
+                    "workload {} has ended; this instance must stop",
+                    run.workload_id
+                ))
+            })?;
+        let launched = self.launched_instance(&run.id).await?;
+        if launched.is_some() && launched == workload.instance_id {
+            return Ok(Session {
+                workload,
+                run,
+                role: Role::Current,
+            });
+        }
+        if run.status == RunStatus::Running {
+            if run.kind == RunKind::Migrate {
+                return Ok(Session {
+                    workload,
+                    run,
+                    role: Role::Replacement,
+                });
+            }
+            if launched.is_none() {
+                // The first instance registers before its provision step is in the
+                // ledger: it is the workload's, just not recorded yet.
+                return Ok(Session {
+                    workload,
+                    run,
+                    role: Role::Current,
+                });
+            }
+        }
+        Err(AgentError::Fenced(format!(
+            "instance {} was replaced; workload {} now runs on {}",
+            launched.as_deref().unwrap_or("(never recorded)"),
+            workload.id,
+            workload.instance_id.as_deref().unwrap_or("no instance")
+        )))
+    }
+
+    /// Registration: the assignment, or "wait" while the final checkpoint of the
+    /// instance this one replaces is still being written.
+    pub async fn agent_register(
+        &self,
+        credential: &str,
+        request: protocol::Register,
+    ) -> Result<protocol::RegisterReply, AgentError> {
+        let session = self
+            .agent_session(credential, AgentTokenKind::Registration, Duration::ZERO)
+            .await?;
+        let workload = &session.workload;
+        let restore_name = match session.role {
+            Role::Replacement => {
+                let awaited = self
+                    .store
+                    .steps(&session.run.id)
+                    .await?
+                    .into_iter()
+                    .find(|s| s.step == AWAIT_CHECKPOINT && s.completed)
+                    .and_then(|s| s.output)
+                    .and_then(|o| serde_json::from_str::<Value>(&o).ok());
+                let Some(awaited) = awaited else {
+                    return Ok(protocol::RegisterReply::Wait {
+                        retry_ms: 200,
+                        why: "the instance this one replaces is writing its final checkpoint"
+                            .into(),
+                    });
+                };
+                awaited
+                    .get("checkpoint")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            }
+            Role::Current => match self.agent_link() {
+                Some(link) if workload.spec.storage.enabled => {
+                    complete_checkpoints(&link.storage, &workload.id)
+                        .await?
+                        .pop()
+                }
+                _ => None,
+            },
+        };
+        let restore = match restore_name {
+            Some(name) => Some(self.restore_grant(workload, &name).await?),
+            None => None,
+        };
+        let (token, token_expires_at) = self.session_token(&session.run.id);
+        tracing::info!(workload_id = %workload.id, run_id = %session.run.id, instance_id = %request.instance_id, role = ?session.role, restore = ?restore.as_ref().map(|r: &protocol::Restore| r.name.clone()), agent_version = %request.agent_version, "agent registered");
+        Ok(protocol::RegisterReply::Run(Box::new(
+            protocol::Assignment {
+                workload_id: workload.id.clone(),
+                token,
+                token_expires_at,
+                command: workload.spec.command.clone(),
+                env: workload.spec.env.clone(),
+                heartbeat_ms: self.settings.agent_heartbeat.as_millis() as u64,
+                on_notice: protocol::NoticeHandling {
+                    signal: SIGTERM,
+                    checkpoint_command: None,
+                    safety_margin_seconds: 5,
+                },
+                storage: workload
+                    .spec
+                    .storage
+                    .enabled
+                    .then(|| protocol::StorageGrant {
+                        prefix: format!("workloads/{}/", workload.id),
+                        quota_bytes: u64::from(workload.spec.storage.quota_gb) * GIB,
+                    }),
+                restore,
+            },
+        )))
+    }
+
+    /// Signed GET URLs for every chunk of a complete checkpoint.
+    async fn restore_grant(
+        &self,
+        workload: &WorkloadRecord,
+        name: &str,
+    ) -> Result<protocol::Restore, AgentError> {
+        let link = self
+            .agent_link()
+            .ok_or_else(|| AgentError::Invalid("storage is not attached".into()))?;
+        let bytes = link.storage.get(&manifest_key(&workload.id, name)?).await?;
+        let manifest: protocol::Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+            AgentError::Service(OrchestratorError::config(format!(
+                "checkpoint {name} of {} has an unreadable manifest: {e}",
+                workload.id
+            )))
+        })?;
+        let mut chunk_urls = BTreeMap::new();
+        for file in &manifest.files {
+            for sha in &file.chunks {
+                if chunk_urls.contains_key(sha) || !is_sha256_hex(sha) {
+                    continue;
+                }
+                let key = chunk_key(&workload.id, name, sha)?;
+                let signed = link.storage.signed_url(Method::Get, &key, None, 0).await?;
+                chunk_urls.insert(sha.clone(), signed.url);
+            }
+        }
+        Ok(protocol::Restore {
+            name: name.to_string(),
+            manifest,
+            chunk_urls,
+        })
+    }
+
+    /// A heartbeat refreshes the session token; a fenced agent is told to stop.
+    pub async fn agent_heartbeat(
+        &self,
+        token: &str,
+        heartbeat: protocol::Heartbeat,
+    ) -> Result<protocol::HeartbeatReply, AgentError> {
+        let session = self
+            .agent_session(token, AgentTokenKind::Session, REFRESH_GRACE)
+            .await?;
+        tracing::debug!(workload_id = %session.workload.id, run_id = %session.run.id, phase = %heartbeat.phase, "agent heartbeat");
+        let (token, token_expires_at) = self.session_token(&session.run.id);
+        Ok(protocol::HeartbeatReply {
+            token,
+            token_expires_at,
+        })
+    }
+
+    /// The agent saw its cloud's notice: act as on the driver's event (whichever comes
+    /// first wins; the other finds the workload already interrupted).
+    pub async fn agent_notice(
+        self: &Arc<Self>,
+        token: &str,
+        notice: protocol::NoticeReport,
+    ) -> Result<(), AgentError> {
+        let session = self.current_session(token).await?;
+        let Some(instance_id) = session.workload.instance_id.clone() else {
+            return Ok(());
+        };
+        match notice.signal.as_str() {
+            "interruption" => {
+                let deadline = notice.deadline.unwrap_or(now_ms() / 1000 + 30);
+                self.on_driver_event(computearbitrage_core::DriverEvent::InterruptionNotice {
+                    instance_id,
+                    deadline,
+                })
+                .await?;
+            }
+            "rebalance" => {
+                tracing::info!(workload_id = %session.workload.id, instance_id, "rebalance recommendation reported by the agent");
+            }
+            other => {
+                return Err(AgentError::Invalid(format!(
+                    "signal {other:?} is not `interruption` or `rebalance`"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    async fn current_session(&self, token: &str) -> Result<Session, AgentError> {
+        let session = self
+            .agent_session(token, AgentTokenKind::Session, Duration::ZERO)
+            .await?;
+        if session.role != Role::Current {
+            return Err(AgentError::Invalid(
+                "a replacement instance cannot report for the workload before it is switched to"
+                    .into(),
+            ));
+        }
+        Ok(session)
+    }
+
+    /// Upload URLs for one checkpoint, within the workload's quota.
+    pub async fn agent_checkpoint_grant(
+        &self,
+        token: &str,
+        request: protocol::CheckpointGrantRequest,
+    ) -> Result<protocol::CheckpointGrant, AgentError> {
+        let session = self.current_session(token).await?;
+        let workload = &session.workload;
+        let link = self
+            .agent_link()
+            .filter(|_| workload.spec.storage.enabled)
+            .ok_or_else(|| {
+                AgentError::Invalid(format!(
+                    "workload {} has no storage, so it cannot checkpoint; it needs `storage {{ enabled = true }}`",
+                    workload.id
+                ))
+            })?;
+        if !checkpoint_name_ok(&request.name) {
+            return Err(AgentError::Invalid(format!(
+                "checkpoint name {:?} is not unix milliseconds",
+                request.name
+            )));
+        }
+        if let Some(bad) = request.chunks.keys().find(|sha| !is_sha256_hex(sha)) {
+            return Err(AgentError::Invalid(format!(
+                "chunk {bad:?} is not a lowercase hex SHA-256"
+            )));
+        }
+        let quota = u64::from(workload.spec.storage.quota_gb) * GIB;
+        let declared: u64 = request.chunks.values().sum::<u64>() + request.manifest_bytes;
+        let used = link.storage.usage(&workload.id).await?;
+        if used + declared > quota {
+            return Err(AgentError::Invalid(format!(
+                "checkpoint {} needs {declared} bytes and workload {} already stores {used} of its {quota} (storage.quota_gb); raise the quota or checkpoint less",
+                request.name, workload.id
+            )));
+        }
+        let mut chunk_urls = BTreeMap::new();
+        for (sha, size) in &request.chunks {
+            let key = chunk_key(&workload.id, &request.name, sha)?;
+            let signed = link
+                .storage
+                .signed_url(Method::Put, &key, Some(quota), *size)
+                .await?;
+            chunk_urls.insert(sha.clone(), signed.url);
+        }
+        let manifest = link
+            .storage
+            .signed_url(
+                Method::Put,
+                &manifest_key(&workload.id, &request.name)?,
+                Some(quota),
+                request.manifest_bytes,
+            )
+            .await?;
+        Ok(protocol::CheckpointGrant {
+            chunk_urls,
+            manifest_url: manifest.url,
+        })
+    }
+
+    /// A checkpoint finished (or failed): remember it for the migration waiting on it,
+    /// keep the newest complete ones, and tell the tenant about a failure.
+    pub async fn agent_checkpoint_report(
+        &self,
+        token: &str,
+        report: protocol::CheckpointReport,
+    ) -> Result<(), AgentError> {
+        let session = self.current_session(token).await?;
+        let workload = &session.workload;
+        if !checkpoint_name_ok(&report.name) {
+            return Err(AgentError::Invalid(format!(
+                "checkpoint name {:?} is not unix milliseconds",
+                report.name
+            )));
+        }
+        match &report.error {
+            None => {
+                tracing::info!(workload_id = %workload.id, checkpoint = %report.name, trigger = %report.trigger, bytes = report.bytes, files = report.files, duration_ms = report.duration_ms, "checkpoint complete");
+                if let Some(link) = self.agent_link() {
+                    if let Err(e) = prune_checkpoints(&link.storage, &workload.id).await {
+                        tracing::warn!(workload_id = %workload.id, error = %e, "cannot prune old checkpoints; will try after the next one");
+                    }
+                }
+            }
+            Some(error) => {
+                tracing::warn!(workload_id = %workload.id, checkpoint = %report.name, trigger = %report.trigger, error = %error, "checkpoint failed");
+                notify::enqueue(
+                    self,
+                    workload,
+                    "workload.checkpoint_failed",
+                    json!({ "checkpoint": report.name, "trigger": report.trigger, "error": error }),
+                )
+                .await?;
+            }
+        }
+        self.checkpoint_reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                workload.id.clone(),
+                CheckpointOutcome {
+                    name: report.name,
+                    error: report.error,
+                    at_ms: now_ms(),
+                },
+            );
+        Ok(())
+    }
+
+    /// The workload exited: keep its last lines for the diagnostic of its run.
+    pub async fn agent_exited(
+        &self,
+        token: &str,
+        report: protocol::ExitReport,
+    ) -> Result<(), AgentError> {
+        let session = self
+            .agent_session(token, AgentTokenKind::Session, Duration::ZERO)
+            .await?;
+        tracing::warn!(workload_id = %session.workload.id, run_id = %session.run.id, status = %report.status, "workload exited (agent report)");
+        let mut lines = report.last_output;
+        let keep = lines.len().saturating_sub(20);
+        lines.drain(..keep);
+        self.exit_reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(session.run.id.clone(), lines);
+        Ok(())
+    }
+
+    /// The last output lines an agent reported for the instance `run_id` launched.
+    pub(crate) fn last_output(&self, run_id: &str) -> Option<Vec<String>> {
+        self.exit_reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(run_id)
+            .cloned()
+    }
+
+    pub(crate) fn checkpoint_outcome(&self, workload_id: &str) -> Option<CheckpointOutcome> {
+        self.checkpoint_reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(workload_id)
+            .cloned()
+    }
+}
+
+/// The signal a workload gets on a notice (no per-workload setting yet).
+const SIGTERM: i32 = 15;
+
+/// Keeps the newest [`CHECKPOINTS_KEPT`] complete checkpoints; deletes older complete
+/// ones and incomplete ones older than the newest complete one (an upload cut short).
+/// A complete checkpoint newer than every kept one is never deleted.
+async fn prune_checkpoints(
+    storage: &Storage,
+    workload_id: &str,
+) -> Result<(), computearbitrage_storage::StorageError> {
+    let complete = complete_checkpoints(storage, workload_id).await?;
+    let Some(newest) = complete.last().and_then(|n| n.parse::<u64>().ok()) else {
+        return Ok(());
+    };
+    let kept: Vec<&String> = complete.iter().rev().take(CHECKPOINTS_KEPT).collect();
+    let prefix = Prefix::area(workload_id, Area::Checkpoints, None)?;
+    let mut names: Vec<String> = storage
+        .list(&prefix)
+        .await?
+        .into_iter()
+        .filter_map(|o| o.key.path().split_once('/').map(|(n, _)| n.to_string()))
+        .collect();
+    names.sort();
+    names.dedup();
+    for name in names {
+        let Ok(number) = name.parse::<u64>() else {
+            continue;
+        };
+        if kept.contains(&&name) || number >= newest {
+            continue;
+        }
+        // The manifest first: a half-deleted checkpoint must not look complete.
+        let manifest = ObjectKey::new(
+            workload_id,
+            Area::Checkpoints,
+            &format!("{name}/{}", protocol::MANIFEST),
+        )?;
+        storage.delete(&manifest).await?;
+        let dir = Prefix::area(workload_id, Area::Checkpoints, Some(&name))?;
+        let removed = storage.delete_prefix(&dir).await?;
+        tracing::info!(workload_id, checkpoint = %name, objects = removed, "old checkpoint deleted");
+    }
+    Ok(())
+}

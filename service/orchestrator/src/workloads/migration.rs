@@ -1,0 +1,467 @@
+//! Migration: a reclaimed workload moves to the best other offer under the same id,
+//! endpoint, tokens and TCP listener (`core::workflow::migrate_steps`).
+//!
+//! 1. `record-interruption`: what is being left (instance, offer, notice time).
+//! 2. `placement`: the provisioning step, excluding the reclaimed offer and every
+//!    offer reclaimed within `migration.cooldown_seconds`.
+//! 3. `mark-migrating`: INTERRUPTED → PROVISIONING; the route keeps answering 503.
+//! 4. `provision`: the replacement is started at once, while the old instance is
+//!    still writing its final checkpoint; its agent waits for step 5.
+//! 5. `await-checkpoint`: the old agent's report, or a complete checkpoint newer than
+//!    the notice in storage, or (when it failed or the deadline passed) the newest
+//!    complete one. The replacement restores what this step chose.
+//! 6. `wait-running`, 7. `wait-healthy`: the provisioning steps, on the replacement.
+//! 8. `switch-route`: one store write makes the replacement the workload's instance
+//!    and endpoint, back to RUNNING; the old segment is billed.
+//! 9. `terminate-replaced`: the old instance is terminated if it is still there.
+//! 10. `notify`: `workload.migrated`, and the health monitor follows the new address.
+
+use super::agents::complete_checkpoints;
+use super::engine::{StepContext, StepError};
+use super::steps::{bill, instance_id, placement_record};
+use super::{new_id, notify, now_ms, Orchestrator};
+use crate::error::OrchestratorError;
+use computearbitrage_core::workflow::*;
+use computearbitrage_core::{InstanceState, Offer, WorkloadStatus};
+use computearbitrage_store::{
+    PlacementRecord, RunKind, RunRecord, RunStatus, WorkloadChanges, WorkloadRecord,
+};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An offer a workload must not be placed on: (cloud, region, zone, type).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExcludedOffer {
+    pub cloud: String,
+    pub region: String,
+    pub zone: String,
+    pub instance_type: String,
+}
+
+impl ExcludedOffer {
+    pub fn matches(&self, offer: &Offer) -> bool {
+        offer.cloud.as_str() == self.cloud
+            && offer.region == self.region
+            && offer.zone == self.zone
+            && offer.instance_type == self.instance_type
+    }
+
+    fn of(placed: &PlacementRecord) -> ExcludedOffer {
+        ExcludedOffer {
+            cloud: placed.cloud.clone(),
+            region: placed.region.clone(),
+            zone: placed.zone.clone(),
+            instance_type: placed.instance_type.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for ExcludedOffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} in {}",
+            self.cloud, self.instance_type, self.region
+        )?;
+        if !self.zone.is_empty() {
+            write!(f, "/{}", self.zone)?;
+        }
+        Ok(())
+    }
+}
+
+/// Offers placement must skip for this run: for a migration, the one it leaves and
+/// those reclaimed recently anywhere in this service.
+pub(crate) fn excluded_offers(
+    orch: &Orchestrator,
+    ctx: &StepContext<'_>,
+) -> Result<Vec<ExcludedOffer>, StepError> {
+    if ctx.run.kind != RunKind::Migrate {
+        return Ok(Vec::new());
+    }
+    let mut excluded = vec![left_offer(ctx)?];
+    let now = now_ms();
+    let mut reclaimed = orch.reclaimed.lock().unwrap_or_else(|p| p.into_inner());
+    reclaimed.retain(|(_, until)| *until > now);
+    for (offer, _) in reclaimed.iter() {
+        if !excluded.contains(offer) {
+            excluded.push(offer.clone());
+        }
+    }
+    Ok(excluded)
+}
+
+fn left_offer(ctx: &StepContext<'_>) -> Result<ExcludedOffer, StepError> {
+    let left = ctx.output(RECORD_INTERRUPTION)?;
+    let placed: PlacementRecord =
+        serde_json::from_value(left["placement"].clone()).map_err(|e| {
+            StepError::permanent(format!("the recorded interruption is unreadable: {e}"))
+        })?;
+    Ok(ExcludedOffer::of(&placed))
+}
+
+/// The migration-only steps; `None` for the provisioning steps it reuses.
+pub(crate) async fn execute(
+    orch: &Arc<Orchestrator>,
+    step: &str,
+    ctx: &StepContext<'_>,
+) -> Option<Result<Value, StepError>> {
+    Some(match step {
+        RECORD_INTERRUPTION => record_interruption(orch, ctx),
+        MARK_MIGRATING => mark_migrating(orch, ctx).await,
+        AWAIT_CHECKPOINT => await_checkpoint(orch, ctx).await,
+        SWITCH_ROUTE => switch_route(orch, ctx).await,
+        TERMINATE_REPLACED => terminate_replaced(orch, ctx).await,
+        NOTIFY => notify_migrated(orch, ctx).await,
+        _ => return None,
+    })
+}
+
+fn record_interruption(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, StepError> {
+    let w = ctx.workload;
+    let (Some(placed), Some(instance_id)) = (&w.placement, &w.instance_id) else {
+        return Err(StepError::permanent(
+            "the workload has no instance to migrate from",
+        ));
+    };
+    let deadline: i64 = ctx
+        .run
+        .reason
+        .rsplit_once("deadline=")
+        .and_then(|(_, d)| d.trim().parse().ok())
+        .unwrap_or(now_ms() / 1000 + 30);
+    // Every placement in this service skips the reclaimed offer for the cooldown.
+    let cooldown_ms = orch.settings.migration_cooldown.as_millis() as i64;
+    orch.reclaimed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((ExcludedOffer::of(placed), ctx.run.created_at + cooldown_ms));
+    Ok(json!({
+        "instance_id": instance_id,
+        "placement": placed,
+        "started_at_ms": w.instance_started_at,
+        "deadline": deadline,
+        "notice_ms": ctx.run.created_at,
+    }))
+}
+
+async fn mark_migrating(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, StepError> {
+    let to = placement_record(ctx.output(PLACEMENT)?);
+    let from = ExcludedOffer::of(
+        &serde_json::from_value::<PlacementRecord>(
+            ctx.output(RECORD_INTERRUPTION)?["placement"].clone(),
+        )
+        .map_err(|e| StepError::permanent(e.to_string()))?,
+    );
+    let reason = format!(
+        "migrating from {from} to {} {} in {}",
+        to.cloud, to.instance_type, to.region
+    );
+    orch.transition(
+        ctx.workload,
+        WorkloadStatus::Interrupted,
+        WorkloadStatus::Provisioning,
+        &reason,
+        WorkloadChanges::default(),
+    )
+    .await?;
+    notify::enqueue(
+        orch,
+        ctx.workload,
+        "workload.migrating",
+        json!({ "from": from.to_string(), "to": format!("{} {} in {}", to.cloud, to.instance_type, to.region) }),
+    )
+    .await?;
+    Ok(json!({ "reason": reason }))
+}
+
+/// AWS's two minutes: no cloud announces a reclaim earlier.
+const LONGEST_NOTICE_MS: i64 = 120_000;
+
+/// Why a complete checkpoint was taken, from its manifest.
+async fn checkpoint_trigger(
+    storage: &computearbitrage_storage::Storage,
+    workload_id: &str,
+    name: &str,
+) -> Option<String> {
+    let key = computearbitrage_storage::ObjectKey::new(
+        workload_id,
+        computearbitrage_storage::Area::Checkpoints,
+        &format!("{name}/{}", computearbitrage_agent_protocol::MANIFEST),
+    )
+    .ok()?;
+    let bytes = storage.get(&key).await.ok()?;
+    serde_json::from_slice::<computearbitrage_agent_protocol::Manifest>(&bytes)
+        .ok()
+        .map(|m| m.trigger)
+}
+
+/// Chooses the checkpoint the replacement restores.
+async fn await_checkpoint(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, StepError> {
+    let left = ctx.output(RECORD_INTERRUPTION)?;
+    let notice_ms = left["notice_ms"].as_i64().unwrap_or(ctx.run.created_at);
+    let deadline = left["deadline"].as_i64().unwrap_or(0);
+    let old_id = left["instance_id"].as_str().unwrap_or_default().to_string();
+    let old_cloud = left["placement"]["cloud"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let Some(link) = orch
+        .agent_link()
+        .filter(|_| ctx.workload.spec.storage.enabled)
+    else {
+        return Ok(
+            json!({ "checkpoint": null, "why": "the workload has no storage: the replacement starts from scratch" }),
+        );
+    };
+    let driver = orch.driver(&old_cloud)?;
+    let newest_complete = || async {
+        complete_checkpoints(&link.storage, &ctx.workload.id)
+            .await
+            .map_err(|e| StepError::transient(e.to_string()))
+    };
+    loop {
+        // The final checkpoint is a complete one the agent took on this notice, whether
+        // or not its report reached this process. The agent may see the notice before
+        // the service does, so one begun within the longest notice window before it counts.
+        let complete = newest_complete().await?;
+        for name in complete.iter().rev() {
+            let begun = name.parse::<i64>().unwrap_or(0);
+            if begun < notice_ms - LONGEST_NOTICE_MS {
+                break;
+            }
+            if checkpoint_trigger(&link.storage, &ctx.workload.id, name)
+                .await
+                .as_deref()
+                == Some("notice")
+            {
+                return Ok(json!({ "checkpoint": name, "final": true }));
+            }
+        }
+        let failed = orch
+            .checkpoint_outcome(&ctx.workload.id)
+            .filter(|o| o.at_ms >= notice_ms && o.error.is_some());
+        let gone = matches!(
+            driver.instance(&old_id).await?.state,
+            InstanceState::Terminated { .. }
+        );
+        let late = now_ms() / 1000 > deadline;
+        if failed.is_some() || gone || late {
+            let why = match (&failed, gone) {
+                (Some(o), _) => format!(
+                    "the final checkpoint failed: {}",
+                    o.error.clone().unwrap_or_default()
+                ),
+                (None, true) => {
+                    format!("instance {old_id} ended before its final checkpoint completed")
+                }
+                (None, false) => {
+                    "the notice deadline passed before the final checkpoint completed".to_string()
+                }
+            };
+            if failed.is_none() {
+                notify::enqueue(
+                    orch,
+                    ctx.workload,
+                    "workload.checkpoint_failed",
+                    json!({ "trigger": "notice", "error": why }),
+                )
+                .await?;
+            }
+            let fallback = complete.last().cloned();
+            tracing::warn!(workload_id = %ctx.workload.id, why, fallback = ?fallback, "no final checkpoint; restoring the newest complete one");
+            return Ok(json!({ "checkpoint": fallback, "final": false, "why": why }));
+        }
+        if orch.is_cancelled(&ctx.workload.id) {
+            return Err(StepError::permanent("cancelled"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn switch_route(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, StepError> {
+    let placed = placement_record(ctx.output(PLACEMENT)?);
+    let replacement = instance_id(ctx)?;
+    let started = ctx.output(PROVISION)?["started_at_ms"].as_i64();
+    let running = ctx.output(WAIT_RUNNING)?;
+    let address = running["address"].as_str().unwrap_or_default().to_string();
+    let tcp_address = running["tcp_address"].as_str().map(str::to_string);
+    let left = ctx.output(RECORD_INTERRUPTION)?;
+    let switched_ms = now_ms();
+    orch.transition(
+        ctx.workload,
+        WorkloadStatus::Provisioning,
+        WorkloadStatus::Running,
+        &format!(
+            "migrated to {} {} in {}",
+            placed.cloud, placed.instance_type, placed.region
+        ),
+        WorkloadChanges {
+            placement: Some(Some(placed.clone())),
+            instance_id: Some(Some(replacement.clone())),
+            instance_started_at: Some(started),
+            endpoint: Some(Some(address.clone())),
+            tcp_endpoint: Some(tcp_address),
+            ..Default::default()
+        },
+    )
+    .await?;
+    // The segment on the old instance ends here (billing is once per instance).
+    if let (Ok(old_placed), Some(old_started), Some(old_id)) = (
+        serde_json::from_value::<PlacementRecord>(left["placement"].clone()),
+        left["started_at_ms"].as_i64(),
+        left["instance_id"].as_str(),
+    ) {
+        let segment_end = ctx.run.created_at.max(old_started);
+        orch.store
+            .add_billing(bill(
+                ctx.workload,
+                &old_placed,
+                old_id,
+                old_started,
+                segment_end,
+            ))
+            .await?;
+    }
+    Ok(json!({ "instance_id": replacement, "endpoint": address, "switched_at_ms": switched_ms }))
+}
+
+async fn terminate_replaced(
+    orch: &Orchestrator,
+    ctx: &StepContext<'_>,
+) -> Result<Value, StepError> {
+    let left = ctx.output(RECORD_INTERRUPTION)?;
+    let old_id = left["instance_id"].as_str().unwrap_or_default();
+    let driver = orch.driver(left["placement"]["cloud"].as_str().unwrap_or_default())?;
+    driver.terminate(old_id).await?;
+    Ok(json!({ "terminated": old_id }))
+}
+
+async fn notify_migrated(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, StepError> {
+    let current = orch
+        .get(&ctx.workload.tenant_id, &ctx.workload.id)
+        .await
+        .map_err(|e| StepError::transient(e.to_string()))?;
+    orch.monitor.watch(&current);
+    let left = ctx.output(RECORD_INTERRUPTION)?;
+    let switched = ctx.output(SWITCH_ROUTE)?["switched_at_ms"]
+        .as_i64()
+        .unwrap_or_else(now_ms);
+    let notice_ms = left["notice_ms"].as_i64().unwrap_or(ctx.run.created_at);
+    let checkpoint = ctx.output(AWAIT_CHECKPOINT)?.clone();
+    let to = placement_record(ctx.output(PLACEMENT)?);
+    let body = json!({
+        "from": {
+            "instance_id": left["instance_id"],
+            "cloud": left["placement"]["cloud"],
+            "region": left["placement"]["region"],
+            "instance_type": left["placement"]["instance_type"],
+        },
+        "to": {
+            "instance_id": current.instance_id,
+            "cloud": to.cloud,
+            "region": to.region,
+            "instance_type": to.instance_type,
+        },
+        "downtime_ms": switched - notice_ms,
+        "checkpoint": checkpoint["checkpoint"],
+        "final_checkpoint": checkpoint["final"],
+    });
+    tracing::info!(workload_id = %current.id, downtime_ms = switched - notice_ms, checkpoint = %checkpoint["checkpoint"], "workload migrated");
+    notify::enqueue(orch, &current, "workload.migrated", body.clone()).await?;
+    Ok(body)
+}
+
+impl Orchestrator {
+    /// Starts a migration run for an interrupted workload, unless one is under way.
+    pub(crate) async fn start_migration(
+        self: &Arc<Self>,
+        workload: &WorkloadRecord,
+        deadline: i64,
+    ) -> Result<(), OrchestratorError> {
+        let runs = self
+            .store
+            .runs_of(&workload.tenant_id, &workload.id)
+            .await?;
+        if runs.iter().any(|r| {
+            r.status == RunStatus::Running
+                && matches!(r.kind, RunKind::Migrate | RunKind::Terminate)
+        }) {
+            return Ok(());
+        }
+        let now = now_ms();
+        let run = RunRecord {
+            id: new_id("run"),
+            tenant_id: workload.tenant_id.clone(),
+            workload_id: workload.id.clone(),
+            kind: RunKind::Migrate,
+            status: RunStatus::Running,
+            // The deadline rides in the reason, the run's only free-form field.
+            reason: format!("spot interruption; deadline={deadline}"),
+            error: None,
+            failed_step: None,
+            replays: 0,
+            created_at: now,
+            updated_at: now,
+        };
+        let run_id = run.id.clone();
+        self.store.create_run(run).await?;
+        tracing::info!(tenant = %workload.tenant_id, workload_id = %workload.id, run_id, "migration started");
+        self.spawn_run(run_id);
+        Ok(())
+    }
+
+    /// A migration failed for good: release the replacement (the old instance is
+    /// reclaimed anyway), mark the workload FAILED with the step and error.
+    pub(crate) async fn fail_migration(
+        self: &Arc<Self>,
+        run: &RunRecord,
+        step: &str,
+        error: &str,
+    ) -> Result<(), OrchestratorError> {
+        let Some(workload) = self
+            .store
+            .workload(&run.tenant_id, &run.workload_id)
+            .await?
+        else {
+            return Ok(());
+        };
+        if let Err(e) = super::steps::release_instances(self, &workload).await {
+            tracing::warn!(workload_id = %workload.id, error = %e.message, "could not release the instances of a failed migration; the sweeper will retry");
+        }
+        if let (Some(placed), Some(started), Some(instance_id)) = (
+            &workload.placement,
+            workload.instance_started_at,
+            &workload.instance_id,
+        ) {
+            self.store
+                .add_billing(bill(&workload, placed, instance_id, started, now_ms()))
+                .await?;
+        }
+        let from = workload.status;
+        if computearbitrage_core::lifecycle::is_allowed(from, WorkloadStatus::Failed) {
+            self.transition(
+                &workload,
+                from,
+                WorkloadStatus::Failed,
+                &format!("migration failed: {error}"),
+                WorkloadChanges {
+                    failed_step: Some(Some(step.to_string())),
+                    endpoint: Some(None),
+                    tcp_endpoint: Some(None),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        }
+        notify::enqueue(
+            self,
+            &workload,
+            "workload.failed",
+            json!({ "failed_step": step, "error": error, "during": "migration" }),
+        )
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,507 @@
+//! Migration through the real binary: the agent runs the workload, an interruption
+//! notice makes the agent checkpoint `$CHECKPOINT_DIR` (chunks, then the manifest),
+//! the workload moves to another offer under the same id, endpoint, token and TCP
+//! port, the replacement restores the checkpoint, and the old instance is fenced.
+
+mod common;
+
+use common::*;
+use computearbitrage_api::pb;
+use std::time::{Duration, Instant};
+
+fn migrating_spec(name: &str) -> pb::WorkloadSpec {
+    let mut spec = spec(name, &[]);
+    spec.on_interruption = "migrate".into();
+    spec.storage = Some(pb::StorageSpec {
+        enabled: true,
+        quota_gb: 1,
+        retention_days: 1,
+    });
+    spec
+}
+
+async fn get_json(url: &str, token: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body =
+        serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or(serde_json::Value::Null);
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_workload_checkpoints_and_moves_with_its_endpoint_and_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::default();
+    let webhook = receiver.start().await;
+    let service = Service::start(
+        dir.path(),
+        &[
+            ("COMPUTEARBITRAGE_WORKLOADS__INTERRUPTION_DELAY_MS", "8000"),
+            ("COMPUTEARBITRAGE_WORKLOADS__AGENT_HEARTBEAT_MS", "300"),
+        ],
+    );
+    service
+        .admin()
+        .await
+        .set_webhook(authed(pb::SetWebhookRequest {
+            url: webhook,
+            secret: "migration-webhook-secret".into(),
+        }))
+        .await
+        .unwrap();
+    let mut client = service.workloads().await;
+    // Unique per test run: a run that failed may have left its processes behind.
+    let name = format!("mover-{}", std::process::id());
+    let created = client
+        .apply_workload(authed(pb::ApplyWorkloadRequest {
+            spec: Some(migrating_spec(&name)),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let before = wait_status(
+        &mut client,
+        &created.id,
+        &["RUNNING"],
+        Duration::from_secs(30),
+    )
+    .await;
+    let count_url = format!("{}/count", before.endpoint.trim_end_matches('/'));
+    let state_url = format!("{}/state", before.endpoint.trim_end_matches('/'));
+    for expected in 1..=3 {
+        let (status, body) = get_json(&count_url, &before.access_token).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["count"], expected);
+    }
+    let (_, state) = get_json(&state_url, &before.access_token).await;
+    assert_eq!(state["restored"], false, "a first start restores nothing");
+
+    let notice_at = Instant::now();
+    service
+        .admin()
+        .await
+        .inject_interruption(authed(pb::InjectInterruptionRequest {
+            workload_id: created.id.clone(),
+            delay_ms: 0,
+        }))
+        .await
+        .unwrap();
+    // While the workload moves the route answers 503 with Retry-After.
+    let response = reqwest::Client::new()
+        .get(&count_url)
+        .bearer_auth(&before.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status().as_u16(),
+        503,
+        "the route answers 503 at once"
+    );
+    assert!(response.headers().contains_key("retry-after"));
+
+    let (_, migrated) = receiver
+        .wait_for_type("workload.migrated", Duration::from_secs(40))
+        .await;
+    let after = wait_status(
+        &mut client,
+        &created.id,
+        &["RUNNING"],
+        Duration::from_secs(10),
+    )
+    .await;
+    let moved_in = notice_at.elapsed();
+    assert_eq!(after.id, before.id);
+    assert_eq!(after.endpoint, before.endpoint, "the same endpoint");
+    assert_eq!(after.access_token, before.access_token, "the same token");
+    assert_ne!(after.instance_id, before.instance_id, "a new instance");
+    let offer = |w: &pb::Workload| {
+        (
+            w.cloud.clone(),
+            w.region.clone(),
+            w.zone.clone(),
+            w.instance_type.clone(),
+        )
+    };
+    assert_ne!(
+        offer(&before),
+        offer(&after),
+        "the reclaimed offer is excluded"
+    );
+    let migrated: serde_json::Value = serde_json::from_str(&migrated).unwrap();
+    assert_eq!(migrated["details"]["final_checkpoint"], true, "{migrated}");
+
+    // The replacement restored the checkpoint the old one wrote on SIGTERM.
+    let (status, state) = get_json(&state_url, &after.access_token).await;
+    assert_eq!(status, 200);
+    assert_eq!(state["restored"], true, "{state}");
+    assert_eq!(state["count"], 3, "{state}");
+    assert_eq!(state["generation"], 1, "{state}");
+    let (_, next) = get_json(&count_url, &after.access_token).await;
+    assert_eq!(next["count"], 4);
+
+    // One live process, the replacement's; the old instance is gone.
+    assert_eq!(processes_with_env("WORKLOAD_NAME", &name).len(), 1);
+    // The checkpoint is in storage: chunks and the manifest that completes it.
+    let objects = client
+        .list_objects(authed(pb::ListObjectsRequest {
+            workload_id: created.id.clone(),
+            prefix: "checkpoints/".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .objects;
+    assert!(
+        objects.iter().any(|o| o.key.ends_with("/manifest.json")),
+        "{objects:?}"
+    );
+    assert!(objects.iter().any(|o| o.key.contains("/chunks/")));
+
+    // Runs: the provisioning, then the migration, every step completed.
+    let runs = client
+        .list_runs(authed(pb::ListRunsRequest {
+            workload_id: created.id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .runs;
+    let kinds: Vec<&str> = runs.iter().map(|r| r.kind.as_str()).collect();
+    assert_eq!(kinds, vec!["provision", "migrate"]);
+    assert!(runs[1].steps.iter().all(|s| s.completed), "{:?}", runs[1]);
+    // Billing: one segment per instance.
+    let billing = client
+        .get_billing(authed(pb::GetBillingRequest {
+            workload_id: created.id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        billing.records.len(),
+        1,
+        "the old instance's segment is closed"
+    );
+    assert_eq!(billing.records[0].instance_id, before.instance_id);
+    let kinds: Vec<String> = receiver
+        .bodies()
+        .iter()
+        .filter_map(|(_, b)| serde_json::from_str::<serde_json::Value>(b).ok())
+        .map(|b| b["type"].as_str().unwrap_or_default().to_string())
+        .collect();
+    for kind in [
+        "workload.interrupted",
+        "workload.migrating",
+        "workload.migrated",
+    ] {
+        assert!(kinds.iter().any(|k| k == kind), "{kind} in {kinds:?}");
+    }
+    assert!(
+        !kinds.iter().any(|k| k == "workload.checkpoint_failed"),
+        "{kinds:?}"
+    );
+    eprintln!("notice → serving on the replacement: {moved_in:?}");
+
+    client
+        .delete_workload(authed(pb::DeleteWorkloadRequest {
+            id: created.id.clone(),
+            reason: String::new(),
+        }))
+        .await
+        .unwrap();
+    wait_status(
+        &mut client,
+        &created.id,
+        &["TERMINATED"],
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(processes_with_env("WORKLOAD_NAME", &name).is_empty());
+    kill_workloads(dir.path());
+    service.stop();
+}
+
+/// kill -9 the service at a migration step, restart it where the agents call it, and
+/// check the migration completes once: one live instance, the checkpoint restored,
+/// the crashed step redone and no completed step redone.
+async fn crash_during_migration(step: &str, when: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("mcrash-{step}-{when}-{}", std::process::id());
+    let pause = format!("migrate.{step}:{when}");
+    let env = [
+        ("COMPUTEARBITRAGE_WORKLOADS__INTERRUPTION_DELAY_MS", "20000"),
+        ("COMPUTEARBITRAGE_WORKLOADS__AGENT_HEARTBEAT_MS", "300"),
+    ];
+    let mut paused_env = env.to_vec();
+    paused_env.push(("CA_TEST_PAUSE_AT", pause.as_str()));
+    let service = Service::start(dir.path(), &paused_env);
+    let mut client = service.workloads().await;
+    let created = client
+        .apply_workload(authed(pb::ApplyWorkloadRequest {
+            spec: Some(migrating_spec(&name)),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let before = wait_status(
+        &mut client,
+        &created.id,
+        &["RUNNING"],
+        Duration::from_secs(30),
+    )
+    .await;
+    let count_url = format!("{}/count", before.endpoint.trim_end_matches('/'));
+    for _ in 0..3 {
+        get_json(&count_url, &before.access_token).await;
+    }
+    service
+        .admin()
+        .await
+        .inject_interruption(authed(pb::InjectInterruptionRequest {
+            workload_id: created.id.clone(),
+            delay_ms: 0,
+        }))
+        .await
+        .unwrap();
+    service.wait_for_log(&format!("paused at {pause}"), Duration::from_secs(30));
+    // The final checkpoint is complete before the crash (a crash during its upload is
+    // the fallback path: the newest complete checkpoint, or none).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let objects = client
+            .list_objects(authed(pb::ListObjectsRequest {
+                workload_id: created.id.clone(),
+                prefix: "checkpoints/".into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .objects;
+        if objects.iter().any(|o| o.key.ends_with("/manifest.json")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no final checkpoint before the crash"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let address = service.address();
+    service.kill();
+
+    let service = Service::start_on(dir.path(), &address, &env);
+    let mut client = service.workloads().await;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let after = loop {
+        let w = get(&mut client, &created.id).await;
+        if w.status == "RUNNING" && w.instance_id != before.instance_id {
+            break w;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no migration after a crash at {pause}: {} ({})",
+            w.status,
+            w.status_reason
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The router of the restarted test service listens elsewhere; the route is the same.
+    let route = |e: &str| e.split_once("/w/").map(|(_, r)| r.to_string());
+    assert_eq!(route(&after.endpoint), route(&before.endpoint));
+    let state_url = format!("{}/state", after.endpoint.trim_end_matches('/'));
+    let (_, state) = get_json(&state_url, &after.access_token).await;
+    assert_eq!(state["restored"], true, "after a crash at {pause}: {state}");
+    assert_eq!(state["count"], 3, "after a crash at {pause}: {state}");
+
+    // The run finishes (its last steps may still be going once RUNNING shows).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let migration = loop {
+        let runs = client
+            .list_runs(authed(pb::ListRunsRequest {
+                workload_id: created.id.clone(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .runs;
+        let migration = runs.into_iter().find(|r| r.kind == "migrate").unwrap();
+        if migration.status != "running" || Instant::now() > deadline {
+            break migration;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(migration.status, "completed", "{migration:?}");
+    for s in &migration.steps {
+        assert!(s.completed, "{} completed after a crash at {pause}", s.name);
+        let expected = if s.name == step && when != "after" {
+            2
+        } else {
+            1
+        };
+        assert_eq!(
+            s.attempts, expected,
+            "attempts of {} after a crash at {pause}",
+            s.name
+        );
+    }
+    assert_eq!(
+        processes_with_env("WORKLOAD_NAME", &name).len(),
+        1,
+        "one live instance after a crash at {pause}"
+    );
+    let billing = client
+        .get_billing(authed(pb::GetBillingRequest {
+            workload_id: created.id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(billing.records.len(), 1, "one closed segment: {billing:?}");
+    client
+        .delete_workload(authed(pb::DeleteWorkloadRequest {
+            id: created.id.clone(),
+            reason: String::new(),
+        }))
+        .await
+        .unwrap();
+    wait_status(
+        &mut client,
+        &created.id,
+        &["TERMINATED"],
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(processes_with_env("WORKLOAD_NAME", &name).is_empty());
+    service.stop();
+    kill_workloads(dir.path());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_at_each_migration_step_resumes_it_once() {
+    // One at a time: each crash restarts a service on its own port.
+    for step in [
+        "record-interruption",
+        "placement",
+        "mark-migrating",
+        "provision",
+        "await-checkpoint",
+        "wait-running",
+        "wait-healthy",
+        "switch-route",
+        "terminate-replaced",
+        "notify",
+    ] {
+        crash_during_migration(step, "uncommitted").await;
+    }
+    crash_during_migration("switch-route", "after").await;
+    crash_during_migration("provision", "before").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_destroy_during_a_migration_leaves_nothing_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(dir.path(), &[]);
+    let mut client = service.workloads().await;
+    let name = format!("moving-destroyed-{}", std::process::id());
+    // The replacement takes its time to serve after restoring: the destroy lands while
+    // the migration waits for it to be healthy.
+    let mut spec = migrating_spec(&name);
+    spec.env.insert("SLOW_RESTORE_SECONDS".into(), "60".into());
+    let created = client
+        .apply_workload(authed(pb::ApplyWorkloadRequest { spec: Some(spec) }))
+        .await
+        .unwrap()
+        .into_inner();
+    wait_status(
+        &mut client,
+        &created.id,
+        &["RUNNING"],
+        Duration::from_secs(30),
+    )
+    .await;
+    service
+        .admin()
+        .await
+        .inject_interruption(authed(pb::InjectInterruptionRequest {
+            workload_id: created.id.clone(),
+            delay_ms: 0,
+        }))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let runs = client
+            .list_runs(authed(pb::ListRunsRequest {
+                workload_id: created.id.clone(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .runs;
+        let waiting = runs.iter().any(|r| {
+            r.kind == "migrate"
+                && r.steps
+                    .iter()
+                    .any(|s| s.name == "wait-healthy" && !s.completed)
+        });
+        if waiting {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the migration never waited for health: {runs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The replacement restores, then starts (and takes its time to serve).
+    while processes_with_env("WORKLOAD_NAME", &name).is_empty() {
+        assert!(Instant::now() < deadline, "the replacement never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client
+        .delete_workload(authed(pb::DeleteWorkloadRequest {
+            id: created.id.clone(),
+            reason: "destroyed mid-migration".into(),
+        }))
+        .await
+        .unwrap();
+    let done = wait_status(
+        &mut client,
+        &created.id,
+        &["TERMINATED"],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(
+        done.status_reason.contains("destroyed mid-migration"),
+        "{}",
+        done.status_reason
+    );
+    assert!(
+        processes_with_env("WORKLOAD_NAME", &name).is_empty(),
+        "no instance survives"
+    );
+    let runs = client
+        .list_runs(authed(pb::ListRunsRequest {
+            workload_id: created.id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .runs;
+    let migration = runs.iter().find(|r| r.kind == "migrate").unwrap();
+    assert_eq!(
+        migration.status, "completed",
+        "stopped at a step boundary: {migration:?}"
+    );
+    assert!(migration.error.contains("cancelled"), "{migration:?}");
+    service.stop();
+    kill_workloads(dir.path());
+}
