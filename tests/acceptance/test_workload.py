@@ -407,6 +407,11 @@ def test_an_interrupted_workload_migrates_with_its_state_and_terraform_sees_no_c
     assert ws.plan_is_noop()
     state_show = ws.run("state", "show", "computearbitrage_workload.web").stdout
     assert now["instance_id"] in state_show, "the refreshed state follows the new instance"
+    import re
+    cost = re.search(r'cost_to_date\s*=\s*([0-9.e-]+)', state_show)
+    assert cost and float(cost.group(1)) > 0, state_show
+    billing = workload_service.cli("workload", "billing", web["id"])
+    assert [r.get("open", False) for r in billing["records"]] == [False, True] and billing["migrations"] == 1, billing
     runs = workload_service.cli("workload", "runs", web["id"])["runs"]
     assert [r["kind"] for r in runs] == ["provision", "migrate"] and runs[1]["status"] == "completed"
     ws.run("destroy", "-auto-approve")

@@ -109,6 +109,7 @@ def main():
         time.sleep(float(os.environ["SLOW_RESTORE_SECONDS"]))
     server = ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
     signal.signal(signal.SIGTERM, save_state_and_exit)
+    print(f"{os.environ.get('WORKLOAD_NAME', '')} serving on {os.environ['PORT']}, restored={STATE['restored']}", flush=True)
     server.serve_forever()
 
 

@@ -37,6 +37,7 @@ pub fn schema() -> Schema {
         ("tcp_endpoint".to_string(), computed(AttributeType::String, "`host:port` of the router's TCP listener for this workload, when `tcp_port` is set. Null otherwise.")),
         ("price_per_hour".to_string(), computed(AttributeType::Number, "Spot price paid, USD per hour.")),
         ("on_demand_price_per_hour".to_string(), computed(AttributeType::Number, "On-demand price of the same offer, USD per hour; null when unknown.")),
+        ("cost_to_date".to_string(), computed(AttributeType::Number, "USD paid for every instance the workload has finished with (each migration closes one), at the price actually paid. It changes only when an instance is left, so plans stay clean; the running instance's cost so far is in `computearbitrage workload billing`.")),
         ("storage_prefix".to_string(), computed(AttributeType::String, "The workload's storage namespace, `workloads/{id}/`, when `storage.enabled`; null otherwise. `computearbitrage workload objects ID` lists it and `computearbitrage workload download ID KEY` fetches from it (keys like `artifacts/results/out.csv`). It stays the same for the workload's life.")),
         ("created_at".to_string(), computed(AttributeType::String, "When the service accepted the workload (RFC 3339).")),
     ]);

@@ -73,6 +73,7 @@ pub struct WorkloadState {
     pub backend_endpoint: Value<String>,
     pub price_per_hour: Value<Number>,
     pub on_demand_price_per_hour: Value<Number>,
+    pub cost_to_date: Value<Number>,
     pub created_at: Value<String>,
 }
 
@@ -452,6 +453,7 @@ impl WorkloadState {
         self.backend_endpoint = Value::Unknown;
         self.price_per_hour = Value::Unknown;
         self.on_demand_price_per_hour = Value::Unknown;
+        self.cost_to_date = Value::Unknown;
     }
 
     pub fn copy_computed(&mut self, from: &WorkloadState) {
@@ -470,6 +472,7 @@ impl WorkloadState {
         self.backend_endpoint = from.backend_endpoint.clone();
         self.price_per_hour = from.price_per_hour.clone();
         self.on_demand_price_per_hour = from.on_demand_price_per_hour.clone();
+        self.cost_to_date = from.cost_to_date.clone();
         self.created_at = from.created_at.clone();
     }
 
@@ -496,6 +499,7 @@ impl WorkloadState {
         self.price_per_hour = same_number(&self.price_per_hour, w.price_per_hour);
         self.on_demand_price_per_hour =
             same_number(&self.on_demand_price_per_hour, w.on_demand_price_per_hour);
+        self.cost_to_date = same_number(&self.cost_to_date, w.cost_to_date);
         self.created_at = Value::Value(w.created_at.clone());
     }
 
@@ -522,6 +526,7 @@ impl WorkloadState {
         clear(&mut self.backend_endpoint);
         clear(&mut self.price_per_hour);
         clear(&mut self.on_demand_price_per_hour);
+        clear(&mut self.cost_to_date);
         clear(&mut self.created_at);
         if let Value::Value(check) = &mut self.health_check {
             clear(&mut check.timeout_seconds);
@@ -560,6 +565,7 @@ impl WorkloadState {
             backend_endpoint: Value::Null,
             price_per_hour: Value::Null,
             on_demand_price_per_hour: Value::Null,
+            cost_to_date: Value::Null,
             created_at: Value::Null,
         }
     }

@@ -21,6 +21,8 @@ pub mod paths {
     pub const CHECKPOINT_GRANT: &str = "/agent/v1/checkpoint/grant";
     pub const CHECKPOINT_REPORT: &str = "/agent/v1/checkpoint/report";
     pub const EXITED: &str = "/agent/v1/exited";
+    pub const LOGS: &str = "/agent/v1/logs";
+    pub const LOG_SEGMENT_GRANT: &str = "/agent/v1/logs/grant";
 }
 
 /// The file name that completes a checkpoint directory.
@@ -143,6 +145,29 @@ pub struct CheckpointReport {
     pub bytes: u64,
     pub files: u64,
     pub duration_ms: u64,
+}
+
+/// The workload's output since the last batch, line by line.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LogBatch {
+    pub lines: Vec<String>,
+    /// Lines the agent could not keep while the service was unreachable.
+    #[serde(default)]
+    pub dropped: u64,
+}
+
+/// Asks for the upload URL of one rotated log segment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LogSegmentGrantRequest {
+    /// `{first line's unix ms}.log`, chosen by the agent.
+    pub name: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LogSegmentGrant {
+    /// Signed PUT URL of `artifacts/logs/{instance id}/{name}`.
+    pub url: String,
 }
 
 /// The workload exited on its own.

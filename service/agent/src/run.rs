@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 
 /// Lines of output kept for the exit report.
 const LAST_LINES: usize = 40;
@@ -162,13 +162,48 @@ impl Client {
     }
 }
 
-/// The kept tail of the workload's output.
+/// The workload's output: the kept tail (for an exit report), the lines not yet
+/// shipped to the service, and the log segment being filled for storage. All bounded.
 #[derive(Default)]
-struct Tail(Mutex<VecDeque<String>>);
+struct Tail {
+    /// Whether segments are kept for storage (the workload has storage).
+    segments: bool,
+    last: Mutex<VecDeque<String>>,
+    /// Not yet sent to the service, and how many were dropped while it was away.
+    pending: Mutex<(VecDeque<String>, u64)>,
+    /// The segment for `artifacts/logs/`: when its first line came (unix ms), its bytes.
+    segment: Mutex<(i64, Vec<u8>)>,
+}
+
+/// A longer output line is kept cut to this many bytes.
+const LINE_BYTES: usize = 8 << 10;
+/// Lines per batch sent to the service (batches stay well under its 4 MiB body limit).
+const BATCH_LINES: usize = 256;
+/// Lines held for the service while it is unreachable; older ones are dropped.
+const PENDING_LINES: usize = 10_000;
+/// A log segment is uploaded at this size, or after [`SEGMENT_AGE`].
+const SEGMENT_BYTES: usize = 1 << 20;
+const SEGMENT_AGE: Duration = Duration::from_secs(60);
 
 impl Tail {
     fn push(&self, line: String) {
-        let mut lines = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if self.segments {
+            let mut segment = self.segment.lock().unwrap_or_else(|p| p.into_inner());
+            if segment.1.is_empty() {
+                segment.0 = unix_ms();
+            }
+            segment.1.extend_from_slice(line.as_bytes());
+            segment.1.push(b'\n');
+        }
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if pending.0.len() == PENDING_LINES {
+                pending.0.pop_front();
+                pending.1 += 1;
+            }
+            pending.0.push_back(line.clone());
+        }
+        let mut lines = self.last.lock().unwrap_or_else(|p| p.into_inner());
         if lines.len() == LAST_LINES {
             lines.pop_front();
         }
@@ -176,12 +211,93 @@ impl Tail {
     }
 
     fn lines(&self) -> Vec<String> {
-        self.0
+        self.last
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .cloned()
             .collect()
+    }
+
+    /// Sends what is pending, in batches; on failure the rest stays pending (within
+    /// the bound) for the next tick.
+    async fn ship(&self, client: &Client) {
+        loop {
+            let (lines, dropped) = {
+                let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                let take = pending.0.len().min(BATCH_LINES);
+                let lines: Vec<String> = pending.0.drain(..take).collect();
+                (lines, std::mem::take(&mut pending.1))
+            };
+            if lines.is_empty() && dropped == 0 {
+                return;
+            }
+            let batch = protocol::LogBatch { lines, dropped };
+            if let Err(e) = client
+                .call::<_, serde_json::Value>(paths::LOGS, &batch)
+                .await
+            {
+                tracing::debug!(error = ?e, "cannot ship logs now; keeping them");
+                let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                let mut kept: VecDeque<String> = batch.lines.into();
+                kept.append(&mut pending.0);
+                let over = kept.len().saturating_sub(PENDING_LINES);
+                kept.drain(..over);
+                pending.0 = kept;
+                pending.1 += batch.dropped + over as u64;
+                return;
+            }
+        }
+    }
+
+    /// Uploads the segment to `artifacts/logs/{instance}/{first ms}.log` when it is
+    /// full, old, or `force`d (exit, notice).
+    async fn rotate(&self, client: &Client, force: bool) {
+        let (first_ms, bytes) = {
+            let mut segment = self.segment.lock().unwrap_or_else(|p| p.into_inner());
+            let old = unix_ms() - segment.0 >= SEGMENT_AGE.as_millis() as i64;
+            if segment.1.is_empty() || !(force || old || segment.1.len() >= SEGMENT_BYTES) {
+                return;
+            }
+            (segment.0, std::mem::take(&mut segment.1))
+        };
+        let request = protocol::LogSegmentGrantRequest {
+            name: format!("{first_ms}.log"),
+            size: bytes.len() as u64,
+        };
+        let result = async {
+            let grant: protocol::LogSegmentGrant = client
+                .call(paths::LOG_SEGMENT_GRANT, &request)
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            let response = client
+                .http
+                .put(&grant.url)
+                .body(bytes)
+                .timeout(Duration::from_secs(60))
+                .send()
+                .await
+                .map_err(|e| format!("upload: {}", e.without_url()))?;
+            if !response.status().is_success() {
+                return Err(format!("upload answered {}", response.status()));
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(segment = %request.name, error = %e, "cannot store a log segment; its lines are still on the service");
+        }
+    }
+}
+
+/// Ships logs every second and stores segments as they fill.
+async fn ship_logs(client: Arc<Client>, tail: Arc<Tail>, storage: bool) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tail.ship(&client).await;
+        if storage {
+            tail.rotate(&client, false).await;
+        }
     }
 }
 
@@ -206,7 +322,12 @@ pub async fn run(args: RunArgs) -> Exit {
     // Spent on registration; nothing on the machine needs it afterwards.
     let _ = std::fs::remove_file(&args.credential_file);
     let client = Arc::new(Client {
-        http: reqwest::Client::new(),
+        // Every request has an end: a stalled upload or restore must not hang the agent.
+        http: reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap_or_default(),
         base: args.service_url.trim_end_matches('/').to_string(),
         token: Mutex::new(credential),
     });
@@ -230,7 +351,10 @@ pub async fn run(args: RunArgs) -> Exit {
             }
         }
     }
-    let tail = Arc::new(Tail::default());
+    let tail = Arc::new(Tail {
+        segments: assignment.storage.is_some(),
+        ..Tail::default()
+    });
     let mut child = match spawn_workload(&args, &assignment, &checkpoint_dir, &tail) {
         Ok(child) => child,
         Err(message) => {
@@ -245,6 +369,8 @@ pub async fn run(args: RunArgs) -> Exit {
         client.clone(),
         Duration::from_millis(assignment.heartbeat_ms.max(100)),
     ));
+    let storage = assignment.storage.is_some();
+    let shipper = tokio::spawn(ship_logs(client.clone(), tail.clone(), storage));
     let mut watcher = Watcher::new(args.cloud, &args.metadata_url, &args.resource, args.poll);
     let exit = loop {
         tokio::select! {
@@ -260,7 +386,7 @@ pub async fn run(args: RunArgs) -> Exit {
             }
             fenced = wait_fenced(&heartbeat) => {
                 tracing::warn!(reason = %fenced, "this instance was replaced; stopping the workload");
-                signal(pid, libc::SIGKILL);
+                let _ = child.start_kill();
                 let _ = child.wait().await;
                 break Exit::Refused(fenced);
             }
@@ -273,7 +399,7 @@ pub async fn run(args: RunArgs) -> Exit {
                         }).await;
                     }
                     Signal::Interruption => {
-                        on_notice(&client, &assignment, &notice, &watcher, &mut child, pid, &checkpoint_dir).await;
+                        on_notice(&client, &assignment, &notice, &watcher, &mut child, pid, &checkpoint_dir, args.owner).await;
                         break Exit::Reclaimed;
                     }
                 }
@@ -281,6 +407,12 @@ pub async fn run(args: RunArgs) -> Exit {
         }
     };
     heartbeat.abort();
+    shipper.abort();
+    // What the workload wrote last reaches the service and storage before the agent goes.
+    tail.ship(&client).await;
+    if storage && !matches!(exit, Exit::Refused(_)) {
+        tail.rotate(&client, true).await;
+    }
     exit
 }
 
@@ -359,11 +491,33 @@ where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
-    let mut lines = BufReader::new(from).split(b'\n');
-    while let Ok(Some(line)) = lines.next_segment().await {
-        let _ = to.write_all(&line).await;
-        let _ = to.write_all(b"\n").await;
+    use tokio::io::AsyncReadExt;
+    // Passed through as it comes; kept line by line, each line at most LINE_BYTES (a
+    // workload writing gigabytes without a newline costs the agent nothing).
+    let mut from = from;
+    let mut buffer = vec![0u8; 64 << 10];
+    let mut line: Vec<u8> = Vec::new();
+    let mut cut = false;
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let _ = to.write_all(&buffer[..read]).await;
         let _ = to.flush().await;
+        for byte in &buffer[..read] {
+            if *byte == b'\n' {
+                tail.push(String::from_utf8_lossy(&line).into_owned());
+                line.clear();
+                cut = false;
+            } else if line.len() < LINE_BYTES {
+                line.push(*byte);
+            } else if !cut {
+                cut = true;
+            }
+        }
+    }
+    if !line.is_empty() {
         tail.push(String::from_utf8_lossy(&line).into_owned());
     }
 }
@@ -435,20 +589,36 @@ async fn on_notice(
     child: &mut tokio::process::Child,
     pid: i32,
     checkpoint_dir: &std::path::Path,
+    owner: Option<(u32, u32)>,
 ) {
     tracing::warn!(deadline = ?notice.deadline, action = %notice.action, "interruption notice");
-    if let Err(e) = client
-        .call_patiently::<_, serde_json::Value>(
-            paths::NOTICE,
-            &protocol::NoticeReport {
-                signal: "interruption".into(),
-                deadline: notice.deadline,
-            },
-            Duration::from_secs(5),
-        )
-        .await
-    {
-        tracing::warn!(error = ?e, "cannot report the notice; the driver's signal still reaches the service");
+    // The workload is told first; the report goes alongside (the driver's own signal
+    // reaches the service too), so a slow service never eats the notice window.
+    let notice_report = protocol::NoticeReport {
+        signal: "interruption".into(),
+        deadline: notice.deadline,
+    };
+    let report = client.call_patiently::<_, serde_json::Value>(
+        paths::NOTICE,
+        &notice_report,
+        Duration::from_secs(5),
+    );
+    let report = async {
+        if let Err(e) = tokio::time::timeout(Duration::from_secs(10), report).await {
+            tracing::warn!(error = ?e, "cannot report the notice; the driver's signal still reaches the service");
+        }
+    };
+    // From here on the agent needs no more rights than the workload: it reads only
+    // what the workload could read itself, whatever links the workload leaves in
+    // $CHECKPOINT_DIR (the agent may run as root).
+    if let Some((uid, gid)) = owner {
+        if let Err(e) = drop_privileges(uid, gid) {
+            tracing::error!(error = %e, "cannot drop to the workload's user; no checkpoint is taken");
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            report.await;
+            return;
+        }
     }
     let began_ms = unix_ms();
     let deadline_ms = notice
@@ -460,23 +630,26 @@ async fn on_notice(
         .max(0);
     let wait_until = deadline_ms - margin_ms;
     // Tell the workload, then give it until the deadline minus the margin.
-    let told = match &assignment.on_notice.checkpoint_command {
-        Some(command) if !command.is_empty() => {
-            run_checkpoint_command(command, checkpoint_dir).await
-        }
-        _ => {
-            signal(pid, assignment.on_notice.signal);
-            let budget = Duration::from_millis((wait_until - unix_ms()).max(0) as u64);
-            match tokio::time::timeout(budget, child.wait()).await {
-                Ok(_) => Ok(()),
-                Err(_) => Err(format!(
-                    "the workload did not exit within {} ms of signal {}; checkpointing what it wrote",
-                    budget.as_millis(),
-                    assignment.on_notice.signal
-                )),
+    let telling = async {
+        match &assignment.on_notice.checkpoint_command {
+            Some(command) if !command.is_empty() => {
+                run_checkpoint_command(command, checkpoint_dir).await
+            }
+            _ => {
+                signal(pid, assignment.on_notice.signal);
+                let budget = Duration::from_millis((wait_until - unix_ms()).max(0) as u64);
+                match tokio::time::timeout(budget, child.wait()).await {
+                    Ok(_) => Ok(()),
+                    Err(_) => Err(format!(
+                        "the workload did not exit within {} ms of signal {}; checkpointing what it wrote",
+                        budget.as_millis(),
+                        assignment.on_notice.signal
+                    )),
+                }
             }
         }
     };
+    let (told, ()) = tokio::join!(telling, report);
     if let Err(message) = &told {
         tracing::warn!(
             message,
@@ -514,9 +687,33 @@ async fn on_notice(
     if let Err(e) = watcher.approve(notice).await {
         tracing::warn!(error = %e, "cannot approve the scheduled event");
     }
-    // Whatever is left of the workload goes with the machine.
-    signal(pid, libc::SIGKILL);
+    // Whatever is left of the workload goes with the machine (`start_kill` knows
+    // whether the child was already reaped, so no reused pid is hit).
+    let _ = child.start_kill();
     let _ = child.wait().await;
+}
+
+/// Gives up root for the workload's user, for good and for every thread.
+fn drop_privileges(uid: u32, gid: u32) -> Result<(), String> {
+    // SAFETY: plain system calls; glibc applies set*id to every thread of the process.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0 && libc::geteuid() == 0 {
+            return Err(format!("setgroups: {}", std::io::Error::last_os_error()));
+        }
+        if libc::setgid(gid) != 0 {
+            return Err(format!(
+                "setgid({gid}): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        if libc::setuid(uid) != 0 {
+            return Err(format!(
+                "setuid({uid}): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
 }
 
 async fn run_checkpoint_command(

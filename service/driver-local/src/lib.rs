@@ -330,6 +330,10 @@ impl LocalDriver {
         let mut inner = self.inner.lock().await;
         if let Some(record) = inner.records.get_mut(instance_id) {
             if record.is_live() {
+                // Whatever is left of the instance's process group goes with it.
+                if let Some(pid) = record.pid {
+                    process::signal_group(pid, libc::SIGKILL);
+                }
                 record.state = RecordState::Terminated {
                     reason: reason.to_string(),
                 };

@@ -66,15 +66,28 @@ pub(crate) fn signal_group(pid: u32, signal: i32) {
     }
 }
 
-/// SIGTERM to the group, then SIGKILL if it is still there after `grace`.
+/// Whether any process is still in the group `pgid` leads (or led: a group outlives
+/// its leader while members remain, and its id is not reused meanwhile).
+pub(crate) fn group_alive(pgid: u32) -> bool {
+    if pgid <= 1 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the group exists and may be signalled.
+    unsafe { libc::kill(-(pgid as i32), 0) == 0 }
+}
+
+/// SIGTERM to the group, then SIGKILL if anything of it is still there after `grace`.
+/// The group, not only its leader: a workload left behind by an agent that exited
+/// must not outlive its instance (nor keep a uid the driver hands out again).
 pub(crate) async fn stop_process(pid: u32, start_ticks: Option<u64>, grace: Duration) {
-    if !alive(pid, start_ticks) {
+    let leader = alive(pid, start_ticks);
+    if !leader && !group_alive(pid) {
         return;
     }
     signal_group(pid, libc::SIGTERM);
     let deadline = tokio::time::Instant::now() + grace;
     while tokio::time::Instant::now() < deadline {
-        if !alive(pid, start_ticks) {
+        if !alive(pid, start_ticks) && !group_alive(pid) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -155,6 +155,20 @@ pub async fn handle(orchestrator: Arc<Orchestrator>, request: Request) -> Respon
                 .map(|()| ok(&serde_json::json!({}))),
             Err(r) => return r,
         },
+        paths::LOGS => match body(request).await {
+            Ok(b) => orchestrator
+                .agent_logs(&token, b)
+                .await
+                .map(|()| ok(&serde_json::json!({}))),
+            Err(r) => return r,
+        },
+        paths::LOG_SEGMENT_GRANT => match body(request).await {
+            Ok(b) => orchestrator
+                .agent_log_segment_grant(&token, b)
+                .await
+                .map(|r| ok(&r)),
+            Err(r) => return r,
+        },
         other => {
             return refusal(
                 StatusCode::NOT_FOUND,

@@ -1,5 +1,5 @@
 //! The operator commands of `computearbitrage` that talk to a running service:
-//! `workload get|update|delete|runs|billing|notifications|connections|objects|download|upload|interrupt`, `dead-letters`,
+//! `workload get|update|delete|runs|billing|notifications|logs|connections|objects|download|upload|interrupt`, `dead-letters`,
 //! `replay`, `webhook`, `tenant create|list`, `token create|list|revoke`, `audit`. They read COMPUTEARBITRAGE_ENDPOINT, COMPUTEARBITRAGE_TOKEN and
 //! COMPUTEARBITRAGE_CA_FILE (or `--endpoint`/`--token`/`--ca-file`) and print JSON.
 
@@ -57,6 +57,13 @@ pub enum WorkloadCommand {
     Billing { id: String },
     /// Notifications sent about the workload.
     Notifications { id: String },
+    /// The workload's recent output (stdout and stderr), as plain lines; `--follow`
+    /// keeps printing new lines, across migrations, until interrupted.
+    Logs {
+        id: String,
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
     /// Open TCP connections through the router to the workload.
     Connections { id: String },
     /// Objects in the workload's storage, with its usage and quota.
@@ -410,6 +417,39 @@ pub async fn run(target: Target, command: ClientCommand) -> Result<(), String> {
                     .map_err(fail)?
                     .into_inner(),
             ),
+            WorkloadCommand::Logs { id, follow } => {
+                use std::io::Write;
+                let mut after = 0;
+                loop {
+                    let page = workloads
+                        .get_logs(pb::GetLogsRequest {
+                            workload_id: id.clone(),
+                            after_seq: after,
+                            limit: 1000,
+                        })
+                        .await
+                        .map_err(fail)?
+                        .into_inner();
+                    let mut out = std::io::stdout().lock();
+                    if page.missed > 0 {
+                        let _ = writeln!(out, "[{} earlier lines are no longer held]", page.missed);
+                    }
+                    for line in &page.lines {
+                        let _ = writeln!(out, "{}", line.text);
+                    }
+                    let _ = out.flush();
+                    drop(out);
+                    let more = page.next_seq > after && page.lines.len() == 1000;
+                    after = page.next_seq;
+                    if more {
+                        continue;
+                    }
+                    if !follow {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
             WorkloadCommand::Notifications { id } => print(
                 &workloads
                     .list_notifications(pb::ListNotificationsRequest { workload_id: id })

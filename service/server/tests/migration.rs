@@ -92,18 +92,22 @@ async fn an_interrupted_workload_checkpoints_and_moves_with_its_endpoint_and_sta
         }))
         .await
         .unwrap();
-    // While the workload moves the route answers 503 with Retry-After.
-    let response = reqwest::Client::new()
-        .get(&count_url)
-        .bearer_auth(&before.access_token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        response.status().as_u16(),
-        503,
-        "the route answers 503 at once"
-    );
+    // While the workload moves the route answers 503 with Retry-After (the call above
+    // returns once the notice is raised; the route follows within milliseconds).
+    let until = Instant::now() + Duration::from_secs(2);
+    let response = loop {
+        let response = reqwest::Client::new()
+            .get(&count_url)
+            .bearer_auth(&before.access_token)
+            .send()
+            .await
+            .unwrap();
+        if response.status().as_u16() == 503 || Instant::now() > until {
+            break response;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!(response.status().as_u16(), 503, "the route answers 503");
     assert!(response.headers().contains_key("retry-after"));
 
     let (_, migrated) = receiver
@@ -184,12 +188,31 @@ async fn an_interrupted_workload_checkpoints_and_moves_with_its_endpoint_and_sta
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        billing.records.len(),
-        1,
+    assert_eq!(billing.records.len(), 2, "{billing:?}");
+    assert_eq!(billing.records[0].instance_id, before.instance_id);
+    assert!(
+        !billing.records[0].open,
         "the old instance's segment is closed"
     );
-    assert_eq!(billing.records[0].instance_id, before.instance_id);
+    assert_eq!(billing.records[1].instance_id, after.instance_id);
+    assert!(billing.records[1].open, "the replacement's runs on");
+    assert_eq!(billing.migrations, 1);
+    assert!(
+        billing.downtime_seconds > 0.0 && billing.downtime_seconds < moved_in.as_secs_f64() + 1.0,
+        "{billing:?}"
+    );
+    // The resource's cost_to_date is the closed segments': the old instance's.
+    let now = get(&mut client, &created.id).await;
+    assert_eq!(
+        now.cost_to_date,
+        Some(billing.records[0].cost),
+        "{billing:?}"
+    );
+    assert!(billing.records[0].cost > 0.0);
+    assert!(
+        billing.total_cost > billing.records[0].cost,
+        "the open segment counts in the total"
+    );
     let kinds: Vec<String> = receiver
         .bodies()
         .iter()
@@ -208,6 +231,75 @@ async fn an_interrupted_workload_checkpoints_and_moves_with_its_endpoint_and_sta
         "{kinds:?}"
     );
     eprintln!("notice → serving on the replacement: {moved_in:?}");
+
+    // Logs: both instances' output, through the API and the CLI, across the move.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let lines = loop {
+        let lines = client
+            .get_logs(authed(pb::GetLogsRequest {
+                workload_id: created.id.clone(),
+                after_seq: 0,
+                limit: 0,
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .lines;
+        if lines
+            .iter()
+            .filter(|l| l.text.contains("serving on"))
+            .count()
+            == 2
+        {
+            break lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "logs of both instances: {lines:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let serving: Vec<(&str, &str)> = lines
+        .iter()
+        .filter(|l| l.text.contains("serving on"))
+        .map(|l| (l.instance_id.as_str(), l.text.as_str()))
+        .collect();
+    assert_eq!(serving[0].0, before.instance_id);
+    assert!(serving[0].1.ends_with("restored=False"), "{serving:?}");
+    assert_eq!(serving[1].0, after.instance_id);
+    assert!(serving[1].1.ends_with("restored=True"), "{serving:?}");
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_computearbitrage"))
+        .args(["workload", "logs", &created.id])
+        .env("COMPUTEARBITRAGE_ENDPOINT", &service.endpoint)
+        .env("COMPUTEARBITRAGE_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&cli.stdout);
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert!(
+        printed.contains("restored=False") && printed.contains("restored=True"),
+        "{printed}"
+    );
+    // The reclaimed instance's log segment was stored before it went.
+    let segments = client
+        .list_objects(authed(pb::ListObjectsRequest {
+            workload_id: created.id.clone(),
+            prefix: "artifacts/logs/".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .objects;
+    assert!(
+        segments.iter().any(|o| o
+            .key
+            .starts_with(&format!("artifacts/logs/{}/", before.instance_id))),
+        "{segments:?}"
+    );
 
     client
         .delete_workload(authed(pb::DeleteWorkloadRequest {
@@ -363,7 +455,11 @@ async fn crash_during_migration(step: &str, when: &str) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(billing.records.len(), 1, "one closed segment: {billing:?}");
+    assert_eq!(
+        billing.records.iter().filter(|r| !r.open).count(),
+        1,
+        "one closed segment: {billing:?}"
+    );
     client
         .delete_workload(authed(pb::DeleteWorkloadRequest {
             id: created.id.clone(),
@@ -504,4 +600,115 @@ async fn a_destroy_during_a_migration_leaves_nothing_running() {
     assert!(migration.error.contains("cancelled"), "{migration:?}");
     service.stop();
     kill_workloads(dir.path());
+}
+
+fn signal_process(pid: u32, signal: i32) {
+    // SAFETY: kill(2) on a process (or group) this test's service started.
+    unsafe {
+        libc::kill(pid as i32, signal);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_agent_is_not_lost_while_its_instance_lives_but_a_vanished_instance_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(
+        dir.path(),
+        &[("COMPUTEARBITRAGE_WORKLOADS__AGENT_HEARTBEAT_MS", "300")],
+    );
+    let mut client = service.workloads().await;
+    let name = format!("vanishing-{}", std::process::id());
+    let created = client
+        .apply_workload(authed(pb::ApplyWorkloadRequest {
+            spec: Some(migrating_spec(&name)),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let before = wait_status(
+        &mut client,
+        &created.id,
+        &["RUNNING"],
+        Duration::from_secs(30),
+    )
+    .await;
+    let agent = processes_with_env("COMPUTEARBITRAGE_INSTANCE_ID", &before.instance_id);
+    assert_eq!(agent.len(), 1, "one agent per instance: {agent:?}");
+    let agent = agent[0];
+
+    // A paused agent sends no heartbeats for 10 × the interval, but its instance is
+    // alive: no loss is declared, nothing moves.
+    signal_process(agent, libc::SIGSTOP);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let still = get(&mut client, &created.id).await;
+    signal_process(agent, libc::SIGCONT);
+    assert_eq!(still.status, "RUNNING", "{}", still.status_reason);
+    assert_eq!(still.instance_id, before.instance_id);
+    service.wait_for_log("not declared lost", Duration::from_secs(5));
+
+    // The whole instance vanishes (its process group killed, no notice): the agent is
+    // silent and the driver agrees it ended, so the workload moves.
+    signal_process_group(agent);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let after = loop {
+        let w = get(&mut client, &created.id).await;
+        if w.status == "RUNNING" && w.instance_id != before.instance_id {
+            break w;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not replaced: {} ({})",
+            w.status,
+            w.status_reason
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(after.endpoint, before.endpoint);
+    let runs = client
+        .list_runs(authed(pb::ListRunsRequest {
+            workload_id: created.id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .runs;
+    assert_eq!(
+        runs.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>(),
+        vec!["provision", "migrate"]
+    );
+    let (status, state) = get_json(
+        &format!("{}/state", after.endpoint.trim_end_matches('/')),
+        &after.access_token,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        state["restored"], false,
+        "no checkpoint was ever taken: {state}"
+    );
+    assert_eq!(processes_with_env("WORKLOAD_NAME", &name).len(), 1);
+    client
+        .delete_workload(authed(pb::DeleteWorkloadRequest {
+            id: created.id.clone(),
+            reason: String::new(),
+        }))
+        .await
+        .unwrap();
+    wait_status(
+        &mut client,
+        &created.id,
+        &["TERMINATED"],
+        Duration::from_secs(20),
+    )
+    .await;
+    service.stop();
+    kill_workloads(dir.path());
+}
+
+fn signal_process_group(leader: u32) {
+    // The agent leads its instance's process group: the instance, as a VM, goes whole.
+    // SAFETY: kill(2) on the process group of an instance this test's service started.
+    unsafe {
+        libc::kill(-(leader as i32), libc::SIGKILL);
+    }
 }

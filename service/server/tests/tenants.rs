@@ -219,6 +219,22 @@ async fn two_tenants_cannot_see_or_reach_each_other() {
     assert_eq!(
         reason(
             client
+                .get_logs(as_token(
+                    pb::GetLogsRequest {
+                        workload_id: acme_wl.clone(),
+                        after_seq: 0,
+                        limit: 0,
+                    },
+                    &globex
+                ))
+                .await
+        ),
+        Some(Reason::NotFound),
+        "another tenant's logs are not even known to exist"
+    );
+    assert_eq!(
+        reason(
+            client
                 .list_connections(as_token(
                     pb::ListConnectionsRequest {
                         workload_id: acme_wl.clone()

@@ -558,6 +558,24 @@ impl Storage {
                 }
             }
         }
+        let limit_bytes = if method == Method::Put {
+            quota_bytes
+        } else {
+            None
+        };
+        self.sign_within(method, scope, key, limit_bytes).await
+    }
+
+    /// A URL like [`Storage::sign`]'s, without listing the namespace for the quota:
+    /// for a caller that checked a whole batch against it once (a checkpoint's chunks).
+    /// On the local backend an upload through it still stops at `limit_bytes`.
+    pub async fn sign_within(
+        &self,
+        method: Method,
+        scope: Scope,
+        key: &ObjectKey,
+        limit_bytes: Option<u64>,
+    ) -> Result<SignedUrl, StorageError> {
         let expires_at = unix_now() + self.url_expiry.as_secs() as i64;
         match &self.signing {
             Signing::Local { signer, base_url } => {
@@ -565,11 +583,7 @@ impl Storage {
                     method,
                     scope,
                     expires_at,
-                    limit_bytes: if method == Method::Put {
-                        quota_bytes
-                    } else {
-                        None
-                    },
+                    limit_bytes,
                 };
                 Ok(SignedUrl {
                     url: format!("{base_url}{}", signer.sign(&grant, key)?),

@@ -30,6 +30,92 @@ pub const SESSION_LIFETIME: Duration = Duration::from_secs(900);
 /// A heartbeat may still refresh a session token this long after it expired (the
 /// service was down), as long as the instance is still the workload's.
 pub const REFRESH_GRACE: Duration = Duration::from_secs(24 * 3600);
+/// Output lines the service keeps per workload for `GetLogs`.
+pub const LOG_LINES_KEPT: usize = 5000;
+/// A longer line is cut there.
+pub const LOG_LINE_MAX: usize = 8 << 10;
+
+/// A workload's recent output, numbered.
+#[derive(Debug, Default)]
+pub struct LogRing {
+    lines: std::collections::VecDeque<LogLine>,
+    next_seq: u64,
+    /// Lines agents dropped before they could send them.
+    dropped: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogLine {
+    pub seq: u64,
+    pub instance_id: String,
+    /// Unix ms, when the service received it.
+    pub at_ms: i64,
+    pub text: String,
+}
+
+/// What `Orchestrator::logs` answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogPage {
+    pub lines: Vec<LogLine>,
+    pub next_seq: u64,
+    pub missed: u64,
+}
+
+impl LogRing {
+    fn push(&mut self, instance_id: &str, text: String) {
+        self.next_seq += 1;
+        if self.lines.len() == LOG_LINES_KEPT {
+            self.lines.pop_front();
+        }
+        let mut text = text;
+        if text.len() > LOG_LINE_MAX {
+            let mut cut = LOG_LINE_MAX;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+        }
+        self.lines.push_back(LogLine {
+            seq: self.next_seq,
+            instance_id: instance_id.to_string(),
+            at_ms: now_ms(),
+            text,
+        });
+    }
+
+    fn page(&self, after: u64, limit: usize) -> LogPage {
+        let oldest = self
+            .lines
+            .front()
+            .map(|l| l.seq)
+            .unwrap_or(self.next_seq + 1);
+        let lines: Vec<LogLine> = self
+            .lines
+            .iter()
+            .filter(|l| l.seq > after)
+            .take(limit)
+            .cloned()
+            .collect();
+        let next_seq = lines
+            .last()
+            .map(|l| l.seq)
+            .unwrap_or(after.max(oldest.saturating_sub(1)));
+        LogPage {
+            next_seq,
+            missed: oldest.saturating_sub(after + 1) + if after == 0 { self.dropped } else { 0 },
+            lines,
+        }
+    }
+}
+
+fn log_segment_name_ok(name: &str) -> bool {
+    name.strip_suffix(".log")
+        .is_some_and(|n| !n.is_empty() && n.len() <= 20 && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Heartbeat intervals of silence after which the driver is asked whether an instance
+/// is gone.
+pub const LOST_AFTER_HEARTBEATS: u32 = 5;
 /// Complete checkpoints kept per workload; older ones are deleted.
 pub const CHECKPOINTS_KEPT: usize = 3;
 
@@ -93,6 +179,8 @@ struct Session {
     workload: WorkloadRecord,
     run: RunRecord,
     role: Role,
+    /// The instance the run launched, once the ledger has it.
+    instance: Option<String>,
 }
 
 /// A checkpoint's name is the unix milliseconds it was begun at.
@@ -233,6 +321,7 @@ impl Orchestrator {
                 workload,
                 run,
                 role: Role::Current,
+                instance: launched,
             });
         }
         if run.status == RunStatus::Running {
@@ -241,15 +330,18 @@ impl Orchestrator {
                     workload,
                     run,
                     role: Role::Replacement,
+                    instance: launched,
                 });
             }
             if launched.is_none() {
                 // The first instance registers before its provision step is in the
                 // ledger: it is the workload's, just not recorded yet.
+                let instance = workload.instance_id.clone();
                 return Ok(Session {
                     workload,
                     run,
                     role: Role::Current,
+                    instance,
                 });
             }
         }
@@ -307,6 +399,9 @@ impl Orchestrator {
             Some(name) => Some(self.restore_grant(workload, &name).await?),
             None => None,
         };
+        if session.role == Role::Current {
+            self.heard(&workload.id);
+        }
         let (token, token_expires_at) = self.session_token(&session.run.id);
         tracing::info!(workload_id = %workload.id, run_id = %session.run.id, instance_id = %request.instance_id, role = ?session.role, restore = ?restore.as_ref().map(|r: &protocol::Restore| r.name.clone()), agent_version = %request.agent_version, "agent registered");
         Ok(protocol::RegisterReply::Run(Box::new(
@@ -379,6 +474,9 @@ impl Orchestrator {
             .agent_session(token, AgentTokenKind::Session, REFRESH_GRACE)
             .await?;
         tracing::debug!(workload_id = %session.workload.id, run_id = %session.run.id, phase = %heartbeat.phase, "agent heartbeat");
+        if session.role == Role::Current {
+            self.heard(&session.workload.id);
+        }
         let (token, token_expires_at) = self.session_token(&session.run.id);
         Ok(protocol::HeartbeatReply {
             token,
@@ -460,7 +558,11 @@ impl Orchestrator {
             )));
         }
         let quota = u64::from(workload.spec.storage.quota_gb) * GIB;
-        let declared: u64 = request.chunks.values().sum::<u64>() + request.manifest_bytes;
+        let declared = request
+            .chunks
+            .values()
+            .try_fold(request.manifest_bytes, |sum, size| sum.checked_add(*size))
+            .ok_or_else(|| AgentError::Invalid("the declared sizes overflow".into()))?;
         let used = link.storage.usage(&workload.id).await?;
         if used + declared > quota {
             return Err(AgentError::Invalid(format!(
@@ -469,11 +571,17 @@ impl Orchestrator {
             )));
         }
         let mut chunk_urls = BTreeMap::new();
-        for (sha, size) in &request.chunks {
+        for sha in request.chunks.keys() {
             let key = chunk_key(&workload.id, &request.name, sha)?;
+            // Checked against the quota once, above, for the whole checkpoint.
             let signed = link
                 .storage
-                .signed_url(Method::Put, &key, Some(quota), *size)
+                .sign_within(
+                    Method::Put,
+                    computearbitrage_storage::Scope::Key(key.clone()),
+                    &key,
+                    Some(quota),
+                )
                 .await?;
             chunk_urls.insert(sha.clone(), signed.url);
         }
@@ -558,7 +666,155 @@ impl Orchestrator {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(session.run.id.clone(), lines);
+        if let (Role::Current, Some(instance)) = (session.role, &session.workload.instance_id) {
+            self.exited
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(session.workload.id.clone(), instance.clone());
+        }
         Ok(())
+    }
+
+    /// A batch of the workload's output from its current instance or its replacement.
+    pub async fn agent_logs(
+        &self,
+        token: &str,
+        batch: protocol::LogBatch,
+    ) -> Result<(), AgentError> {
+        let session = self
+            .agent_session(token, AgentTokenKind::Session, Duration::ZERO)
+            .await?;
+        let instance = session.instance.unwrap_or_default();
+        let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        let ring = logs.entry(session.workload.id.clone()).or_default();
+        ring.dropped += batch.dropped;
+        for line in batch.lines {
+            ring.push(&instance, line);
+        }
+        Ok(())
+    }
+
+    /// The upload URL of one rotated log segment, `artifacts/logs/{instance}/{name}`.
+    pub async fn agent_log_segment_grant(
+        &self,
+        token: &str,
+        request: protocol::LogSegmentGrantRequest,
+    ) -> Result<protocol::LogSegmentGrant, AgentError> {
+        let session = self
+            .agent_session(token, AgentTokenKind::Session, Duration::ZERO)
+            .await?;
+        let workload = &session.workload;
+        let link = self
+            .agent_link()
+            .filter(|_| workload.spec.storage.enabled)
+            .ok_or_else(|| {
+                AgentError::Invalid(format!(
+                    "workload {} has no storage, so its logs stay on the service only",
+                    workload.id
+                ))
+            })?;
+        if !log_segment_name_ok(&request.name) {
+            return Err(AgentError::Invalid(format!(
+                "log segment name {:?} is not `{{unix ms}}.log`",
+                request.name
+            )));
+        }
+        let instance = session
+            .instance
+            .ok_or_else(|| AgentError::Invalid("the instance is not recorded yet; retry".into()))?;
+        let key = ObjectKey::new(
+            &workload.id,
+            Area::Artifacts,
+            &format!("logs/{instance}/{}", request.name),
+        )?;
+        let quota = u64::from(workload.spec.storage.quota_gb) * GIB;
+        let signed = link
+            .storage
+            .signed_url(Method::Put, &key, Some(quota), request.size)
+            .await?;
+        Ok(protocol::LogSegmentGrant { url: signed.url })
+    }
+
+    /// The workload's output the service holds, after `after_seq`.
+    pub fn logs(&self, workload_id: &str, after_seq: u64, limit: usize) -> LogPage {
+        let logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        match logs.get(workload_id) {
+            Some(ring) => ring.page(after_seq, limit.clamp(1, LOG_LINES_KEPT)),
+            None => LogPage {
+                lines: Vec::new(),
+                next_seq: after_seq,
+                missed: 0,
+            },
+        }
+    }
+
+    pub(crate) fn heard(&self, workload_id: &str) {
+        self.heard_from
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(workload_id.to_string(), std::time::Instant::now());
+    }
+
+    /// Declares lost the instances whose agents fell silent **and** that their driver
+    /// reports ended, never on silence alone: a control-plane blip or a paused agent on
+    /// a live instance is not a loss. A lost instance is handled like a notice with no
+    /// time left (migrate from the newest complete checkpoint, or terminate). An
+    /// instance whose workload exited on its own (its agent said so) was not lost.
+    pub async fn find_lost_instances(self: &Arc<Self>) -> Result<Vec<String>, OrchestratorError> {
+        if self.agent_link().is_none() {
+            return Ok(Vec::new());
+        }
+        let silence = self.settings.agent_heartbeat * LOST_AFTER_HEARTBEATS;
+        let mut lost = Vec::new();
+        let candidates = self
+            .store
+            .workloads_in(&[WorkloadStatus::Running, WorkloadStatus::Unhealthy])
+            .await?;
+        for workload in candidates {
+            let Some(instance_id) = workload.instance_id.clone() else {
+                continue;
+            };
+            let last = self
+                .heard_from
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&workload.id)
+                .copied()
+                .unwrap_or(self.started);
+            let quiet = last.elapsed();
+            if quiet < silence {
+                continue;
+            }
+            let exited_itself = self
+                .exited
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&workload.id)
+                == Some(&instance_id);
+            if exited_itself {
+                continue;
+            }
+            let Some(cloud) = workload.placement.as_ref().map(|p| p.cloud.clone()) else {
+                continue;
+            };
+            let state = self.driver(&cloud)?.instance(&instance_id).await?.state;
+            let computearbitrage_core::InstanceState::Terminated { reason } = state else {
+                if self
+                    .silent
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(instance_id.clone())
+                {
+                    tracing::warn!(workload_id = %workload.id, instance_id, quiet_ms = quiet.as_millis() as u64, "no heartbeat from the agent, but the driver reports the instance alive: not declared lost");
+                }
+                continue;
+            };
+            tracing::warn!(workload_id = %workload.id, instance_id, quiet_ms = quiet.as_millis() as u64, reason, "instance lost: its agent is silent and the driver reports it ended");
+            self.on_instance_lost(&workload, &instance_id, &reason, quiet)
+                .await?;
+            lost.push(instance_id);
+        }
+        Ok(lost)
     }
 
     /// The last output lines an agent reported for the instance `run_id` launched.
@@ -622,4 +878,49 @@ async fn prune_checkpoints(
         tracing::info!(workload_id, checkpoint = %name, objects = removed, "old checkpoint deleted");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_ring_keeps_the_newest_lines_and_says_what_was_missed() {
+        let mut ring = LogRing::default();
+        for i in 0..(LOG_LINES_KEPT + 10) {
+            ring.push("i-1", format!("line {i}"));
+        }
+        let first = ring.page(0, 3);
+        assert_eq!(first.missed, 10, "the 10 oldest are gone");
+        assert_eq!(first.lines[0].seq, 11);
+        assert_eq!(first.lines[0].text, "line 10");
+        assert_eq!(first.next_seq, 13);
+        let next = ring.page(first.next_seq, 2);
+        assert_eq!(next.missed, 0);
+        assert_eq!(
+            next.lines.iter().map(|l| l.seq).collect::<Vec<_>>(),
+            vec![14, 15]
+        );
+        // Following from the end: nothing new, the position holds.
+        let end = ring.page(ring.next_seq, 100);
+        assert!(end.lines.is_empty());
+        assert_eq!(end.next_seq, ring.next_seq);
+        // A long line is cut at a character boundary.
+        ring.push("i-1", "é".repeat(LOG_LINE_MAX));
+        let last = ring.page(ring.next_seq - 1, 1);
+        assert!(last.lines[0].text.len() <= LOG_LINE_MAX);
+        assert!(last.lines[0].text.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn names_of_checkpoints_and_log_segments_are_digits_only() {
+        assert!(checkpoint_name_ok("1733100000000"));
+        assert!(log_segment_name_ok("1733100000000.log"));
+        for bad in ["", "12a", "../1", "1/2", "123456789012345678901"] {
+            assert!(!checkpoint_name_ok(bad), "{bad}");
+        }
+        for bad in [".log", "1.txt", "../1.log", "1.log/x", "a.log"] {
+            assert!(!log_segment_name_ok(bad), "{bad}");
+        }
+    }
 }

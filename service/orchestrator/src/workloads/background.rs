@@ -1,7 +1,8 @@
 //! Background workers of the orchestrator: the driver event listener (acts on
-//! interruption notices as they arrive), the run resumer (restarts unfinished runs
-//! after a crash or a store outage), and the orphan sweeper (kills instances no
-//! workload owns).
+//! interruption notices as they arrive), the lost-instance watch (silent agents whose
+//! driver agrees the instance ended), the run resumer (restarts unfinished runs after
+//! a crash or a store outage), and the orphan sweeper (kills instances no workload
+//! owns).
 
 use super::monitor::{HealthEvent, HealthHandler};
 use super::{notify, Orchestrator};
@@ -42,6 +43,7 @@ impl Orchestrator {
                 instance_id,
                 deadline,
             } => {
+                let _one_at_a_time = self.interruptions.lock().await;
                 let Some(workload) = self.workload_with_instance(&instance_id).await? else {
                     return Ok(());
                 };
@@ -114,6 +116,104 @@ impl Orchestrator {
             }
         }
         Ok(())
+    }
+}
+
+impl Orchestrator {
+    /// INTERRUPTED workloads that no run is moving or ending (a store blip lost the
+    /// run's creation, or a notice came while the last migration was finishing):
+    /// their migration or termination is started again.
+    pub async fn recover_interrupted(self: &Arc<Self>) -> Result<usize, OrchestratorError> {
+        let _one_at_a_time = self.interruptions.lock().await;
+        let mut started = 0;
+        for workload in self
+            .store
+            .workloads_in(&[WorkloadStatus::Interrupted])
+            .await?
+        {
+            if super::now_ms() - workload.updated_at < 10_000 {
+                continue;
+            }
+            let runs = self
+                .store
+                .runs_of(&workload.tenant_id, &workload.id)
+                .await?;
+            let moving = runs.iter().any(|r| {
+                r.status == computearbitrage_store::RunStatus::Running
+                    && matches!(
+                        r.kind,
+                        computearbitrage_store::RunKind::Migrate
+                            | computearbitrage_store::RunKind::Terminate
+                    )
+            });
+            if moving {
+                continue;
+            }
+            tracing::warn!(workload_id = %workload.id, "an interrupted workload had no run; starting it again");
+            match workload.spec.on_interruption {
+                OnInterruption::Terminate => {
+                    self.start_termination(&workload, &workload.status_reason)
+                        .await?
+                }
+                OnInterruption::Migrate => {
+                    self.start_migration(&workload, super::now_ms() / 1000)
+                        .await?
+                }
+            }
+            started += 1;
+        }
+        Ok(started)
+    }
+
+    /// An instance gone without a notice: as a notice with no time left.
+    pub(crate) async fn on_instance_lost(
+        self: &Arc<Self>,
+        workload: &WorkloadRecord,
+        instance_id: &str,
+        reason: &str,
+        quiet: Duration,
+    ) -> Result<(), OrchestratorError> {
+        let _one_at_a_time = self.interruptions.lock().await;
+        // A notice may have been acted on meanwhile.
+        let Some(workload) = self
+            .store
+            .workload(&workload.tenant_id, &workload.id)
+            .await?
+            .filter(|w| {
+                matches!(
+                    w.status,
+                    WorkloadStatus::Running | WorkloadStatus::Unhealthy
+                ) && w.instance_id.as_deref() == Some(instance_id)
+            })
+        else {
+            return Ok(());
+        };
+        let workload = &workload;
+        self.monitor.unwatch(&workload.id);
+        let why = format!(
+            "instance {instance_id} lost: no heartbeat for {} s and the driver reports it ended ({reason})",
+            quiet.as_secs()
+        );
+        self.transition(
+            workload,
+            workload.status,
+            WorkloadStatus::Interrupted,
+            &why,
+            WorkloadChanges::default(),
+        )
+        .await?;
+        notify::enqueue(
+            self,
+            workload,
+            "workload.interrupted",
+            json!({ "instance_id": instance_id, "lost": true, "reason": why, "on_interruption": workload.spec.on_interruption.as_str() }),
+        )
+        .await?;
+        let now = super::now_ms() / 1000;
+        match workload.spec.on_interruption {
+            OnInterruption::Terminate => self.start_termination(workload, &why).await,
+            OnInterruption::Migrate => self.start_migration(workload, now).await,
+        }
     }
 }
 
@@ -197,6 +297,29 @@ impl Worker for DriverEventListener {
             self.orchestrator.on_driver_event(event).await?;
         }
         Ok(())
+    }
+}
+
+/// Declares lost the instances whose agents fell silent and whose driver agrees.
+pub struct LostInstanceWatch {
+    pub orchestrator: Arc<Orchestrator>,
+    pub interval: Duration,
+}
+
+#[async_trait::async_trait]
+impl Worker for LostInstanceWatch {
+    type Error = OrchestratorError;
+    fn name(&self) -> String {
+        "lost-instances".into()
+    }
+
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    async fn tick(&mut self) -> Result<(), OrchestratorError> {
+        self.orchestrator.find_lost_instances().await?;
+        self.orchestrator.recover_interrupted().await.map(|_| ())
     }
 }
 

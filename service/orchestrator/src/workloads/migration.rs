@@ -71,16 +71,18 @@ impl std::fmt::Display for ExcludedOffer {
     }
 }
 
-/// Offers placement must skip for this run: for a migration, the one it leaves and
-/// those reclaimed recently anywhere in this service.
+/// Offers placement must skip for this run: those reclaimed recently anywhere in this
+/// service (kept in memory: a restart forgets them), and for a migration the one it
+/// leaves.
 pub(crate) fn excluded_offers(
     orch: &Orchestrator,
     ctx: &StepContext<'_>,
 ) -> Result<Vec<ExcludedOffer>, StepError> {
-    if ctx.run.kind != RunKind::Migrate {
-        return Ok(Vec::new());
-    }
-    let mut excluded = vec![left_offer(ctx)?];
+    let mut excluded = match ctx.run.kind {
+        RunKind::Migrate => vec![left_offer(ctx)?],
+        RunKind::Provision => Vec::new(),
+        RunKind::Terminate => return Ok(Vec::new()),
+    };
     let now = now_ms();
     let mut reclaimed = orch.reclaimed.lock().unwrap_or_else(|p| p.into_inner());
     reclaimed.retain(|(_, until)| *until > now);
@@ -201,6 +203,9 @@ async fn checkpoint_trigger(
 async fn await_checkpoint(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, StepError> {
     let left = ctx.output(RECORD_INTERRUPTION)?;
     let notice_ms = left["notice_ms"].as_i64().unwrap_or(ctx.run.created_at);
+    // Only the reclaimed instance's own checkpoints can be its final one (not, say, the
+    // final checkpoint of the instance it replaced a minute earlier).
+    let old_started_ms = left["started_at_ms"].as_i64().unwrap_or(0);
     let deadline = left["deadline"].as_i64().unwrap_or(0);
     let old_id = left["instance_id"].as_str().unwrap_or_default().to_string();
     let old_cloud = left["placement"]["cloud"]
@@ -216,19 +221,13 @@ async fn await_checkpoint(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<
         );
     };
     let driver = orch.driver(&old_cloud)?;
-    let newest_complete = || async {
-        complete_checkpoints(&link.storage, &ctx.workload.id)
-            .await
-            .map_err(|e| StepError::transient(e.to_string()))
-    };
-    loop {
-        // The final checkpoint is a complete one the agent took on this notice, whether
-        // or not its report reached this process. The agent may see the notice before
-        // the service does, so one begun within the longest notice window before it counts.
-        let complete = newest_complete().await?;
+    // The final checkpoint is a complete one the agent took on this notice, whether or
+    // not its report reached this process. The agent may see the notice before the
+    // service does, so one begun within the longest notice window before it counts.
+    let find_final = |complete: Vec<String>| async move {
         for name in complete.iter().rev() {
             let begun = name.parse::<i64>().unwrap_or(0);
-            if begun < notice_ms - LONGEST_NOTICE_MS {
+            if begun < (notice_ms - LONGEST_NOTICE_MS).max(old_started_ms) {
                 break;
             }
             if checkpoint_trigger(&link.storage, &ctx.workload.id, name)
@@ -236,18 +235,47 @@ async fn await_checkpoint(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<
                 .as_deref()
                 == Some("notice")
             {
-                return Ok(json!({ "checkpoint": name, "final": true }));
+                return (Some(name.clone()), complete);
             }
+        }
+        (None, complete)
+    };
+    loop {
+        // Store and driver blips are waited out here, within the notice deadline: the
+        // step runs once, and failing it would fail the workload.
+        let listed = complete_checkpoints(&link.storage, &ctx.workload.id).await;
+        let state = driver.instance(&old_id).await;
+        let (complete, state) = match (listed, state) {
+            (Ok(complete), Ok(state)) => (complete, state),
+            (Err(e), _) => {
+                tracing::warn!(workload_id = %ctx.workload.id, error = %e, "cannot list checkpoints; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            (_, Err(e)) => {
+                tracing::warn!(workload_id = %ctx.workload.id, error = %e, "cannot ask the driver about the old instance; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let (found, complete) = find_final(complete).await;
+        if let Some(name) = found {
+            return Ok(json!({ "checkpoint": name, "final": true }));
         }
         let failed = orch
             .checkpoint_outcome(&ctx.workload.id)
             .filter(|o| o.at_ms >= notice_ms && o.error.is_some());
-        let gone = matches!(
-            driver.instance(&old_id).await?.state,
-            InstanceState::Terminated { .. }
-        );
+        let gone = matches!(state.state, InstanceState::Terminated { .. });
         let late = now_ms() / 1000 > deadline;
         if failed.is_some() || gone || late {
+            // The manifest may have landed just before the instance went: look once more.
+            let complete = complete_checkpoints(&link.storage, &ctx.workload.id)
+                .await
+                .unwrap_or(complete);
+            let (found, complete) = find_final(complete).await;
+            if let Some(name) = found {
+                return Ok(json!({ "checkpoint": name, "final": true }));
+            }
             let why = match (&failed, gone) {
                 (Some(o), _) => format!(
                     "the final checkpoint failed: {}",
@@ -287,7 +315,6 @@ async fn switch_route(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Valu
     let running = ctx.output(WAIT_RUNNING)?;
     let address = running["address"].as_str().unwrap_or_default().to_string();
     let tcp_address = running["tcp_address"].as_str().map(str::to_string);
-    let left = ctx.output(RECORD_INTERRUPTION)?;
     let switched_ms = now_ms();
     orch.transition(
         ctx.workload,
@@ -307,23 +334,12 @@ async fn switch_route(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Valu
         },
     )
     .await?;
-    // The segment on the old instance ends here (billing is once per instance).
-    if let (Ok(old_placed), Some(old_started), Some(old_id)) = (
-        serde_json::from_value::<PlacementRecord>(left["placement"].clone()),
-        left["started_at_ms"].as_i64(),
-        left["instance_id"].as_str(),
-    ) {
-        let segment_end = ctx.run.created_at.max(old_started);
-        orch.store
-            .add_billing(bill(
-                ctx.workload,
-                &old_placed,
-                old_id,
-                old_started,
-                segment_end,
-            ))
-            .await?;
-    }
+    // The new instance is heard from from now on; the old one's silence is not its.
+    orch.heard(&ctx.workload.id);
+    orch.silent
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&replacement);
     Ok(json!({ "instance_id": replacement, "endpoint": address, "switched_at_ms": switched_ms }))
 }
 
@@ -335,7 +351,23 @@ async fn terminate_replaced(
     let old_id = left["instance_id"].as_str().unwrap_or_default();
     let driver = orch.driver(left["placement"]["cloud"].as_str().unwrap_or_default())?;
     driver.terminate(old_id).await?;
-    Ok(json!({ "terminated": old_id }))
+    // The old instance's segment ends when it does (billing is once per instance).
+    let ended_ms = now_ms();
+    if let (Ok(old_placed), Some(old_started)) = (
+        serde_json::from_value::<PlacementRecord>(left["placement"].clone()),
+        left["started_at_ms"].as_i64(),
+    ) {
+        orch.store
+            .add_billing(bill(
+                ctx.workload,
+                &old_placed,
+                old_id,
+                old_started,
+                ended_ms,
+            ))
+            .await?;
+    }
+    Ok(json!({ "terminated": old_id, "ended_at_ms": ended_ms }))
 }
 
 async fn notify_migrated(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, StepError> {
@@ -427,6 +459,37 @@ impl Orchestrator {
         else {
             return Ok(());
         };
+        let ledger = self.store.steps(&run.id).await?;
+        let done = |name: &str| ledger.iter().any(|s| s.step == name && s.completed);
+        if done(SWITCH_ROUTE) {
+            // The workload runs on its replacement: a failure to terminate the old
+            // instance or to notify must not kill it. The sweeper ends the old one.
+            tracing::warn!(workload_id = %workload.id, step, error, "migration finished its move but not its cleanup; the orphan sweeper terminates the old instance");
+            return Ok(());
+        }
+        // The replacement, if one was started, is billed for what it ran.
+        if let Some(provisioned) = ledger
+            .iter()
+            .find(|s| s.step == PROVISION && s.completed)
+            .and_then(|s| s.output.as_deref())
+            .and_then(|o| serde_json::from_str::<Value>(o).ok())
+        {
+            let placed = ledger
+                .iter()
+                .find(|s| s.step == PLACEMENT && s.completed)
+                .and_then(|s| s.output.as_deref())
+                .and_then(|o| serde_json::from_str::<Value>(o).ok())
+                .map(|o| placement_record(&o));
+            if let (Some(placed), Some(id), Some(started)) = (
+                placed,
+                provisioned["instance_id"].as_str(),
+                provisioned["started_at_ms"].as_i64(),
+            ) {
+                self.store
+                    .add_billing(bill(&workload, &placed, id, started, now_ms()))
+                    .await?;
+            }
+        }
         if let Err(e) = super::steps::release_instances(self, &workload).await {
             tracing::warn!(workload_id = %workload.id, error = %e.message, "could not release the instances of a failed migration; the sweeper will retry");
         }

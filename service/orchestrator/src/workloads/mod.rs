@@ -152,6 +152,20 @@ pub struct Orchestrator {
     pub(crate) exit_reports: Mutex<HashMap<String, Vec<String>>>,
     /// Offers recently reclaimed, skipped by placement until the time (unix ms).
     pub(crate) reclaimed: Mutex<Vec<(migration::ExcludedOffer, i64)>>,
+    /// When each workload's current agent was last heard from (register, heartbeat).
+    pub(crate) heard_from: Mutex<HashMap<String, std::time::Instant>>,
+    /// Workloads whose current instance's agent reported the workload's own exit, by
+    /// the instance: such an instance ended, it was not lost.
+    pub(crate) exited: Mutex<HashMap<String, String>>,
+    /// Instances already reported as silent but alive (warned once each).
+    pub(crate) silent: Mutex<HashSet<String>>,
+    /// Notices are acted on one at a time, so the driver's and the agent's reports of
+    /// one notice cannot both start a migration.
+    pub(crate) interruptions: tokio::sync::Mutex<()>,
+    /// Each workload's recent output, as its agents shipped it.
+    pub(crate) logs: Mutex<HashMap<String, agents::LogRing>>,
+    /// When this process started: agents not heard from since count from here.
+    pub(crate) started: std::time::Instant,
 }
 
 impl Orchestrator {
@@ -184,6 +198,12 @@ impl Orchestrator {
             checkpoint_reports: Mutex::new(HashMap::new()),
             exit_reports: Mutex::new(HashMap::new()),
             reclaimed: Mutex::new(Vec::new()),
+            heard_from: Mutex::new(HashMap::new()),
+            exited: Mutex::new(HashMap::new()),
+            silent: Mutex::new(HashSet::new()),
+            logs: Mutex::new(HashMap::new()),
+            interruptions: tokio::sync::Mutex::new(()),
+            started: std::time::Instant::now(),
         })
     }
 
@@ -530,6 +550,70 @@ impl Orchestrator {
         Ok(self.store.run(run_id).await?.unwrap_or(run))
     }
 
+    /// Every billing segment of a workload: the closed ones, then the current
+    /// instance's up to now (marked by `ended_at` = now), when it runs.
+    pub async fn billing_to_date(
+        &self,
+        workload: &WorkloadRecord,
+    ) -> Result<
+        (
+            Vec<computearbitrage_store::BillingRecord>,
+            Option<computearbitrage_store::BillingRecord>,
+        ),
+        OrchestratorError,
+    > {
+        let closed = self
+            .store
+            .billing(&workload.tenant_id, &workload.id)
+            .await?;
+        let open = match (
+            &workload.placement,
+            workload.instance_started_at,
+            &workload.instance_id,
+        ) {
+            (Some(placed), Some(started), Some(instance))
+                if workload.status.is_active()
+                    && !closed.iter().any(|b| &b.instance_id == instance) =>
+            {
+                Some(steps::bill(workload, placed, instance, started, now_ms()))
+            }
+            _ => None,
+        };
+        Ok((closed, open))
+    }
+
+    /// Completed migrations and the time they kept the workload unreachable (from the
+    /// notice until the route switched), in seconds.
+    pub async fn migration_downtime(
+        &self,
+        workload: &WorkloadRecord,
+    ) -> Result<(u32, f64), OrchestratorError> {
+        let mut count = 0;
+        let mut seconds = 0.0;
+        for run in self
+            .store
+            .runs_of(&workload.tenant_id, &workload.id)
+            .await?
+            .into_iter()
+            .filter(|r| r.kind == RunKind::Migrate)
+        {
+            let switched = self
+                .store
+                .steps(&run.id)
+                .await?
+                .into_iter()
+                .find(|s| s.step == computearbitrage_core::workflow::SWITCH_ROUTE && s.completed)
+                .and_then(|s| s.output)
+                .and_then(|o| serde_json::from_str::<serde_json::Value>(&o).ok())
+                .and_then(|o| o["switched_at_ms"].as_i64());
+            if let Some(switched) = switched {
+                count += 1;
+                seconds += (switched - run.created_at).max(0) as f64 / 1000.0;
+            }
+        }
+        Ok((count, seconds))
+    }
+
     /// Local driver only: a spot interruption of the workload's instance.
     pub async fn inject_interruption(
         &self,
@@ -612,6 +696,17 @@ impl Orchestrator {
             ),
         }
         .into())
+    }
+
+    /// Drops what this process remembers about a workload that has ended.
+    pub(crate) fn forget(&self, workload_id: &str) {
+        fn drop_key<V>(map: &Mutex<HashMap<String, V>>, key: &str) {
+            map.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        }
+        drop_key(&self.heard_from, workload_id);
+        drop_key(&self.exited, workload_id);
+        drop_key(&self.checkpoint_reports, workload_id);
+        drop_key(&self.logs, workload_id);
     }
 
     pub(crate) fn is_cancelled(&self, workload_id: &str) -> bool {

@@ -487,6 +487,7 @@ async fn mark_terminated(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<V
         )
         .await?;
     }
+    orch.forget(&ctx.workload.id);
     Ok(json!({}))
 }
 

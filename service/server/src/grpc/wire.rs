@@ -296,6 +296,8 @@ pub fn workload_to_pb(
             .tcp_listen_port
             .map(|p| public.tcp_endpoint(p))
             .unwrap_or_default(),
+        // Filled in by the handlers, which read the billing.
+        cost_to_date: None,
         storage_prefix: if w.spec.storage.enabled {
             format!("workloads/{}/", w.id)
         } else {

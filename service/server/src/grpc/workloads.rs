@@ -21,8 +21,18 @@ pub struct WorkloadsApi {
 }
 
 impl WorkloadsApi {
-    fn to_pb(&self, w: &WorkloadRecord) -> pb::Workload {
-        workload_to_pb(w, &self.public, self.orchestrator.access_tokens())
+    /// The wire form with what its finished instances cost. The running instance's
+    /// cost so far is left to `GetBilling`: a value that grew on every read would make
+    /// every Terraform plan that outputs the resource show a change.
+    async fn to_pb(&self, w: &WorkloadRecord) -> Result<pb::Workload, Status> {
+        let mut out = workload_to_pb(w, &self.public, self.orchestrator.access_tokens());
+        let (closed, _) = self
+            .orchestrator
+            .billing_to_date(w)
+            .await
+            .map_err(|e| status_of(e.into()))?;
+        out.cost_to_date = Some(closed.iter().map(|b| b.cost).sum());
+        Ok(out)
     }
 }
 
@@ -101,7 +111,7 @@ impl Workloads for WorkloadsApi {
             &result,
         )
         .await;
-        Ok(Response::new(self.to_pb(&result?)))
+        Ok(Response::new(self.to_pb(&result?).await?))
     }
 
     async fn get_workload(
@@ -116,7 +126,7 @@ impl Workloads for WorkloadsApi {
             .get(&caller.tenant, &id)
             .await
             .map_err(status_of)?;
-        Ok(Response::new(self.to_pb(&record)))
+        Ok(Response::new(self.to_pb(&record).await?))
     }
 
     async fn update_workload(
@@ -154,7 +164,7 @@ impl Workloads for WorkloadsApi {
             &result,
         )
         .await;
-        Ok(Response::new(self.to_pb(&result?)))
+        Ok(Response::new(self.to_pb(&result?).await?))
     }
 
     async fn delete_workload(
@@ -184,7 +194,7 @@ impl Workloads for WorkloadsApi {
             &result,
         )
         .await;
-        Ok(Response::new(self.to_pb(&result?)))
+        Ok(Response::new(self.to_pb(&result?).await?))
     }
 
     async fn list_runs(
@@ -258,7 +268,7 @@ impl Workloads for WorkloadsApi {
     ) -> Result<Response<pb::GetBillingResponse>, Status> {
         let caller = caller(&request)?;
         let workload_id = request.into_inner().workload_id;
-        callers_workload(
+        let workload = callers_workload(
             &self.orchestrator,
             &caller,
             Scope::Read,
@@ -266,29 +276,37 @@ impl Workloads for WorkloadsApi {
             &workload_id,
         )
         .await?;
-        let records = self
+        let (closed, open) = self
             .orchestrator
-            .store()
-            .billing(&caller.tenant, &workload_id)
+            .billing_to_date(&workload)
             .await
-            .map_err(store_status)?;
-        let total_cost = records.iter().map(|r| r.cost).sum();
+            .map_err(|e| status_of(e.into()))?;
+        let (migrations, downtime_seconds) = self
+            .orchestrator
+            .migration_downtime(&workload)
+            .await
+            .map_err(|e| status_of(e.into()))?;
+        let segment = |r: computearbitrage_store::BillingRecord, open: bool| pb::BillingRecord {
+            instance_id: r.instance_id,
+            cloud: r.cloud,
+            region: r.region,
+            instance_type: r.instance_type,
+            price_per_hour: r.price_per_hour,
+            started_at: rfc3339(r.started_at / 1000),
+            ended_at: rfc3339(r.ended_at / 1000),
+            duration_seconds: (r.ended_at - r.started_at) as f64 / 1000.0,
+            cost: r.cost,
+            open,
+        };
+        let total_cost = closed.iter().chain(open.iter()).map(|r| r.cost).sum();
+        let mut records: Vec<pb::BillingRecord> =
+            closed.into_iter().map(|r| segment(r, false)).collect();
+        records.extend(open.map(|r| segment(r, true)));
         Ok(Response::new(pb::GetBillingResponse {
-            records: records
-                .into_iter()
-                .map(|r| pb::BillingRecord {
-                    instance_id: r.instance_id,
-                    cloud: r.cloud,
-                    region: r.region,
-                    instance_type: r.instance_type,
-                    price_per_hour: r.price_per_hour,
-                    started_at: rfc3339(r.started_at / 1000),
-                    ended_at: rfc3339(r.ended_at / 1000),
-                    duration_seconds: (r.ended_at - r.started_at) as f64 / 1000.0,
-                    cost: r.cost,
-                })
-                .collect(),
+            records,
             total_cost,
+            migrations,
+            downtime_seconds,
         }))
     }
 
@@ -322,6 +340,44 @@ impl Workloads for WorkloadsApi {
                         .unwrap_or_default(),
                 })
                 .collect(),
+        }))
+    }
+
+    async fn get_logs(
+        &self,
+        request: Request<pb::GetLogsRequest>,
+    ) -> Result<Response<pb::GetLogsResponse>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        let workload = callers_workload(
+            &self.orchestrator,
+            &caller,
+            Scope::Read,
+            "GetLogs",
+            &request.workload_id,
+        )
+        .await?;
+        let limit = if request.limit == 0 {
+            1000
+        } else {
+            request.limit as usize
+        };
+        let page = self
+            .orchestrator
+            .logs(&workload.id, request.after_seq, limit);
+        Ok(Response::new(pb::GetLogsResponse {
+            lines: page
+                .lines
+                .into_iter()
+                .map(|l| pb::LogLine {
+                    seq: l.seq,
+                    instance_id: l.instance_id,
+                    at: rfc3339(l.at_ms / 1000),
+                    text: l.text,
+                })
+                .collect(),
+            next_seq: page.next_seq,
+            missed: page.missed,
         }))
     }
 

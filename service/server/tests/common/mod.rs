@@ -24,6 +24,9 @@ pub struct Service {
     pub metrics: String,
     pub data_dir: PathBuf,
     pub stderr: Arc<Mutex<String>>,
+    /// Whether the workloads (their agents) outlive this handle: a crash test kills the
+    /// service and restarts it over running instances.
+    keep_workloads: bool,
 }
 
 impl Service {
@@ -122,6 +125,7 @@ impl Service {
             metrics,
             data_dir: data_dir.to_path_buf(),
             stderr,
+            keep_workloads: false,
         }
     }
 
@@ -158,8 +162,9 @@ impl Service {
         }
     }
 
-    /// kill -9.
+    /// kill -9, leaving its instances running (as a crash does).
     pub fn kill(mut self) {
+        self.keep_workloads = true;
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
@@ -171,10 +176,15 @@ impl Service {
     }
 }
 
-/// A test that fails still stops its service, so no process outlives the test run.
+/// A test that fails still stops its service, and, unless it crashed it on purpose,
+/// the instances it started: no process outlives the test run (an agent left behind
+/// would keep calling a port another test may have bound since).
 impl Drop for Service {
     fn drop(&mut self) {
         stop_if_running(&mut self.child);
+        if !self.keep_workloads {
+            kill_workloads(&self.data_dir);
+        }
     }
 }
 
@@ -326,9 +336,12 @@ pub fn kill_workloads(data_dir: &Path) {
         };
         for pid in processes_with_env("COMPUTEARBITRAGE_INSTANCE_ID", &id) {
             if pid > 1 {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &format!("-{pid}")])
-                    .status();
+                // The instance's whole process group (agent and workload). `kill -KILL
+                // -PID` from procps reads `-PID` as an option and kills nothing.
+                // SAFETY: kill(2) on a process group this test's service started.
+                unsafe {
+                    libc::kill(-(pid as i32), libc::SIGKILL);
+                }
             }
         }
     }
