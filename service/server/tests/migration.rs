@@ -712,3 +712,110 @@ fn signal_process_group(leader: u32) {
         libc::kill(-(leader as i32), libc::SIGKILL);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workload_of_its_own_user_migrates_with_its_checkpoint() {
+    // The default isolation: as root each workload runs as its own uid, the agent as
+    // root until the notice, then as the workload's user while it checkpoints.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: per-workload users need root");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    // The workload reads its script as its own user: a world-readable copy.
+    let scripts = root.path().join("scripts");
+    std::fs::create_dir(&scripts).unwrap();
+    let script = scripts.join("http_server.py");
+    std::fs::copy(workload_server(), &script).unwrap();
+    for (path, mode) in [(root.path(), 0o755), (&scripts, 0o755), (&script, 0o644)] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let work = root.path().join("work");
+    let service = Service::start(
+        &root.path().join("data"),
+        &[
+            ("COMPUTEARBITRAGE_WORKLOADS__LOCAL__RUN_AS", "per-workload"),
+            (
+                "COMPUTEARBITRAGE_WORKLOADS__LOCAL__WORK_DIR",
+                work.to_str().unwrap(),
+            ),
+        ],
+    );
+    let mut client = service.workloads().await;
+    let name = format!("own-user-{}", std::process::id());
+    let mut spec = migrating_spec(&name);
+    spec.command = vec!["/usr/bin/python3".into(), script.to_str().unwrap().into()];
+    let created = client
+        .apply_workload(authed(pb::ApplyWorkloadRequest { spec: Some(spec) }))
+        .await
+        .unwrap()
+        .into_inner();
+    let before = wait_status(
+        &mut client,
+        &created.id,
+        &["RUNNING"],
+        Duration::from_secs(30),
+    )
+    .await;
+    let count_url = format!("{}/count", before.endpoint.trim_end_matches('/'));
+    for _ in 0..2 {
+        get_json(&count_url, &before.access_token).await;
+    }
+    service
+        .admin()
+        .await
+        .inject_interruption(authed(pb::InjectInterruptionRequest {
+            workload_id: created.id.clone(),
+            delay_ms: 0,
+        }))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let after = loop {
+        let w = get(&mut client, &created.id).await;
+        if w.status == "RUNNING" && w.instance_id != before.instance_id {
+            break w;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not migrated: {} ({})",
+            w.status,
+            w.status_reason
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (_, state) = get_json(
+        &format!("{}/state", after.endpoint.trim_end_matches('/')),
+        &after.access_token,
+    )
+    .await;
+    assert_eq!(state["restored"], true, "{state}");
+    assert_eq!(state["count"], 2, "{state}");
+    // The replacement runs as an unprivileged user of its own.
+    let pids = processes_with_env("WORKLOAD_NAME", &name);
+    assert_eq!(pids.len(), 1);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pids[0])).unwrap();
+    let uid: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+        .unwrap();
+    assert!(uid >= 200_000, "runs as uid {uid}");
+    client
+        .delete_workload(authed(pb::DeleteWorkloadRequest {
+            id: created.id.clone(),
+            reason: String::new(),
+        }))
+        .await
+        .unwrap();
+    wait_status(
+        &mut client,
+        &created.id,
+        &["TERMINATED"],
+        Duration::from_secs(20),
+    )
+    .await;
+    service.stop();
+}
