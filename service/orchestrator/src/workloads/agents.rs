@@ -665,7 +665,7 @@ impl Orchestrator {
         self.exit_reports
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(session.run.id.clone(), lines);
+            .insert(session.run.id.clone(), (report.status.clone(), lines));
         if let (Role::Current, Some(instance)) = (session.role, &session.workload.instance_id) {
             self.exited
                 .lock()
@@ -817,8 +817,9 @@ impl Orchestrator {
         Ok(lost)
     }
 
-    /// The last output lines an agent reported for the instance `run_id` launched.
-    pub(crate) fn last_output(&self, run_id: &str) -> Option<Vec<String>> {
+    /// How the workload of the instance `run_id` launched ended (`exit status: 3`) and
+    /// its last output lines, as its agent reported them.
+    pub(crate) fn last_output(&self, run_id: &str) -> Option<(String, Vec<String>)> {
         self.exit_reports
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -327,9 +327,17 @@ async fn wait_healthy(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Valu
 
 /// The last lines an exited workload wrote, as its agent reported them, for the error.
 fn last_output_suffix(orch: &Orchestrator, ctx: &StepContext<'_>) -> String {
+    // The agent's report names the exit status even when the driver saw only that the
+    // instance's process ended.
     match orch.last_output(&ctx.run.id) {
-        Some(lines) if !lines.is_empty() => format!("; its last output:\n{}", lines.join("\n")),
-        _ => String::new(),
+        Some((status, lines)) if !lines.is_empty() => {
+            format!(
+                "; the workload ended with {status}; its last output:\n{}",
+                lines.join("\n")
+            )
+        }
+        Some((status, _)) => format!("; the workload ended with {status}"),
+        None => String::new(),
     }
 }
 
