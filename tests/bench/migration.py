@@ -96,7 +96,9 @@ def workload_start_ms():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, str(WORKLOAD)], env={"PORT": str(port), "PATH": os.environ["PATH"]})
+    process = subprocess.Popen(
+        [sys.executable, str(WORKLOAD)], env={"PORT": str(port), "PATH": os.environ["PATH"]}, stdout=subprocess.DEVNULL
+    )
     try:
         while True:
             try:

@@ -66,14 +66,37 @@ pub(crate) fn signal_group(pid: u32, signal: i32) {
     }
 }
 
-/// Whether any process is still in the group `pgid` leads (or led: a group outlives
-/// its leader while members remain, and its id is not reused meanwhile).
+/// Whether a live process (not a zombie) is still in the group `pgid` leads or led: a
+/// group outlives its leader while members remain. Zombies do not count: a workload
+/// orphaned by its agent is reaped by init, which in a container may never reap.
 pub(crate) fn group_alive(pgid: u32) -> bool {
     if pgid <= 1 {
         return false;
     }
-    // SAFETY: signal 0 only checks that the group exists and may be signalled.
-    unsafe { libc::kill(-(pgid as i32), 0) == 0 }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            return false;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        // After the command's closing parenthesis: state, ppid, pgrp, …
+        let mut fields = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .unwrap_or("")
+            .split_whitespace();
+        let state = fields.next().unwrap_or("Z");
+        let pgrp = fields.nth(1).and_then(|g| g.parse::<u32>().ok());
+        pgrp == Some(pgid) && !matches!(state, "Z" | "X")
+    })
 }
 
 /// SIGTERM to the group, then SIGKILL if anything of it is still there after `grace`.
