@@ -136,6 +136,49 @@ def test_storage_quota_changes_in_place_and_enabled_replaces(workload_service, w
     ws.run("destroy", "-auto-approve")
 
 
+def test_the_checkpoint_block_changes_in_place_reads_back_and_names_its_mistakes(workload_service, workload_for_service, terraform, tmp_path):
+    name = unique("ckpt", terraform)
+    health = tmp_path / "health"
+    ws = workload_for_service(workload_service)
+    block = 'storage {{\n    enabled  = true\n    quota_gb = 1\n  }}\n  checkpoint {{\n    {body}\n  }}'
+    ws.write(workload(name, health, extra=block.format(body='interval = "10m"')))
+    ws.apply()
+    first = ws.outputs()["web"]
+    stored = workload_service.cli("workload", "get", first["id"])["spec"]["checkpoint"]
+    assert stored == {"signal": "SIGTERM", "command": [], "interval_seconds": 600, "keep": 3}, stored
+    assert ws.plan_is_noop(), "defaults and the written 10m read back without a diff"
+
+    # Every attribute changes in place, and a spelling of the same interval is no diff.
+    ws.write(workload(name, health, extra=block.format(body='interval = "1h"\n    keep = 5\n    signal = "SIGUSR1"\n    command = ["true"]')))
+    plan = ws.run("plan").stdout
+    assert "update in-place" in plan and "must be replaced" not in plan, plan
+    ws.apply()
+    assert ws.outputs()["web"]["id"] == first["id"]
+    stored = workload_service.cli("workload", "get", first["id"])["spec"]["checkpoint"]
+    assert stored == {"signal": "SIGUSR1", "command": ["true"], "interval_seconds": 3600, "keep": 5}, stored
+    ws.write(workload(name, health, extra=block.format(body='interval = "60m"\n    keep = 5\n    signal = "SIGUSR1"\n    command = ["true"]')))
+    assert ws.plan_is_noop(), "60m is the 1h in the state"
+
+    # A change through the CLI (periodic copies turned off) shows in the plan.
+    workload_service.cli("workload", "update", first["id"], "--checkpoint-interval", "0")
+    plan = ws.run("plan", "-detailed-exitcode", check=False)
+    assert plan.returncode == 2 and '"1h"' in plan.stdout, plan.stdout
+
+    # Mistakes are named on their attribute, at plan time.
+    ws.write(workload(name, health, extra='checkpoint {\n    interval = "5m"\n    signal = "SIGKILL"\n    keep = 0\n  }'))
+    bad = ws.run("plan", check=False)
+    text = " ".join(bad.stderr.split())  # Terraform wraps long lines
+    assert bad.returncode != 0
+    assert "Periodic checkpoints need storage" in text and "storage { enabled = true }" in text, text
+    assert "checkpoint" in text and "signal" in text and "SIGTERM, SIGINT" in text, text
+    assert "keeps no checkpoint to restore" in text, text
+    ws.write(workload(name, health, extra=block.format(body='interval = "ten minutes"')))
+    bad = ws.run("plan", check=False)
+    assert bad.returncode != 0 and "is not a duration" in bad.stderr, bad.stderr
+    ws.write(workload(name, health, extra=block.format(body='interval = "10m"')))
+    ws.run("destroy", "-auto-approve")
+
+
 def test_a_name_taken_by_a_different_workload_is_not_adopted(workload_service, workload_for_service, terraform, tmp_path):
     name = unique("taken", terraform)
     health = tmp_path / "health"

@@ -360,6 +360,8 @@ def test_an_interrupted_workload_migrates_with_its_state_and_terraform_sees_no_c
     name = unique("mover", terraform)
     ws = workload_for_service(workload_service)
     storage = 'storage {\n    enabled        = true\n    quota_gb       = 1\n    retention_days = 1\n  }'
+    # Periodic copies on (hourly: the final one on the notice is what this restores).
+    storage += '\n  checkpoint {\n    interval = "1h"\n    keep     = 2\n  }'
     # What a user's module exports: the stable values. (An output of the whole resource
     # would show its new placement as an output change, which is Terraform reporting
     # the move, not a change to make.)

@@ -11,7 +11,9 @@ State, for the checkpoint tests: GET /count adds one to a counter and answers it
 /state answers {"count", "restored", "generation"}. The counter starts from
 $CHECKPOINT_DIR/state.json when a checkpoint restored one, and SIGTERM writes it there
 (with the generation one higher) before exiting, as a workload that checkpoints on a
-notice does. With $SLOW_RESTORE_SECONDS, a restored workload waits that long before it
+notice does. With $SAVE_EVERY_COUNT set, every /count also writes it (whole, by a
+rename), so a periodic copy of the directory holds the latest count; GET /save writes
+it without exiting (what a checkpoint command asks for). With $SLOW_RESTORE_SECONDS, a restored workload waits that long before it
 serves (a slow warm-up, for tests that act during a migration).
 """
 import json
@@ -40,14 +42,18 @@ def load_state():
         STATE.update(count=saved["count"], generation=saved["generation"], restored=True)
 
 
-def save_state_and_exit(*_):
+def save_state(generation):
     path = state_file()
     if path:
         with LOCK:
-            saved = {"count": STATE["count"], "generation": STATE["generation"] + 1}
-        with open(path + ".tmp", "w") as f:
-            json.dump(saved, f)
-        os.replace(path + ".tmp", path)
+            saved = {"count": STATE["count"], "generation": generation}
+            with open(path + ".tmp", "w") as f:
+                json.dump(saved, f)
+            os.replace(path + ".tmp", path)
+
+
+def save_state_and_exit(*_):
+    save_state(STATE["generation"] + 1)
     sys.exit(0)
 
 
@@ -57,7 +63,13 @@ class Handler(BaseHTTPRequestHandler):
             with LOCK:
                 STATE["count"] += 1
                 count = STATE["count"]
+            if os.environ.get("SAVE_EVERY_COUNT"):
+                save_state(STATE["generation"])
             self.reply(200, {"count": count})
+            return
+        if self.path == "/save":
+            save_state(STATE["generation"])
+            self.reply(200, {"saved": STATE["count"]})
             return
         if self.path == "/state":
             with LOCK:

@@ -34,7 +34,10 @@ use crate::duration;
 use crate::number::Number;
 use crate::requirements::{self, check_whole};
 use computearbitrage_api::{pb, validate, Reason, ERROR_FIELD_METADATA};
-use state::{port_of, StorageBlock, WorkloadState, DEFAULT_CREATE_TIMEOUT, DEFAULT_DELETE_TIMEOUT};
+use state::{
+    port_of, CheckpointBlock, StorageBlock, WorkloadState, DEFAULT_CREATE_TIMEOUT,
+    DEFAULT_DELETE_TIMEOUT,
+};
 use std::time::Duration;
 use tf_provider::schema::Schema;
 use tf_provider::value::{Value, ValueEmpty};
@@ -50,6 +53,63 @@ impl WorkloadResource {
     pub fn new(connection: SharedConnection) -> Self {
         WorkloadResource { connection }
     }
+}
+
+/// The `checkpoint` block's rules, on its attributes' paths.
+fn check_checkpoint(
+    state: &WorkloadState,
+    block: &CheckpointBlock,
+    diags: &mut Diagnostics,
+) -> bool {
+    let root = AttributePath::new("checkpoint").index(0);
+    let mut ok = check_whole(diags, &block.keep, root.clone().attribute("keep"));
+    if let Some(n) = block.keep.as_ref_option().and_then(Number::as_integer) {
+        if n < 1 {
+            diags.error(
+                "Invalid value for checkpoint.keep",
+                format!(
+                    "{n} keeps no checkpoint to restore; use 1 to 100, or leave it unset for 3"
+                ),
+                root.clone().attribute("keep"),
+            );
+            ok = false;
+        }
+    }
+    // Unset `enabled` is off; an unknown one is checked when it is known.
+    let storage_off = match &state.storage {
+        Value::Null => true,
+        Value::Value(s) => matches!(s.enabled, Value::Value(false) | Value::Null),
+        Value::Unknown => false,
+    };
+    let max =
+        Duration::from_secs(computearbitrage_api::defaults::CHECKPOINT_INTERVAL_MAX_SECONDS.into());
+    if let Value::Value(text) = &block.interval {
+        let problem = match duration::parse(text) {
+            None => Some(("Invalid value for checkpoint.interval", format!("{text:?} is not a duration; write it like \"10m\", \"90s\" or \"1h30m\""))),
+            Some(every) if every > max => Some(("Invalid value for checkpoint.interval", format!("{text:?} is more than a week between checkpoints; use up to \"168h\", or leave it unset to checkpoint only on a notice"))),
+            Some(every) if !every.is_zero() && storage_off => Some(("Periodic checkpoints need storage", "checkpoints are kept in the workload's storage; add `storage { enabled = true }` (with a `quota_gb` that holds `keep` copies of $CHECKPOINT_DIR), or remove `interval`".to_string())),
+            Some(_) => None,
+        };
+        if let Some((summary, detail)) = problem {
+            diags.error(summary, detail, root.clone().attribute("interval"));
+            ok = false;
+        }
+    }
+    // The command's element indexes only line up once every element is known.
+    let command_known = block
+        .command
+        .as_ref_option()
+        .is_none_or(|items| items.iter().all(Value::is_value));
+    let mut v = validate::checkpoint(&block.to_pb());
+    v.retain(|v| match v.path.first() {
+        Some(validate::PathStep::Field("signal")) => block.signal.is_value(),
+        Some(validate::PathStep::Field("command")) => command_known,
+        // The wire's seconds; checked above as the duration written.
+        Some(validate::PathStep::Field("interval_seconds")) => false,
+        _ => true,
+    });
+    report_violations(diags, root, &v);
+    ok && v.is_empty()
 }
 
 /// Reports every invalid known value on its attribute path.
@@ -140,6 +200,9 @@ fn check(state: &WorkloadState, diags: &mut Diagnostics, from_config: bool) -> b
         let v = validate::storage(&block.to_pb());
         report_violations(diags, root, &v);
         ok &= v.is_empty();
+    }
+    if let Some(block) = state.checkpoint.as_ref_option() {
+        ok &= check_checkpoint(state, block, diags);
     }
     if let Some(t) = state.timeouts.as_ref_option() {
         for (name, value) in [("create", &t.create), ("delete", &t.delete)] {
@@ -540,6 +603,7 @@ impl Resource for WorkloadResource {
             env: spec.env,
             storage: spec.storage,
             tcp_allowed_cidrs: spec.tcp_allowed_cidrs,
+            checkpoint: spec.checkpoint,
         };
         // An update replaces every value it carries, so repeating it is harmless.
         let answer = connection

@@ -75,6 +75,16 @@ pub fn schema() -> Schema {
         description: "Workload storage: a namespace (`storage_prefix`) for state, checkpoints and artifacts, reached through signed URLs. `enabled` forces a new workload; the quota and retention change in place.".into(),
         ..Default::default()
     };
+    let checkpoint = Block {
+        attributes: HashMap::from([
+            ("signal".to_string(), optional_computed(AttributeType::String, "The signal the workload gets on an interruption notice when `command` is unset: `SIGTERM` (default), `SIGINT`, `SIGHUP`, `SIGQUIT`, `SIGUSR1` or `SIGUSR2`. The agent then waits for the workload to exit, up to the notice's deadline less a safety margin, before it copies `$CHECKPOINT_DIR`. Changed in place.")),
+            ("command".to_string(), optional(string_list(), "A program and its arguments that writes the checkpoint into `$CHECKPOINT_DIR` and exits 0, run as the workload's user in its directory and environment: on a notice instead of the signal, and before every periodic copy. Changed in place.")),
+            ("interval".to_string(), optional(AttributeType::String, "How often `$CHECKPOINT_DIR` is copied while the workload runs, such as `10m` or `1h`; unset (default) copies it only on a notice. Needs `storage { enabled = true }`. Without a `command`, the directory is copied as it is, so write files whole (to a temporary name, then rename). Changed in place; a running workload picks it up within a heartbeat.")),
+            ("keep".to_string(), optional_computed(AttributeType::Number, "How many complete checkpoints are kept, 1 to 100; older ones are deleted. Default 3. Changed in place.")),
+        ]),
+        description: "How the workload is checkpointed: told of a reclaim by a signal or a command, and copied every `interval`. A migration restores the newest complete checkpoint on the new instance; the whole block changes in place.".into(),
+        ..Default::default()
+    };
     let timeouts = Block {
         attributes: HashMap::from([
             (
@@ -103,6 +113,7 @@ pub fn schema() -> Schema {
                 (requirements::BLOCK_NAME.to_string(), requirements::block()),
                 ("health_check".to_string(), NestedBlock::Optional(health_check)),
                 ("storage".to_string(), NestedBlock::Optional(storage)),
+                ("checkpoint".to_string(), NestedBlock::Optional(checkpoint)),
                 ("timeouts".to_string(), NestedBlock::Optional(timeouts)),
             ]),
             description: "A workload on the cheapest matching spot capacity across clouds, kept running by the computearbitrage service.".into(),

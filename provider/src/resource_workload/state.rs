@@ -31,6 +31,14 @@ pub struct StorageBlock {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CheckpointBlock {
+    pub signal: Value<String>,
+    pub command: canonical::StringList,
+    pub interval: Value<String>,
+    pub keep: Value<Number>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct TimeoutsBlock {
     pub create: Value<String>,
     pub delete: Value<String>,
@@ -55,6 +63,8 @@ pub struct WorkloadState {
     pub on_interruption: Value<String>,
     #[serde(with = "serde_as_vec")]
     pub storage: Value<StorageBlock>,
+    #[serde(with = "serde_as_vec")]
+    pub checkpoint: Value<CheckpointBlock>,
     pub tags: StringMap,
     #[serde(with = "serde_as_vec")]
     pub timeouts: Value<TimeoutsBlock>,
@@ -262,6 +272,78 @@ impl StorageBlock {
     }
 }
 
+/// A duration attribute by its length in seconds: `10m` is `600s`, unset is 0.
+fn seconds(value: &Value<String>) -> Option<u64> {
+    match value {
+        Value::Value(text) => duration::parse(text).map(|d| d.as_secs()),
+        _ => Some(0),
+    }
+}
+
+impl CheckpointBlock {
+    pub fn to_pb(&self) -> pb::CheckpointSpec {
+        pb::CheckpointSpec {
+            signal: self.signal.as_ref_option().cloned().unwrap_or_default(),
+            command: strings(&self.command),
+            interval_seconds: seconds(&self.interval)
+                .unwrap_or(0)
+                .min(u64::from(u32::MAX)) as u32,
+            keep: count(&self.keep),
+        }
+    }
+
+    fn from_pb(c: &pb::CheckpointSpec) -> CheckpointBlock {
+        CheckpointBlock {
+            signal: Value::Value(c.signal.clone()),
+            command: if c.command.is_empty() {
+                Value::Null
+            } else {
+                canonical::list_value(&c.command)
+            },
+            interval: if c.interval_seconds == 0 {
+                Value::Null
+            } else {
+                Value::Value(duration::format(Duration::from_secs(
+                    c.interval_seconds.into(),
+                )))
+            },
+            keep: integer(c.keep),
+        }
+    }
+
+    /// Left out, each attribute means what the service stores for it: SIGTERM, no
+    /// command, no periodic copies, 3 kept.
+    fn planned(config: &CheckpointBlock, prior: Option<&CheckpointBlock>) -> CheckpointBlock {
+        let none = CheckpointBlock::default();
+        let prior = prior.unwrap_or(&none);
+        CheckpointBlock {
+            signal: planned(
+                &config.signal,
+                &prior.signal,
+                Some(Value::Value(defaults::CHECKPOINT_SIGNAL.to_string())),
+                canonical::text,
+            ),
+            command: planned(&config.command, &prior.command, None, canonical::list),
+            interval: planned(&config.interval, &prior.interval, None, seconds),
+            keep: planned(
+                &config.keep,
+                &prior.keep,
+                Some(integer(defaults::CHECKPOINTS_KEPT)),
+                canonical::number,
+            ),
+        }
+    }
+
+    fn refreshed(prior: &CheckpointBlock, actual: &CheckpointBlock) -> CheckpointBlock {
+        CheckpointBlock {
+            signal: refreshed(&prior.signal, &actual.signal, canonical::text),
+            command: refreshed(&prior.command, &actual.command, canonical::list),
+            interval: refreshed(&prior.interval, &actual.interval, seconds),
+            keep: refreshed(&prior.keep, &actual.keep, canonical::number),
+        }
+    }
+}
+
 /// A block planned from its configuration: present exactly when configured.
 fn planned_block<T: Clone>(
     config: &Value<T>,
@@ -314,6 +396,7 @@ impl WorkloadState {
                 .cloned()
                 .unwrap_or_default(),
             storage: self.storage.as_ref_option().map(StorageBlock::to_pb),
+            checkpoint: self.checkpoint.as_ref_option().map(CheckpointBlock::to_pb),
             tags: canonical::map(&self.tags).into_iter().collect(),
             create_timeout_seconds: self
                 .timeout(|t| &t.create, DEFAULT_CREATE_TIMEOUT)
@@ -364,6 +447,9 @@ impl WorkloadState {
         self.storage = planned_block(&config.storage, &prior.storage, |c, p| {
             StorageBlock::planned(c, p)
         });
+        self.checkpoint = planned_block(&config.checkpoint, &prior.checkpoint, |c, p| {
+            CheckpointBlock::planned(c, p)
+        });
         // Durations compare by length: `5m` and `300s` are one timeout.
         self.timeouts = planned_block(&config.timeouts, &prior.timeouts, |c, p| {
             let seconds = |v: &Value<String>| v.as_ref_option().and_then(|d| duration::parse(d));
@@ -412,6 +498,7 @@ impl WorkloadState {
             || self.health_check != other.health_check
             || self.on_interruption != other.on_interruption
             || self.storage != other.storage
+            || self.checkpoint != other.checkpoint
             || self.tags != other.tags
             || self.timeouts != other.timeouts
     }
@@ -549,6 +636,7 @@ impl WorkloadState {
             health_check: Value::Null,
             on_interruption: Value::Null,
             storage: Value::Null,
+            checkpoint: Value::Null,
             tags: Value::Null,
             timeouts: Value::Null,
             status: Value::Null,
@@ -593,6 +681,11 @@ impl WorkloadState {
             .into();
         state.on_interruption = Value::Value(spec.on_interruption.clone());
         state.storage = spec.storage.as_ref().map(StorageBlock::from_pb).into();
+        state.checkpoint = spec
+            .checkpoint
+            .as_ref()
+            .map(CheckpointBlock::from_pb)
+            .into();
         // The service keeps the create timeout; one other than the default was written.
         if spec.create_timeout_seconds != 0
             && spec.create_timeout_seconds != defaults::CREATE_TIMEOUT_SECONDS
@@ -610,7 +703,7 @@ impl WorkloadState {
 
     /// The state after a refresh: what the service has now, in the prior state's
     /// spelling wherever it means the same, so a change made outside Terraform (tags,
-    /// env, health check, on_interruption, storage, set through the API or the CLI) is
+    /// env, health check, on_interruption, storage, checkpoint, set through the API or the CLI) is
     /// a diff in the next plan, and nothing else is.
     pub fn refreshed(prior: &WorkloadState, w: &pb::Workload) -> WorkloadState {
         let actual = WorkloadState::from_workload(w);
@@ -642,6 +735,10 @@ impl WorkloadState {
         };
         state.storage = match (&prior.storage, &actual.storage) {
             (Value::Value(p), Value::Value(a)) => Value::Value(StorageBlock::refreshed(p, a)),
+            (_, a) => a.clone(),
+        };
+        state.checkpoint = match (&prior.checkpoint, &actual.checkpoint) {
+            (Value::Value(p), Value::Value(a)) => Value::Value(CheckpointBlock::refreshed(p, a)),
             (_, a) => a.clone(),
         };
         state.set_computed(w);
@@ -739,6 +836,43 @@ mod tests {
         drifted.tags.insert("owner".into(), "someone".into());
         let refreshed = WorkloadState::refreshed(&prior, &workload(drifted));
         assert!(plan(&refreshed, &c).configured_differs(&refreshed));
+    }
+
+    #[test]
+    fn a_checkpoint_block_plans_its_defaults_and_reads_back_in_the_written_spelling() {
+        let tags = map_value(&HashMap::from([("team".into(), "ml".into())]));
+        let mut c = config("x86_64", Value::Value(true), tags);
+        c.checkpoint = Value::Value(CheckpointBlock {
+            interval: Value::Value("10m".into()),
+            ..Default::default()
+        });
+        let planned = plan(&WorkloadState::empty(), &c);
+        let block = planned.checkpoint.as_ref_option().unwrap();
+        assert_eq!(block.signal, Value::Value("SIGTERM".into()));
+        assert_eq!(
+            canonical::number(&block.keep),
+            canonical::number(&integer(3))
+        );
+        assert!(block.command.is_null());
+        assert_eq!(block.to_pb().interval_seconds, 600);
+        // The service answers in seconds; "10m" stays as written, so the plan is clean.
+        let mut stored = stored_spec();
+        stored.checkpoint = Some(pb::CheckpointSpec {
+            signal: "SIGTERM".into(),
+            command: Vec::new(),
+            interval_seconds: 600,
+            keep: 3,
+        });
+        let refreshed = WorkloadState::refreshed(&planned, &workload(stored.clone()));
+        assert_eq!(refreshed.checkpoint, planned.checkpoint);
+        assert!(!plan(&refreshed, &c).configured_differs(&refreshed));
+        // Imported, "600s" is "10m": no diff either.
+        let imported = WorkloadState::from_workload(&workload(stored.clone()));
+        assert!(!plan(&imported, &c).configured_differs(&imported));
+        // The interval changed through the API: a diff.
+        stored.checkpoint.as_mut().unwrap().interval_seconds = 60;
+        let drifted = WorkloadState::refreshed(&planned, &workload(stored));
+        assert!(plan(&drifted, &c).configured_differs(&drifted));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! carries `Authorization: Bearer <agent token>`.
 //!
 //! - [`paths`]: the endpoints.
-//! - [`Register`], [`Assignment`]: the agent's first call and what it is told to run.
+//! - [`Register`], [`Assignment`]: the agent's first call and what it is told to run;
+//!   [`Checkpointing`]: how the workload is told of a notice and checkpointed.
 //! - [`Heartbeat`], [`HeartbeatReply`]: liveness, token refresh, and fencing.
 //! - [`NoticeReport`], [`CheckpointGrantRequest`], [`CheckpointGrant`],
 //!   [`CheckpointReport`]: acting on an interruption notice.
@@ -62,20 +63,26 @@ pub struct Assignment {
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub heartbeat_ms: u64,
-    /// How to tell the workload about a notice.
-    pub on_notice: NoticeHandling,
+    /// How the workload is told of a notice, and how often it is checkpointed.
+    pub checkpointing: Checkpointing,
     /// Present when the workload has storage; checkpoints need it.
     pub storage: Option<StorageGrant>,
     /// The checkpoint to restore into `$CHECKPOINT_DIR` before starting, if any.
     pub restore: Option<Restore>,
 }
 
+/// The workload's `checkpoint` settings as the agent applies them; every heartbeat
+/// reply carries them again, so a change reaches a running instance.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct NoticeHandling {
-    /// Signal number sent to the workload (15 = SIGTERM) when no command is set.
+pub struct Checkpointing {
+    /// Signal number sent to the workload on a notice (15 = SIGTERM) when `command`
+    /// is empty.
     pub signal: i32,
-    /// Run instead of signalling, in the workload's directory and environment.
-    pub checkpoint_command: Option<Vec<String>>,
+    /// Run instead of signalling on a notice, and before every periodic copy, as the
+    /// workload's user with `CHECKPOINT_DIR` set.
+    pub command: Vec<String>,
+    /// Between periodic checkpoints; 0: none (needs storage).
+    pub interval_ms: u64,
     /// Seconds before the deadline by which the checkpoint upload must be under way.
     pub safety_margin_seconds: u64,
 }
@@ -106,6 +113,8 @@ pub struct Heartbeat {
 pub struct HeartbeatReply {
     pub token: String,
     pub token_expires_at: i64,
+    /// The settings in effect now (they change in place).
+    pub checkpointing: Checkpointing,
 }
 
 /// The agent saw the cloud's notice (interruption or rebalance).

@@ -12,9 +12,12 @@
 //! - [`run`]: the agent's life on an instance (`computearbitrage-agent run`).
 //! - [`notice`]: the clouds' notice payloads parsed into one [`notice::Notice`] (pure,
 //!   fuzzed, tested on the real shapes in `../shared/reference/cloud-api/`).
+//! - [`snapshot`]: a checkpoint copied while the workload runs, as its user, by a child
+//!   process that never holds the agent's token.
 //! - [`watch`]: the [`watch::Watcher`] of one cloud's metadata endpoint.
 
 pub mod checkpoint;
 pub mod notice;
 pub mod run;
+pub mod snapshot;
 pub mod watch;

@@ -10,6 +10,10 @@
 //!   MS]`: prints each notice as a JSON line and exits 0 after the first interruption
 //!   notice (a rebalance recommendation is printed and watching goes on).
 //!
+//! - `snapshot --dir DIR --name MS --trigger periodic|task`: the agent's own helper,
+//!   started by `run` as the workload's user to copy `$CHECKPOINT_DIR` while the
+//!   workload runs (a JSON line protocol on stdin and stdout; see `snapshot.rs`).
+//!
 //! Exit 2 on bad arguments.
 
 use computearbitrage_agent::notice::Signal;
@@ -178,6 +182,16 @@ async fn main() {
                 }
             }
         }
-        _ => fail("the commands are `run` and `watch`"),
+        Some("snapshot") => {
+            let flags = flags(args, &["--dir", "--name", "--trigger"]);
+            let code = computearbitrage_agent::snapshot::child_main(
+                std::path::Path::new(required(&flags, "--dir")),
+                required(&flags, "--name"),
+                required(&flags, "--trigger"),
+            )
+            .await;
+            std::process::exit(code);
+        }
+        _ => fail("the commands are `run`, `watch` and `snapshot`"),
     }
 }

@@ -5,20 +5,25 @@
 //! 2. Restore the assigned checkpoint into `$CHECKPOINT_DIR`.
 //! 3. Start the workload with its env, `PORT`, `TCP_PORT` and `CHECKPOINT_DIR`, its
 //!    output passed through to the agent's and its last lines kept.
-//! 4. Heartbeat (refreshing the session token) and watch the cloud's notice.
-//! 5. On a notice: report it, signal the workload, wait for it up to the deadline
-//!    minus the safety margin, upload the checkpoint (chunks, then the manifest),
-//!    report the result, approve the event where the cloud has approval (Azure).
-//! 6. The workload exits on its own: report its status and last lines, exit with
+//! 4. Heartbeat (refreshing the session token and the checkpoint settings) and watch
+//!    the cloud's notice.
+//! 5. Every `checkpoint.interval`, when set: run the checkpoint command if there is
+//!    one, copy `$CHECKPOINT_DIR` as the workload's user ([`crate::snapshot`]), report.
+//! 6. On a notice: stop the periodic copies, report the notice, tell the workload
+//!    (the checkpoint command, or the signal and a wait up to the deadline minus the
+//!    safety margin), upload the checkpoint (chunks, then the manifest), report the
+//!    result, approve the event where the cloud has approval (Azure).
+//! 7. The workload exits on its own: report its status and last lines, exit with
 //!    its code. A fenced agent (its instance was replaced) stops the workload.
 
 use crate::checkpoint;
 use crate::notice::{Notice, Signal};
+use crate::snapshot;
 use crate::watch::{Cloud, Watcher};
 use computearbitrage_agent_protocol::{self as protocol, paths};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -308,6 +313,23 @@ fn unix_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The agent's HTTP client. Every request has an end: a stalled upload or restore
+/// must not hang the agent.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap_or_default()
+}
+
+/// The checkpoint settings in effect; heartbeat replies replace them.
+type Settings = Arc<Mutex<protocol::Checkpointing>>;
+
+fn current(settings: &Settings) -> protocol::Checkpointing {
+    settings.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
 /// Runs the agent until its workload ends, it is reclaimed, or it is fenced.
 pub async fn run(args: RunArgs) -> Exit {
     let credential = match std::fs::read_to_string(&args.credential_file) {
@@ -322,12 +344,7 @@ pub async fn run(args: RunArgs) -> Exit {
     // Spent on registration; nothing on the machine needs it afterwards.
     let _ = std::fs::remove_file(&args.credential_file);
     let client = Arc::new(Client {
-        // Every request has an end: a stalled upload or restore must not hang the agent.
-        http: reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(120))
-            .build()
-            .unwrap_or_default(),
+        http: http_client(),
         base: args.service_url.trim_end_matches('/').to_string(),
         token: Mutex::new(credential),
     });
@@ -365,12 +382,23 @@ pub async fn run(args: RunArgs) -> Exit {
     let pid = child.id().unwrap_or(0) as i32;
     tracing::info!(workload_id = %assignment.workload_id, pid, "workload started");
 
+    let settings: Settings = Arc::new(Mutex::new(assignment.checkpointing.clone()));
     let heartbeat = tokio::spawn(heartbeats(
         client.clone(),
         Duration::from_millis(assignment.heartbeat_ms.max(100)),
+        settings.clone(),
     ));
     let storage = assignment.storage.is_some();
     let shipper = tokio::spawn(ship_logs(client.clone(), tail.clone(), storage));
+    let periodic = storage.then(|| {
+        tokio::spawn(periodic_checkpoints(
+            client.clone(),
+            settings.clone(),
+            Arc::new(args.clone()),
+            assignment.env.clone(),
+            checkpoint_dir.clone(),
+        ))
+    });
     let mut watcher = Watcher::new(args.cloud, &args.metadata_url, &args.resource, args.poll);
     let exit = loop {
         tokio::select! {
@@ -399,7 +427,13 @@ pub async fn run(args: RunArgs) -> Exit {
                         }).await;
                     }
                     Signal::Interruption => {
-                        on_notice(&client, &assignment, &notice, &watcher, &mut child, pid, &checkpoint_dir, args.owner).await;
+                        // A copy under way is cut short (its child with it): the final
+                        // checkpoint is the one that counts, and it needs the window.
+                        if let Some(periodic) = &periodic {
+                            periodic.abort();
+                        }
+                        let workload = Workload { child: &mut child, pid, env: &assignment.env };
+                        on_notice(&client, &args, &current(&settings), assignment.storage.is_some(), &notice, &watcher, workload, &checkpoint_dir).await;
                         break Exit::Reclaimed;
                     }
                 }
@@ -408,6 +442,9 @@ pub async fn run(args: RunArgs) -> Exit {
     };
     heartbeat.abort();
     shipper.abort();
+    if let Some(periodic) = periodic {
+        periodic.abort();
+    }
     // What the workload wrote last reaches the service and storage before the agent goes.
     tail.ship(&client).await;
     if storage && !matches!(exit, Exit::Refused(_)) {
@@ -455,24 +492,11 @@ fn spawn_workload(
     let Some(program) = assignment.command.first() else {
         return Err("the command is empty; give at least the program to run".into());
     };
-    let mut command = tokio::process::Command::new(program);
+    let mut command = as_workload(args, &assignment.env, &assignment.command, checkpoint_dir);
     command
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", &args.work_dir)
-        .envs(&assignment.env)
-        .env("PORT", args.port.to_string())
-        .env("CHECKPOINT_DIR", checkpoint_dir)
-        .envs(args.tcp_port.map(|p| ("TCP_PORT", p.to_string())))
-        .current_dir(&args.work_dir)
-        .args(&assignment.command[1..])
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    if let Some((uid, gid)) = args.owner {
-        command.uid(uid).gid(gid);
-    }
     let mut child = command
         .spawn()
         .map_err(|e| format!("cannot start {program:?}: {e}; check the workload's `command`"))?;
@@ -483,6 +507,33 @@ fn spawn_workload(
         tokio::spawn(pass_through(err, tokio::io::stderr(), tail.clone()));
     }
     Ok(child)
+}
+
+/// A command run as the workload is: its user, directory and environment (`PORT`,
+/// `TCP_PORT`, `CHECKPOINT_DIR`), nothing of the agent's.
+fn as_workload(
+    args: &RunArgs,
+    env: &BTreeMap<String, String>,
+    argv: &[String],
+    checkpoint_dir: &std::path::Path,
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(&argv[0]);
+    command
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", &args.work_dir)
+        .envs(env)
+        .env("PORT", args.port.to_string())
+        .env("CHECKPOINT_DIR", checkpoint_dir)
+        .envs(args.tcp_port.map(|p| ("TCP_PORT", p.to_string())))
+        .current_dir(&args.work_dir)
+        .args(&argv[1..])
+        .stdin(Stdio::null());
+    if let Some((uid, gid)) = args.owner {
+        // Also after the agent dropped to the same user: setting one's own ids is allowed.
+        command.uid(uid).gid(gid);
+    }
+    command
 }
 
 /// Copies the workload's output line by line to the agent's own, keeping the tail.
@@ -552,7 +603,7 @@ async fn report_exit(client: &Client, status: &str, last_output: Vec<String>) {
 }
 
 /// Sends heartbeats; returns why the service fenced this instance.
-async fn heartbeats(client: Arc<Client>, every: Duration) -> String {
+async fn heartbeats(client: Arc<Client>, every: Duration, settings: Settings) -> String {
     loop {
         tokio::time::sleep(every).await;
         let beat = protocol::Heartbeat {
@@ -562,7 +613,10 @@ async fn heartbeats(client: Arc<Client>, every: Duration) -> String {
             .call::<_, protocol::HeartbeatReply>(paths::HEARTBEAT, &beat)
             .await
         {
-            Ok(reply) => client.set_token(reply.token),
+            Ok(reply) => {
+                client.set_token(reply.token);
+                *settings.lock().unwrap_or_else(|p| p.into_inner()) = reply.checkpointing;
+            }
             Err(CallError::Fenced(reason)) => return reason,
             // A control-plane blip is not a reason to stop a healthy workload.
             Err(e) => tracing::warn!(error = ?e, "heartbeat failed; the workload keeps running"),
@@ -580,17 +634,26 @@ async fn wait_fenced(heartbeat: &tokio::task::JoinHandle<String>) -> String {
     }
 }
 
+/// The running workload, as a notice needs it.
+struct Workload<'a> {
+    child: &'a mut tokio::process::Child,
+    pid: i32,
+    env: &'a BTreeMap<String, String>,
+}
+
 /// Acts on an interruption notice: report, tell the workload, checkpoint, approve.
+#[allow(clippy::too_many_arguments)]
 async fn on_notice(
     client: &Client,
-    assignment: &protocol::Assignment,
+    args: &RunArgs,
+    settings: &protocol::Checkpointing,
+    storage: bool,
     notice: &Notice,
     watcher: &Watcher,
-    child: &mut tokio::process::Child,
-    pid: i32,
+    workload: Workload<'_>,
     checkpoint_dir: &std::path::Path,
-    owner: Option<(u32, u32)>,
 ) {
+    let Workload { child, pid, env } = workload;
     tracing::warn!(deadline = ?notice.deadline, action = %notice.action, "interruption notice");
     // The workload is told first; the report goes alongside (the driver's own signal
     // reaches the service too), so a slow service never eats the notice window.
@@ -611,7 +674,7 @@ async fn on_notice(
     // From here on the agent needs no more rights than the workload: it reads only
     // what the workload could read itself, whatever links the workload leaves in
     // $CHECKPOINT_DIR (the agent may run as root).
-    if let Some((uid, gid)) = owner {
+    if let Some((uid, gid)) = args.owner {
         if let Err(e) = drop_privileges(uid, gid) {
             tracing::error!(error = %e, "cannot drop to the workload's user; no checkpoint is taken");
             let _ = child.start_kill();
@@ -625,28 +688,27 @@ async fn on_notice(
         .deadline
         .map(|d| d * 1000)
         .unwrap_or(began_ms + 30_000);
-    let margin_ms = (assignment.on_notice.safety_margin_seconds as i64 * 1000)
+    let margin_ms = (settings.safety_margin_seconds as i64 * 1000)
         .min((deadline_ms - began_ms) / 4)
         .max(0);
     let wait_until = deadline_ms - margin_ms;
+    let budget = || Duration::from_millis((wait_until - unix_ms()).max(0) as u64);
     // Tell the workload, then give it until the deadline minus the margin.
     let telling = async {
-        match &assignment.on_notice.checkpoint_command {
-            Some(command) if !command.is_empty() => {
-                run_checkpoint_command(command, checkpoint_dir).await
+        if settings.command.is_empty() {
+            signal(pid, settings.signal);
+            let budget = budget();
+            match tokio::time::timeout(budget, child.wait()).await {
+                Ok(_) => Ok(()),
+                Err(_) => Err(format!(
+                    "the workload did not exit within {} ms of signal {}; checkpointing what it wrote",
+                    budget.as_millis(),
+                    settings.signal
+                )),
             }
-            _ => {
-                signal(pid, assignment.on_notice.signal);
-                let budget = Duration::from_millis((wait_until - unix_ms()).max(0) as u64);
-                match tokio::time::timeout(budget, child.wait()).await {
-                    Ok(_) => Ok(()),
-                    Err(_) => Err(format!(
-                        "the workload did not exit within {} ms of signal {}; checkpointing what it wrote",
-                        budget.as_millis(),
-                        assignment.on_notice.signal
-                    )),
-                }
-            }
+        } else {
+            let command = as_workload(args, env, &settings.command, checkpoint_dir);
+            run_checkpoint_command(command, budget()).await
         }
     };
     let (told, ()) = tokio::join!(telling, report);
@@ -656,33 +718,15 @@ async fn on_notice(
             "the workload did not finish its checkpoint in time"
         );
     }
-    if assignment.storage.is_some() {
+    if storage {
+        // The agent is the workload's user now: the copy is made in-process.
         let name = began_ms.to_string();
         let started = Instant::now();
-        let outcome = upload_checkpoint(client, &name, "notice", checkpoint_dir).await;
-        let (error, bytes, files) = match outcome {
-            Ok((bytes, files)) => (None, bytes, files),
-            Err(e) => (Some(e), 0, 0),
-        };
-        let report = protocol::CheckpointReport {
-            name,
-            trigger: "notice".into(),
-            error,
-            bytes,
-            files,
-            duration_ms: started.elapsed().as_millis() as u64,
-        };
-        tracing::info!(checkpoint = %report.name, bytes, files, error = ?report.error, "final checkpoint");
-        if let Err(e) = client
-            .call_patiently::<_, serde_json::Value>(
-                paths::CHECKPOINT_REPORT,
-                &report,
-                Duration::from_secs(5),
-            )
-            .await
-        {
-            tracing::warn!(error = ?e, "cannot report the checkpoint");
-        }
+        let outcome = snapshot::take(&client.http, checkpoint_dir, &name, "notice", |r| {
+            grant(client, r)
+        })
+        .await;
+        report_checkpoint(client, name, "notice", outcome, started).await;
     }
     if let Err(e) = watcher.approve(notice).await {
         tracing::warn!(error = %e, "cannot approve the scheduled event");
@@ -691,6 +735,94 @@ async fn on_notice(
     // whether the child was already reaped, so no reused pid is hit).
     let _ = child.start_kill();
     let _ = child.wait().await;
+}
+
+/// Takes a checkpoint every `interval_ms` of the settings in effect (none while it is
+/// 0), as the workload's user; a failed one is reported and the next comes on time.
+async fn periodic_checkpoints(
+    client: Arc<Client>,
+    settings: Settings,
+    args: Arc<RunArgs>,
+    env: BTreeMap<String, String>,
+    checkpoint_dir: PathBuf,
+) {
+    let mut last = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = current(&settings);
+        let interval = Duration::from_millis(now.interval_ms);
+        if interval.is_zero() {
+            last = Instant::now();
+            continue;
+        }
+        if last.elapsed() < interval {
+            continue;
+        }
+        last = Instant::now();
+        let name = unix_ms().to_string();
+        let started = Instant::now();
+        let outcome = async {
+            if !now.command.is_empty() {
+                // Bounded by the interval: a command slower than that is broken.
+                let command = as_workload(&args, &env, &now.command, &checkpoint_dir);
+                run_checkpoint_command(command, interval.max(Duration::from_secs(10))).await?;
+            }
+            let grant = |r| grant(&client, r);
+            match args.owner {
+                Some(owner) => {
+                    snapshot::take_as(owner, &checkpoint_dir, &name, "periodic", grant).await
+                }
+                None => {
+                    snapshot::take(&client.http, &checkpoint_dir, &name, "periodic", grant).await
+                }
+            }
+        }
+        .await;
+        report_checkpoint(&client, name, "periodic", outcome, started).await;
+    }
+}
+
+/// The upload URLs of one checkpoint.
+async fn grant(
+    client: &Client,
+    request: protocol::CheckpointGrantRequest,
+) -> Result<protocol::CheckpointGrant, String> {
+    client
+        .call_patiently(paths::CHECKPOINT_GRANT, &request, Duration::from_secs(5))
+        .await
+        .map_err(|e| format!("no upload grant: {e:?}"))
+}
+
+async fn report_checkpoint(
+    client: &Client,
+    name: String,
+    trigger: &str,
+    outcome: Result<(u64, u64), String>,
+    started: Instant,
+) {
+    let (error, bytes, files) = match outcome {
+        Ok((bytes, files)) => (None, bytes, files),
+        Err(e) => (Some(e), 0, 0),
+    };
+    let report = protocol::CheckpointReport {
+        name,
+        trigger: trigger.into(),
+        error,
+        bytes,
+        files,
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
+    tracing::info!(checkpoint = %report.name, trigger, bytes, files, error = ?report.error, duration_ms = report.duration_ms, "checkpoint");
+    if let Err(e) = client
+        .call_patiently::<_, serde_json::Value>(
+            paths::CHECKPOINT_REPORT,
+            &report,
+            Duration::from_secs(5),
+        )
+        .await
+    {
+        tracing::warn!(error = ?e, "cannot report the checkpoint");
+    }
 }
 
 /// Gives up root for the workload's user, for good and for every thread.
@@ -716,48 +848,23 @@ fn drop_privileges(uid: u32, gid: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// Runs the workload's checkpoint command; it must exit 0 within `budget`.
 async fn run_checkpoint_command(
-    command: &[String],
-    checkpoint_dir: &std::path::Path,
+    mut command: tokio::process::Command,
+    budget: Duration,
 ) -> Result<(), String> {
-    let status = tokio::process::Command::new(&command[0])
-        .args(&command[1..])
-        .env("CHECKPOINT_DIR", checkpoint_dir)
-        .status()
-        .await
+    let mut child = command
+        .stdout(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
         .map_err(|e| format!("cannot run the checkpoint command: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("the checkpoint command failed: {status}"))
+    match tokio::time::timeout(budget, child.wait()).await {
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) => Err(format!("the checkpoint command failed: {status}")),
+        Ok(Err(e)) => Err(format!("the checkpoint command was lost: {e}")),
+        Err(_) => Err(format!(
+            "the checkpoint command did not finish within {} ms",
+            budget.as_millis()
+        )),
     }
-}
-
-/// Uploads `dir` as checkpoint `name`: chunks first, the manifest last.
-async fn upload_checkpoint(
-    client: &Client,
-    name: &str,
-    trigger: &str,
-    dir: &std::path::Path,
-) -> Result<(u64, u64), String> {
-    let scan_dir = dir.to_path_buf();
-    let created = name.parse::<i64>().unwrap_or(0);
-    let mut packed = tokio::task::spawn_blocking(move || checkpoint::scan(&scan_dir, created))
-        .await
-        .map_err(|e| format!("the scan did not finish: {e}"))?
-        .map_err(|e| e.to_string())?;
-    packed.manifest.trigger = trigger.to_string();
-    let request = protocol::CheckpointGrantRequest {
-        name: name.to_string(),
-        chunks: packed.chunk_sizes(),
-        manifest_bytes: packed.manifest_json().len() as u64,
-    };
-    let grant: protocol::CheckpointGrant = client
-        .call_patiently(paths::CHECKPOINT_GRANT, &request, Duration::from_secs(5))
-        .await
-        .map_err(|e| format!("no upload grant: {e:?}"))?;
-    let bytes = checkpoint::upload(&client.http, &packed, &grant)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok((bytes, packed.manifest.files.len() as u64))
 }

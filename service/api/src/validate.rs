@@ -469,6 +469,64 @@ pub fn update_workload(req: &pb::UpdateWorkloadRequest) -> Vec<Violation> {
     if let Some(s) = &req.storage {
         out.extend(storage(s).into_iter().map(|v| v.within("storage")));
     }
+    if let Some(c) = &req.checkpoint {
+        out.extend(checkpoint(c).into_iter().map(|v| v.within("checkpoint")));
+    }
+    out
+}
+
+/// Rules for the `checkpoint` block (paths relative to the block). Whether periodic
+/// checkpoints have storage to go to is the caller's check: an update may leave
+/// storage as it is.
+pub fn checkpoint(spec: &pb::CheckpointSpec) -> Vec<Violation> {
+    use computearbitrage_conventions::{defaults, signals};
+    let mut out = Vec::new();
+    if !spec.signal.is_empty() && signals::number(&spec.signal).is_none() {
+        let upper = spec.signal.to_ascii_uppercase();
+        let hint = match signals::number(&upper)
+            .map(|_| upper.clone())
+            .or_else(|| signals::number(&format!("SIG{upper}")).map(|_| format!("SIG{upper}")))
+        {
+            Some(name) => format!("; did you mean {name:?}?"),
+            None => String::new(),
+        };
+        out.push(Violation::field(
+            "signal",
+            format!(
+                "{:?} is not a signal the workload can be told by; use one of {}{hint}",
+                spec.signal,
+                signals::names()
+            ),
+        ));
+    }
+    for (i, part) in spec.command.iter().enumerate() {
+        if part.is_empty() || part.contains('\0') || (i == 0 && part.trim().is_empty()) {
+            out.push(Violation::element(
+                "command",
+                i,
+                "an empty argument or one with a NUL byte; give the program and its arguments",
+            ));
+        }
+    }
+    if spec.interval_seconds > defaults::CHECKPOINT_INTERVAL_MAX_SECONDS {
+        out.push(Violation::field(
+            "interval_seconds",
+            format!(
+                "more than a week between checkpoints; use 0 (only on a notice) to {}",
+                defaults::CHECKPOINT_INTERVAL_MAX_SECONDS
+            ),
+        ));
+    }
+    if spec.keep > defaults::CHECKPOINTS_KEPT_MAX {
+        out.push(Violation::field(
+            "keep",
+            format!(
+                "more than {} checkpoints; use 1 to {}",
+                defaults::CHECKPOINTS_KEPT_MAX,
+                defaults::CHECKPOINTS_KEPT_MAX
+            ),
+        ));
+    }
     out
 }
 
@@ -563,6 +621,19 @@ pub fn workload_spec(spec: &pb::WorkloadSpec) -> Vec<Violation> {
     }
     if let Some(s) = &spec.storage {
         out.extend(storage(s).into_iter().map(|v| v.within("storage")));
+    }
+    if let Some(c) = &spec.checkpoint {
+        out.extend(checkpoint(c).into_iter().map(|v| v.within("checkpoint")));
+        let storage_on = spec.storage.as_ref().is_some_and(|s| s.enabled);
+        if c.interval_seconds > 0 && !storage_on {
+            out.push(
+                Violation::field(
+                    "interval_seconds",
+                    "periodic checkpoints need somewhere to go; add `storage { enabled = true }` or set 0",
+                )
+                .within("checkpoint"),
+            );
+        }
     }
     out
 }
@@ -749,6 +820,72 @@ mod tests {
             .map(|v| v.message.clone())
             .collect();
         assert!(messages[4].contains("\"migrate\""), "{}", messages[4]);
+    }
+
+    #[test]
+    fn checkpoint_blocks_name_their_bad_fields_and_need_storage_for_periodic_copies() {
+        let mut spec = valid_spec();
+        spec.checkpoint = Some(pb::CheckpointSpec {
+            signal: "SIGUSR1".into(),
+            command: vec!["dump".into(), "--to".into(), "dir".into()],
+            interval_seconds: 0,
+            keep: 5,
+        });
+        assert!(workload_spec(&spec).is_empty());
+        spec.checkpoint = Some(pb::CheckpointSpec {
+            signal: "usr1".into(),
+            command: vec!["dump".into(), String::new()],
+            interval_seconds: 700_000,
+            keep: 101,
+        });
+        let found = workload_spec(&spec);
+        let paths: Vec<String> = found.iter().map(|v| v.dotted_path()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "checkpoint.signal",
+                "checkpoint.command[1]",
+                "checkpoint.interval_seconds",
+                "checkpoint.keep",
+                "checkpoint.interval_seconds"
+            ]
+        );
+        assert!(
+            found[0].message.contains("did you mean \"SIGUSR1\""),
+            "{}",
+            found[0].message
+        );
+        assert!(
+            found[4].message.contains("storage { enabled = true }"),
+            "{}",
+            found[4].message
+        );
+        spec.checkpoint = Some(pb::CheckpointSpec {
+            interval_seconds: 600,
+            ..Default::default()
+        });
+        spec.storage = Some(pb::StorageSpec {
+            enabled: true,
+            quota_gb: 1,
+            retention_days: 0,
+        });
+        assert!(workload_spec(&spec).is_empty());
+        let update = pb::UpdateWorkloadRequest {
+            id: "wl-1".into(),
+            checkpoint: Some(pb::CheckpointSpec {
+                signal: "SIGKILL".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let found = update_workload(&update);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].dotted_path(), "checkpoint.signal");
+        assert!(
+            found[0].message.contains("SIGTERM, SIGINT"),
+            "{}",
+            found[0].message
+        );
     }
 
     #[test]

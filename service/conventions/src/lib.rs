@@ -93,11 +93,47 @@ pub mod defaults {
     pub const HEALTH_UNHEALTHY_THRESHOLD: u32 = 3;
     /// How long provisioning may take.
     pub const CREATE_TIMEOUT_SECONDS: u32 = 600;
+    /// What the workload is sent on a notice when it names no checkpoint command.
+    pub const CHECKPOINT_SIGNAL: &str = "SIGTERM";
+    /// Complete checkpoints kept per workload; older ones are deleted.
+    pub const CHECKPOINTS_KEPT: u32 = 3;
+    /// The longest gap between periodic checkpoints a spec may ask for (a week).
+    pub const CHECKPOINT_INTERVAL_MAX_SECONDS: u32 = 604_800;
+    /// The most complete checkpoints a spec may ask to keep.
+    pub const CHECKPOINTS_KEPT_MAX: u32 = 100;
 
     /// The default timeout of a check every `interval_seconds`: 5 s, or the whole
     /// interval when that is shorter, so a check always ends before the next starts.
     pub fn health_timeout_seconds(interval_seconds: u32) -> u32 {
         HEALTH_TIMEOUT_SECONDS.min(interval_seconds.max(1))
+    }
+}
+
+/// The signals a workload may ask to be told a notice by, with their Linux numbers.
+/// A short list on purpose: these are the ones programs handle to shut down or dump
+/// state; SIGKILL and SIGSTOP cannot be handled at all.
+pub mod signals {
+    pub const SUPPORTED: [(&str, i32); 6] = [
+        ("SIGTERM", 15),
+        ("SIGINT", 2),
+        ("SIGHUP", 1),
+        ("SIGQUIT", 3),
+        ("SIGUSR1", 10),
+        ("SIGUSR2", 12),
+    ];
+
+    /// The number of a supported signal, by its exact name (`SIGTERM`).
+    pub fn number(name: &str) -> Option<i32> {
+        SUPPORTED.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    }
+
+    /// The names, for messages: `SIGTERM, SIGINT, …`.
+    pub fn names() -> String {
+        SUPPORTED
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 

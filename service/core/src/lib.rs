@@ -51,4 +51,4 @@ pub use lifecycle::{Transition, WorkloadStatus};
 pub use offer::{InterruptionRate, Offer};
 pub use placement::{place, Candidate, Placement, ScoringPolicy};
 pub use retry::RetryPolicy;
-pub use workload::{HealthCheck, OnInterruption, StorageSpec, WorkloadSpec};
+pub use workload::{CheckpointSpec, HealthCheck, OnInterruption, StorageSpec, WorkloadSpec};

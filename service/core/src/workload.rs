@@ -59,6 +59,8 @@ pub struct WrittenBlocks {
     pub requirements: bool,
     pub health_check: bool,
     pub storage: bool,
+    #[serde(default)]
+    pub checkpoint: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -66,6 +68,34 @@ pub struct StorageSpec {
     pub enabled: bool,
     pub quota_gb: u32,
     pub retention_days: u32,
+}
+
+/// How the workload is checkpointed: what tells it a notice is here, and how often
+/// `$CHECKPOINT_DIR` is copied while it runs. Checkpoints need storage.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CheckpointSpec {
+    /// The signal sent on a notice when `command` is empty (a name of
+    /// `conventions::signals::SUPPORTED`).
+    pub signal: String,
+    /// Run on a notice (and before every periodic copy) instead of signalling;
+    /// empty: signal on a notice, copy the directory as it is periodically.
+    pub command: Vec<String>,
+    /// Between periodic checkpoints; zero: only the final one on a notice.
+    pub interval: Duration,
+    /// Complete checkpoints kept.
+    pub keep: u32,
+}
+
+impl Default for CheckpointSpec {
+    fn default() -> Self {
+        use computearbitrage_conventions::defaults;
+        CheckpointSpec {
+            signal: defaults::CHECKPOINT_SIGNAL.into(),
+            command: Vec::new(),
+            interval: Duration::ZERO,
+            keep: defaults::CHECKPOINTS_KEPT,
+        }
+    }
 }
 
 /// A workload as requested.
@@ -80,6 +110,9 @@ pub struct WorkloadSpec {
     pub health_check: HealthCheck,
     pub on_interruption: OnInterruption,
     pub storage: StorageSpec,
+    /// Stored before checkpoints were configurable: the defaults.
+    #[serde(default)]
+    pub checkpoint: CheckpointSpec,
     pub tags: BTreeMap<String, String>,
     /// How long provisioning may take before the run fails.
     pub create_timeout: Duration,
@@ -118,6 +151,7 @@ impl WorkloadSpec {
             requirements: true,
             health_check: self.health_check != HealthCheck::default(),
             storage: self.storage != StorageSpec::default(),
+            checkpoint: self.checkpoint != CheckpointSpec::default(),
         })
     }
 
@@ -153,6 +187,10 @@ impl WorkloadSpec {
             "storage",
             self.storage == other.storage && mine.storage == theirs.storage,
         );
+        check(
+            "checkpoint",
+            self.checkpoint == other.checkpoint && mine.checkpoint == theirs.checkpoint,
+        );
         check("tags", self.tags == other.tags);
         check("tcp_port", self.tcp_port == other.tcp_port);
         check(
@@ -182,6 +220,7 @@ mod tests {
             health_check: HealthCheck::default(),
             on_interruption: OnInterruption::Migrate,
             storage: StorageSpec::default(),
+            checkpoint: CheckpointSpec::default(),
             tags: BTreeMap::new(),
             create_timeout: Duration::from_secs(600),
             tcp_port: None,
@@ -191,6 +230,7 @@ mod tests {
                 requirements: true,
                 health_check: false,
                 storage: false,
+                checkpoint: false,
             }),
         }
     }
@@ -205,15 +245,17 @@ mod tests {
         other.env.insert("MODE".into(), "x".into());
         other.storage.quota_gb = 5;
         other.health_check.path = "/ready".into();
+        other.checkpoint.interval = Duration::from_secs(600);
         assert_eq!(
             base.differences(&other),
-            vec!["env", "health_check", "storage", "tags"]
+            vec!["env", "health_check", "storage", "checkpoint", "tags"]
         );
         let mut written = base.clone();
         written.written = Some(WrittenBlocks {
             requirements: true,
             health_check: true,
             storage: false,
+            checkpoint: false,
         });
         assert_eq!(base.differences(&written), vec!["health_check"]);
     }
@@ -225,5 +267,8 @@ mod tests {
         assert!(!old.written_blocks().health_check);
         old.health_check.interval = Duration::from_secs(2);
         assert!(old.written_blocks().health_check);
+        assert!(!old.written_blocks().checkpoint);
+        old.checkpoint.keep = 5;
+        assert!(old.written_blocks().checkpoint);
     }
 }

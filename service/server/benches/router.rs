@@ -311,6 +311,7 @@ fn spec(name: &str) -> WorkloadSpec {
         health_check: HealthCheck::default(),
         on_interruption: OnInterruption::Terminate,
         storage: StorageSpec::default(),
+        checkpoint: Default::default(),
         tags: BTreeMap::new(),
         create_timeout: Duration::from_secs(60),
         tcp_port: None,

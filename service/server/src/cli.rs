@@ -44,6 +44,15 @@ pub enum WorkloadCommand {
         /// Days storage is kept after the workload ends.
         #[arg(long)]
         storage_retention_days: Option<u32>,
+        /// Seconds between periodic checkpoints; 0 stops them.
+        #[arg(long)]
+        checkpoint_interval: Option<u32>,
+        /// Complete checkpoints kept.
+        #[arg(long)]
+        checkpoint_keep: Option<u32>,
+        /// The signal sent on a notice (SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2).
+        #[arg(long)]
+        checkpoint_signal: Option<String>,
     },
     /// Terminate a workload (outside Terraform).
     Delete {
@@ -335,6 +344,9 @@ pub async fn run(target: Target, command: ClientCommand) -> Result<(), String> {
                 health_interval,
                 storage_quota_gb,
                 storage_retention_days,
+                checkpoint_interval,
+                checkpoint_keep,
+                checkpoint_signal,
             } => {
                 let current = workloads
                     .get_workload(pb::GetWorkloadRequest { id: id.clone() })
@@ -350,6 +362,7 @@ pub async fn run(target: Target, command: ClientCommand) -> Result<(), String> {
                     env: spec.env,
                     storage: spec.storage,
                     tcp_allowed_cidrs: spec.tcp_allowed_cidrs,
+                    checkpoint: spec.checkpoint,
                 };
                 for text in &tags {
                     let (k, v) = pair(text, "KEY")?;
@@ -386,6 +399,21 @@ pub async fn run(target: Target, command: ClientCommand) -> Result<(), String> {
                     }
                     if let Some(days) = storage_retention_days {
                         storage.retention_days = days;
+                    }
+                }
+                if checkpoint_interval.is_some()
+                    || checkpoint_keep.is_some()
+                    || checkpoint_signal.is_some()
+                {
+                    let checkpoint = request.checkpoint.get_or_insert_with(Default::default);
+                    if let Some(seconds) = checkpoint_interval {
+                        checkpoint.interval_seconds = seconds;
+                    }
+                    if let Some(keep) = checkpoint_keep {
+                        checkpoint.keep = keep;
+                    }
+                    if let Some(signal) = checkpoint_signal {
+                        checkpoint.signal = signal;
                     }
                 }
                 print(

@@ -819,3 +819,260 @@ async fn a_workload_of_its_own_user_migrates_with_its_checkpoint() {
     .await;
     service.stop();
 }
+
+/// The names of the complete checkpoints (those with a manifest), oldest first.
+async fn complete_checkpoints(service: &Service, workload_id: &str) -> Vec<String> {
+    let mut client = service.workloads().await;
+    let listed = client
+        .list_objects(authed(pb::ListObjectsRequest {
+            workload_id: workload_id.into(),
+            prefix: "checkpoints/".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut names: Vec<String> = listed
+        .objects
+        .iter()
+        .filter_map(|o| {
+            o.key
+                .strip_prefix("checkpoints/")?
+                .strip_suffix("/manifest.json")
+                .map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+async fn set_checkpoint(
+    client: &mut pb::workloads_client::WorkloadsClient<tonic::transport::Channel>,
+    current: &pb::Workload,
+    checkpoint: pb::CheckpointSpec,
+) {
+    let spec = current.spec.clone().unwrap();
+    client
+        .update_workload(authed(pb::UpdateWorkloadRequest {
+            id: current.id.clone(),
+            tags: spec.tags,
+            health_check: spec.health_check,
+            on_interruption: spec.on_interruption,
+            env: spec.env,
+            storage: spec.storage,
+            tcp_allowed_cidrs: spec.tcp_allowed_cidrs,
+            checkpoint: Some(checkpoint),
+        }))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn periodic_checkpoints_keep_the_newest_change_in_place_and_bring_a_vanished_instance_back() {
+    use std::os::unix::fs::PermissionsExt;
+    // As root the workload runs as its own user, and so does the copy (the agent's
+    // `snapshot` child); otherwise both run as this user.
+    let root = tempfile::tempdir().unwrap();
+    let scripts = root.path().join("scripts");
+    std::fs::create_dir(&scripts).unwrap();
+    let script = scripts.join("http_server.py");
+    std::fs::copy(workload_server(), &script).unwrap();
+    for (path, mode) in [(root.path(), 0o755), (&scripts, 0o755), (&script, 0o644)] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let work = root.path().join("work");
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let mut env = vec![
+        ("COMPUTEARBITRAGE_WORKLOADS__AGENT_HEARTBEAT_MS", "300"),
+        (
+            "COMPUTEARBITRAGE_WORKLOADS__LOCAL__WORK_DIR",
+            work.to_str().unwrap(),
+        ),
+    ];
+    if as_root {
+        env.push(("COMPUTEARBITRAGE_WORKLOADS__LOCAL__RUN_AS", "per-workload"));
+    }
+    let service = Service::start(&root.path().join("data"), &env);
+    let mut client = service.workloads().await;
+    let name = format!("periodic-{}", std::process::id());
+    let mut spec = migrating_spec(&name);
+    spec.command = vec!["/usr/bin/python3".into(), script.to_str().unwrap().into()];
+    spec.env.insert("SAVE_EVERY_COUNT".into(), "1".into());
+    spec.checkpoint = Some(pb::CheckpointSpec {
+        interval_seconds: 1,
+        keep: 2,
+        ..Default::default()
+    });
+    let created = client
+        .apply_workload(authed(pb::ApplyWorkloadRequest { spec: Some(spec) }))
+        .await
+        .unwrap()
+        .into_inner();
+    let stored = created.spec.clone().unwrap().checkpoint.unwrap();
+    assert_eq!(stored.signal, "SIGTERM", "the default is filled in");
+    let before = wait_status(
+        &mut client,
+        &created.id,
+        &["RUNNING"],
+        Duration::from_secs(30),
+    )
+    .await;
+    let count_url = format!("{}/count", before.endpoint.trim_end_matches('/'));
+    for _ in 0..3 {
+        get_json(&count_url, &before.access_token).await;
+    }
+
+    // A copy a second: at least four complete ones come, and only the newest two stay.
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < 4 {
+        seen.extend(complete_checkpoints(&service, &created.id).await);
+        assert!(Instant::now() < deadline, "periodic checkpoints: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Changed in place: no more copies once the agent's next heartbeat has it.
+    set_checkpoint(
+        &mut client,
+        &before,
+        pb::CheckpointSpec {
+            interval_seconds: 0,
+            keep: 2,
+            ..Default::default()
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let kept = complete_checkpoints(&service, &created.id).await;
+    seen.extend(kept.iter().cloned());
+    let newest: Vec<String> = seen.iter().rev().take(2).rev().cloned().collect();
+    assert_eq!(kept, newest, "the newest two of {seen:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        complete_checkpoints(&service, &created.id).await,
+        kept,
+        "no copy after the interval was turned off"
+    );
+
+    // A checkpoint command that fails: the tenant is told once, not every second.
+    set_checkpoint(
+        &mut client,
+        &before,
+        pb::CheckpointSpec {
+            interval_seconds: 1,
+            keep: 2,
+            command: vec!["/bin/false".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let failed = |notifications: &[pb::Notification]| {
+        notifications
+            .iter()
+            .filter(|n| n.kind == "workload.checkpoint_failed")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let notifications = loop {
+        let notifications = client
+            .list_notifications(authed(pb::ListNotificationsRequest {
+                workload_id: created.id.clone(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .notifications;
+        if failed(&notifications) > 0 {
+            break notifications;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint_failed notification"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let told = notifications
+        .iter()
+        .find(|n| n.kind == "workload.checkpoint_failed")
+        .unwrap();
+    assert!(told.payload.contains("periodic"), "{}", told.payload);
+    assert!(
+        told.payload.contains("checkpoint command failed"),
+        "{}",
+        told.payload
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = client
+        .list_notifications(authed(pb::ListNotificationsRequest {
+            workload_id: created.id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .notifications;
+    assert_eq!(failed(&later), 1, "told once while it keeps failing");
+    assert_eq!(complete_checkpoints(&service, &created.id).await, kept);
+
+    // Copies again; the count moves on, and the instance then vanishes without a
+    // notice: the replacement comes back from the newest periodic checkpoint.
+    set_checkpoint(
+        &mut client,
+        &before,
+        pb::CheckpointSpec {
+            interval_seconds: 1,
+            keep: 2,
+            ..Default::default()
+        },
+    )
+    .await;
+    let (_, body) = get_json(&count_url, &before.access_token).await;
+    assert_eq!(body["count"], 4);
+    let newest_before = kept.last().cloned().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = complete_checkpoints(&service, &created.id).await;
+        if now.last().is_some_and(|n| *n > newest_before) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no copy after re-enabling");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let agent = processes_with_env("COMPUTEARBITRAGE_INSTANCE_ID", &before.instance_id);
+    assert_eq!(agent.len(), 1, "{agent:?}");
+    signal_process_group(agent[0]);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let after = loop {
+        let w = get(&mut client, &created.id).await;
+        if w.status == "RUNNING" && w.instance_id != before.instance_id {
+            break w;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not replaced: {} ({})",
+            w.status,
+            w.status_reason
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (_, state) = get_json(
+        &format!("{}/state", after.endpoint.trim_end_matches('/')),
+        &after.access_token,
+    )
+    .await;
+    assert_eq!(state["restored"], true, "{state}");
+    assert_eq!(state["count"], 4, "the newest periodic copy: {state}");
+    client
+        .delete_workload(authed(pb::DeleteWorkloadRequest {
+            id: created.id.clone(),
+            reason: String::new(),
+        }))
+        .await
+        .unwrap();
+    wait_status(
+        &mut client,
+        &created.id,
+        &["TERMINATED"],
+        Duration::from_secs(20),
+    )
+    .await;
+    service.stop();
+    kill_workloads(&root.path().join("data"));
+}

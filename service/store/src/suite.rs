@@ -240,6 +240,7 @@ fn spec(name: &str) -> WorkloadSpec {
         health_check: HealthCheck::default(),
         on_interruption: OnInterruption::Migrate,
         storage: StorageSpec::default(),
+        checkpoint: Default::default(),
         tags: BTreeMap::from([("team".into(), "ml".into())]),
         create_timeout: Duration::from_secs(600),
         tcp_port: None,

@@ -116,8 +116,6 @@ fn log_segment_name_ok(name: &str) -> bool {
 /// Heartbeat intervals of silence after which the driver is asked whether an instance
 /// is gone.
 pub const LOST_AFTER_HEARTBEATS: u32 = 5;
-/// Complete checkpoints kept per workload; older ones are deleted.
-pub const CHECKPOINTS_KEPT: usize = 3;
 
 /// Where agents reach the service and where checkpoints go; attached once the
 /// service listens.
@@ -165,6 +163,8 @@ impl From<computearbitrage_storage::StorageError> for AgentError {
 #[derive(Debug, Clone)]
 pub struct CheckpointOutcome {
     pub name: String,
+    /// `notice`, `periodic`, `task`.
+    pub trigger: String,
     pub error: Option<String>,
     pub at_ms: i64,
 }
@@ -412,11 +412,7 @@ impl Orchestrator {
                 command: workload.spec.command.clone(),
                 env: workload.spec.env.clone(),
                 heartbeat_ms: self.settings.agent_heartbeat.as_millis() as u64,
-                on_notice: protocol::NoticeHandling {
-                    signal: SIGTERM,
-                    checkpoint_command: None,
-                    safety_margin_seconds: 5,
-                },
+                checkpointing: checkpointing(&workload.spec),
                 storage: workload
                     .spec
                     .storage
@@ -481,6 +477,7 @@ impl Orchestrator {
         Ok(protocol::HeartbeatReply {
             token,
             token_expires_at,
+            checkpointing: checkpointing(&session.workload.spec),
         })
     }
 
@@ -615,25 +612,38 @@ impl Orchestrator {
                 report.name
             )));
         }
+        if !matches!(report.trigger.as_str(), "notice" | "periodic" | "task") {
+            return Err(AgentError::Invalid(format!(
+                "checkpoint trigger {:?} is not `notice`, `periodic` or `task`",
+                report.trigger
+            )));
+        }
+        // A periodic copy that keeps failing is told once, not every interval.
+        let failing_already = self.checkpoint_outcome(&workload.id).is_some_and(|last| {
+            last.error.is_some() && last.trigger == "periodic" && report.trigger == "periodic"
+        });
         match &report.error {
             None => {
                 tracing::info!(workload_id = %workload.id, checkpoint = %report.name, trigger = %report.trigger, bytes = report.bytes, files = report.files, duration_ms = report.duration_ms, "checkpoint complete");
                 if let Some(link) = self.agent_link() {
-                    if let Err(e) = prune_checkpoints(&link.storage, &workload.id).await {
+                    let keep = workload.spec.checkpoint.keep;
+                    if let Err(e) = prune_checkpoints(&link.storage, &workload.id, keep).await {
                         tracing::warn!(workload_id = %workload.id, error = %e, "cannot prune old checkpoints; will try after the next one");
                     }
                 }
             }
             Some(error) => {
                 tracing::warn!(workload_id = %workload.id, checkpoint = %report.name, trigger = %report.trigger, error = %error, "checkpoint failed");
-                notify::enqueue(
-                    self,
-                    workload,
-                    "workload.checkpoint_failed",
-                    json!({ "checkpoint": report.name, "trigger": report.trigger, "error": error }),
-                )
-                .await?;
             }
+        }
+        if let (Some(error), false) = (&report.error, failing_already) {
+            notify::enqueue(
+                self,
+                workload,
+                "workload.checkpoint_failed",
+                json!({ "checkpoint": report.name, "trigger": report.trigger, "error": error }),
+            )
+            .await?;
         }
         self.checkpoint_reports
             .lock()
@@ -642,6 +652,7 @@ impl Orchestrator {
                 workload.id.clone(),
                 CheckpointOutcome {
                     name: report.name,
+                    trigger: report.trigger,
                     error: report.error,
                     at_ms: now_ms(),
                 },
@@ -836,21 +847,39 @@ impl Orchestrator {
     }
 }
 
-/// The signal a workload gets on a notice (no per-workload setting yet).
-const SIGTERM: i32 = 15;
+/// Seconds before a notice's deadline by which the final upload must be under way.
+const SAFETY_MARGIN_SECONDS: u64 = 5;
 
-/// Keeps the newest [`CHECKPOINTS_KEPT`] complete checkpoints; deletes older complete
+/// The spec's `checkpoint` block as its agent applies it. Periodic copies need
+/// storage; without it the interval is dropped here too.
+fn checkpointing(spec: &computearbitrage_core::WorkloadSpec) -> protocol::Checkpointing {
+    let c = &spec.checkpoint;
+    protocol::Checkpointing {
+        // Validated on the way in; a record from before the table falls back to SIGTERM.
+        signal: computearbitrage_core::conventions::signals::number(&c.signal).unwrap_or(15),
+        command: c.command.clone(),
+        interval_ms: if spec.storage.enabled {
+            c.interval.as_millis() as u64
+        } else {
+            0
+        },
+        safety_margin_seconds: SAFETY_MARGIN_SECONDS,
+    }
+}
+
+/// Keeps the newest `keep` complete checkpoints (the spec's); deletes older complete
 /// ones and incomplete ones older than the newest complete one (an upload cut short).
 /// A complete checkpoint newer than every kept one is never deleted.
 async fn prune_checkpoints(
     storage: &Storage,
     workload_id: &str,
+    keep: u32,
 ) -> Result<(), computearbitrage_storage::StorageError> {
     let complete = complete_checkpoints(storage, workload_id).await?;
     let Some(newest) = complete.last().and_then(|n| n.parse::<u64>().ok()) else {
         return Ok(());
     };
-    let kept: Vec<&String> = complete.iter().rev().take(CHECKPOINTS_KEPT).collect();
+    let kept: Vec<&String> = complete.iter().rev().take(keep.max(1) as usize).collect();
     let prefix = Prefix::area(workload_id, Area::Checkpoints, None)?;
     let mut names: Vec<String> = storage
         .list(&prefix)

@@ -264,7 +264,7 @@ async fn await_checkpoint(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<
         }
         let failed = orch
             .checkpoint_outcome(&ctx.workload.id)
-            .filter(|o| o.at_ms >= notice_ms && o.error.is_some());
+            .filter(|o| o.at_ms >= notice_ms && o.error.is_some() && o.trigger == "notice");
         let gone = matches!(state.state, InstanceState::Terminated { .. });
         let late = now_ms() / 1000 > deadline;
         if failed.is_some() || gone || late {

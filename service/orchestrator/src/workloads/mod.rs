@@ -130,6 +130,10 @@ pub struct WorkloadUpdate {
     pub storage: Option<computearbitrage_core::StorageSpec>,
     /// Empty: this machine only.
     pub tcp_allowed_cidrs: Vec<String>,
+    /// The checkpointing in effect (defaults filled in).
+    pub checkpoint: computearbitrage_core::CheckpointSpec,
+    /// Whether the request had a checkpoint block.
+    pub checkpoint_written: bool,
 }
 
 pub struct Orchestrator {
@@ -443,6 +447,16 @@ impl Orchestrator {
         written.health_check = update.health_check_written;
         spec.on_interruption = update.on_interruption;
         spec.tcp_allowed_cidrs = update.tcp_allowed_cidrs;
+        if !update.checkpoint.interval.is_zero() && !spec.storage.enabled {
+            return Err(OperationError::InvalidField {
+                field: "checkpoint.interval_seconds",
+                message: format!(
+                    "workload {id} has no storage for periodic checkpoints to go to; set 0, or replace it with `storage {{ enabled = true }}`"
+                ),
+            });
+        }
+        spec.checkpoint = update.checkpoint;
+        written.checkpoint = update.checkpoint_written;
         spec.written = Some(written);
         self.store
             .update_workload(

@@ -163,6 +163,7 @@ fn workload_spec(name: &str) -> WorkloadSpec {
         health_check: HealthCheck::default(),
         on_interruption: OnInterruption::Terminate,
         storage: StorageSpec::default(),
+        checkpoint: Default::default(),
         tags: BTreeMap::new(),
         create_timeout: Duration::from_secs(60),
         tcp_port: None,

@@ -10,8 +10,8 @@ use computearbitrage_core::fmt::rfc3339;
 use computearbitrage_core::hints::UnknownName;
 use computearbitrage_core::workload::WrittenBlocks;
 use computearbitrage_core::{
-    gpu, Architecture, Candidate, Cloud, HealthCheck, Offer, OfferFilter, OnInterruption,
-    Requirements, StorageSpec, WorkloadSpec,
+    gpu, Architecture, Candidate, CheckpointSpec, Cloud, HealthCheck, Offer, OfferFilter,
+    OnInterruption, Requirements, StorageSpec, WorkloadSpec,
 };
 use computearbitrage_store::WorkloadRecord;
 use std::time::Duration;
@@ -188,6 +188,31 @@ pub fn storage_to_pb(storage: &StorageSpec) -> pb::StorageSpec {
     }
 }
 
+/// A validated block in canonical form; absent is the defaults.
+pub fn checkpoint_from_pb(c: Option<&pb::CheckpointSpec>) -> CheckpointSpec {
+    let default = CheckpointSpec::default();
+    let Some(c) = c else { return default };
+    CheckpointSpec {
+        signal: if c.signal.is_empty() {
+            default.signal
+        } else {
+            c.signal.clone()
+        },
+        command: c.command.clone(),
+        interval: Duration::from_secs(c.interval_seconds.into()),
+        keep: if c.keep == 0 { default.keep } else { c.keep },
+    }
+}
+
+pub fn checkpoint_to_pb(c: &CheckpointSpec) -> pb::CheckpointSpec {
+    pb::CheckpointSpec {
+        signal: c.signal.clone(),
+        command: c.command.clone(),
+        interval_seconds: c.interval.as_secs() as u32,
+        keep: c.keep,
+    }
+}
+
 /// Validated text → choice; the empty string is the default.
 pub fn on_interruption(text: &str) -> OnInterruption {
     OnInterruption::parse(text).unwrap_or(OnInterruption::Migrate)
@@ -211,6 +236,7 @@ pub fn spec_from_pb(spec: &pb::WorkloadSpec) -> WorkloadSpec {
         health_check: health_check_from_pb(spec.health_check.as_ref()),
         on_interruption: on_interruption(&spec.on_interruption),
         storage: storage_from_pb(spec.storage.as_ref()),
+        checkpoint: checkpoint_from_pb(spec.checkpoint.as_ref()),
         tags: spec.tags.clone().into_iter().collect(),
         create_timeout: Duration::from_secs(u64::from(if spec.create_timeout_seconds == 0 {
             defaults::CREATE_TIMEOUT_SECONDS
@@ -225,6 +251,7 @@ pub fn spec_from_pb(spec: &pb::WorkloadSpec) -> WorkloadSpec {
             requirements: spec.requirements.is_some(),
             health_check: spec.health_check.is_some(),
             storage: spec.storage.is_some(),
+            checkpoint: spec.checkpoint.is_some(),
         }),
     }
 }
@@ -252,6 +279,7 @@ pub fn spec_to_pb(s: &WorkloadSpec) -> pb::WorkloadSpec {
         tcp_port: s.tcp_port.map(u32::from),
         tcp_listen_port: s.tcp_listen_port.map(u32::from),
         tcp_allowed_cidrs: s.tcp_allowed(),
+        checkpoint: written.checkpoint.then(|| checkpoint_to_pb(&s.checkpoint)),
     }
 }
 

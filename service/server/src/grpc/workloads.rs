@@ -149,6 +149,8 @@ impl Workloads for WorkloadsApi {
                 on_interruption: wire::on_interruption(&req.on_interruption),
                 storage: req.storage.as_ref().map(|s| wire::storage_from_pb(Some(s))),
                 tcp_allowed_cidrs: wire::canonical_cidrs(&req.tcp_allowed_cidrs),
+                checkpoint: wire::checkpoint_from_pb(req.checkpoint.as_ref()),
+                checkpoint_written: req.checkpoint.is_some(),
             };
             self.orchestrator
                 .update(&caller.tenant, &req.id, update)

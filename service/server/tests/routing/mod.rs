@@ -255,6 +255,7 @@ pub fn spec(name: &str) -> WorkloadSpec {
         health_check: HealthCheck::default(),
         on_interruption: OnInterruption::Terminate,
         storage: StorageSpec::default(),
+        checkpoint: Default::default(),
         tags: BTreeMap::new(),
         create_timeout: Duration::from_secs(60),
         tcp_port: None,
