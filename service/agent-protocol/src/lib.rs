@@ -8,6 +8,9 @@
 //! - [`Heartbeat`], [`HeartbeatReply`]: liveness, token refresh, and fencing.
 //! - [`NoticeReport`], [`CheckpointGrantRequest`], [`CheckpointGrant`],
 //!   [`CheckpointReport`]: acting on an interruption notice.
+//! - [`NextTask`], [`NextTaskReply`], [`AgentTask`], [`TaskResult`]: operator tasks
+//!   (exec, checkpoint, stop, pause, resume), pulled by the agent, delivered at least
+//!   once.
 //! - [`Manifest`]: a checkpoint's table of contents, written last: a checkpoint is
 //!   complete exactly when its `manifest.json` exists.
 //! - [`ErrorBody`]: every refusal, with what to do.
@@ -24,6 +27,8 @@ pub mod paths {
     pub const EXITED: &str = "/agent/v1/exited";
     pub const LOGS: &str = "/agent/v1/logs";
     pub const LOG_SEGMENT_GRANT: &str = "/agent/v1/logs/grant";
+    pub const TASK_NEXT: &str = "/agent/v1/tasks/next";
+    pub const TASK_RESULT: &str = "/agent/v1/tasks/result";
 }
 
 /// The file name that completes a checkpoint directory.
@@ -186,6 +191,48 @@ pub struct ExitReport {
     pub status: String,
     /// The last lines the workload wrote to stdout and stderr.
     pub last_output: Vec<String>,
+}
+
+/// Asks for the next operator task; the service holds the call up to `wait_ms`
+/// (capped) until one is queued.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct NextTask {
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NextTaskReply {
+    pub task: Option<AgentTask>,
+}
+
+/// One delivery of an operator task. The same id may come again (at least once): an
+/// agent that already ran it reports the result it has instead of running it twice.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AgentTask {
+    /// `tsk-…`.
+    pub id: String,
+    /// `exec`, `checkpoint`, `stop`, `pause`, `resume`.
+    pub kind: String,
+    /// The program and its arguments, for `exec`.
+    pub command: Vec<String>,
+    /// An `exec` is killed after this; a `stop` waits this long before the kill.
+    pub timeout_seconds: u32,
+    /// 1 for the first delivery.
+    pub attempt: u32,
+}
+
+/// What became of one delivery.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskResult {
+    pub id: String,
+    pub attempt: u32,
+    /// The command's exit code (`exec`), the workload's (`stop`), 0 for the others.
+    /// `None` with `error`: the attempt failed and may be retried.
+    pub exit_code: Option<i32>,
+    /// The end of what the command wrote, stdout and stderr together.
+    pub output: String,
+    pub error: Option<String>,
 }
 
 /// A checkpoint's table of contents.

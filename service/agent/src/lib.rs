@@ -14,10 +14,13 @@
 //!   fuzzed, tested on the real shapes in `../shared/reference/cloud-api/`).
 //! - [`snapshot`]: a checkpoint copied while the workload runs, as its user, by a child
 //!   process that never holds the agent's token.
+//! - [`tasks`]: operator tasks pulled from the service (exec, checkpoint, stop, pause,
+//!   resume), each id run once however often it is delivered.
 //! - [`watch`]: the [`watch::Watcher`] of one cloud's metadata endpoint.
 
 pub mod checkpoint;
 pub mod notice;
 pub mod run;
 pub mod snapshot;
+pub mod tasks;
 pub mod watch;

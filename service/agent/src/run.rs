@@ -13,12 +13,15 @@
 //!    (the checkpoint command, or the signal and a wait up to the deadline minus the
 //!    safety margin), upload the checkpoint (chunks, then the manifest), report the
 //!    result, approve the event where the cloud has approval (Azure).
-//! 7. The workload exits on its own: report its status and last lines, exit with
+//! 7. Operator tasks ([`crate::tasks`]) run as they are pulled; a `stop` ends the
+//!    workload here, with its signal and then a kill at the task's timeout.
+//! 8. The workload exits on its own: report its status and last lines, exit with
 //!    its code. A fenced agent (its instance was replaced) stops the workload.
 
 use crate::checkpoint;
 use crate::notice::{Notice, Signal};
 use crate::snapshot;
+use crate::tasks;
 use crate::watch::{Cloud, Watcher};
 use computearbitrage_agent_protocol::{self as protocol, paths};
 use serde::de::DeserializeOwned;
@@ -78,7 +81,7 @@ impl Exit {
 }
 
 #[derive(Debug)]
-enum CallError {
+pub(crate) enum CallError {
     /// Told to stop.
     Fenced(String),
     /// The service said no; retrying the same call will not help.
@@ -87,8 +90,8 @@ enum CallError {
     Transient(String),
 }
 
-struct Client {
-    http: reqwest::Client,
+pub(crate) struct Client {
+    pub(crate) http: reqwest::Client,
     base: String,
     token: Mutex<String>,
 }
@@ -102,7 +105,7 @@ impl Client {
         *self.token.lock().unwrap_or_else(|p| p.into_inner()) = token;
     }
 
-    async fn call<Q: Serialize, A: DeserializeOwned>(
+    pub(crate) async fn call<Q: Serialize, A: DeserializeOwned>(
         &self,
         path: &str,
         body: &Q,
@@ -146,7 +149,7 @@ impl Client {
     }
 
     /// Retries transient failures with backoff for up to `patience`.
-    async fn call_patiently<Q: Serialize, A: DeserializeOwned>(
+    pub(crate) async fn call_patiently<Q: Serialize, A: DeserializeOwned>(
         &self,
         path: &str,
         body: &Q,
@@ -306,7 +309,7 @@ async fn ship_logs(client: Arc<Client>, tail: Arc<Tail>, storage: bool) {
     }
 }
 
-fn unix_ms() -> i64 {
+pub(crate) fn unix_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -324,9 +327,9 @@ pub fn http_client() -> reqwest::Client {
 }
 
 /// The checkpoint settings in effect; heartbeat replies replace them.
-type Settings = Arc<Mutex<protocol::Checkpointing>>;
+pub(crate) type Settings = Arc<Mutex<protocol::Checkpointing>>;
 
-fn current(settings: &Settings) -> protocol::Checkpointing {
+pub(crate) fn current(settings: &Settings) -> protocol::Checkpointing {
     settings.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
@@ -399,9 +402,35 @@ pub async fn run(args: RunArgs) -> Exit {
             checkpoint_dir.clone(),
         ))
     });
+    let (stops_sender, mut stops) = tokio::sync::mpsc::channel::<tasks::StopRequest>(4);
+    let task_runner = tokio::spawn(tasks::task_loop(tasks::Context {
+        client: client.clone(),
+        args: Arc::new(args.clone()),
+        env: assignment.env.clone(),
+        checkpoint_dir: checkpoint_dir.clone(),
+        settings: settings.clone(),
+        storage,
+        pid,
+        stops: stops_sender,
+    }));
     let mut watcher = Watcher::new(args.cloud, &args.metadata_url, &args.resource, args.poll);
     let exit = loop {
         tokio::select! {
+            Some(stop) = stops.recv() => {
+                task_runner.abort();
+                let code = stop_workload(&mut child, pid, &current(&settings), &stop.task).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let output = format!("the workload exited with code {code}\n");
+                tasks::report(&client, &protocol::TaskResult {
+                    id: stop.task.id.clone(),
+                    attempt: stop.task.attempt,
+                    exit_code: Some(code),
+                    output,
+                    error: None,
+                }).await;
+                report_exit(&client, &format!("stopped by task {}: exit code {code}", stop.task.id), tail.lines()).await;
+                break Exit::Workload(code);
+            }
             status = child.wait() => {
                 let (text, code) = match status {
                     Ok(s) => (s.to_string(), exit_code(s)),
@@ -427,6 +456,9 @@ pub async fn run(args: RunArgs) -> Exit {
                         }).await;
                     }
                     Signal::Interruption => {
+                        task_runner.abort();
+                        // A paused workload must be able to act on the notice.
+                        tasks::signal_tree(pid, libc::SIGCONT);
                         // A copy under way is cut short (its child with it): the final
                         // checkpoint is the one that counts, and it needs the window.
                         if let Some(periodic) = &periodic {
@@ -442,6 +474,7 @@ pub async fn run(args: RunArgs) -> Exit {
     };
     heartbeat.abort();
     shipper.abort();
+    task_runner.abort();
     if let Some(periodic) = periodic {
         periodic.abort();
     }
@@ -511,7 +544,7 @@ fn spawn_workload(
 
 /// A command run as the workload is: its user, directory and environment (`PORT`,
 /// `TCP_PORT`, `CHECKPOINT_DIR`), nothing of the agent's.
-fn as_workload(
+pub(crate) fn as_workload(
     args: &RunArgs,
     env: &BTreeMap<String, String>,
     argv: &[String],
@@ -573,14 +606,14 @@ where
     }
 }
 
-fn exit_code(status: std::process::ExitStatus) -> i32 {
+pub(crate) fn exit_code(status: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
-fn signal(pid: i32, signal: i32) {
+pub(crate) fn signal(pid: i32, signal: i32) {
     if pid > 0 {
         // SAFETY: kill(2) on the workload's own pid.
         unsafe {
@@ -631,6 +664,29 @@ async fn wait_fenced(heartbeat: &tokio::task::JoinHandle<String>) -> String {
             return "fenced by the service".into();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Ends the workload for a `stop` task: it is continued (it may be paused), given
+/// its notice signal, and killed if it has not exited within the task's timeout; its
+/// exit code.
+async fn stop_workload(
+    child: &mut tokio::process::Child,
+    pid: i32,
+    settings: &protocol::Checkpointing,
+    task: &protocol::AgentTask,
+) -> i32 {
+    crate::tasks::signal_tree(pid, libc::SIGCONT);
+    signal(pid, settings.signal);
+    let grace = Duration::from_secs(u64::from(task.timeout_seconds.max(1)));
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(Ok(status)) => exit_code(status),
+        Ok(Err(_)) => 70,
+        Err(_) => {
+            tracing::warn!(task_id = %task.id, grace_s = grace.as_secs(), "the workload did not stop within the task's timeout; killed");
+            let _ = child.start_kill();
+            child.wait().await.map(exit_code).unwrap_or(137)
+        }
     }
 }
 
@@ -761,29 +817,49 @@ async fn periodic_checkpoints(
         last = Instant::now();
         let name = unix_ms().to_string();
         let started = Instant::now();
-        let outcome = async {
-            if !now.command.is_empty() {
-                // Bounded by the interval: a command slower than that is broken.
-                let command = as_workload(&args, &env, &now.command, &checkpoint_dir);
-                run_checkpoint_command(command, interval.max(Duration::from_secs(10))).await?;
-            }
-            let grant = |r| grant(&client, r);
-            match args.owner {
-                Some(owner) => {
-                    snapshot::take_as(owner, &checkpoint_dir, &name, "periodic", grant).await
-                }
-                None => {
-                    snapshot::take(&client.http, &checkpoint_dir, &name, "periodic", grant).await
-                }
-            }
-        }
+        // Bounded by the interval: a command slower than that is broken.
+        let budget = interval.max(Duration::from_secs(10));
+        let outcome = copy_checkpoint(
+            &client,
+            &args,
+            &env,
+            &now,
+            &checkpoint_dir,
+            &name,
+            "periodic",
+            budget,
+        )
         .await;
         report_checkpoint(&client, name, "periodic", outcome, started).await;
     }
 }
 
+/// A checkpoint of the running workload: its checkpoint command (within `budget`) if
+/// it has one, then `$CHECKPOINT_DIR` copied as the workload's user; bytes and files.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn copy_checkpoint(
+    client: &Client,
+    args: &RunArgs,
+    env: &BTreeMap<String, String>,
+    settings: &protocol::Checkpointing,
+    checkpoint_dir: &std::path::Path,
+    name: &str,
+    trigger: &str,
+    budget: Duration,
+) -> Result<(u64, u64), String> {
+    if !settings.command.is_empty() {
+        let command = as_workload(args, env, &settings.command, checkpoint_dir);
+        run_checkpoint_command(command, budget).await?;
+    }
+    let grant = |r| grant(client, r);
+    match args.owner {
+        Some(owner) => snapshot::take_as(owner, checkpoint_dir, name, trigger, grant).await,
+        None => snapshot::take(&client.http, checkpoint_dir, name, trigger, grant).await,
+    }
+}
+
 /// The upload URLs of one checkpoint.
-async fn grant(
+pub(crate) async fn grant(
     client: &Client,
     request: protocol::CheckpointGrantRequest,
 ) -> Result<protocol::CheckpointGrant, String> {
@@ -793,7 +869,7 @@ async fn grant(
         .map_err(|e| format!("no upload grant: {e:?}"))
 }
 
-async fn report_checkpoint(
+pub(crate) async fn report_checkpoint(
     client: &Client,
     name: String,
     trigger: &str,
@@ -849,7 +925,7 @@ fn drop_privileges(uid: u32, gid: u32) -> Result<(), String> {
 }
 
 /// Runs the workload's checkpoint command; it must exit 0 within `budget`.
-async fn run_checkpoint_command(
+pub(crate) async fn run_checkpoint_command(
     mut command: tokio::process::Command,
     budget: Duration,
 ) -> Result<(), String> {

@@ -115,60 +115,35 @@ pub async fn handle(orchestrator: Arc<Orchestrator>, request: Request) -> Respon
         );
     };
     let path = request.uri().path().to_string();
+    // Parses the call's body, then hands it to the orchestrator with the token.
+    macro_rules! call {
+        ($method:ident) => {
+            match body(request).await {
+                Ok(b) => orchestrator.$method(&token, b).await.map(|r| ok(&r)),
+                Err(r) => return r,
+            }
+        };
+        ($method:ident, no_reply) => {
+            match body(request).await {
+                Ok(b) => orchestrator
+                    .$method(&token, b)
+                    .await
+                    .map(|()| ok(&serde_json::json!({}))),
+                Err(r) => return r,
+            }
+        };
+    }
     let result = match path.as_str() {
-        paths::REGISTER => match body(request).await {
-            Ok(b) => orchestrator.agent_register(&token, b).await.map(|r| ok(&r)),
-            Err(r) => return r,
-        },
-        paths::HEARTBEAT => match body(request).await {
-            Ok(b) => orchestrator
-                .agent_heartbeat(&token, b)
-                .await
-                .map(|r| ok(&r)),
-            Err(r) => return r,
-        },
-        paths::NOTICE => match body(request).await {
-            Ok(b) => orchestrator
-                .agent_notice(&token, b)
-                .await
-                .map(|()| ok(&serde_json::json!({}))),
-            Err(r) => return r,
-        },
-        paths::CHECKPOINT_GRANT => match body(request).await {
-            Ok(b) => orchestrator
-                .agent_checkpoint_grant(&token, b)
-                .await
-                .map(|r| ok(&r)),
-            Err(r) => return r,
-        },
-        paths::CHECKPOINT_REPORT => match body(request).await {
-            Ok(b) => orchestrator
-                .agent_checkpoint_report(&token, b)
-                .await
-                .map(|()| ok(&serde_json::json!({}))),
-            Err(r) => return r,
-        },
-        paths::EXITED => match body(request).await {
-            Ok(b) => orchestrator
-                .agent_exited(&token, b)
-                .await
-                .map(|()| ok(&serde_json::json!({}))),
-            Err(r) => return r,
-        },
-        paths::LOGS => match body(request).await {
-            Ok(b) => orchestrator
-                .agent_logs(&token, b)
-                .await
-                .map(|()| ok(&serde_json::json!({}))),
-            Err(r) => return r,
-        },
-        paths::LOG_SEGMENT_GRANT => match body(request).await {
-            Ok(b) => orchestrator
-                .agent_log_segment_grant(&token, b)
-                .await
-                .map(|r| ok(&r)),
-            Err(r) => return r,
-        },
+        paths::REGISTER => call!(agent_register),
+        paths::HEARTBEAT => call!(agent_heartbeat),
+        paths::NOTICE => call!(agent_notice, no_reply),
+        paths::CHECKPOINT_GRANT => call!(agent_checkpoint_grant),
+        paths::CHECKPOINT_REPORT => call!(agent_checkpoint_report, no_reply),
+        paths::EXITED => call!(agent_exited, no_reply),
+        paths::LOGS => call!(agent_logs, no_reply),
+        paths::LOG_SEGMENT_GRANT => call!(agent_log_segment_grant),
+        paths::TASK_NEXT => call!(agent_next_task),
+        paths::TASK_RESULT => call!(agent_task_result, no_reply),
         other => {
             return refusal(
                 StatusCode::NOT_FOUND,

@@ -1,6 +1,6 @@
 //! The operator commands of `computearbitrage` that talk to a running service:
-//! `workload get|update|delete|runs|billing|notifications|logs|connections|objects|download|upload|interrupt`, `dead-letters`,
-//! `replay`, `webhook`, `tenant create|list`, `token create|list|revoke`, `audit`. They read COMPUTEARBITRAGE_ENDPOINT, COMPUTEARBITRAGE_TOKEN and
+//! `workload get|update|delete|runs|billing|notifications|logs|connections|objects|download|upload|exec|checkpoint|stop|pause|resume|tasks|task|interrupt`,
+//! `dead-letters`, `replay`, `dead-tasks`, `replay-task`, `webhook`, `tenant create|list`, `token create|list|revoke`, `audit`. They read COMPUTEARBITRAGE_ENDPOINT, COMPUTEARBITRAGE_TOKEN and
 //! COMPUTEARBITRAGE_CA_FILE (or `--endpoint`/`--token`/`--ca-file`) and print JSON.
 
 use clap::Subcommand;
@@ -97,6 +97,41 @@ pub enum WorkloadCommand {
         key: String,
         file: std::path::PathBuf,
     },
+    /// Run a command on the workload's instance, as the workload runs (its user,
+    /// directory and environment): prints its output and exits with its exit code.
+    /// `computearbitrage workload exec ID -- sh -c 'ls $CHECKPOINT_DIR'`.
+    Exec {
+        id: String,
+        /// Seconds before the command is killed (at most 3600).
+        #[arg(long, default_value_t = 60)]
+        timeout: u32,
+        /// Queue it and print the task without waiting for its result.
+        #[arg(long)]
+        no_wait: bool,
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Checkpoint the workload now (it needs storage), waiting for the result.
+    Checkpoint {
+        id: String,
+        /// Seconds the checkpoint command may take.
+        #[arg(long, default_value_t = 60)]
+        timeout: u32,
+    },
+    /// Stop the workload: its notice signal, then a kill after --timeout seconds.
+    Stop {
+        id: String,
+        #[arg(long, default_value_t = 60)]
+        timeout: u32,
+    },
+    /// Freeze the workload and every process it started (SIGSTOP).
+    Pause { id: String },
+    /// Continue a paused workload (SIGCONT).
+    Resume { id: String },
+    /// The workload's operator tasks, oldest first.
+    Tasks { id: String },
+    /// One operator task.
+    Task { task_id: String },
     /// Local driver: a spot interruption notice now, on the instance's metadata endpoint in
     /// its cloud's shape; the instance is reclaimed after --delay-ms (0: the service's
     /// `workloads.interruption_delay_ms`, by default the cloud's real notice window).
@@ -116,6 +151,10 @@ pub enum ClientCommand {
     DeadLetters,
     /// Replay a dead run from its first unfinished step.
     Replay { run_id: String },
+    /// List operator tasks that failed every attempt or whose workload ended first.
+    DeadTasks,
+    /// Queue a dead operator task again, its attempts reset.
+    ReplayTask { task_id: String },
     /// Set the tenant's notification webhook (empty URL removes it).
     Webhook { url: String, secret: String },
     /// Tenants (admin token).
@@ -300,8 +339,64 @@ async fn upload(
     Ok(())
 }
 
-/// Runs one command; the error is what to print.
-pub async fn run(target: Target, command: ClientCommand) -> Result<(), String> {
+type WorkloadsAuth =
+    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+type Workloads = WorkloadsClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, WorkloadsAuth>,
+>;
+
+fn status_text(s: tonic::Status) -> String {
+    format!("{:?}: {}", s.code(), s.message())
+}
+
+async fn queue_task(
+    workloads: &mut Workloads,
+    workload_id: String,
+    kind: &str,
+    command: Vec<String>,
+    timeout_seconds: u32,
+) -> Result<pb::Task, String> {
+    workloads
+        .create_task(pb::CreateTaskRequest {
+            workload_id,
+            kind: kind.into(),
+            command,
+            timeout_seconds,
+        })
+        .await
+        .map(|r| r.into_inner())
+        .map_err(status_text)
+}
+
+/// Polls a task until it is completed or dead.
+async fn wait_for_task(workloads: &mut Workloads, task: pb::Task) -> Result<pb::Task, String> {
+    let mut task = task;
+    while task.state != "COMPLETED" && task.state != "DEAD" {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        task = workloads
+            .get_task(pb::GetTaskRequest {
+                id: task.id.clone(),
+            })
+            .await
+            .map_err(status_text)?
+            .into_inner();
+    }
+    Ok(task)
+}
+
+/// A finished task as the CLI's exit: its exit code, or the error of a dead one.
+fn task_exit(task: &pb::Task) -> Result<i32, String> {
+    match task.exit_code {
+        Some(code) if task.state == "COMPLETED" => Ok(code),
+        _ => Err(format!(
+            "task {} is dead: {} (`computearbitrage replay-task {}` tries again)",
+            task.id, task.error, task.id
+        )),
+    }
+}
+
+/// Runs one command; its exit code (an exec'd command's own), or what to print.
+pub async fn run(target: Target, command: ClientCommand) -> Result<i32, String> {
     let channel = connect::endpoint(&target.service)?
         .connect()
         .await
@@ -321,7 +416,8 @@ pub async fn run(target: Target, command: ClientCommand) -> Result<(), String> {
             .insert("authorization", authorization.clone());
         Ok(request)
     };
-    let mut workloads = WorkloadsClient::with_interceptor(channel.clone(), auth.clone());
+    let boxed: WorkloadsAuth = Box::new(auth.clone());
+    let mut workloads: Workloads = WorkloadsClient::with_interceptor(channel.clone(), boxed);
     let mut admin = AdminClient::with_interceptor(channel, auth);
     let fail = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
     match command {
@@ -532,6 +628,61 @@ pub async fn run(target: Target, command: ClientCommand) -> Result<(), String> {
                 upload(&target.service, &signed.url, &key, &file).await?;
                 print(&serde_json::json!({ "key": key, "size_bytes": size }));
             }
+            WorkloadCommand::Exec {
+                id,
+                timeout,
+                no_wait,
+                command,
+            } => {
+                let task = queue_task(&mut workloads, id, "exec", command, timeout).await?;
+                if no_wait {
+                    print(&task);
+                    return Ok(0);
+                }
+                let task = wait_for_task(&mut workloads, task).await?;
+                use std::io::Write;
+                let mut out = std::io::stdout();
+                let _ = out.write_all(task.output.as_bytes());
+                let _ = out.flush();
+                return task_exit(&task);
+            }
+            WorkloadCommand::Checkpoint { id, timeout } => {
+                let task = queue_task(&mut workloads, id, "checkpoint", vec![], timeout).await?;
+                let task = wait_for_task(&mut workloads, task).await?;
+                print(&task);
+                task_exit(&task)?;
+            }
+            WorkloadCommand::Stop { id, timeout } => {
+                let task = queue_task(&mut workloads, id, "stop", vec![], timeout).await?;
+                let task = wait_for_task(&mut workloads, task).await?;
+                print(&task);
+                task_exit(&task)?;
+            }
+            command @ (WorkloadCommand::Pause { .. } | WorkloadCommand::Resume { .. }) => {
+                let (kind, id) = match command {
+                    WorkloadCommand::Pause { id } => ("pause", id),
+                    WorkloadCommand::Resume { id } => ("resume", id),
+                    _ => unreachable!("matched above"),
+                };
+                let task = queue_task(&mut workloads, id, kind, vec![], 0).await?;
+                let task = wait_for_task(&mut workloads, task).await?;
+                print(&task);
+                task_exit(&task)?;
+            }
+            WorkloadCommand::Tasks { id } => print(
+                &workloads
+                    .list_tasks(pb::ListTasksRequest { workload_id: id })
+                    .await
+                    .map_err(fail)?
+                    .into_inner(),
+            ),
+            WorkloadCommand::Task { task_id } => print(
+                &workloads
+                    .get_task(pb::GetTaskRequest { id: task_id })
+                    .await
+                    .map_err(fail)?
+                    .into_inner(),
+            ),
             WorkloadCommand::Interrupt { id, delay_ms } => print(
                 &admin
                     .inject_interruption(pb::InjectInterruptionRequest {
@@ -553,6 +704,20 @@ pub async fn run(target: Target, command: ClientCommand) -> Result<(), String> {
         ClientCommand::Replay { run_id } => print(
             &workloads
                 .replay_dead_letter(pb::ReplayDeadLetterRequest { run_id })
+                .await
+                .map_err(fail)?
+                .into_inner(),
+        ),
+        ClientCommand::DeadTasks => print(
+            &workloads
+                .list_dead_tasks(pb::ListDeadTasksRequest {})
+                .await
+                .map_err(fail)?
+                .into_inner(),
+        ),
+        ClientCommand::ReplayTask { task_id } => print(
+            &workloads
+                .replay_task(pb::ReplayTaskRequest { id: task_id })
                 .await
                 .map_err(fail)?
                 .into_inner(),
@@ -624,5 +789,5 @@ pub async fn run(target: Target, command: ClientCommand) -> Result<(), String> {
             println!("{{}}");
         }
     }
-    Ok(())
+    Ok(0)
 }

@@ -117,7 +117,7 @@ fn main() -> ExitCode {
                 token,
             };
             match runtime.block_on(cli::run(target, command)) {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::FAILURE

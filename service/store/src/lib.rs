@@ -7,6 +7,7 @@
 //! - [`error`]: [`StoreError`], classified by retryability.
 //! - [`workloads`]: record types of workloads, runs, steps, billing, notifications.
 //! - [`tenants`]: record types of tokens (with their scopes) and the audit log.
+//! - [`tasks`]: record types of operator tasks run on an instance by its agent.
 //! - [`suite`]: the conformance tests every adapter runs.
 //!
 //! Ownership: tenant-owned rows (tenants, tokens, and later workloads and runs) carry a
@@ -16,11 +17,13 @@
 pub mod error;
 pub mod sqlite;
 pub mod suite;
+pub mod tasks;
 pub mod tenants;
 pub mod workloads;
 
 pub use error::StoreError;
 pub use sqlite::SqliteStore;
+pub use tasks::*;
 pub use tenants::*;
 pub use workloads::*;
 
@@ -246,6 +249,31 @@ pub trait Store: Send + Sync + 'static {
         tenant_id: &str,
         workload_id: &str,
     ) -> Result<Vec<NotificationRecord>, StoreError>;
+
+    // ---- operator tasks ----
+
+    /// Inserts or replaces a task (its id is the key).
+    async fn save_task(&self, task: TaskRecord) -> Result<(), StoreError>;
+
+    async fn task(&self, tenant_id: &str, id: &str) -> Result<Option<TaskRecord>, StoreError>;
+
+    /// A workload's tasks, oldest first.
+    async fn tasks_of(
+        &self,
+        tenant_id: &str,
+        workload_id: &str,
+    ) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// The tenant's dead tasks, oldest first.
+    async fn dead_tasks(&self, tenant_id: &str) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// The oldest task of the workload an agent may take at `now_ms`: queued and due,
+    /// or delivered with its lease run out.
+    async fn next_task(
+        &self,
+        workload_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<TaskRecord>, StoreError>;
 
     // ---- routing ----
 

@@ -3,7 +3,9 @@
 //! durable one), so engines cannot drift apart.
 
 use crate::workloads::*;
-use crate::{AuditRecord, CollectorOutcome, Scopes, Store, StoreError, TokenRecord};
+use crate::{
+    AuditRecord, CollectorOutcome, Scopes, Store, StoreError, TaskRecord, TaskState, TokenRecord,
+};
 use computearbitrage_core::offer::Gpu;
 use computearbitrage_core::{Architecture, Cloud, InterruptionRate, Offer};
 use computearbitrage_core::{
@@ -53,6 +55,7 @@ pub async fn run_all(store: &dyn Store) {
     workload_changes_are_announced_after_commit(store).await;
     tcp_ports_are_unique_among_active_workloads(store).await;
     connection_records_open_count_and_close(store).await;
+    tasks_are_delivered_when_due_or_their_lease_ran_out(store).await;
 }
 
 async fn workload_changes_are_announced_after_commit(store: &dyn Store) {
@@ -813,4 +816,111 @@ async fn tenants_and_tokens(store: &dyn Store) {
         .collect();
     assert_eq!(other, vec!["DeleteWorkload", "ApplyWorkload"]);
     assert_eq!(store.audit_log(None, 2).await.unwrap().len(), 2);
+}
+
+fn task(id: &str, tenant: &str, workload_id: &str, created_at: i64) -> TaskRecord {
+    TaskRecord {
+        id: id.into(),
+        tenant_id: tenant.into(),
+        workload_id: workload_id.into(),
+        kind: "exec".into(),
+        command: vec!["sh".into(), "-c".into(), "echo 'a b'".into()],
+        timeout_seconds: 60,
+        state: TaskState::Queued,
+        attempts: 0,
+        max_attempts: 3,
+        next_attempt_at: created_at,
+        lease_until: None,
+        instance_id: None,
+        exit_code: None,
+        output: String::new(),
+        error: None,
+        created_at,
+        updated_at: created_at,
+    }
+}
+
+async fn tasks_are_delivered_when_due_or_their_lease_ran_out(store: &dyn Store) {
+    store.ensure_tenant("tasks-a", 1).await.unwrap();
+    store.ensure_tenant("tasks-b", 1).await.unwrap();
+    let first = task("tsk-1", "tasks-a", "w-tasks", 1_000);
+    let mut second = task("tsk-2", "tasks-a", "w-tasks", 2_000);
+    second.next_attempt_at = 5_000;
+    store.save_task(first.clone()).await.unwrap();
+    store.save_task(second.clone()).await.unwrap();
+    store
+        .save_task(task("tsk-other", "tasks-b", "w-other", 500))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        store.task("tasks-a", "tsk-1").await.unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(
+        store.task("tasks-b", "tsk-1").await.unwrap(),
+        None,
+        "another tenant never sees a task"
+    );
+    let ids: Vec<String> = store
+        .tasks_of("tasks-a", "w-tasks")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(ids, ["tsk-1", "tsk-2"], "oldest first");
+    assert!(store
+        .tasks_of("tasks-b", "w-tasks")
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Only the due one is offered; the backed-off one waits for its time.
+    assert_eq!(
+        store
+            .next_task("w-tasks", 1_500)
+            .await
+            .unwrap()
+            .map(|t| t.id),
+        Some("tsk-1".into())
+    );
+    let mut delivered = first.clone();
+    delivered.state = TaskState::Delivered;
+    delivered.attempts = 1;
+    delivered.lease_until = Some(10_000);
+    delivered.instance_id = Some("i-1".into());
+    store.save_task(delivered.clone()).await.unwrap();
+    assert_eq!(store.next_task("w-tasks", 1_500).await.unwrap(), None);
+    assert_eq!(
+        store
+            .next_task("w-tasks", 6_000)
+            .await
+            .unwrap()
+            .map(|t| t.id),
+        Some("tsk-2".into()),
+        "due after its backoff"
+    );
+    let mut completed = second.clone();
+    completed.state = TaskState::Completed;
+    completed.exit_code = Some(-1);
+    completed.output = "line\n".into();
+    store.save_task(completed.clone()).await.unwrap();
+    assert_eq!(
+        store.next_task("w-tasks", 10_001).await.unwrap(),
+        Some(delivered.clone()),
+        "a lease that ran out is delivered again"
+    );
+    assert_eq!(
+        store.task("tasks-a", "tsk-2").await.unwrap(),
+        Some(completed)
+    );
+
+    let mut dead = delivered;
+    dead.state = TaskState::Dead;
+    dead.error = Some("three attempts failed".into());
+    store.save_task(dead.clone()).await.unwrap();
+    assert_eq!(store.dead_tasks("tasks-a").await.unwrap(), vec![dead]);
+    assert!(store.dead_tasks("tasks-b").await.unwrap().is_empty());
+    assert_eq!(store.next_task("w-tasks", i64::MAX).await.unwrap(), None);
 }

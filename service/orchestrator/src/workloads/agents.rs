@@ -170,17 +170,17 @@ pub struct CheckpointOutcome {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
+pub(super) enum Role {
     Current,
     Replacement,
 }
 
-struct Session {
-    workload: WorkloadRecord,
-    run: RunRecord,
-    role: Role,
+pub(super) struct Session {
+    pub(super) workload: WorkloadRecord,
+    pub(super) run: RunRecord,
+    pub(super) role: Role,
     /// The instance the run launched, once the ledger has it.
-    instance: Option<String>,
+    pub(super) instance: Option<String>,
 }
 
 /// A checkpoint's name is the unix milliseconds it was begun at.
@@ -513,7 +513,7 @@ impl Orchestrator {
         Ok(())
     }
 
-    async fn current_session(&self, token: &str) -> Result<Session, AgentError> {
+    pub(super) async fn current_session(&self, token: &str) -> Result<Session, AgentError> {
         let session = self
             .agent_session(token, AgentTokenKind::Session, Duration::ZERO)
             .await?;

@@ -11,6 +11,8 @@
 //! - [`monitor`]: health checks of running workloads.
 //! - [`notify`]: signed webhook notifications with retries, per-tenant delivery.
 //! - [`webhook_target`]: where webhooks may go (no internal addresses, no redirects).
+//! - [`tasks`]: operator tasks (exec, checkpoint, stop, pause, resume) queued for a
+//!   workload's agent, delivered at least once, retried, dead-lettered.
 //! - [`retention`]: deletes terminated workloads' storage once `retention_days` pass.
 //! - [`background`]: the workers that listen to driver events, resume runs and sweep
 //!   orphaned instances.
@@ -26,6 +28,7 @@ pub mod monitor;
 pub mod notify;
 pub mod retention;
 pub mod steps;
+pub mod tasks;
 #[cfg(test)]
 mod tests;
 pub mod webhook_target;
@@ -170,6 +173,10 @@ pub struct Orchestrator {
     pub(crate) logs: Mutex<HashMap<String, agents::LogRing>>,
     /// When this process started: agents not heard from since count from here.
     pub(crate) started: std::time::Instant,
+    /// Serializes every change of a task (claim, result, replay) in this process.
+    pub(crate) task_changes: tokio::sync::Mutex<()>,
+    /// Wakes agents waiting for a task when one is queued.
+    pub(crate) task_queued: tokio::sync::Notify,
 }
 
 impl Orchestrator {
@@ -208,6 +215,8 @@ impl Orchestrator {
             logs: Mutex::new(HashMap::new()),
             interruptions: tokio::sync::Mutex::new(()),
             started: std::time::Instant::now(),
+            task_changes: tokio::sync::Mutex::new(()),
+            task_queued: tokio::sync::Notify::new(),
         })
     }
 

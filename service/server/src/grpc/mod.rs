@@ -2,6 +2,7 @@
 //!
 //! - [`pricing`]: the `Pricing` and `System` handlers.
 //! - [`workloads`]: the `Workloads` handlers.
+//! - [`storage`], [`tasks`]: the storage and operator-task calls of `Workloads`.
 //! - [`admin`]: the `Admin` handlers (webhooks, interruption injection, route feed).
 //! - [`wire`]: wire ↔ core conversions, in canonical form.
 //! - this file: the caller of a request and the one mapping of every failure onto a
@@ -12,6 +13,7 @@
 pub mod admin;
 pub mod pricing;
 pub mod storage;
+pub mod tasks;
 pub mod wire;
 pub mod workloads;
 

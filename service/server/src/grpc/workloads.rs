@@ -401,6 +401,51 @@ impl Workloads for WorkloadsApi {
             .map(Response::new)
     }
 
+    async fn create_task(
+        &self,
+        request: Request<pb::CreateTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        super::tasks::create_task(&self.orchestrator, request)
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_task(
+        &self,
+        request: Request<pb::GetTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        super::tasks::get_task(&self.orchestrator, request)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        super::tasks::list_tasks(&self.orchestrator, request)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_dead_tasks(
+        &self,
+        request: Request<pb::ListDeadTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        super::tasks::list_dead_tasks(&self.orchestrator, request)
+            .await
+            .map(Response::new)
+    }
+
+    async fn replay_task(
+        &self,
+        request: Request<pb::ReplayTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        super::tasks::replay_task(&self.orchestrator, request)
+            .await
+            .map(Response::new)
+    }
+
     async fn list_connections(
         &self,
         request: Request<pb::ListConnectionsRequest>,

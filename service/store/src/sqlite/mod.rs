@@ -2,11 +2,13 @@
 //! writers anyway, and every call runs on tokio's blocking pool so it never stalls the
 //! async workers.
 
+mod tasks;
 mod tenants;
 
 use crate::workloads::*;
 use crate::{
-    AuditRecord, CollectorOutcome, CollectorStatus, Store, StoreError, Tenant, TokenRecord,
+    AuditRecord, CollectorOutcome, CollectorStatus, Store, StoreError, TaskRecord, Tenant,
+    TokenRecord,
 };
 use computearbitrage_core::offer::Gpu;
 use computearbitrage_core::{Architecture, Cloud, InterruptionRate, Offer};
@@ -194,6 +196,29 @@ CREATE TABLE audit_log (
     at         INTEGER NOT NULL
 );
 CREATE INDEX audit_log_by_tenant ON audit_log (tenant_id, id);
+"#,
+    r#"
+CREATE TABLE tasks (
+    id               TEXT PRIMARY KEY,
+    tenant_id        TEXT NOT NULL REFERENCES tenants(id),
+    workload_id      TEXT NOT NULL,
+    kind             TEXT NOT NULL,
+    command          TEXT NOT NULL,
+    timeout_seconds  INTEGER NOT NULL,
+    state            TEXT NOT NULL,
+    attempts         INTEGER NOT NULL,
+    max_attempts     INTEGER NOT NULL,
+    next_attempt_at  INTEGER NOT NULL,
+    lease_until      INTEGER,
+    instance_id      TEXT,
+    exit_code        INTEGER,
+    output           TEXT NOT NULL,
+    error            TEXT,
+    created_at       INTEGER NOT NULL,
+    updated_at       INTEGER NOT NULL
+);
+CREATE INDEX tasks_by_workload ON tasks (workload_id, state, created_at);
+CREATE INDEX tasks_by_tenant ON tasks (tenant_id, state, created_at);
 "#,
 ];
 
@@ -1280,6 +1305,69 @@ impl Store for SqliteStore {
                 &format!("SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE tenant_id = ?1 AND workload_id = ?2 ORDER BY created_at, id"),
                 params![tenant_id, workload_id],
             )
+        })
+        .await
+    }
+
+    async fn save_task(&self, task: TaskRecord) -> Result<(), StoreError> {
+        self.with_conn(move |conn| tasks::save(conn, &task)).await
+    }
+
+    async fn task(&self, tenant_id: &str, id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        let (tenant_id, id) = (tenant_id.to_string(), id.to_string());
+        self.with_conn(move |conn| {
+            Ok(tasks::select(
+                conn,
+                "WHERE tenant_id = ?1 AND id = ?2",
+                params![tenant_id, id],
+            )?
+            .pop())
+        })
+        .await
+    }
+
+    async fn tasks_of(
+        &self,
+        tenant_id: &str,
+        workload_id: &str,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        let (tenant_id, workload_id) = (tenant_id.to_string(), workload_id.to_string());
+        self.with_conn(move |conn| {
+            tasks::select(
+                conn,
+                "WHERE tenant_id = ?1 AND workload_id = ?2",
+                params![tenant_id, workload_id],
+            )
+        })
+        .await
+    }
+
+    async fn dead_tasks(&self, tenant_id: &str) -> Result<Vec<TaskRecord>, StoreError> {
+        let tenant_id = tenant_id.to_string();
+        self.with_conn(move |conn| {
+            tasks::select(
+                conn,
+                "WHERE tenant_id = ?1 AND state = 'dead'",
+                params![tenant_id],
+            )
+        })
+        .await
+    }
+
+    async fn next_task(
+        &self,
+        workload_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        let workload_id = workload_id.to_string();
+        self.with_conn(move |conn| {
+            Ok(tasks::select(
+                conn,
+                "WHERE workload_id = ?1 AND ((state = 'queued' AND next_attempt_at <= ?2) OR (state = 'delivered' AND lease_until < ?2))",
+                params![workload_id, now_ms],
+            )?
+            .into_iter()
+            .next())
         })
         .await
     }

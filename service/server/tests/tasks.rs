@@ -1,0 +1,398 @@
+//! Operator tasks through the real binary: queued over gRPC (and the CLI), pulled by
+//! the workload's agent, run on its instance, their results reported back; failed
+//! attempts retried with backoff into the dead tasks, replayed; tenants kept apart.
+
+mod common;
+
+use common::*;
+use computearbitrage_api::pb;
+use std::time::{Duration, Instant};
+
+type Client = pb::workloads_client::WorkloadsClient<tonic::transport::Channel>;
+
+async fn create(
+    client: &mut Client,
+    workload_id: &str,
+    kind: &str,
+    command: &[&str],
+    timeout: u32,
+) -> pb::Task {
+    client
+        .create_task(authed(pb::CreateTaskRequest {
+            workload_id: workload_id.into(),
+            kind: kind.into(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            timeout_seconds: timeout,
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn finished(client: &mut Client, task: &pb::Task, within: Duration) -> pb::Task {
+    let started = Instant::now();
+    loop {
+        let now = client
+            .get_task(authed(pb::GetTaskRequest {
+                id: task.id.clone(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        if now.state == "COMPLETED" || now.state == "DEAD" {
+            return now;
+        }
+        assert!(
+            started.elapsed() < within,
+            "task {} stayed {}: {:?}",
+            now.id,
+            now.state,
+            now
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn answers(url: &str, token: &str) -> bool {
+    reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .timeout(Duration::from_millis(1500))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_run_on_the_instance_report_back_retry_into_the_dead_and_stay_in_their_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(
+        dir.path(),
+        &[("COMPUTEARBITRAGE_WORKLOADS__AGENT_HEARTBEAT_MS", "300")],
+    );
+    let mut client = service.workloads().await;
+    let name = format!("tasks-{}", std::process::id());
+    let mut spec = spec(&name, &[]);
+    spec.storage = Some(pb::StorageSpec {
+        enabled: true,
+        quota_gb: 1,
+        retention_days: 1,
+    });
+    let created = client
+        .apply_workload(authed(pb::ApplyWorkloadRequest { spec: Some(spec) }))
+        .await
+        .unwrap()
+        .into_inner();
+    let running = wait_status(
+        &mut client,
+        &created.id,
+        &["RUNNING"],
+        Duration::from_secs(30),
+    )
+    .await;
+    let id = running.id.clone();
+
+    // exec: the exit code is the command's, stdout and stderr both come back, and the
+    // command sees the workload's environment but nothing of the agent's.
+    let task = create(
+        &mut client,
+        &id,
+        "exec",
+        &["sh", "-c", "echo out; echo err >&2; echo task=$COMPUTEARBITRAGE_TASK_ID name=$WORKLOAD_NAME; env; exit 3"],
+        0,
+    )
+    .await;
+    assert_eq!(task.state, "QUEUED");
+    assert_eq!(task.timeout_seconds, 60, "the default timeout");
+    let done = finished(&mut client, &task, Duration::from_secs(20)).await;
+    assert_eq!(done.state, "COMPLETED", "{done:?}");
+    assert_eq!(done.exit_code, Some(3));
+    assert_eq!(done.attempts, 1);
+    assert_eq!(done.instance_id, running.instance_id);
+    assert!(
+        done.output.contains("out\n") && done.output.contains("err\n"),
+        "{}",
+        done.output
+    );
+    assert!(
+        done.output
+            .contains(&format!("task={} name={name}", task.id)),
+        "{}",
+        done.output
+    );
+    assert!(
+        !done.output.contains(TOKEN),
+        "the service's token reached a task"
+    );
+    assert!(
+        !done.output.contains("agt-") && !done.output.contains("AGENT"),
+        "the agent's credentials reached a task: {}",
+        done.output
+    );
+
+    // A program that does not exist is what a shell says: 127, and no retries.
+    let missing = create(&mut client, &id, "exec", &["/no/such/program"], 0).await;
+    let missing = finished(&mut client, &missing, Duration::from_secs(20)).await;
+    assert_eq!(
+        (missing.state.as_str(), missing.exit_code, missing.attempts),
+        ("COMPLETED", Some(127), 1)
+    );
+    assert!(
+        missing.output.contains("/no/such/program"),
+        "{}",
+        missing.output
+    );
+
+    // Bad requests are refused with the field and the fix.
+    let refused = client
+        .create_task(authed(pb::CreateTaskRequest {
+            workload_id: id.clone(),
+            kind: "reboot".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused
+            .message()
+            .contains("exec, checkpoint, stop, pause, resume"),
+        "{}",
+        refused.message()
+    );
+    let refused = client
+        .create_task(authed(pb::CreateTaskRequest {
+            workload_id: id.clone(),
+            kind: "exec".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("command"),
+        "{}",
+        refused.message()
+    );
+    let refused = client
+        .create_task(authed(pb::CreateTaskRequest {
+            workload_id: id.clone(),
+            kind: "pause".into(),
+            timeout_seconds: 7200,
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+
+    // checkpoint now: a complete checkpoint in storage, named in the output.
+    let checkpoint = create(&mut client, &id, "checkpoint", &[], 0).await;
+    let checkpoint = finished(&mut client, &checkpoint, Duration::from_secs(30)).await;
+    assert_eq!(
+        (checkpoint.state.as_str(), checkpoint.exit_code),
+        ("COMPLETED", Some(0)),
+        "{checkpoint:?}"
+    );
+    let name_of = checkpoint
+        .output
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(':')
+        .to_string();
+    let objects = client
+        .list_objects(authed(pb::ListObjectsRequest {
+            workload_id: id.clone(),
+            prefix: "checkpoints/".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        objects
+            .objects
+            .iter()
+            .any(|o| o.key == format!("checkpoints/{name_of}/manifest.json")),
+        "{name_of}: {:?}",
+        objects.objects.iter().map(|o| &o.key).collect::<Vec<_>>()
+    );
+
+    // pause freezes the workload: its endpoint stops answering until resume.
+    let url = format!("{}/count", running.endpoint.trim_end_matches('/'));
+    assert!(answers(&url, &running.access_token).await);
+    let pause = create(&mut client, &id, "pause", &[], 0).await;
+    let pause = finished(&mut client, &pause, Duration::from_secs(20)).await;
+    assert_eq!(pause.exit_code, Some(0), "{pause:?}");
+    assert!(
+        !answers(&url, &running.access_token).await,
+        "a paused workload answered"
+    );
+    let resume = create(&mut client, &id, "resume", &[], 0).await;
+    let resume = finished(&mut client, &resume, Duration::from_secs(20)).await;
+    assert_eq!(resume.exit_code, Some(0), "{resume:?}");
+    let started = Instant::now();
+    while !answers(&url, &running.access_token).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the resumed workload does not answer"
+        );
+    }
+
+    // An exec past its timeout is a failed attempt: retried with backoff, then dead,
+    // listed, and replayed with its attempts reset.
+    // It counts its tries in the workload's directory and finishes from the fourth on.
+    let counting = "n=$(cat tries 2>/dev/null || echo 0); echo $((n+1)) > tries; [ $n -ge 3 ] || sleep 30; echo try $((n+1))";
+    let slow = create(&mut client, &id, "exec", &["sh", "-c", counting], 1).await;
+    let slow = finished(&mut client, &slow, Duration::from_secs(40)).await;
+    assert_eq!(slow.state, "DEAD", "{slow:?}");
+    assert_eq!(slow.attempts, 3);
+    assert!(
+        slow.error.contains("within 1 s") && slow.error.contains("replay"),
+        "{}",
+        slow.error
+    );
+    let dead = client
+        .list_dead_tasks(authed(pb::ListDeadTasksRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        dead.tasks.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+        [slow.id.as_str()]
+    );
+    let replayed = client
+        .replay_task(authed(pb::ReplayTaskRequest {
+            id: slow.id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((replayed.state.as_str(), replayed.attempts), ("QUEUED", 0));
+    let replayed = finished(&mut client, &replayed, Duration::from_secs(20)).await;
+    assert_eq!(
+        (
+            replayed.state.as_str(),
+            replayed.exit_code,
+            replayed.attempts
+        ),
+        ("COMPLETED", Some(0), 1),
+        "{replayed:?}"
+    );
+    assert_eq!(
+        replayed.output, "try 4\n",
+        "run again, not answered from the failed tries"
+    );
+    let again = client
+        .replay_task(authed(pb::ReplayTaskRequest {
+            id: missing.id.clone(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        again.code(),
+        tonic::Code::FailedPrecondition,
+        "only a dead task replays"
+    );
+
+    // Another tenant sees none of it.
+    service
+        .admin()
+        .await
+        .create_tenant(authed(pb::CreateTenantRequest {
+            id: "other-tenant".into(),
+            max_concurrent_workloads: None,
+        }))
+        .await
+        .unwrap();
+    let other = service
+        .admin()
+        .await
+        .create_token(authed(pb::CreateTokenRequest {
+            tenant: "other-tenant".into(),
+            scopes: "read,write".into(),
+            label: "other".into(),
+            expires_in_seconds: 3600,
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let as_other = |message| {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {other}").parse().unwrap());
+        request
+    };
+    let hidden = client
+        .get_task(as_other(pb::GetTaskRequest {
+            id: task.id.clone(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(hidden.code(), tonic::Code::NotFound);
+    let mut request = tonic::Request::new(pb::CreateTaskRequest {
+        workload_id: id.clone(),
+        kind: "stop".into(),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {other}").parse().unwrap());
+    assert_eq!(
+        client.create_task(request).await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+    let mut request = tonic::Request::new(pb::ListDeadTasksRequest {});
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {other}").parse().unwrap());
+    assert!(client
+        .list_dead_tasks(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks
+        .is_empty());
+
+    // The CLI: exec prints the output and exits with the command's code.
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_computearbitrage"))
+        .args([
+            "workload",
+            "exec",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "echo from-cli; exit 7",
+        ])
+        .env("COMPUTEARBITRAGE_ENDPOINT", &service.endpoint)
+        .env("COMPUTEARBITRAGE_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert_eq!(
+        cli.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&cli.stdout), "from-cli\n");
+
+    // stop ends the workload with its signal; what is queued after is refused.
+    let stop = create(&mut client, &id, "stop", &[], 10).await;
+    let stop = finished(&mut client, &stop, Duration::from_secs(30)).await;
+    assert_eq!(stop.state, "COMPLETED", "{stop:?}");
+    assert!(stop.exit_code.is_some());
+    let ended = wait_status(
+        &mut client,
+        &id,
+        &["FAILED", "TERMINATED", "UNHEALTHY", "COMPLETED"],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(
+        !answers(&url, &running.access_token).await,
+        "a stopped workload answered ({})",
+        ended.status
+    );
+}
