@@ -371,8 +371,11 @@ async fn queue_task(
 /// Polls a task until it is completed or dead.
 async fn wait_for_task(workloads: &mut Workloads, task: pb::Task) -> Result<pb::Task, String> {
     let mut task = task;
+    // Short first: most tasks finish within milliseconds of being queued.
+    let mut delay = std::time::Duration::from_millis(10);
     while task.state != "COMPLETED" && task.state != "DEAD" {
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(std::time::Duration::from_millis(200));
         task = workloads
             .get_task(pb::GetTaskRequest {
                 id: task.id.clone(),

@@ -185,6 +185,29 @@ async fn tasks_run_on_the_instance_report_back_retry_into_the_dead_and_stay_in_t
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
 
+    let bare = client
+        .apply_workload(authed(pb::ApplyWorkloadRequest {
+            // The test server's spec has no storage.
+            spec: Some(common::spec(&format!("{name}-bare"), &[])),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let refused = client
+        .create_task(authed(pb::CreateTaskRequest {
+            workload_id: bare.id.clone(),
+            kind: "checkpoint".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("storage { enabled = true }"),
+        "{}",
+        refused.message()
+    );
+
     // checkpoint now: a complete checkpoint in storage, named in the output.
     let checkpoint = create(&mut client, &id, "checkpoint", &[], 0).await;
     let checkpoint = finished(&mut client, &checkpoint, Duration::from_secs(30)).await;
@@ -377,6 +400,64 @@ async fn tasks_run_on_the_instance_report_back_retry_into_the_dead_and_stay_in_t
         String::from_utf8_lossy(&cli.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&cli.stdout), "from-cli\n");
+    // What an operator waits for `exec -- true`, end to end (reported, not asserted).
+    let mut took = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_computearbitrage"))
+            .args(["workload", "exec", &id, "--", "true"])
+            .env("COMPUTEARBITRAGE_ENDPOINT", &service.endpoint)
+            .env("COMPUTEARBITRAGE_TOKEN", TOKEN)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        took.push(started.elapsed().as_millis());
+    }
+    took.sort();
+    eprintln!("`workload exec -- true` through the CLI: {took:?} ms");
+
+    // A read-only token may look but not queue.
+    let reader = service
+        .admin()
+        .await
+        .create_token(authed(pb::CreateTokenRequest {
+            tenant: "default".into(),
+            scopes: "read".into(),
+            label: "reader".into(),
+            expires_in_seconds: 3600,
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut request = tonic::Request::new(pb::CreateTaskRequest {
+        workload_id: id.clone(),
+        kind: "pause".into(),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {reader}").parse().unwrap());
+    assert_eq!(
+        client.create_task(request).await.unwrap_err().code(),
+        tonic::Code::PermissionDenied
+    );
+    let mut request = tonic::Request::new(pb::ListTasksRequest {
+        workload_id: id.clone(),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {reader}").parse().unwrap());
+    assert!(
+        client
+            .list_tasks(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .tasks
+            .len()
+            >= 8
+    );
 
     // stop ends the workload with its signal; what is queued after is refused.
     let stop = create(&mut client, &id, "stop", &[], 10).await;
@@ -395,4 +476,18 @@ async fn tasks_run_on_the_instance_report_back_retry_into_the_dead_and_stay_in_t
         "a stopped workload answered ({})",
         ended.status
     );
+    if ended.status != "UNHEALTHY" {
+        let late = client
+            .create_task(authed(pb::CreateTaskRequest {
+                workload_id: id.clone(),
+                kind: "pause".into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert!(
+            late.message().contains("only on an active workload"),
+            "{late:?}"
+        );
+    }
 }
