@@ -188,6 +188,10 @@ async fn exec(context: &Context, task: &protocol::AgentTask) -> protocol::TaskRe
     let timeout = Duration::from_secs(u64::from(task.timeout_seconds.max(1)));
     let status = tokio::time::timeout(timeout, child.wait()).await;
     if status.is_err() {
+        // What the command started goes with it, not only its first process.
+        if let Some(pid) = child.id() {
+            signal_tree(pid as i32, libc::SIGKILL);
+        }
         let _ = child.start_kill();
         let _ = child.wait().await;
     }

@@ -422,7 +422,7 @@ pub async fn run(target: Target, command: ClientCommand) -> Result<i32, String> 
     let boxed: WorkloadsAuth = Box::new(auth.clone());
     let mut workloads: Workloads = WorkloadsClient::with_interceptor(channel.clone(), boxed);
     let mut admin = AdminClient::with_interceptor(channel, auth);
-    let fail = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
+    let fail = status_text;
     match command {
         ClientCommand::Workload(command) => match command {
             WorkloadCommand::Get { id } => print(
