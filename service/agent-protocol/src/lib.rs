@@ -11,6 +11,9 @@
 //! - [`NextTask`], [`NextTaskReply`], [`AgentTask`], [`TaskResult`]: operator tasks
 //!   (exec, checkpoint, stop, pause, resume), pulled by the agent, delivered at least
 //!   once.
+//! - [`StorageUrlRequest`], [`StorageUrl`], [`StorageListRequest`], [`StorageList`]:
+//!   the workload's own `state/` and `artifacts/`, asked for through the agent's local
+//!   API and relayed to the service as they are.
 //! - [`Manifest`]: a checkpoint's table of contents, written last: a checkpoint is
 //!   complete exactly when its `manifest.json` exists.
 //! - [`ErrorBody`]: every refusal, with what to do.
@@ -29,6 +32,8 @@ pub mod paths {
     pub const LOG_SEGMENT_GRANT: &str = "/agent/v1/logs/grant";
     pub const TASK_NEXT: &str = "/agent/v1/tasks/next";
     pub const TASK_RESULT: &str = "/agent/v1/tasks/result";
+    pub const STORAGE_URL: &str = "/agent/v1/storage/url";
+    pub const STORAGE_LIST: &str = "/agent/v1/storage/list";
 }
 
 /// The file name that completes a checkpoint directory.
@@ -233,6 +238,54 @@ pub struct TaskResult {
     /// The end of what the command wrote, stdout and stderr together.
     pub output: String,
     pub error: Option<String>,
+}
+
+/// A signed URL for one object of the workload's `state/` or `artifacts/`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StorageUrlRequest {
+    /// `GET` to download, `PUT` to upload.
+    pub method: String,
+    /// Relative to the workload's namespace: `state/db.sqlite`, `artifacts/out.csv`.
+    pub key: String,
+    /// The upload's size, so one past the quota is refused before it starts.
+    #[serde(default)]
+    pub size_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StorageUrl {
+    pub url: String,
+    pub method: String,
+    pub key: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+/// The workload's objects under a prefix of its namespace.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StorageListRequest {
+    /// `""` (all of `state/` and `artifacts/`), `state/`, `artifacts/results/`.
+    #[serde(default)]
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StorageList {
+    pub objects: Vec<StoredObject>,
+    /// Everything the workload stores, checkpoints included, against its quota.
+    pub used_bytes: u64,
+    pub quota_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoredObject {
+    /// Relative to the namespace, as [`StorageUrlRequest::key`] takes it.
+    pub key: String,
+    pub size_bytes: u64,
+    /// Unix milliseconds.
+    pub modified_ms: i64,
 }
 
 /// A checkpoint's table of contents.

@@ -9,6 +9,8 @@
 //! Module map:
 //! - [`checkpoint`]: `$CHECKPOINT_DIR` packed into content-hashed chunks and a manifest,
 //!   uploaded through signed URLs (manifest last), restored with every chunk verified.
+//! - [`local_api`]: the workload's HTTP API on a unix socket only it can open: signed
+//!   URLs for its own `state/` and `artifacts/`, relayed to the service.
 //! - [`run`]: the agent's life on an instance (`computearbitrage-agent run`).
 //! - [`notice`]: the clouds' notice payloads parsed into one [`notice::Notice`] (pure,
 //!   fuzzed, tested on the real shapes in `../shared/reference/cloud-api/`).
@@ -19,6 +21,7 @@
 //! - [`watch`]: the [`watch::Watcher`] of one cloud's metadata endpoint.
 
 pub mod checkpoint;
+pub mod local_api;
 pub mod notice;
 pub mod run;
 pub mod snapshot;

@@ -140,6 +140,7 @@ async fn main() {
                 tcp_port: flags.get("--tcp-port").map(|t| port(t, "--tcp-port")),
                 owner,
                 poll: poll_of(&flags),
+                local_api: None,
             })
             .await;
             match &exit {

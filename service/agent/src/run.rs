@@ -4,7 +4,8 @@
 //!    while the instance this one replaces writes its final checkpoint).
 //! 2. Restore the assigned checkpoint into `$CHECKPOINT_DIR`.
 //! 3. Start the workload with its env, `PORT`, `TCP_PORT` and `CHECKPOINT_DIR`, its
-//!    output passed through to the agent's and its last lines kept.
+//!    output passed through to the agent's and its last lines kept. With storage, the
+//!    local API ([`crate::local_api`]) serves it signed URLs for its own objects.
 //! 4. Heartbeat (refreshing the session token and the checkpoint settings) and watch
 //!    the cloud's notice.
 //! 5. Every `checkpoint.interval`, when set: run the checkpoint command if there is
@@ -19,6 +20,7 @@
 //!    its code. A fenced agent (its instance was replaced) stops the workload.
 
 use crate::checkpoint;
+use crate::local_api;
 use crate::notice::{Notice, Signal};
 use crate::snapshot;
 use crate::tasks;
@@ -54,6 +56,8 @@ pub struct RunArgs {
     /// Who the workload runs as, when not the agent's user.
     pub owner: Option<(u32, u32)>,
     pub poll: Duration,
+    /// The local API's socket once it is served (set by [`run`], not by the machine).
+    pub local_api: Option<PathBuf>,
 }
 
 /// Why the agent stopped, as its exit code.
@@ -105,17 +109,19 @@ impl Client {
         *self.token.lock().unwrap_or_else(|p| p.into_inner()) = token;
     }
 
-    pub(crate) async fn call<Q: Serialize, A: DeserializeOwned>(
+    /// One POST with the session token; the status and body as they came. Only an
+    /// unreachable service is an error here.
+    pub(crate) async fn send(
         &self,
         path: &str,
-        body: &Q,
-    ) -> Result<A, CallError> {
+        body: Vec<u8>,
+    ) -> Result<(reqwest::StatusCode, bytes::Bytes), CallError> {
         let response = self
             .http
             .post(format!("{}{path}", self.base))
             .bearer_auth(self.token())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(serde_json::to_vec(body).unwrap_or_default())
+            .body(body)
             .timeout(Duration::from_secs(30))
             .send()
             .await
@@ -125,6 +131,17 @@ impl Client {
             .bytes()
             .await
             .map_err(|e| CallError::Transient(format!("POST {path}: {e}")))?;
+        Ok((status, bytes))
+    }
+
+    pub(crate) async fn call<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Q,
+    ) -> Result<A, CallError> {
+        let (status, bytes) = self
+            .send(path, serde_json::to_vec(body).unwrap_or_default())
+            .await?;
         if status.is_success() {
             return serde_json::from_slice(&bytes).map_err(|e| {
                 CallError::Refused(format!(
@@ -375,6 +392,12 @@ pub async fn run(args: RunArgs) -> Exit {
         segments: assignment.storage.is_some(),
         ..Tail::default()
     });
+    let mut args = args;
+    let local_api = match &assignment.storage {
+        Some(_) => local_api::start(&args.work_dir, args.owner, client.clone()),
+        None => None,
+    };
+    args.local_api = local_api.as_ref().map(|(path, _)| path.clone());
     let mut child = match spawn_workload(&args, &assignment, &checkpoint_dir, &tail) {
         Ok(child) => child,
         Err(message) => {
@@ -475,6 +498,10 @@ pub async fn run(args: RunArgs) -> Exit {
     heartbeat.abort();
     shipper.abort();
     task_runner.abort();
+    if let Some((path, server)) = local_api {
+        server.abort();
+        let _ = std::fs::remove_file(path);
+    }
     if let Some(periodic) = periodic {
         periodic.abort();
     }
@@ -559,6 +586,7 @@ pub(crate) fn as_workload(
         .env("PORT", args.port.to_string())
         .env("CHECKPOINT_DIR", checkpoint_dir)
         .envs(args.tcp_port.map(|p| ("TCP_PORT", p.to_string())))
+        .envs(args.local_api.as_ref().map(|p| (local_api::SOCKET_ENV, p)))
         .current_dir(&args.work_dir)
         .args(&argv[1..])
         .stdin(Stdio::null());

@@ -144,6 +144,8 @@ pub async fn handle(orchestrator: Arc<Orchestrator>, request: Request) -> Respon
         paths::LOG_SEGMENT_GRANT => call!(agent_log_segment_grant),
         paths::TASK_NEXT => call!(agent_next_task),
         paths::TASK_RESULT => call!(agent_task_result, no_reply),
+        paths::STORAGE_URL => call!(agent_storage_url),
+        paths::STORAGE_LIST => call!(agent_storage_list),
         other => {
             return refusal(
                 StatusCode::NOT_FOUND,

@@ -8,51 +8,6 @@ use common::*;
 use computearbitrage_api::pb;
 use std::time::{Duration, Instant};
 
-type Client = pb::workloads_client::WorkloadsClient<tonic::transport::Channel>;
-
-async fn create(
-    client: &mut Client,
-    workload_id: &str,
-    kind: &str,
-    command: &[&str],
-    timeout: u32,
-) -> pb::Task {
-    client
-        .create_task(authed(pb::CreateTaskRequest {
-            workload_id: workload_id.into(),
-            kind: kind.into(),
-            command: command.iter().map(|s| s.to_string()).collect(),
-            timeout_seconds: timeout,
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-async fn finished(client: &mut Client, task: &pb::Task, within: Duration) -> pb::Task {
-    let started = Instant::now();
-    loop {
-        let now = client
-            .get_task(authed(pb::GetTaskRequest {
-                id: task.id.clone(),
-            }))
-            .await
-            .unwrap()
-            .into_inner();
-        if now.state == "COMPLETED" || now.state == "DEAD" {
-            return now;
-        }
-        assert!(
-            started.elapsed() < within,
-            "task {} stayed {}: {:?}",
-            now.id,
-            now.state,
-            now
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn answers(url: &str, token: &str) -> bool {
     reqwest::Client::new()
         .get(url)
@@ -94,7 +49,7 @@ async fn tasks_run_on_the_instance_report_back_retry_into_the_dead_and_stay_in_t
 
     // exec: the exit code is the command's, stdout and stderr both come back, and the
     // command sees the workload's environment but nothing of the agent's.
-    let task = create(
+    let task = queue_task(
         &mut client,
         &id,
         "exec",
@@ -104,7 +59,7 @@ async fn tasks_run_on_the_instance_report_back_retry_into_the_dead_and_stay_in_t
     .await;
     assert_eq!(task.state, "QUEUED");
     assert_eq!(task.timeout_seconds, 60, "the default timeout");
-    let done = finished(&mut client, &task, Duration::from_secs(20)).await;
+    let done = wait_task(&mut client, &task, Duration::from_secs(20)).await;
     assert_eq!(done.state, "COMPLETED", "{done:?}");
     assert_eq!(done.exit_code, Some(3));
     assert_eq!(done.attempts, 1);
@@ -125,14 +80,18 @@ async fn tasks_run_on_the_instance_report_back_retry_into_the_dead_and_stay_in_t
         "the service's token reached a task"
     );
     assert!(
-        !done.output.contains("agt-") && !done.output.contains("AGENT"),
+        !done.output.contains("agt-")
+            && !done
+                .output
+                .lines()
+                .any(|l| l.contains("AGENT") && !l.starts_with("COMPUTEARBITRAGE_AGENT_SOCKET=")),
         "the agent's credentials reached a task: {}",
         done.output
     );
 
     // A program that does not exist is what a shell says: 127, and no retries.
-    let missing = create(&mut client, &id, "exec", &["/no/such/program"], 0).await;
-    let missing = finished(&mut client, &missing, Duration::from_secs(20)).await;
+    let missing = queue_task(&mut client, &id, "exec", &["/no/such/program"], 0).await;
+    let missing = wait_task(&mut client, &missing, Duration::from_secs(20)).await;
     assert_eq!(
         (missing.state.as_str(), missing.exit_code, missing.attempts),
         ("COMPLETED", Some(127), 1)
@@ -209,8 +168,8 @@ async fn tasks_run_on_the_instance_report_back_retry_into_the_dead_and_stay_in_t
     );
 
     // checkpoint now: a complete checkpoint in storage, named in the output.
-    let checkpoint = create(&mut client, &id, "checkpoint", &[], 0).await;
-    let checkpoint = finished(&mut client, &checkpoint, Duration::from_secs(30)).await;
+    let checkpoint = queue_task(&mut client, &id, "checkpoint", &[], 0).await;
+    let checkpoint = wait_task(&mut client, &checkpoint, Duration::from_secs(30)).await;
     assert_eq!(
         (checkpoint.state.as_str(), checkpoint.exit_code),
         ("COMPLETED", Some(0)),
@@ -243,15 +202,15 @@ async fn tasks_run_on_the_instance_report_back_retry_into_the_dead_and_stay_in_t
     // pause freezes the workload: its endpoint stops answering until resume.
     let url = format!("{}/count", running.endpoint.trim_end_matches('/'));
     assert!(answers(&url, &running.access_token).await);
-    let pause = create(&mut client, &id, "pause", &[], 0).await;
-    let pause = finished(&mut client, &pause, Duration::from_secs(20)).await;
+    let pause = queue_task(&mut client, &id, "pause", &[], 0).await;
+    let pause = wait_task(&mut client, &pause, Duration::from_secs(20)).await;
     assert_eq!(pause.exit_code, Some(0), "{pause:?}");
     assert!(
         !answers(&url, &running.access_token).await,
         "a paused workload answered"
     );
-    let resume = create(&mut client, &id, "resume", &[], 0).await;
-    let resume = finished(&mut client, &resume, Duration::from_secs(20)).await;
+    let resume = queue_task(&mut client, &id, "resume", &[], 0).await;
+    let resume = wait_task(&mut client, &resume, Duration::from_secs(20)).await;
     assert_eq!(resume.exit_code, Some(0), "{resume:?}");
     let started = Instant::now();
     while !answers(&url, &running.access_token).await {
@@ -265,8 +224,8 @@ async fn tasks_run_on_the_instance_report_back_retry_into_the_dead_and_stay_in_t
     // listed, and replayed with its attempts reset.
     // It counts its tries in the workload's directory and finishes from the fourth on.
     let counting = "n=$(cat tries 2>/dev/null || echo 0); echo $((n+1)) > tries; [ $n -ge 3 ] || sleep 30; echo try $((n+1))";
-    let slow = create(&mut client, &id, "exec", &["sh", "-c", counting], 1).await;
-    let slow = finished(&mut client, &slow, Duration::from_secs(40)).await;
+    let slow = queue_task(&mut client, &id, "exec", &["sh", "-c", counting], 1).await;
+    let slow = wait_task(&mut client, &slow, Duration::from_secs(40)).await;
     assert_eq!(slow.state, "DEAD", "{slow:?}");
     assert_eq!(slow.attempts, 3);
     assert!(
@@ -291,7 +250,7 @@ async fn tasks_run_on_the_instance_report_back_retry_into_the_dead_and_stay_in_t
         .unwrap()
         .into_inner();
     assert_eq!((replayed.state.as_str(), replayed.attempts), ("QUEUED", 0));
-    let replayed = finished(&mut client, &replayed, Duration::from_secs(20)).await;
+    let replayed = wait_task(&mut client, &replayed, Duration::from_secs(20)).await;
     assert_eq!(
         (
             replayed.state.as_str(),
@@ -460,8 +419,8 @@ async fn tasks_run_on_the_instance_report_back_retry_into_the_dead_and_stay_in_t
     );
 
     // stop ends the workload with its signal; what is queued after is refused.
-    let stop = create(&mut client, &id, "stop", &[], 10).await;
-    let stop = finished(&mut client, &stop, Duration::from_secs(30)).await;
+    let stop = queue_task(&mut client, &id, "stop", &[], 10).await;
+    let stop = wait_task(&mut client, &stop, Duration::from_secs(30)).await;
     assert_eq!(stop.state, "COMPLETED", "{stop:?}");
     assert!(stop.exit_code.is_some());
     let ended = wait_status(

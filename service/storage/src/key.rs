@@ -147,6 +147,25 @@ impl ObjectKey {
         ObjectKey::new(id, area, path)
     }
 
+    /// A key relative to a workload's namespace (`{state|checkpoints|artifacts}/{path}`),
+    /// as tenants and workloads name objects: the workload comes from the caller, so no
+    /// spelling reaches another's.
+    pub fn in_namespace(workload_id: &str, relative: &str) -> Result<ObjectKey, StorageError> {
+        let (area, path) = relative.split_once('/').unwrap_or((relative, ""));
+        let area = Area::parse(area).ok_or_else(|| {
+            StorageError::invalid_key(
+                relative,
+                "a key starts with `state/`, `checkpoints/` or `artifacts/`",
+            )
+        })?;
+        ObjectKey::new(workload_id, area, path)
+    }
+
+    /// The key relative to its workload's namespace, the inverse of [`Self::in_namespace`].
+    pub fn relative(&self) -> String {
+        format!("{}/{}", self.area.as_str(), self.path)
+    }
+
     pub fn workload_id(&self) -> &str {
         &self.workload_id
     }
@@ -230,8 +249,22 @@ impl Prefix {
         }
     }
 
+    /// A prefix relative to a workload's namespace (`""` is all of it, else `{area}/`
+    /// or `{area}/{dir}/`).
+    pub fn in_namespace(workload_id: &str, relative: &str) -> Result<Prefix, StorageError> {
+        if relative.is_empty() {
+            return Prefix::workload(workload_id);
+        }
+        Prefix::parse(&format!("workloads/{workload_id}/{relative}"))
+    }
+
     pub fn workload_id(&self) -> &str {
         &self.workload_id
+    }
+
+    /// The area, when the prefix is narrower than the whole namespace.
+    pub fn area_of(&self) -> Option<Area> {
+        self.area
     }
 
     /// Whether `key` lies under this prefix.
@@ -327,5 +360,33 @@ mod tests {
         }
         assert!(Prefix::parse("workloads/wl-1").is_err());
         assert!(Prefix::parse("workloads/wl-1/state/../").is_err());
+    }
+
+    #[test]
+    fn keys_relative_to_a_namespace_are_checked_and_round_trip() {
+        let key = ObjectKey::in_namespace("wl-1", "artifacts/results/out.csv").unwrap();
+        assert_eq!(key.to_string(), "workloads/wl-1/artifacts/results/out.csv");
+        assert_eq!(key.relative(), "artifacts/results/out.csv");
+        for bad in [
+            "secrets/x",
+            "artifacts",
+            "artifacts/",
+            "artifacts/../../wl-2/state/x",
+            "/state/x",
+        ] {
+            assert!(ObjectKey::in_namespace("wl-1", bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            Prefix::in_namespace("wl-1", "").unwrap().to_string(),
+            "workloads/wl-1/"
+        );
+        assert_eq!(
+            Prefix::in_namespace("wl-1", "checkpoints/100/")
+                .unwrap()
+                .to_string(),
+            "workloads/wl-1/checkpoints/100/"
+        );
+        assert!(Prefix::in_namespace("wl-1", "checkpoints").is_err());
+        assert!(Prefix::in_namespace("wl-1", "../wl-2/").is_err());
     }
 }

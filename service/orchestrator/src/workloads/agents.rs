@@ -277,7 +277,7 @@ impl Orchestrator {
     }
 
     /// Checks a token and places its agent: current, replacement, or fenced.
-    async fn agent_session(
+    pub(super) async fn agent_session(
         &self,
         token: &str,
         kind: AgentTokenKind,
@@ -534,15 +534,7 @@ impl Orchestrator {
     ) -> Result<protocol::CheckpointGrant, AgentError> {
         let session = self.current_session(token).await?;
         let workload = &session.workload;
-        let link = self
-            .agent_link()
-            .filter(|_| workload.spec.storage.enabled)
-            .ok_or_else(|| {
-                AgentError::Invalid(format!(
-                    "workload {} has no storage, so it cannot checkpoint; it needs `storage {{ enabled = true }}`",
-                    workload.id
-                ))
-            })?;
+        let link = self.storage_for(workload, "it cannot checkpoint")?;
         if !checkpoint_name_ok(&request.name) {
             return Err(AgentError::Invalid(format!(
                 "checkpoint name {:?} is not unix milliseconds",
@@ -715,15 +707,7 @@ impl Orchestrator {
             .agent_session(token, AgentTokenKind::Session, Duration::ZERO)
             .await?;
         let workload = &session.workload;
-        let link = self
-            .agent_link()
-            .filter(|_| workload.spec.storage.enabled)
-            .ok_or_else(|| {
-                AgentError::Invalid(format!(
-                    "workload {} has no storage, so its logs stay on the service only",
-                    workload.id
-                ))
-            })?;
+        let link = self.storage_for(workload, "its logs stay on the service only")?;
         if !log_segment_name_ok(&request.name) {
             return Err(AgentError::Invalid(format!(
                 "log segment name {:?} is not `{{unix ms}}.log`",

@@ -13,6 +13,8 @@
 //! - [`webhook_target`]: where webhooks may go (no internal addresses, no redirects).
 //! - [`tasks`]: operator tasks (exec, checkpoint, stop, pause, resume) queued for a
 //!   workload's agent, delivered at least once, retried, dead-lettered.
+//! - [`workload_storage`]: the workload's own `state/` and `artifacts/` (signed URLs
+//!   and listings), asked for through its agent.
 //! - [`retention`]: deletes terminated workloads' storage once `retention_days` pass.
 //! - [`background`]: the workers that listen to driver events, resume runs and sweep
 //!   orphaned instances.
@@ -32,6 +34,7 @@ pub mod tasks;
 #[cfg(test)]
 mod tests;
 pub mod webhook_target;
+pub mod workload_storage;
 
 use crate::error::OrchestratorError;
 use crate::pricing::PriceBook;

@@ -7,7 +7,7 @@ use crate::auth::Caller;
 use computearbitrage_api::{pb, validate, Reason};
 use computearbitrage_core::fmt::rfc3339;
 use computearbitrage_orchestrator::workloads::Orchestrator;
-use computearbitrage_storage::{Area, Method, ObjectKey, Prefix, Storage, StorageError};
+use computearbitrage_storage::{Method, ObjectKey, Prefix, Storage, StorageError};
 use computearbitrage_store::{Scope, WorkloadRecord};
 use tonic::{Request, Status};
 
@@ -49,32 +49,6 @@ async fn workload_with_storage(
     Ok(workload)
 }
 
-/// A key relative to the namespace: `{state|checkpoints|artifacts}/{path}`.
-fn relative_key(workload_id: &str, key: &str) -> Result<ObjectKey, StorageError> {
-    let (area, path) = key.split_once('/').unwrap_or((key, ""));
-    let area = Area::parse(area).ok_or_else(|| {
-        StorageError::invalid_key(
-            key,
-            "a key starts with `state/`, `checkpoints/` or `artifacts/`",
-        )
-    })?;
-    ObjectKey::new(workload_id, area, path)
-}
-
-fn relative_prefix(workload_id: &str, prefix: &str) -> Result<Prefix, StorageError> {
-    if prefix.is_empty() {
-        return Prefix::workload(workload_id);
-    }
-    Prefix::parse(&format!("workloads/{workload_id}/{prefix}"))
-}
-
-fn namespace_relative(workload_id: &str, key: &ObjectKey) -> String {
-    let full = key.to_string();
-    full.strip_prefix(&format!("workloads/{workload_id}/"))
-        .unwrap_or(&full)
-        .to_string()
-}
-
 pub(crate) async fn list_objects(
     orchestrator: &Orchestrator,
     storage: &Storage,
@@ -90,8 +64,8 @@ pub(crate) async fn list_objects(
         &request.workload_id,
     )
     .await?;
-    let prefix =
-        relative_prefix(&workload.id, &request.prefix).map_err(|e| storage_status(e, "prefix"))?;
+    let prefix = Prefix::in_namespace(&workload.id, &request.prefix)
+        .map_err(|e| storage_status(e, "prefix"))?;
     // One listing of the namespace gives both the usage and the objects under `prefix`.
     let namespace = Prefix::workload(&workload.id).map_err(|e| storage_status(e, "workload_id"))?;
     let everything = storage
@@ -108,7 +82,7 @@ pub(crate) async fn list_objects(
         objects: objects
             .iter()
             .map(|o| pb::StoredObject {
-                key: namespace_relative(&workload.id, &o.key),
+                key: o.key.relative(),
                 size_bytes: o.size,
                 modified_at: rfc3339(o.modified_ms / 1000),
             })
@@ -140,7 +114,8 @@ pub(crate) async fn sign_storage_url(
     };
     let workload =
         workload_with_storage(orchestrator, &caller, scope, call, &request.workload_id).await?;
-    let key = relative_key(&workload.id, &request.key).map_err(|e| storage_status(e, "key"))?;
+    let key = ObjectKey::in_namespace(&workload.id, &request.key)
+        .map_err(|e| storage_status(e, "key"))?;
     let quota = u64::from(workload.spec.storage.quota_gb) * GIB;
     let result = storage
         .signed_url(method, &key, Some(quota), request.size_bytes)
@@ -162,40 +137,4 @@ pub(crate) async fn sign_storage_url(
         .await;
     }
     result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wire_keys_are_relative_and_checked() {
-        let key = relative_key("wl-1", "artifacts/results/out.csv").unwrap();
-        assert_eq!(key.to_string(), "workloads/wl-1/artifacts/results/out.csv");
-        assert_eq!(
-            namespace_relative("wl-1", &key),
-            "artifacts/results/out.csv"
-        );
-        for bad in [
-            "secrets/x",
-            "artifacts",
-            "artifacts/",
-            "artifacts/../../wl-2/state/x",
-            "/state/x",
-        ] {
-            assert!(relative_key("wl-1", bad).is_err(), "{bad}");
-        }
-        assert_eq!(
-            relative_prefix("wl-1", "").unwrap().to_string(),
-            "workloads/wl-1/"
-        );
-        assert_eq!(
-            relative_prefix("wl-1", "checkpoints/100/")
-                .unwrap()
-                .to_string(),
-            "workloads/wl-1/checkpoints/100/"
-        );
-        assert!(relative_prefix("wl-1", "checkpoints").is_err());
-        assert!(relative_prefix("wl-1", "../wl-2/").is_err());
-    }
 }

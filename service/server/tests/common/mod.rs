@@ -292,6 +292,55 @@ pub async fn wait_status(
     }
 }
 
+/// Queues an operator task.
+pub async fn queue_task(
+    client: &mut WorkloadsClient<Channel>,
+    workload_id: &str,
+    kind: &str,
+    command: &[&str],
+    timeout: u32,
+) -> pb::Task {
+    client
+        .create_task(authed(pb::CreateTaskRequest {
+            workload_id: workload_id.into(),
+            kind: kind.into(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            timeout_seconds: timeout,
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Polls a task until it is COMPLETED or DEAD.
+pub async fn wait_task(
+    client: &mut WorkloadsClient<Channel>,
+    task: &pb::Task,
+    within: Duration,
+) -> pb::Task {
+    let started = Instant::now();
+    loop {
+        let now = client
+            .get_task(authed(pb::GetTaskRequest {
+                id: task.id.clone(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        if now.state == "COMPLETED" || now.state == "DEAD" {
+            return now;
+        }
+        assert!(
+            started.elapsed() < within,
+            "task {} stayed {}: {:?}",
+            now.id,
+            now.state,
+            now
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Live processes whose environment has `KEY=VALUE`.
 pub fn processes_with_env(key: &str, value: &str) -> Vec<u32> {
     let marker = format!("{key}={value}");
