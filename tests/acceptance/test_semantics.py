@@ -98,11 +98,12 @@ def test_changes_made_outside_terraform_show_in_the_plan(workload_service, workl
         "workload", "update", web["id"],
         "--tag", "owner=someone", "--env", "EXTRA=1", "--on-interruption", "terminate",
         "--health-path", "/healthz", "--storage-quota-gb", "9",
+        "--on-unhealthy", "replace", "--replace-unhealthy-after", "60",
     )
     plan = ws.run("plan", "-detailed-exitcode", check=False)
     assert plan.returncode == 2, plan.stdout + plan.stderr
     text = " ".join(plan.stdout.split())
-    for drift in ['- "owner" = "someone" -> null', '- "EXTRA" = "1" -> null', 'on_interruption = "terminate" -> "migrate"', 'path = "/healthz" -> "/health"', "quota_gb = 9 -> 5"]:
+    for drift in ['- "owner" = "someone" -> null', '- "EXTRA" = "1" -> null', 'on_interruption = "terminate" -> "migrate"', 'path = "/healthz" -> "/health"', "quota_gb = 9 -> 5", 'on_unhealthy = "replace" -> "keep"', "replace_unhealthy_after_seconds = 60 -> 300"]:
         assert drift in text, f"{drift} missing from\n{text}"
     assert "update in-place" in text and "must be replaced" not in text
     ws.apply()
@@ -110,6 +111,7 @@ def test_changes_made_outside_terraform_show_in_the_plan(workload_service, workl
     assert spec["tags"] == {"team": "ml"} and "EXTRA" not in spec["env"]
     assert spec["on_interruption"] == "migrate" and spec["health_check"]["path"] == "/health"
     assert spec["storage"]["quota_gb"] == 5
+    assert spec["on_unhealthy"] == "keep" and spec["replace_unhealthy_after_seconds"] == 300
     assert ws.plan_is_noop()
     ws.run("destroy", "-auto-approve")
 
@@ -514,3 +516,35 @@ def test_a_read_token_plans_but_cannot_apply(workload_service, workload_for_serv
     assert "The token may not do this: creating a workload" in text and "`write` scope" in text, text
     audit = workload_service.cli("audit", "--limit", "20")["entries"]
     assert any(e["action"] == "ApplyWorkload" and e["outcome"] == "permission-denied" for e in audit), audit
+
+
+def test_an_unhealthy_workload_is_replaced_and_terraform_sees_no_change(workload_service, workload_for_service, terraform):
+    """on_unhealthy = "replace": a workload that stays UNHEALTHY moves to a fresh instance
+    under the same id and endpoint, and the next plan is a no-op."""
+    name = unique("healer", terraform)
+    ws = workload_for_service(workload_service)
+    extra = 'on_unhealthy                    = "replace"\n  replace_unhealthy_after_seconds = 2'
+    # Relative: each instance reads the file in its own working directory.
+    config = workload(name, "health", extra=extra).split('output "web"')[0]
+    config += 'output "web" {\n  value     = { id = computearbitrage_workload.web.id, endpoint = computearbitrage_workload.web.endpoint }\n  sensitive = true\n}\n'
+    ws.write(config)
+    ws.apply()
+    web = ws.outputs()["web"]
+    before = workload_service.cli("workload", "get", web["id"])
+    assert (before["spec"]["on_unhealthy"], before["spec"]["replace_unhealthy_after_seconds"]) == ("replace", 2)
+    assert ws.plan_is_noop()
+    exec_ = workload_service.cli("workload", "exec", web["id"], "--", "sh", "-c", "echo fail > health", check=False)
+    assert "error" not in exec_, exec_
+    deadline = time.monotonic() + 60
+    while True:
+        now = workload_service.cli("workload", "get", web["id"])
+        if now["status"] == "RUNNING" and now["instance_id"] != before["instance_id"]:
+            break
+        assert time.monotonic() < deadline, f"not replaced: {now['status']} ({now['status_reason']})"
+        time.sleep(0.2)
+    assert now["endpoint"] == before["endpoint"]
+    assert ws.plan_is_noop(), ws.run("plan", check=False).stdout
+    ws.run("apply", "-refresh-only", "-auto-approve")
+    assert ws.outputs()["web"] == web
+    assert now["instance_id"] in ws.run("state", "show", "computearbitrage_workload.web").stdout
+    ws.run("destroy", "-auto-approve")

@@ -257,13 +257,15 @@ def test_invalid_values_give_diagnostics_on_their_attributes(workload_service, w
         config(
             "bad-values",
             health='path = "health"\n    unhealthy_threshold = 0',
-            extra='on_interruption = "pause"\n  timeouts {\n    create = "ten minutes"\n  }',
+            extra='on_interruption = "pause"\n  on_unhealthy = "restart"\n  replace_unhealthy_after_seconds = 0\n  timeouts {\n    create = "ten minutes"\n  }',
         ).replace("timeout_seconds  = 1", "timeout_seconds  = 10")
     )
     result = ws.run("plan", check=False)
     text = " ".join((result.stdout + result.stderr).split())
     assert result.returncode == 1
     assert 'Invalid value for on_interruption' in text and 'use "migrate" (move the workload) or "terminate"' in text
+    assert 'Invalid value for on_unhealthy' in text and 'use "keep" (stay on the instance) or "replace"' in text
+    assert "Invalid value for replace_unhealthy_after_seconds" in text and "0 is less than 1" in text
     assert "Invalid value for health_check[0].path" in text and 'must start with "/"' in text
     assert "Invalid value for health_check[0].timeout_seconds" in text and "longer than the 2 s interval" in text
     assert "Invalid value for health_check.unhealthy_threshold" in text

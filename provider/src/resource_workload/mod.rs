@@ -147,6 +147,22 @@ fn check(state: &WorkloadState, diags: &mut Diagnostics, from_config: bool) -> b
         &state.tcp_listen_port,
         AttributePath::new("tcp_listen_port"),
     );
+    let after = AttributePath::new("replace_unhealthy_after_seconds");
+    ok &= check_whole(diags, &state.replace_unhealthy_after_seconds, after.clone());
+    // 0 means the default on the wire; written, it is out of range like any other.
+    if let Some(n) = state
+        .replace_unhealthy_after_seconds
+        .as_ref_option()
+        .and_then(Number::as_integer)
+        .filter(|n| *n < 1)
+    {
+        diags.error(
+            "Invalid value for replace_unhealthy_after_seconds",
+            format!("{n} is less than 1; use 1 to 86400 seconds, or leave it unset for the default, 300"),
+            after,
+        );
+        ok = false;
+    }
     if let Some(block) = state.requirements.as_ref_option() {
         ok &= block.check(
             diags,
@@ -600,6 +616,8 @@ impl Resource for WorkloadResource {
             tags: spec.tags,
             health_check: spec.health_check,
             on_interruption: spec.on_interruption,
+            on_unhealthy: spec.on_unhealthy,
+            replace_unhealthy_after_seconds: spec.replace_unhealthy_after_seconds,
             env: spec.env,
             storage: spec.storage,
             tcp_allowed_cidrs: spec.tcp_allowed_cidrs,

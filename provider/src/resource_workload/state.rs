@@ -61,6 +61,8 @@ pub struct WorkloadState {
     #[serde(with = "serde_as_vec")]
     pub health_check: Value<HealthCheckBlock>,
     pub on_interruption: Value<String>,
+    pub on_unhealthy: Value<String>,
+    pub replace_unhealthy_after_seconds: Value<Number>,
     #[serde(with = "serde_as_vec")]
     pub storage: Value<StorageBlock>,
     #[serde(with = "serde_as_vec")]
@@ -395,6 +397,17 @@ impl WorkloadState {
                 .as_ref_option()
                 .cloned()
                 .unwrap_or_default(),
+            on_unhealthy: self
+                .on_unhealthy
+                .as_ref_option()
+                .cloned()
+                .unwrap_or_default(),
+            replace_unhealthy_after_seconds: self
+                .replace_unhealthy_after_seconds
+                .as_ref_option()
+                .map(whole)
+                .unwrap_or(0)
+                .clamp(0, i64::from(u32::MAX)) as u32,
             storage: self.storage.as_ref_option().map(StorageBlock::to_pb),
             checkpoint: self.checkpoint.as_ref_option().map(CheckpointBlock::to_pb),
             tags: canonical::map(&self.tags).into_iter().collect(),
@@ -430,6 +443,18 @@ impl WorkloadState {
             &prior.on_interruption,
             Some(Value::Value(defaults::ON_INTERRUPTION.to_string())),
             canonical::text,
+        );
+        self.on_unhealthy = planned(
+            &config.on_unhealthy,
+            &prior.on_unhealthy,
+            Some(Value::Value(defaults::ON_UNHEALTHY.to_string())),
+            canonical::text,
+        );
+        self.replace_unhealthy_after_seconds = planned(
+            &config.replace_unhealthy_after_seconds,
+            &prior.replace_unhealthy_after_seconds,
+            Some(integer(defaults::REPLACE_UNHEALTHY_AFTER_SECONDS)),
+            canonical::number,
         );
         self.tcp_port = planned(&config.tcp_port, &prior.tcp_port, None, canonical::number);
         self.tcp_allowed_cidrs = planned(
@@ -497,6 +522,8 @@ impl WorkloadState {
             || self.tcp_allowed_cidrs != other.tcp_allowed_cidrs
             || self.health_check != other.health_check
             || self.on_interruption != other.on_interruption
+            || self.on_unhealthy != other.on_unhealthy
+            || self.replace_unhealthy_after_seconds != other.replace_unhealthy_after_seconds
             || self.storage != other.storage
             || self.checkpoint != other.checkpoint
             || self.tags != other.tags
@@ -635,6 +662,8 @@ impl WorkloadState {
             tcp_allowed_cidrs: Value::Null,
             health_check: Value::Null,
             on_interruption: Value::Null,
+            on_unhealthy: Value::Null,
+            replace_unhealthy_after_seconds: Value::Null,
             storage: Value::Null,
             checkpoint: Value::Null,
             tags: Value::Null,
@@ -680,6 +709,8 @@ impl WorkloadState {
             .map(HealthCheckBlock::from_pb)
             .into();
         state.on_interruption = Value::Value(spec.on_interruption.clone());
+        state.on_unhealthy = Value::Value(spec.on_unhealthy.clone());
+        state.replace_unhealthy_after_seconds = integer(spec.replace_unhealthy_after_seconds);
         state.storage = spec.storage.as_ref().map(StorageBlock::from_pb).into();
         state.checkpoint = spec
             .checkpoint
@@ -703,7 +734,8 @@ impl WorkloadState {
 
     /// The state after a refresh: what the service has now, in the prior state's
     /// spelling wherever it means the same, so a change made outside Terraform (tags,
-    /// env, health check, on_interruption, storage, checkpoint, set through the API or the CLI) is
+    /// env, health check, on_interruption, on_unhealthy, storage, checkpoint, set through the
+    /// API or the CLI) is
     /// a diff in the next plan, and nothing else is.
     pub fn refreshed(prior: &WorkloadState, w: &pb::Workload) -> WorkloadState {
         let actual = WorkloadState::from_workload(w);
@@ -724,6 +756,12 @@ impl WorkloadState {
             &prior.on_interruption,
             &actual.on_interruption,
             canonical::text,
+        );
+        state.on_unhealthy = refreshed(&prior.on_unhealthy, &actual.on_unhealthy, canonical::text);
+        state.replace_unhealthy_after_seconds = refreshed(
+            &prior.replace_unhealthy_after_seconds,
+            &actual.replace_unhealthy_after_seconds,
+            canonical::number,
         );
         state.requirements = match (&prior.requirements, &actual.requirements) {
             (Value::Value(p), Value::Value(a)) => Value::Value(RequirementsBlock::refreshed(p, a)),
@@ -778,6 +816,8 @@ mod tests {
             command: vec!["serve".into()],
             port: 8080,
             on_interruption: "migrate".into(),
+            on_unhealthy: "keep".into(),
+            replace_unhealthy_after_seconds: 300,
             tags: HashMap::from([("team".into(), "ml".into())]),
             ..Default::default()
         }
@@ -836,6 +876,17 @@ mod tests {
         drifted.tags.insert("owner".into(), "someone".into());
         let refreshed = WorkloadState::refreshed(&prior, &workload(drifted));
         assert!(plan(&refreshed, &c).configured_differs(&refreshed));
+        // So is a replacement policy changed through the CLI.
+        for (policy, after) in [("replace", 300), ("keep", 60)] {
+            let mut drifted = stored_spec();
+            drifted.on_unhealthy = policy.into();
+            drifted.replace_unhealthy_after_seconds = after;
+            let refreshed = WorkloadState::refreshed(&prior, &workload(drifted));
+            assert!(
+                plan(&refreshed, &c).configured_differs(&refreshed),
+                "{policy} after {after} s"
+            );
+        }
     }
 
     #[test]

@@ -283,6 +283,11 @@ pub fn workload_fields(spec: &pb::WorkloadSpec) -> Vec<Violation> {
     env(&spec.env, &mut out);
     tags(&spec.tags, &mut out);
     on_interruption(&spec.on_interruption, &mut out);
+    on_unhealthy(
+        &spec.on_unhealthy,
+        spec.replace_unhealthy_after_seconds,
+        &mut out,
+    );
     tcp_allowed_cidrs(&spec.tcp_allowed_cidrs, &mut out);
     out
 }
@@ -446,6 +451,28 @@ fn on_interruption(value: &str, out: &mut Vec<Violation>) {
     }
 }
 
+fn on_unhealthy(value: &str, after_seconds: u32, out: &mut Vec<Violation>) {
+    if !["", "keep", "replace"].contains(&value) {
+        out.push(Violation::field(
+            "on_unhealthy",
+            format!(
+                "{value:?} is not a choice; use \"keep\" (stay on the instance) or \"replace\" (move to a fresh one after replace_unhealthy_after_seconds)"
+            ),
+        ));
+    }
+    use computearbitrage_conventions::defaults;
+    let (min, max) = (
+        defaults::REPLACE_UNHEALTHY_AFTER_MIN_SECONDS,
+        defaults::REPLACE_UNHEALTHY_AFTER_MAX_SECONDS,
+    );
+    if after_seconds != 0 && !(min..=max).contains(&after_seconds) {
+        out.push(Violation::field(
+            "replace_unhealthy_after_seconds",
+            format!("{after_seconds} is outside {min} to {max} seconds; leave it out for the default, {}", defaults::REPLACE_UNHEALTHY_AFTER_SECONDS),
+        ));
+    }
+}
+
 /// Every rule of `UpdateWorkload`: the same as for the fields of a new workload.
 pub fn update_workload(req: &pb::UpdateWorkloadRequest) -> Vec<Violation> {
     let mut out = Vec::new();
@@ -458,6 +485,11 @@ pub fn update_workload(req: &pb::UpdateWorkloadRequest) -> Vec<Violation> {
     env(&req.env, &mut out);
     tags(&req.tags, &mut out);
     on_interruption(&req.on_interruption, &mut out);
+    on_unhealthy(
+        &req.on_unhealthy,
+        req.replace_unhealthy_after_seconds,
+        &mut out,
+    );
     tcp_allowed_cidrs(&req.tcp_allowed_cidrs, &mut out);
     if let Some(check) = &req.health_check {
         out.extend(
@@ -792,6 +824,8 @@ mod tests {
         bad.command = vec![];
         bad.port = 0;
         bad.on_interruption = "pause".into();
+        bad.on_unhealthy = "restart".into();
+        bad.replace_unhealthy_after_seconds = 86_401;
         bad.env.insert("PORT".into(), "1".into());
         bad.health_check = Some(pb::HealthCheck {
             path: "health".into(),
@@ -811,6 +845,8 @@ mod tests {
                 "port",
                 "env",
                 "on_interruption",
+                "on_unhealthy",
+                "replace_unhealthy_after_seconds",
                 "health_check.path",
                 "health_check.timeout_seconds"
             ]
@@ -820,6 +856,8 @@ mod tests {
             .map(|v| v.message.clone())
             .collect();
         assert!(messages[4].contains("\"migrate\""), "{}", messages[4]);
+        assert!(messages[5].contains("\"replace\""), "{}", messages[5]);
+        assert!(messages[6].contains("default, 300"), "{}", messages[6]);
     }
 
     #[test]

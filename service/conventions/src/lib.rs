@@ -86,6 +86,14 @@ pub mod defaults {
     pub const PORT: u16 = 8080;
     /// What happens when the cloud reclaims the instance.
     pub const ON_INTERRUPTION: &str = "migrate";
+    /// What happens to a workload that stays unhealthy: `keep` it (and wait), or
+    /// `replace` its instance.
+    pub const ON_UNHEALTHY: &str = "keep";
+    /// How long a workload stays UNHEALTHY before `replace` acts.
+    pub const REPLACE_UNHEALTHY_AFTER_SECONDS: u32 = 300;
+    /// The bounds a spec may ask for.
+    pub const REPLACE_UNHEALTHY_AFTER_MIN_SECONDS: u32 = 1;
+    pub const REPLACE_UNHEALTHY_AFTER_MAX_SECONDS: u32 = 86_400;
     pub const HEALTH_PATH: &str = "/health";
     pub const HEALTH_INTERVAL_SECONDS: u32 = 30;
     /// The timeout when the interval is at least this long; see [`health_timeout_seconds`].

@@ -51,4 +51,6 @@ pub use lifecycle::{Transition, WorkloadStatus};
 pub use offer::{InterruptionRate, Offer};
 pub use placement::{place, Candidate, Placement, ScoringPolicy};
 pub use retry::RetryPolicy;
-pub use workload::{CheckpointSpec, HealthCheck, OnInterruption, StorageSpec, WorkloadSpec};
+pub use workload::{
+    CheckpointSpec, HealthCheck, OnInterruption, OnUnhealthy, StorageSpec, WorkloadSpec,
+};

@@ -110,6 +110,7 @@ pub fn is_allowed(from: WorkloadStatus, to: WorkloadStatus) -> bool {
             | (Unhealthy, Terminated)
             | (Unhealthy, Stopping)
             | (Unhealthy, Running)
+            | (Unhealthy, Provisioning)
     )
 }
 
@@ -173,6 +174,7 @@ mod tests {
             (Unhealthy, Terminated),
             (Unhealthy, Stopping),
             (Unhealthy, Running),
+            (Unhealthy, Provisioning),
         ];
         let mut checked = 0;
         for from in WorkloadStatus::ALL {

@@ -31,6 +31,41 @@ impl OnInterruption {
     }
 }
 
+/// What happens to a workload that stays UNHEALTHY.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnhealthy {
+    /// Stay on the instance and wait for it to recover.
+    #[default]
+    Keep,
+    /// Move to a fresh instance, restored from the newest complete checkpoint, once
+    /// the workload has been UNHEALTHY for `replace_unhealthy_after`.
+    Replace,
+}
+
+impl OnUnhealthy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnUnhealthy::Keep => "keep",
+            OnUnhealthy::Replace => "replace",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<OnUnhealthy> {
+        match text {
+            "keep" => Some(OnUnhealthy::Keep),
+            "replace" => Some(OnUnhealthy::Replace),
+            _ => None,
+        }
+    }
+}
+
+fn default_replace_unhealthy_after() -> Duration {
+    Duration::from_secs(
+        computearbitrage_conventions::defaults::REPLACE_UNHEALTHY_AFTER_SECONDS.into(),
+    )
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HealthCheck {
     pub path: String,
@@ -109,6 +144,11 @@ pub struct WorkloadSpec {
     pub port: u16,
     pub health_check: HealthCheck,
     pub on_interruption: OnInterruption,
+    /// Stored before this was configurable: keep.
+    #[serde(default)]
+    pub on_unhealthy: OnUnhealthy,
+    #[serde(default = "default_replace_unhealthy_after")]
+    pub replace_unhealthy_after: Duration,
     pub storage: StorageSpec,
     /// Stored before checkpoints were configurable: the defaults.
     #[serde(default)]
@@ -183,6 +223,11 @@ impl WorkloadSpec {
             "on_interruption",
             self.on_interruption == other.on_interruption,
         );
+        check("on_unhealthy", self.on_unhealthy == other.on_unhealthy);
+        check(
+            "replace_unhealthy_after_seconds",
+            self.replace_unhealthy_after == other.replace_unhealthy_after,
+        );
         check(
             "storage",
             self.storage == other.storage && mine.storage == theirs.storage,
@@ -219,6 +264,8 @@ mod tests {
             port: 8080,
             health_check: HealthCheck::default(),
             on_interruption: OnInterruption::Migrate,
+            on_unhealthy: OnUnhealthy::Keep,
+            replace_unhealthy_after: default_replace_unhealthy_after(),
             storage: StorageSpec::default(),
             checkpoint: CheckpointSpec::default(),
             tags: BTreeMap::new(),

@@ -32,6 +32,12 @@ pub enum WorkloadCommand {
         /// `migrate` or `terminate`.
         #[arg(long)]
         on_interruption: Option<String>,
+        /// `keep` or `replace` (a workload that stays UNHEALTHY).
+        #[arg(long)]
+        on_unhealthy: Option<String>,
+        /// Seconds UNHEALTHY before `replace` acts.
+        #[arg(long)]
+        replace_unhealthy_after: Option<u32>,
         /// The health check's path.
         #[arg(long)]
         health_path: Option<String>,
@@ -439,6 +445,8 @@ pub async fn run(target: Target, command: ClientCommand) -> Result<i32, String> 
                 env,
                 remove_env,
                 on_interruption,
+                on_unhealthy,
+                replace_unhealthy_after,
                 health_path,
                 health_interval,
                 storage_quota_gb,
@@ -458,6 +466,8 @@ pub async fn run(target: Target, command: ClientCommand) -> Result<i32, String> 
                     tags: spec.tags,
                     health_check: spec.health_check,
                     on_interruption: spec.on_interruption,
+                    on_unhealthy: spec.on_unhealthy,
+                    replace_unhealthy_after_seconds: spec.replace_unhealthy_after_seconds,
                     env: spec.env,
                     storage: spec.storage,
                     tcp_allowed_cidrs: spec.tcp_allowed_cidrs,
@@ -479,6 +489,12 @@ pub async fn run(target: Target, command: ClientCommand) -> Result<i32, String> 
                 }
                 if let Some(choice) = on_interruption {
                     request.on_interruption = choice;
+                }
+                if let Some(choice) = on_unhealthy {
+                    request.on_unhealthy = choice;
+                }
+                if let Some(seconds) = replace_unhealthy_after {
+                    request.replace_unhealthy_after_seconds = seconds;
                 }
                 if health_path.is_some() || health_interval.is_some() {
                     let check = request.health_check.get_or_insert_with(Default::default);

@@ -21,7 +21,7 @@ use computearbitrage_orchestrator::pricing::snapshot::{
 use computearbitrage_orchestrator::pricing::PriceBook;
 use computearbitrage_orchestrator::worker::Supervisor;
 use computearbitrage_orchestrator::workloads::background::{
-    DriverEventListener, LostInstanceWatch, OrphanSweeper, RunResumer,
+    DriverEventListener, LostInstanceWatch, OrphanSweeper, RunResumer, UnhealthyReplacer,
 };
 use computearbitrage_orchestrator::workloads::monitor::{Monitor, MonitorWorker};
 use computearbitrage_orchestrator::workloads::notify::NotificationSender;
@@ -186,6 +186,10 @@ pub async fn serve(
     supervisor.spawn(RunResumer {
         orchestrator: orchestrator.clone(),
         interval: Duration::from_secs(5),
+    });
+    supervisor.spawn(UnhealthyReplacer {
+        orchestrator: orchestrator.clone(),
+        interval: Duration::from_secs(1),
     });
     supervisor.spawn(LostInstanceWatch {
         orchestrator: orchestrator.clone(),

@@ -20,20 +20,6 @@ fn migrating_spec(name: &str) -> pb::WorkloadSpec {
     spec
 }
 
-async fn get_json(url: &str, token: &str) -> (u16, serde_json::Value) {
-    let response = reqwest::Client::new()
-        .get(url)
-        .bearer_auth(token)
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let body =
-        serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or(serde_json::Value::Null);
-    (status, body)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_interrupted_workload_checkpoints_and_moves_with_its_endpoint_and_state() {
     let dir = tempfile::tempdir().unwrap();
@@ -821,30 +807,6 @@ async fn a_workload_of_its_own_user_migrates_with_its_checkpoint() {
 }
 
 /// The names of the complete checkpoints (those with a manifest), oldest first.
-async fn complete_checkpoints(service: &Service, workload_id: &str) -> Vec<String> {
-    let mut client = service.workloads().await;
-    let listed = client
-        .list_objects(authed(pb::ListObjectsRequest {
-            workload_id: workload_id.into(),
-            prefix: "checkpoints/".into(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut names: Vec<String> = listed
-        .objects
-        .iter()
-        .filter_map(|o| {
-            o.key
-                .strip_prefix("checkpoints/")?
-                .strip_suffix("/manifest.json")
-                .map(str::to_string)
-        })
-        .collect();
-    names.sort();
-    names
-}
-
 async fn set_checkpoint(
     client: &mut pb::workloads_client::WorkloadsClient<tonic::transport::Channel>,
     current: &pb::Workload,
@@ -857,6 +819,8 @@ async fn set_checkpoint(
             tags: spec.tags,
             health_check: spec.health_check,
             on_interruption: spec.on_interruption,
+            on_unhealthy: spec.on_unhealthy,
+            replace_unhealthy_after_seconds: spec.replace_unhealthy_after_seconds,
             env: spec.env,
             storage: spec.storage,
             tcp_allowed_cidrs: spec.tcp_allowed_cidrs,

@@ -242,6 +242,9 @@ fn spec(name: &str) -> WorkloadSpec {
         port: 8080,
         health_check: HealthCheck::default(),
         on_interruption: OnInterruption::Migrate,
+        // Not the defaults, so a store that drops them fails the round trip.
+        on_unhealthy: computearbitrage_core::OnUnhealthy::Replace,
+        replace_unhealthy_after: Duration::from_secs(42),
         storage: StorageSpec::default(),
         checkpoint: Default::default(),
         tags: BTreeMap::from([("team".into(), "ml".into())]),

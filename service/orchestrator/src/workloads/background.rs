@@ -4,6 +4,7 @@
 //! a crash or a store outage), and the orphan sweeper (kills instances no workload
 //! owns).
 
+use super::migration::Cause;
 use super::monitor::{HealthEvent, HealthHandler};
 use super::{notify, Orchestrator};
 use crate::error::OrchestratorError;
@@ -85,7 +86,10 @@ impl Orchestrator {
                         )
                         .await?;
                     }
-                    OnInterruption::Migrate => self.start_migration(&workload, deadline).await?,
+                    OnInterruption::Migrate => {
+                        self.start_migration(&workload, Cause::Notice { deadline })
+                            .await?
+                    }
                 }
             }
             DriverEvent::Exited {
@@ -156,8 +160,13 @@ impl Orchestrator {
                         .await?
                 }
                 OnInterruption::Migrate => {
-                    self.start_migration(&workload, super::now_ms() / 1000)
-                        .await?
+                    self.start_migration(
+                        &workload,
+                        Cause::Notice {
+                            deadline: super::now_ms() / 1000,
+                        },
+                    )
+                    .await?
                 }
             }
             started += 1;
@@ -212,7 +221,10 @@ impl Orchestrator {
         let now = super::now_ms() / 1000;
         match workload.spec.on_interruption {
             OnInterruption::Terminate => self.start_termination(workload, &why).await,
-            OnInterruption::Migrate => self.start_migration(workload, now).await,
+            OnInterruption::Migrate => {
+                self.start_migration(workload, Cause::Notice { deadline: now })
+                    .await
+            }
         }
     }
 }
@@ -320,6 +332,28 @@ impl Worker for LostInstanceWatch {
     async fn tick(&mut self) -> Result<(), OrchestratorError> {
         self.orchestrator.find_lost_instances().await?;
         self.orchestrator.recover_interrupted().await.map(|_| ())
+    }
+}
+
+/// Replaces the instances of workloads that stayed UNHEALTHY (`on_unhealthy = "replace"`).
+pub struct UnhealthyReplacer {
+    pub orchestrator: Arc<Orchestrator>,
+    pub interval: Duration,
+}
+
+#[async_trait::async_trait]
+impl Worker for UnhealthyReplacer {
+    type Error = OrchestratorError;
+    fn name(&self) -> String {
+        "unhealthy-replacer".into()
+    }
+
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    async fn tick(&mut self) -> Result<(), OrchestratorError> {
+        self.orchestrator.replace_unhealthy().await.map(|_| ())
     }
 }
 

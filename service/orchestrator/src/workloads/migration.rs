@@ -15,6 +15,12 @@
 //!    and endpoint, back to RUNNING; the old segment is billed.
 //! 9. `terminate-replaced`: the old instance is terminated if it is still there.
 //! 10. `notify`: `workload.migrated`, and the health monitor follows the new address.
+//!
+//! The same run replaces an instance that stayed UNHEALTHY (`on_unhealthy =
+//! "replace"`, [`Cause::Unhealthy`]): nothing was reclaimed, so no offer is excluded,
+//! there is no final checkpoint to wait for (the newest complete one is restored), and
+//! a replacement that fails leaves the workload on its instance
+//! ([`Orchestrator::fail_unhealthy_replacement`]).
 
 use super::agents::complete_checkpoints;
 use super::engine::{StepContext, StepError};
@@ -22,13 +28,58 @@ use super::steps::{bill, instance_id, placement_record};
 use super::{new_id, notify, now_ms, Orchestrator};
 use crate::error::OrchestratorError;
 use computearbitrage_core::workflow::*;
-use computearbitrage_core::{InstanceState, Offer, WorkloadStatus};
+use computearbitrage_core::{InstanceState, Offer, OnUnhealthy, WorkloadStatus};
 use computearbitrage_store::{
-    PlacementRecord, RunKind, RunRecord, RunStatus, WorkloadChanges, WorkloadRecord,
+    PlacementRecord, RunKind, RunRecord, RunStatus, StepRecord, WorkloadChanges, WorkloadRecord,
 };
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Why a workload moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The cloud reclaims the instance (a notice, or the instance was lost); the
+    /// final checkpoint is due by `deadline` (unix seconds).
+    Notice { deadline: i64 },
+    /// The workload stayed UNHEALTHY past `replace_unhealthy_after`.
+    Unhealthy,
+}
+
+const UNHEALTHY_MARK: &str = "cause=unhealthy";
+
+impl Cause {
+    /// The cause and deadline ride in the run's reason, its only free-form field.
+    fn reason(self) -> String {
+        match self {
+            Cause::Notice { deadline } => format!("spot interruption; deadline={deadline}"),
+            Cause::Unhealthy => {
+                format!(
+                    "replacing an unhealthy instance (on_unhealthy = replace); {UNHEALTHY_MARK}"
+                )
+            }
+        }
+    }
+
+    pub(crate) fn of(run: &RunRecord) -> Cause {
+        if run.reason.ends_with(UNHEALTHY_MARK) {
+            return Cause::Unhealthy;
+        }
+        let deadline = run
+            .reason
+            .rsplit_once("deadline=")
+            .and_then(|(_, d)| d.trim().parse().ok())
+            .unwrap_or(run.created_at / 1000 + 30);
+        Cause::Notice { deadline }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Cause::Notice { .. } => "interruption",
+            Cause::Unhealthy => "unhealthy",
+        }
+    }
+}
 
 /// An offer a workload must not be placed on: (cloud, region, zone, type).
 #[derive(Debug, Clone, PartialEq)]
@@ -79,6 +130,8 @@ pub(crate) fn excluded_offers(
     ctx: &StepContext<'_>,
 ) -> Result<Vec<ExcludedOffer>, StepError> {
     let mut excluded = match ctx.run.kind {
+        // A fresh instance of an unhealthy one's offer is a new machine all the same.
+        RunKind::Migrate if Cause::of(ctx.run) == Cause::Unhealthy => Vec::new(),
         RunKind::Migrate => vec![left_offer(ctx)?],
         RunKind::Provision => Vec::new(),
         RunKind::Terminate => return Ok(Vec::new()),
@@ -127,19 +180,21 @@ fn record_interruption(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Val
             "the workload has no instance to migrate from",
         ));
     };
-    let deadline: i64 = ctx
-        .run
-        .reason
-        .rsplit_once("deadline=")
-        .and_then(|(_, d)| d.trim().parse().ok())
-        .unwrap_or(now_ms() / 1000 + 30);
-    // Every placement in this service skips the reclaimed offer for the cooldown.
-    let cooldown_ms = orch.settings.migration_cooldown.as_millis() as i64;
-    orch.reclaimed
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push((ExcludedOffer::of(placed), ctx.run.created_at + cooldown_ms));
+    let cause = Cause::of(ctx.run);
+    let deadline = match cause {
+        Cause::Notice { deadline } => {
+            // Every placement in this service skips the reclaimed offer for the cooldown.
+            let cooldown_ms = orch.settings.migration_cooldown.as_millis() as i64;
+            orch.reclaimed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((ExcludedOffer::of(placed), ctx.run.created_at + cooldown_ms));
+            deadline
+        }
+        Cause::Unhealthy => ctx.run.created_at / 1000,
+    };
     Ok(json!({
+        "cause": cause.name(),
         "instance_id": instance_id,
         "placement": placed,
         "started_at_ms": w.instance_started_at,
@@ -160,9 +215,15 @@ async fn mark_migrating(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Va
         "migrating from {from} to {} {} in {}",
         to.cloud, to.instance_type, to.region
     );
+    // An unhealthy workload was never INTERRUPTED: it goes straight to PROVISIONING.
+    let cause = Cause::of(ctx.run);
+    let was = match cause {
+        Cause::Unhealthy => WorkloadStatus::Unhealthy,
+        Cause::Notice { .. } => WorkloadStatus::Interrupted,
+    };
     orch.transition(
         ctx.workload,
-        WorkloadStatus::Interrupted,
+        was,
         WorkloadStatus::Provisioning,
         &reason,
         WorkloadChanges::default(),
@@ -172,7 +233,7 @@ async fn mark_migrating(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Va
         orch,
         ctx.workload,
         "workload.migrating",
-        json!({ "from": from.to_string(), "to": format!("{} {} in {}", to.cloud, to.instance_type, to.region) }),
+        json!({ "from": from.to_string(), "to": format!("{} {} in {}", to.cloud, to.instance_type, to.region), "cause": cause.name() }),
     )
     .await?;
     Ok(json!({ "reason": reason }))
@@ -220,6 +281,16 @@ async fn await_checkpoint(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<
             json!({ "checkpoint": null, "why": "the workload has no storage: the replacement starts from scratch" }),
         );
     };
+    if Cause::of(ctx.run) == Cause::Unhealthy {
+        // An unhealthy workload's last word is not worth waiting for.
+        let newest = complete_checkpoints(&link.storage, &ctx.workload.id)
+            .await
+            .map_err(|e| StepError::transient(format!("cannot list the checkpoints: {e}")))?
+            .pop();
+        return Ok(
+            json!({ "checkpoint": newest, "final": false, "why": "replacing an unhealthy instance: the newest complete checkpoint" }),
+        );
+    }
     let driver = orch.driver(&old_cloud)?;
     // The final checkpoint is a complete one the agent took on this notice, whether or
     // not its report reached this process. The agent may see the notice before the
@@ -396,6 +467,7 @@ async fn notify_migrated(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<V
             "region": to.region,
             "instance_type": to.instance_type,
         },
+        "cause": left["cause"].as_str().unwrap_or("interruption"),
         "downtime_ms": switched - notice_ms,
         "checkpoint": checkpoint["checkpoint"],
         "final_checkpoint": checkpoint["final"],
@@ -405,12 +477,131 @@ async fn notify_migrated(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<V
     Ok(body)
 }
 
+/// The replacement a migration started, from its ledger: where, which, since when (ms).
+fn replacement_of(ledger: &[StepRecord]) -> Option<(PlacementRecord, String, i64)> {
+    let output = |name: &str| {
+        ledger
+            .iter()
+            .find(|s| s.step == name && s.completed)
+            .and_then(|s| s.output.as_deref())
+            .and_then(|o| serde_json::from_str::<Value>(o).ok())
+    };
+    let provisioned = output(PROVISION)?;
+    let placed = placement_record(&output(PLACEMENT)?);
+    Some((
+        placed,
+        provisioned["instance_id"].as_str()?.to_string(),
+        provisioned["started_at_ms"].as_i64()?,
+    ))
+}
+
 impl Orchestrator {
+    /// A replacement of an unhealthy instance failed before the switch: only the
+    /// replacement goes, and the workload stays on its instance (RUNNING again if the
+    /// move had begun, so the monitor judges it afresh); the next attempt comes after
+    /// another `replace_unhealthy_after`.
+    async fn fail_unhealthy_replacement(
+        self: &Arc<Self>,
+        workload: &WorkloadRecord,
+        ledger: &[StepRecord],
+        step: &str,
+        error: &str,
+    ) -> Result<(), OrchestratorError> {
+        if let Some((placed, id, started)) = replacement_of(ledger) {
+            if let Err(e) = self.driver(&placed.cloud)?.terminate(&id).await {
+                tracing::warn!(workload_id = %workload.id, instance_id = %id, error = %e, "could not terminate the failed replacement; the sweeper will retry");
+            }
+            self.store
+                .add_billing(bill(workload, &placed, &id, started, now_ms()))
+                .await?;
+        }
+        let on = workload.instance_id.as_deref().unwrap_or("its instance");
+        tracing::warn!(workload_id = %workload.id, step, error, instance_id = on, "replacing the unhealthy instance failed; the workload stays on it");
+        if workload.status == WorkloadStatus::Provisioning {
+            self.transition(
+                workload,
+                WorkloadStatus::Provisioning,
+                WorkloadStatus::Running,
+                &format!("replacing the unhealthy instance failed at {step}: {error}; still on {on}, tried again after replace_unhealthy_after_seconds"),
+                WorkloadChanges::default(),
+            )
+            .await?;
+        }
+        if let Some(current) = self
+            .store
+            .workload(&workload.tenant_id, &workload.id)
+            .await?
+        {
+            self.monitor.watch(&current);
+        }
+        notify::enqueue(
+            self,
+            workload,
+            "workload.replacement_failed",
+            json!({ "failed_step": step, "error": error, "instance_id": on }),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Starts replacing each workload with `on_unhealthy = "replace"` that has been
+    /// UNHEALTHY for its `replace_unhealthy_after` (since its last transition there, as
+    /// the store recorded it, so a restart does not reset the wait). One attempt per
+    /// wait: a replacement that failed is tried again only once another has passed.
+    pub async fn replace_unhealthy(self: &Arc<Self>) -> Result<Vec<String>, OrchestratorError> {
+        let _one_at_a_time = self.interruptions.lock().await;
+        let now = now_ms();
+        let mut started = Vec::new();
+        for workload in self
+            .store
+            .workloads_in(&[WorkloadStatus::Unhealthy])
+            .await?
+        {
+            if workload.spec.on_unhealthy != OnUnhealthy::Replace {
+                continue;
+            }
+            let wait_ms = workload.spec.replace_unhealthy_after.as_millis() as i64;
+            let since = self
+                .store
+                .transitions(&workload.tenant_id, &workload.id)
+                .await?
+                .iter()
+                .rev()
+                .find(|t| t.to == WorkloadStatus::Unhealthy)
+                .map(|t| t.at)
+                .unwrap_or(workload.updated_at);
+            if now - since < wait_ms {
+                continue;
+            }
+            let runs = self
+                .store
+                .runs_of(&workload.tenant_id, &workload.id)
+                .await?;
+            let busy = runs.iter().any(|r| {
+                r.status == RunStatus::Running
+                    && matches!(r.kind, RunKind::Migrate | RunKind::Terminate)
+            });
+            let tried_lately = runs.iter().any(|r| {
+                r.kind == RunKind::Migrate
+                    && Cause::of(r) == Cause::Unhealthy
+                    && now - r.created_at < wait_ms
+            });
+            if busy || tried_lately {
+                continue;
+            }
+            self.monitor.unwatch(&workload.id);
+            tracing::warn!(workload_id = %workload.id, unhealthy_ms = now - since, "unhealthy for longer than replace_unhealthy_after_seconds: replacing the instance");
+            self.start_migration(&workload, Cause::Unhealthy).await?;
+            started.push(workload.id.clone());
+        }
+        Ok(started)
+    }
+
     /// Starts a migration run for an interrupted workload, unless one is under way.
     pub(crate) async fn start_migration(
         self: &Arc<Self>,
         workload: &WorkloadRecord,
-        deadline: i64,
+        cause: Cause,
     ) -> Result<(), OrchestratorError> {
         let runs = self
             .store
@@ -429,8 +620,7 @@ impl Orchestrator {
             workload_id: workload.id.clone(),
             kind: RunKind::Migrate,
             status: RunStatus::Running,
-            // The deadline rides in the reason, the run's only free-form field.
-            reason: format!("spot interruption; deadline={deadline}"),
+            reason: cause.reason(),
             error: None,
             failed_step: None,
             replays: 0,
@@ -439,7 +629,7 @@ impl Orchestrator {
         };
         let run_id = run.id.clone();
         self.store.create_run(run).await?;
-        tracing::info!(tenant = %workload.tenant_id, workload_id = %workload.id, run_id, "migration started");
+        tracing::info!(tenant = %workload.tenant_id, workload_id = %workload.id, run_id, cause = cause.name(), "migration started");
         self.spawn_run(run_id);
         Ok(())
     }
@@ -467,28 +657,16 @@ impl Orchestrator {
             tracing::warn!(workload_id = %workload.id, step, error, "migration finished its move but not its cleanup; the orphan sweeper terminates the old instance");
             return Ok(());
         }
+        if Cause::of(run) == Cause::Unhealthy {
+            return self
+                .fail_unhealthy_replacement(&workload, &ledger, step, error)
+                .await;
+        }
         // The replacement, if one was started, is billed for what it ran.
-        if let Some(provisioned) = ledger
-            .iter()
-            .find(|s| s.step == PROVISION && s.completed)
-            .and_then(|s| s.output.as_deref())
-            .and_then(|o| serde_json::from_str::<Value>(o).ok())
-        {
-            let placed = ledger
-                .iter()
-                .find(|s| s.step == PLACEMENT && s.completed)
-                .and_then(|s| s.output.as_deref())
-                .and_then(|o| serde_json::from_str::<Value>(o).ok())
-                .map(|o| placement_record(&o));
-            if let (Some(placed), Some(id), Some(started)) = (
-                placed,
-                provisioned["instance_id"].as_str(),
-                provisioned["started_at_ms"].as_i64(),
-            ) {
-                self.store
-                    .add_billing(bill(&workload, &placed, id, started, now_ms()))
-                    .await?;
-            }
+        if let Some((placed, id, started)) = replacement_of(&ledger) {
+            self.store
+                .add_billing(bill(&workload, &placed, &id, started, now_ms()))
+                .await?;
         }
         if let Err(e) = super::steps::release_instances(self, &workload).await {
             tracing::warn!(workload_id = %workload.id, error = %e.message, "could not release the instances of a failed migration; the sweeper will retry");

@@ -132,6 +132,8 @@ pub struct WorkloadUpdate {
     /// Whether the request had a health_check block.
     pub health_check_written: bool,
     pub on_interruption: computearbitrage_core::OnInterruption,
+    pub on_unhealthy: computearbitrage_core::OnUnhealthy,
+    pub replace_unhealthy_after: std::time::Duration,
     /// `None` keeps the current storage.
     pub storage: Option<computearbitrage_core::StorageSpec>,
     /// Empty: this machine only.
@@ -423,7 +425,7 @@ impl Orchestrator {
     }
 
     /// Replaces what can change in place: tags, env, health check, on_interruption,
-    /// and storage's quota and retention.
+    /// on_unhealthy and its wait, and storage's quota and retention.
     pub async fn update(
         &self,
         tenant: &str,
@@ -458,6 +460,8 @@ impl Orchestrator {
         spec.health_check = update.health_check;
         written.health_check = update.health_check_written;
         spec.on_interruption = update.on_interruption;
+        spec.on_unhealthy = update.on_unhealthy;
+        spec.replace_unhealthy_after = update.replace_unhealthy_after;
         spec.tcp_allowed_cidrs = update.tcp_allowed_cidrs;
         if !update.checkpoint.interval.is_zero() && !spec.storage.enabled {
             return Err(OperationError::InvalidField {

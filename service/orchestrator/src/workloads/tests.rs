@@ -162,6 +162,8 @@ fn workload_spec(name: &str) -> WorkloadSpec {
         port: 8080,
         health_check: HealthCheck::default(),
         on_interruption: OnInterruption::Terminate,
+        on_unhealthy: Default::default(),
+        replace_unhealthy_after: std::time::Duration::from_secs(300),
         storage: StorageSpec::default(),
         checkpoint: Default::default(),
         tags: BTreeMap::new(),

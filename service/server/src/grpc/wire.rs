@@ -11,7 +11,7 @@ use computearbitrage_core::hints::UnknownName;
 use computearbitrage_core::workload::WrittenBlocks;
 use computearbitrage_core::{
     gpu, Architecture, Candidate, CheckpointSpec, Cloud, HealthCheck, Offer, OfferFilter,
-    OnInterruption, Requirements, StorageSpec, WorkloadSpec,
+    OnInterruption, OnUnhealthy, Requirements, StorageSpec, WorkloadSpec,
 };
 use computearbitrage_store::WorkloadRecord;
 use std::time::Duration;
@@ -218,6 +218,20 @@ pub fn on_interruption(text: &str) -> OnInterruption {
     OnInterruption::parse(text).unwrap_or(OnInterruption::Migrate)
 }
 
+/// Validated text → choice; the empty string is the default.
+pub fn on_unhealthy(text: &str) -> OnUnhealthy {
+    OnUnhealthy::parse(text).unwrap_or_default()
+}
+
+/// Validated seconds → the wait before `replace`; 0 is the default.
+pub fn replace_unhealthy_after(seconds: u32) -> Duration {
+    Duration::from_secs(u64::from(if seconds == 0 {
+        defaults::REPLACE_UNHEALTHY_AFTER_SECONDS
+    } else {
+        seconds
+    }))
+}
+
 /// A validated request spec in canonical form.
 pub fn spec_from_pb(spec: &pb::WorkloadSpec) -> WorkloadSpec {
     WorkloadSpec {
@@ -235,6 +249,8 @@ pub fn spec_from_pb(spec: &pb::WorkloadSpec) -> WorkloadSpec {
         },
         health_check: health_check_from_pb(spec.health_check.as_ref()),
         on_interruption: on_interruption(&spec.on_interruption),
+        on_unhealthy: on_unhealthy(&spec.on_unhealthy),
+        replace_unhealthy_after: replace_unhealthy_after(spec.replace_unhealthy_after_seconds),
         storage: storage_from_pb(spec.storage.as_ref()),
         checkpoint: checkpoint_from_pb(spec.checkpoint.as_ref()),
         tags: spec.tags.clone().into_iter().collect(),
@@ -280,6 +296,8 @@ pub fn spec_to_pb(s: &WorkloadSpec) -> pb::WorkloadSpec {
         tcp_listen_port: s.tcp_listen_port.map(u32::from),
         tcp_allowed_cidrs: s.tcp_allowed(),
         checkpoint: written.checkpoint.then(|| checkpoint_to_pb(&s.checkpoint)),
+        on_unhealthy: s.on_unhealthy.as_str().into(),
+        replace_unhealthy_after_seconds: s.replace_unhealthy_after.as_secs() as u32,
     }
 }
 
@@ -373,6 +391,13 @@ mod tests {
         );
         assert_eq!(back.port, 8080);
         assert_eq!(back.on_interruption, "migrate");
+        assert_eq!(
+            (
+                back.on_unhealthy.as_str(),
+                back.replace_unhealthy_after_seconds
+            ),
+            ("keep", 300)
+        );
 
         let with = pb::WorkloadSpec {
             health_check: Some(pb::HealthCheck {

@@ -147,6 +147,10 @@ impl Workloads for WorkloadsApi {
                 health_check: wire::health_check_from_pb(req.health_check.as_ref()),
                 health_check_written: req.health_check.is_some(),
                 on_interruption: wire::on_interruption(&req.on_interruption),
+                on_unhealthy: wire::on_unhealthy(&req.on_unhealthy),
+                replace_unhealthy_after: wire::replace_unhealthy_after(
+                    req.replace_unhealthy_after_seconds,
+                ),
                 storage: req.storage.as_ref().map(|s| wire::storage_from_pb(Some(s))),
                 tcp_allowed_cidrs: wire::canonical_cidrs(&req.tcp_allowed_cidrs),
                 checkpoint: wire::checkpoint_from_pb(req.checkpoint.as_ref()),

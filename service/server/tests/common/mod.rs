@@ -292,6 +292,46 @@ pub async fn wait_status(
     }
 }
 
+/// GET through the router with a token: the status and the JSON body (null if none).
+pub async fn get_json(url: &str, token: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body =
+        serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or(serde_json::Value::Null);
+    (status, body)
+}
+
+/// The names of the workload's complete checkpoints, oldest first.
+pub async fn complete_checkpoints(service: &Service, workload_id: &str) -> Vec<String> {
+    let mut client = service.workloads().await;
+    let listed = client
+        .list_objects(authed(pb::ListObjectsRequest {
+            workload_id: workload_id.into(),
+            prefix: "checkpoints/".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut names: Vec<String> = listed
+        .objects
+        .iter()
+        .filter_map(|o| {
+            o.key
+                .strip_prefix("checkpoints/")?
+                .strip_suffix("/manifest.json")
+                .map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
 /// Queues an operator task.
 pub async fn queue_task(
     client: &mut WorkloadsClient<Channel>,
