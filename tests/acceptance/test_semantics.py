@@ -98,12 +98,12 @@ def test_changes_made_outside_terraform_show_in_the_plan(workload_service, workl
         "workload", "update", web["id"],
         "--tag", "owner=someone", "--env", "EXTRA=1", "--on-interruption", "terminate",
         "--health-path", "/healthz", "--storage-quota-gb", "9",
-        "--on-unhealthy", "replace", "--replace-unhealthy-after", "60",
+        "--on-unhealthy", "replace", "--replace-unhealthy-after", "60", "--fallback", "on_demand",
     )
     plan = ws.run("plan", "-detailed-exitcode", check=False)
     assert plan.returncode == 2, plan.stdout + plan.stderr
     text = " ".join(plan.stdout.split())
-    for drift in ['- "owner" = "someone" -> null', '- "EXTRA" = "1" -> null', 'on_interruption = "terminate" -> "migrate"', 'path = "/healthz" -> "/health"', "quota_gb = 9 -> 5", 'on_unhealthy = "replace" -> "keep"', "replace_unhealthy_after_seconds = 60 -> 300"]:
+    for drift in ['- "owner" = "someone" -> null', '- "EXTRA" = "1" -> null', 'on_interruption = "terminate" -> "migrate"', 'path = "/healthz" -> "/health"', "quota_gb = 9 -> 5", 'on_unhealthy = "replace" -> "keep"', "replace_unhealthy_after_seconds = 60 -> 300", 'fallback = "on_demand" -> "none"']:
         assert drift in text, f"{drift} missing from\n{text}"
     assert "update in-place" in text and "must be replaced" not in text
     ws.apply()
@@ -547,4 +547,22 @@ def test_an_unhealthy_workload_is_replaced_and_terraform_sees_no_change(workload
     ws.run("apply", "-refresh-only", "-auto-approve")
     assert ws.outputs()["web"] == web
     assert now["instance_id"] in ws.run("state", "show", "computearbitrage_workload.web").stdout
+    ws.run("destroy", "-auto-approve")
+
+
+def test_fallback_takes_on_demand_capacity_when_no_spot_offer_matches(workload_service, workload_for_service, terraform, tmp_path):
+    """fallback = "on_demand": the plan says what will happen, the workload runs on
+    on-demand capacity at the on-demand price, and the next plan is a no-op."""
+    name = unique("ondemand", terraform)
+    ws = workload_for_service(workload_service)
+    # No spot offer publishes a rate under 1 %.
+    ws.write(workload(name, tmp_path / "health", requirements="max_interruption_rate = 1", extra='fallback = "on_demand"'))
+    plan = ws.run("plan").stdout
+    text = " ".join(plan.split())
+    assert "No spot offer matches the requirements now" in text and 'With fallback = "on_demand", the apply takes on-demand capacity' in text, text
+    ws.apply()
+    web = ws.outputs()["web"]
+    assert web["status"] == "RUNNING" and web["market"] == "on_demand", web
+    assert web["price_per_hour"] == web["on_demand_price_per_hour"], web
+    assert ws.plan_is_noop()
     ws.run("destroy", "-auto-approve")

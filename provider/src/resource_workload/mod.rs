@@ -317,14 +317,20 @@ impl WorkloadResource {
                 "requirements",
                 |f| f.to_string(),
             ),
-            Err(status) if Reason::of(&status) == Some(Reason::NoMatchingOffer) => diags.warning(
-                "No spot offer matches the requirements now",
-                format!(
-                    "{}\n\nThe apply will fail unless prices change first.",
-                    status.message()
-                ),
-                root,
-            ),
+            Err(status) if Reason::of(&status) == Some(Reason::NoMatchingOffer) => {
+                let then = if planned.fallback.as_ref_option().map(String::as_str)
+                    == Some("on_demand")
+                {
+                    "With fallback = \"on_demand\", the apply takes on-demand capacity at its on-demand price instead (max_interruption_rate does not apply to it)."
+                } else {
+                    "The apply will fail unless prices change first, or fallback = \"on_demand\" lets it take on-demand capacity."
+                };
+                diags.warning(
+                    "No spot offer matches the requirements now",
+                    format!("{}\n\n{then}", status.message()),
+                    root,
+                )
+            }
             Err(_) => {}
         }
     }
@@ -618,6 +624,7 @@ impl Resource for WorkloadResource {
             on_interruption: spec.on_interruption,
             on_unhealthy: spec.on_unhealthy,
             replace_unhealthy_after_seconds: spec.replace_unhealthy_after_seconds,
+            fallback: spec.fallback,
             env: spec.env,
             storage: spec.storage,
             tcp_allowed_cidrs: spec.tcp_allowed_cidrs,

@@ -63,6 +63,7 @@ pub struct WorkloadState {
     pub on_interruption: Value<String>,
     pub on_unhealthy: Value<String>,
     pub replace_unhealthy_after_seconds: Value<Number>,
+    pub fallback: Value<String>,
     #[serde(with = "serde_as_vec")]
     pub storage: Value<StorageBlock>,
     #[serde(with = "serde_as_vec")]
@@ -85,6 +86,7 @@ pub struct WorkloadState {
     pub backend_endpoint: Value<String>,
     pub price_per_hour: Value<Number>,
     pub on_demand_price_per_hour: Value<Number>,
+    pub market: Value<String>,
     pub cost_to_date: Value<Number>,
     pub created_at: Value<String>,
 }
@@ -408,6 +410,7 @@ impl WorkloadState {
                 .map(whole)
                 .unwrap_or(0)
                 .clamp(0, i64::from(u32::MAX)) as u32,
+            fallback: self.fallback.as_ref_option().cloned().unwrap_or_default(),
             storage: self.storage.as_ref_option().map(StorageBlock::to_pb),
             checkpoint: self.checkpoint.as_ref_option().map(CheckpointBlock::to_pb),
             tags: canonical::map(&self.tags).into_iter().collect(),
@@ -455,6 +458,12 @@ impl WorkloadState {
             &prior.replace_unhealthy_after_seconds,
             Some(integer(defaults::REPLACE_UNHEALTHY_AFTER_SECONDS)),
             canonical::number,
+        );
+        self.fallback = planned(
+            &config.fallback,
+            &prior.fallback,
+            Some(Value::Value(defaults::FALLBACK.to_string())),
+            canonical::text,
         );
         self.tcp_port = planned(&config.tcp_port, &prior.tcp_port, None, canonical::number);
         self.tcp_allowed_cidrs = planned(
@@ -524,6 +533,7 @@ impl WorkloadState {
             || self.on_interruption != other.on_interruption
             || self.on_unhealthy != other.on_unhealthy
             || self.replace_unhealthy_after_seconds != other.replace_unhealthy_after_seconds
+            || self.fallback != other.fallback
             || self.storage != other.storage
             || self.checkpoint != other.checkpoint
             || self.tags != other.tags
@@ -567,6 +577,7 @@ impl WorkloadState {
         self.backend_endpoint = Value::Unknown;
         self.price_per_hour = Value::Unknown;
         self.on_demand_price_per_hour = Value::Unknown;
+        self.market = Value::Unknown;
         self.cost_to_date = Value::Unknown;
     }
 
@@ -586,6 +597,7 @@ impl WorkloadState {
         self.backend_endpoint = from.backend_endpoint.clone();
         self.price_per_hour = from.price_per_hour.clone();
         self.on_demand_price_per_hour = from.on_demand_price_per_hour.clone();
+        self.market = from.market.clone();
         self.cost_to_date = from.cost_to_date.clone();
         self.created_at = from.created_at.clone();
     }
@@ -613,6 +625,7 @@ impl WorkloadState {
         self.price_per_hour = same_number(&self.price_per_hour, w.price_per_hour);
         self.on_demand_price_per_hour =
             same_number(&self.on_demand_price_per_hour, w.on_demand_price_per_hour);
+        self.market = non_empty(&w.market);
         self.cost_to_date = same_number(&self.cost_to_date, w.cost_to_date);
         self.created_at = Value::Value(w.created_at.clone());
     }
@@ -640,6 +653,7 @@ impl WorkloadState {
         clear(&mut self.backend_endpoint);
         clear(&mut self.price_per_hour);
         clear(&mut self.on_demand_price_per_hour);
+        clear(&mut self.market);
         clear(&mut self.cost_to_date);
         clear(&mut self.created_at);
         if let Value::Value(check) = &mut self.health_check {
@@ -664,6 +678,7 @@ impl WorkloadState {
             on_interruption: Value::Null,
             on_unhealthy: Value::Null,
             replace_unhealthy_after_seconds: Value::Null,
+            fallback: Value::Null,
             storage: Value::Null,
             checkpoint: Value::Null,
             tags: Value::Null,
@@ -682,6 +697,7 @@ impl WorkloadState {
             backend_endpoint: Value::Null,
             price_per_hour: Value::Null,
             on_demand_price_per_hour: Value::Null,
+            market: Value::Null,
             cost_to_date: Value::Null,
             created_at: Value::Null,
         }
@@ -711,6 +727,7 @@ impl WorkloadState {
         state.on_interruption = Value::Value(spec.on_interruption.clone());
         state.on_unhealthy = Value::Value(spec.on_unhealthy.clone());
         state.replace_unhealthy_after_seconds = integer(spec.replace_unhealthy_after_seconds);
+        state.fallback = Value::Value(spec.fallback.clone());
         state.storage = spec.storage.as_ref().map(StorageBlock::from_pb).into();
         state.checkpoint = spec
             .checkpoint
@@ -763,6 +780,7 @@ impl WorkloadState {
             &actual.replace_unhealthy_after_seconds,
             canonical::number,
         );
+        state.fallback = refreshed(&prior.fallback, &actual.fallback, canonical::text);
         state.requirements = match (&prior.requirements, &actual.requirements) {
             (Value::Value(p), Value::Value(a)) => Value::Value(RequirementsBlock::refreshed(p, a)),
             (_, a) => a.clone(),
@@ -818,6 +836,7 @@ mod tests {
             on_interruption: "migrate".into(),
             on_unhealthy: "keep".into(),
             replace_unhealthy_after_seconds: 300,
+            fallback: "none".into(),
             tags: HashMap::from([("team".into(), "ml".into())]),
             ..Default::default()
         }

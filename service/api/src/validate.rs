@@ -288,6 +288,7 @@ pub fn workload_fields(spec: &pb::WorkloadSpec) -> Vec<Violation> {
         spec.replace_unhealthy_after_seconds,
         &mut out,
     );
+    fallback(&spec.fallback, &mut out);
     tcp_allowed_cidrs(&spec.tcp_allowed_cidrs, &mut out);
     out
 }
@@ -451,6 +452,15 @@ fn on_interruption(value: &str, out: &mut Vec<Violation>) {
     }
 }
 
+fn fallback(value: &str, out: &mut Vec<Violation>) {
+    if !["", "none", "on_demand"].contains(&value) {
+        out.push(Violation::field(
+            "fallback",
+            format!("{value:?} is not a choice; use \"none\" (spot only) or \"on_demand\" (on-demand capacity when spot has none)"),
+        ));
+    }
+}
+
 fn on_unhealthy(value: &str, after_seconds: u32, out: &mut Vec<Violation>) {
     if !["", "keep", "replace"].contains(&value) {
         out.push(Violation::field(
@@ -490,6 +500,7 @@ pub fn update_workload(req: &pb::UpdateWorkloadRequest) -> Vec<Violation> {
         req.replace_unhealthy_after_seconds,
         &mut out,
     );
+    fallback(&req.fallback, &mut out);
     tcp_allowed_cidrs(&req.tcp_allowed_cidrs, &mut out);
     if let Some(check) = &req.health_check {
         out.extend(
@@ -826,6 +837,7 @@ mod tests {
         bad.on_interruption = "pause".into();
         bad.on_unhealthy = "restart".into();
         bad.replace_unhealthy_after_seconds = 86_401;
+        bad.fallback = "ondemand".into();
         bad.env.insert("PORT".into(), "1".into());
         bad.health_check = Some(pb::HealthCheck {
             path: "health".into(),
@@ -847,6 +859,7 @@ mod tests {
                 "on_interruption",
                 "on_unhealthy",
                 "replace_unhealthy_after_seconds",
+                "fallback",
                 "health_check.path",
                 "health_check.timeout_seconds"
             ]

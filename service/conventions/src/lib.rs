@@ -89,6 +89,8 @@ pub mod defaults {
     /// What happens to a workload that stays unhealthy: `keep` it (and wait), or
     /// `replace` its instance.
     pub const ON_UNHEALTHY: &str = "keep";
+    /// What capacity a workload takes when spot has none: `none`, or `on_demand`.
+    pub const FALLBACK: &str = "none";
     /// How long a workload stays UNHEALTHY before `replace` acts.
     pub const REPLACE_UNHEALTHY_AFTER_SECONDS: u32 = 300;
     /// The bounds a spec may ask for.

@@ -27,6 +27,9 @@ pub struct InstanceSpec {
     pub instance_type: String,
     /// Highest hourly price to pay; the cloud reclaims the instance above it.
     pub max_price: f64,
+    /// On-demand capacity instead of spot (`fallback = "on_demand"`): never reclaimed,
+    /// paid at the on-demand price, `max_price` ignored.
+    pub on_demand: bool,
     /// What runs on the instance.
     pub command: Vec<String>,
     /// Container image for real clouds; the local driver ignores it.
@@ -100,8 +103,9 @@ pub trait Driver: Send + Sync {
     /// `local`, `aws`, …
     fn name(&self) -> &str;
 
-    /// Creates a spot instance, or returns the one an earlier call with the same
-    /// idempotency token created.
+    /// Creates a spot instance (on-demand with `spec.on_demand`), or returns the one an
+    /// earlier call with the same idempotency token created. No capacity for the offer
+    /// now is [`Error::Capacity`], which the orchestrator may answer with on-demand.
     async fn create_spot_instance(&self, spec: &InstanceSpec) -> Result<Instance, Error>;
 
     /// Current state of an instance. An unknown id is `Terminated`, not an error.

@@ -36,6 +36,13 @@ pub enum Error {
         retryable: bool,
     },
 
+    /// The cloud has no capacity for this offer now (AWS
+    /// `InsufficientInstanceCapacity`, GCP `ZONE_RESOURCE_POOL_EXHAUSTED`, Azure
+    /// `SkuNotAvailable`). Retryable: capacity comes back; with `fallback =
+    /// "on_demand"`, errors that persist move the workload to on-demand capacity.
+    #[error("driver `{driver}` has no capacity: {message}")]
+    Capacity { driver: String, message: String },
+
     /// A price source failed. `retryable` says whether the next attempt may succeed
     /// (network, throttling) or not (malformed data, bad credentials).
     #[error("price source `{source_name}` failed: {message}")]
@@ -51,6 +58,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Collect { retryable, .. } | Error::Driver { retryable, .. } => *retryable,
+            Error::Capacity { .. } => true,
             Error::InvalidInput { .. }
             | Error::NoMatch(_)
             | Error::InvalidPageToken(_)

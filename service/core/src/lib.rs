@@ -49,8 +49,8 @@ pub use error::Error;
 pub use filter::{OfferFilter, Requirements};
 pub use lifecycle::{Transition, WorkloadStatus};
 pub use offer::{InterruptionRate, Offer};
-pub use placement::{place, Candidate, Placement, ScoringPolicy};
+pub use placement::{place, place_on_demand, Candidate, Placement, ScoringPolicy};
 pub use retry::RetryPolicy;
 pub use workload::{
-    CheckpointSpec, HealthCheck, OnInterruption, OnUnhealthy, StorageSpec, WorkloadSpec,
+    CheckpointSpec, Fallback, HealthCheck, OnInterruption, OnUnhealthy, StorageSpec, WorkloadSpec,
 };

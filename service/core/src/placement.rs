@@ -174,6 +174,58 @@ pub fn place(
     })
 }
 
+/// The cheapest on-demand capacity for `requirements`, for `fallback = "on_demand"`.
+/// On-demand is never reclaimed, so `max_interruption_rate` does not apply;
+/// `max_price_per_hour` does, to the on-demand price (what is paid). Offers without an
+/// on-demand price are skipped. Ties are broken by catalog order.
+pub fn place_on_demand(
+    catalog: &Catalog,
+    requirements: &Requirements,
+    policy: &ScoringPolicy,
+) -> Result<Candidate, Error> {
+    let mut relaxed = requirements.filter.clone();
+    relaxed.max_interruption_rate = None;
+    relaxed.allow_unknown_interruption_rate = false;
+    let limit = relaxed.max_spot_price.take();
+    let filter = relaxed.compile(catalog, Context::Placement);
+    let preferred = |row: &Row| {
+        requirements
+            .preferred_regions
+            .iter()
+            .any(|r| catalog.strings.lookup(r) == Some(row.region))
+    };
+    let mut best: Option<(f64, usize)> = None;
+    for (position, row) in catalog.rows.iter().enumerate() {
+        let price = row.on_demand_price;
+        if price.is_nan() || limit.is_some_and(|l| price > l) || !filter.accepts(row) {
+            continue;
+        }
+        let score = if preferred(row) {
+            price * (1.0 - policy.preferred_region_bonus)
+        } else {
+            price
+        };
+        if best.is_none_or(|(b, _)| score < b) {
+            best = Some((score, position));
+        }
+    }
+    let Some((score, position)) = best else {
+        return Err(Error::NoMatch(Box::new(explain(catalog, &filter))));
+    };
+    let offer = catalog.materialize(&catalog.rows[position]);
+    let reason = format!(
+        "on-demand {} at {}/h: the cheapest on-demand capacity that meets the requirements",
+        offer.describe(),
+        price(offer.on_demand_price.unwrap_or(score))
+    );
+    Ok(Candidate {
+        savings_percent: Some(0.0),
+        score,
+        offer,
+        reason,
+    })
+}
+
 fn reason(
     rank: usize,
     score: f64,
@@ -506,6 +558,33 @@ mod tests {
         );
         assert_eq!(placement.alternatives[1].offer.region, "eu-west-1");
         assert!((placement.best.savings_percent.unwrap() - 66.666).abs() < 0.01);
+    }
+
+    #[test]
+    fn on_demand_placement_ignores_the_interruption_limit_and_prices_on_demand() {
+        let mut cheap_spot = offer(Cloud::Aws, "us-east-1", "cheap-spot", 4.0, 16.0, 0.010);
+        cheap_spot.on_demand_price = Some(0.200);
+        cheap_spot.interruption_rate = InterruptionRate::from_aws_bucket(4);
+        let mut cheap_od = offer(Cloud::Gcp, "us-central1", "cheap-od", 4.0, 16.0, 0.050);
+        cheap_od.on_demand_price = Some(0.150);
+        cheap_od.interruption_rate = InterruptionRate::from_aws_bucket(4);
+        let mut unpriced = offer(Cloud::Azure, "eastus", "unpriced", 4.0, 16.0, 0.001);
+        unpriced.on_demand_price = None;
+        let catalog = Catalog::build(vec![cheap_spot, cheap_od, unpriced]);
+        let mut req = needs(4.0, 16.0);
+        // No spot offer passes a 1 % limit.
+        req.filter.max_interruption_rate = Some(1.0);
+        assert!(place(&catalog, &req, 0, &ScoringPolicy::default()).is_err());
+        let od = place_on_demand(&catalog, &req, &ScoringPolicy::default()).unwrap();
+        assert_eq!(od.offer.instance_type, "cheap-od");
+        assert!((od.score - 0.150).abs() < 1e-12);
+        assert!(od.reason.contains("on-demand"), "{}", od.reason);
+        // The price limit is on what is paid: the on-demand price.
+        req.filter.max_spot_price = Some(0.10);
+        assert!(matches!(
+            place_on_demand(&catalog, &req, &ScoringPolicy::default()),
+            Err(Error::NoMatch(_))
+        ));
     }
 
     #[test]

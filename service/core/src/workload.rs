@@ -60,6 +60,35 @@ impl OnUnhealthy {
     }
 }
 
+/// What capacity a workload may run on when spot has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fallback {
+    /// Spot only: no matching offer, or spot capacity errors that persist, fail it.
+    #[default]
+    None,
+    /// On-demand capacity when no spot offer matches or spot capacity errors persist,
+    /// paid at the offer's on-demand price.
+    OnDemand,
+}
+
+impl Fallback {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fallback::None => "none",
+            Fallback::OnDemand => "on_demand",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Fallback> {
+        match text {
+            "none" => Some(Fallback::None),
+            "on_demand" => Some(Fallback::OnDemand),
+            _ => None,
+        }
+    }
+}
+
 fn default_replace_unhealthy_after() -> Duration {
     Duration::from_secs(
         computearbitrage_conventions::defaults::REPLACE_UNHEALTHY_AFTER_SECONDS.into(),
@@ -149,6 +178,9 @@ pub struct WorkloadSpec {
     pub on_unhealthy: OnUnhealthy,
     #[serde(default = "default_replace_unhealthy_after")]
     pub replace_unhealthy_after: Duration,
+    /// Stored before fallback existed: none.
+    #[serde(default)]
+    pub fallback: Fallback,
     pub storage: StorageSpec,
     /// Stored before checkpoints were configurable: the defaults.
     #[serde(default)]
@@ -224,6 +256,7 @@ impl WorkloadSpec {
             self.on_interruption == other.on_interruption,
         );
         check("on_unhealthy", self.on_unhealthy == other.on_unhealthy);
+        check("fallback", self.fallback == other.fallback);
         check(
             "replace_unhealthy_after_seconds",
             self.replace_unhealthy_after == other.replace_unhealthy_after,
@@ -266,6 +299,7 @@ mod tests {
             on_interruption: OnInterruption::Migrate,
             on_unhealthy: OnUnhealthy::Keep,
             replace_unhealthy_after: default_replace_unhealthy_after(),
+            fallback: Fallback::None,
             storage: StorageSpec::default(),
             checkpoint: CheckpointSpec::default(),
             tags: BTreeMap::new(),

@@ -42,6 +42,8 @@ pub struct LocalOptions {
     /// The agent binary each instance boots, as a cloud instance would through its
     /// user-data. `None`: instances run their command directly (no checkpoints).
     pub agent: Option<PathBuf>,
+    /// Offers with no spot capacity: a spot create for one fails as a capacity error.
+    pub no_spot_capacity: Vec<crate::capacity::OfferPattern>,
 }
 
 impl LocalOptions {
@@ -59,6 +61,7 @@ impl LocalOptions {
                 RunAs::Service
             },
             agent: None,
+            no_spot_capacity: Vec::new(),
         }
     }
 
@@ -69,6 +72,7 @@ impl LocalOptions {
             work_root: work_root.to_path_buf(),
             run_as: RunAs::Service,
             agent: None,
+            no_spot_capacity: Vec::new(),
         }
     }
 }

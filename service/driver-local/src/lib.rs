@@ -24,6 +24,7 @@
 //! Processes run in their own process group, so the service's own signals (Ctrl-C, a
 //! kill -9 of the service) do not reach them, and termination reaches their children.
 
+pub mod capacity;
 pub mod isolation;
 pub mod metadata;
 mod process;
@@ -76,6 +77,9 @@ struct Record {
     /// The offer's cloud: the shape of its metadata endpoint and its notice window.
     #[serde(default)]
     cloud: String,
+    /// On-demand capacity: never reclaimed, so no notice can be injected.
+    #[serde(default)]
+    on_demand: bool,
     /// The port of its metadata endpoint, kept so a restarted service serves it again
     /// where the agent looks.
     #[serde(default)]
@@ -280,6 +284,12 @@ impl LocalDriver {
                 .records
                 .get_mut(instance_id)
                 .ok_or_else(|| failure(format!("no instance {instance_id}"), false))?;
+            if record.on_demand {
+                return Err(failure(
+                    format!("instance {instance_id} is on-demand capacity, which the cloud never reclaims; only spot instances get interruption notices"),
+                    false,
+                ));
+            }
             let delay = if delay.is_zero() {
                 MetadataCloud::parse(&record.cloud)
                     .map(MetadataCloud::notice_window)
@@ -418,6 +428,24 @@ impl Driver for LocalDriver {
                 false,
             ));
         };
+        if !spec.on_demand
+            && self
+                .options
+                .no_spot_capacity
+                .iter()
+                .any(|p| p.matches(&spec.cloud, &spec.region, &spec.zone, &spec.instance_type))
+        {
+            return Err(Error::Capacity {
+                driver: "local".into(),
+                message: format!(
+                    "InsufficientInstanceCapacity: there is no spot capacity for {} {} in {}{} now (workloads.local.no_spot_capacity)",
+                    spec.cloud,
+                    spec.instance_type,
+                    spec.region,
+                    if spec.zone.is_empty() { String::new() } else { format!("/{}", spec.zone) }
+                ),
+            });
+        }
         let serial = inner.next_serial;
         inner.next_serial += 1;
         // Unique across services on one machine, since the id marks the process.
@@ -468,6 +496,7 @@ impl Driver for LocalDriver {
             command: spec.command.clone(),
             uid: owner.map(|(uid, _)| uid),
             work_dir: Some(work_dir.clone()),
+            on_demand: spec.on_demand,
             cloud: spec.cloud.clone(),
             metadata_port: None,
         };
@@ -694,6 +723,7 @@ mod tests {
             zone: String::new(),
             instance_type: "local".into(),
             max_price: 1.0,
+            on_demand: false,
             command: vec!["sh".into(), "-c".into(), script.into()],
             image: None,
             env: BTreeMap::from([("GREETING".into(), "hi".into())]),
@@ -731,6 +761,32 @@ mod tests {
             driver.instance(&a.instance_id).await.unwrap().state,
             InstanceState::Terminated { .. }
         ));
+    }
+
+    #[tokio::test]
+    async fn offers_without_spot_capacity_refuse_spot_and_take_on_demand() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = options(dir.path());
+        options.no_spot_capacity = capacity::OfferPattern::parse_list("aws/*/*/local").unwrap();
+        let driver = LocalDriver::open(dir.path(), options).unwrap();
+        let refused = driver
+            .create_spot_instance(&spec("run-2:provision", "sleep 30"))
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, Error::Capacity { .. }), "{refused}");
+        assert!(refused.is_retryable());
+        assert!(refused.to_string().contains("InsufficientInstanceCapacity"));
+        let mut on_demand = spec("run-2:provision-on-demand", "sleep 30");
+        on_demand.on_demand = true;
+        let inst = driver.create_spot_instance(&on_demand).await.unwrap();
+        assert_eq!(inst.state, InstanceState::Running);
+        // On-demand capacity is never reclaimed.
+        let e = driver
+            .inject_interruption(&inst.instance_id, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("on-demand"), "{e}");
+        driver.terminate(&inst.instance_id).await.unwrap();
     }
 
     #[tokio::test]
@@ -851,6 +907,7 @@ mod tests {
             uid: None,
             work_dir: None,
             cloud: String::new(),
+            on_demand: false,
             metadata_port: None,
         };
         write_record(dir.path(), &record).unwrap();
@@ -979,6 +1036,7 @@ mod tests {
                 last: 250_010,
             },
             agent: None,
+            no_spot_capacity: Vec::new(),
         };
         let driver = LocalDriver::open(&dir.path().join("driver"), options).unwrap();
         let script = format!(

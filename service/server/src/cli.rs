@@ -38,6 +38,9 @@ pub enum WorkloadCommand {
         /// Seconds UNHEALTHY before `replace` acts.
         #[arg(long)]
         replace_unhealthy_after: Option<u32>,
+        /// `none` or `on_demand` (capacity when spot has none).
+        #[arg(long)]
+        fallback: Option<String>,
         /// The health check's path.
         #[arg(long)]
         health_path: Option<String>,
@@ -447,6 +450,7 @@ pub async fn run(target: Target, command: ClientCommand) -> Result<i32, String> 
                 on_interruption,
                 on_unhealthy,
                 replace_unhealthy_after,
+                fallback,
                 health_path,
                 health_interval,
                 storage_quota_gb,
@@ -468,6 +472,7 @@ pub async fn run(target: Target, command: ClientCommand) -> Result<i32, String> 
                     on_interruption: spec.on_interruption,
                     on_unhealthy: spec.on_unhealthy,
                     replace_unhealthy_after_seconds: spec.replace_unhealthy_after_seconds,
+                    fallback: spec.fallback,
                     env: spec.env,
                     storage: spec.storage,
                     tcp_allowed_cidrs: spec.tcp_allowed_cidrs,
@@ -495,6 +500,9 @@ pub async fn run(target: Target, command: ClientCommand) -> Result<i32, String> 
                 }
                 if let Some(seconds) = replace_unhealthy_after {
                     request.replace_unhealthy_after_seconds = seconds;
+                }
+                if let Some(choice) = fallback {
+                    request.fallback = choice;
                 }
                 if health_path.is_some() || health_interval.is_some() {
                     let check = request.health_check.get_or_insert_with(Default::default);

@@ -206,6 +206,8 @@ pub struct LocalWorkloadsConfig {
     pub uid_range: String,
     /// The agent binary every local instance boots (it runs the workload). Empty: `computearbitrage-agent` beside this executable.
     pub agent_path: PathBuf,
+    /// Offers the local driver has no spot capacity for, as a cloud's capacity errors: comma-separated `cloud/region/zone/instance_type`, `*` for any segment (`aws/*/*/m5.large`). For drills of `fallback = "on_demand"`. Empty: capacity everywhere.
+    pub no_spot_capacity: String,
 }
 
 impl Default for LocalWorkloadsConfig {
@@ -215,6 +217,7 @@ impl Default for LocalWorkloadsConfig {
             run_as: "per-workload".into(),
             uid_range: "200000-299999".into(),
             agent_path: PathBuf::new(),
+            no_spot_capacity: String::new(),
         }
     }
 }
@@ -293,10 +296,19 @@ impl LocalWorkloadsConfig {
                 agent.display()
             )));
         }
+        let no_spot_capacity = computearbitrage_driver_local::capacity::OfferPattern::parse_list(
+            &self.no_spot_capacity,
+        )
+        .map_err(|e| {
+            ServiceError::config(format!(
+                "invalid value for config key `workloads.local.no_spot_capacity`: {e}"
+            ))
+        })?;
         Ok(LocalOptions {
             work_root,
             run_as,
             agent: Some(agent),
+            no_spot_capacity,
         })
     }
 }

@@ -821,6 +821,7 @@ async fn set_checkpoint(
             on_interruption: spec.on_interruption,
             on_unhealthy: spec.on_unhealthy,
             replace_unhealthy_after_seconds: spec.replace_unhealthy_after_seconds,
+            fallback: spec.fallback,
             env: spec.env,
             storage: spec.storage,
             tcp_allowed_cidrs: spec.tcp_allowed_cidrs,

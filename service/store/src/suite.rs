@@ -245,6 +245,7 @@ fn spec(name: &str) -> WorkloadSpec {
         // Not the defaults, so a store that drops them fails the round trip.
         on_unhealthy: computearbitrage_core::OnUnhealthy::Replace,
         replace_unhealthy_after: Duration::from_secs(42),
+        fallback: Default::default(),
         storage: StorageSpec::default(),
         checkpoint: Default::default(),
         tags: BTreeMap::from([("team".into(), "ml".into())]),
@@ -377,6 +378,7 @@ async fn transitions_are_compare_and_set_with_history(store: &dyn Store) {
         instance_type: "e2-small".into(),
         price_per_hour: 0.005,
         on_demand_price_per_hour: Some(0.0168),
+        on_demand: true,
     };
     let changes = WorkloadChanges {
         placement: Some(Some(placement.clone())),

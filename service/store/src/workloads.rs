@@ -11,8 +11,11 @@ pub struct PlacementRecord {
     pub region: String,
     pub zone: String,
     pub instance_type: String,
+    /// What is paid per hour: the spot price, or the on-demand price when `on_demand`.
     pub price_per_hour: f64,
     pub on_demand_price_per_hour: Option<f64>,
+    /// On-demand capacity (`fallback = "on_demand"`), not spot.
+    pub on_demand: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

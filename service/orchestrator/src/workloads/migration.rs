@@ -380,7 +380,7 @@ async fn await_checkpoint(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<
 }
 
 async fn switch_route(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, StepError> {
-    let placed = placement_record(ctx.output(PLACEMENT)?);
+    let placed = super::steps::provisioned_placement(ctx)?;
     let replacement = instance_id(ctx)?;
     let started = ctx.output(PROVISION)?["started_at_ms"].as_i64();
     let running = ctx.output(WAIT_RUNNING)?;
@@ -487,7 +487,8 @@ fn replacement_of(ledger: &[StepRecord]) -> Option<(PlacementRecord, String, i64
             .and_then(|o| serde_json::from_str::<Value>(o).ok())
     };
     let provisioned = output(PROVISION)?;
-    let placed = placement_record(&output(PLACEMENT)?);
+    let mut placed = placement_record(&output(PLACEMENT)?);
+    super::steps::apply_market(&mut placed, &provisioned);
     Some((
         placed,
         provisioned["instance_id"].as_str()?.to_string(),

@@ -134,6 +134,7 @@ pub struct WorkloadUpdate {
     pub on_interruption: computearbitrage_core::OnInterruption,
     pub on_unhealthy: computearbitrage_core::OnUnhealthy,
     pub replace_unhealthy_after: std::time::Duration,
+    pub fallback: computearbitrage_core::Fallback,
     /// `None` keeps the current storage.
     pub storage: Option<computearbitrage_core::StorageSpec>,
     /// Empty: this machine only.
@@ -425,7 +426,7 @@ impl Orchestrator {
     }
 
     /// Replaces what can change in place: tags, env, health check, on_interruption,
-    /// on_unhealthy and its wait, and storage's quota and retention.
+    /// on_unhealthy and its wait, fallback, and storage's quota and retention.
     pub async fn update(
         &self,
         tenant: &str,
@@ -462,6 +463,7 @@ impl Orchestrator {
         spec.on_interruption = update.on_interruption;
         spec.on_unhealthy = update.on_unhealthy;
         spec.replace_unhealthy_after = update.replace_unhealthy_after;
+        spec.fallback = update.fallback;
         spec.tcp_allowed_cidrs = update.tcp_allowed_cidrs;
         if !update.checkpoint.interval.is_zero() && !spec.storage.enabled {
             return Err(OperationError::InvalidField {

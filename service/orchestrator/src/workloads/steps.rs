@@ -7,7 +7,9 @@ use super::engine::{StepContext, StepError};
 use super::{notify, now_ms, Orchestrator};
 use computearbitrage_core::driver::{TENANT_TAG, WORKLOAD_TAG};
 use computearbitrage_core::workflow::*;
-use computearbitrage_core::{place, InstanceSpec, InstanceState, WorkloadStatus};
+use computearbitrage_core::{
+    place, place_on_demand, Fallback, InstanceSpec, InstanceState, WorkloadStatus,
+};
 use computearbitrage_store::{BillingRecord, PlacementRecord, WorkloadChanges, WorkloadRecord};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -107,33 +109,81 @@ async fn placement(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, 
     } else {
         computearbitrage_core::placement::MAX_ALTERNATIVES
     };
-    let placed = place(
-        &catalog,
-        &ctx.workload.spec.requirements,
-        alternatives,
-        &orch.policy,
-    )?;
-    let Some(best) = std::iter::once(placed.best)
-        .chain(placed.alternatives)
-        .find(|c| !excluded.iter().any(|x| x.matches(&c.offer)))
-    else {
-        return Err(StepError::permanent(format!(
-            "no offer matches the workload's requirements except the {} excluded after interruptions ({}); widen the requirements, or wait for the cooldown (migration.cooldown_seconds)",
-            excluded.len(),
-            excluded.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
-        )));
+    let spec = &ctx.workload.spec;
+    let spot = place(&catalog, &spec.requirements, alternatives, &orch.policy).and_then(|p| {
+        std::iter::once(p.best)
+            .chain(p.alternatives)
+            .find(|c| !excluded.iter().any(|x| x.matches(&c.offer)))
+            .ok_or_else(|| computearbitrage_core::Error::Driver {
+                driver: "placement".into(),
+                message: format!(
+                    "no offer matches the workload's requirements except the {} excluded after interruptions ({}); widen the requirements, or wait for the cooldown (migration.cooldown_seconds)",
+                    excluded.len(),
+                    excluded.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
+                ),
+                retryable: false,
+            })
+    });
+    let why_not_spot = match spot {
+        Ok(best) => return Ok(placement_output(&best.offer, &best.reason, false)),
+        Err(e) if spec.fallback == Fallback::OnDemand && !e.is_retryable() => e.to_string(),
+        Err(e) => return Err(e.into()),
     };
-    let offer = best.offer;
-    let reason = best.reason;
-    Ok(json!({
+    // On-demand is never reclaimed: the excluded offers' capacity is not the problem.
+    let od = place_on_demand(&catalog, &spec.requirements, &orch.policy).map_err(|e| {
+        StepError::permanent(format!(
+            "no spot offer matches ({why_not_spot}), and no on-demand capacity either (fallback = \"on_demand\"): {e}"
+        ))
+    })?;
+    let mut output = placement_output(&od.offer, &od.reason, true);
+    output["fallback"] = json!(format!("no spot offer matches: {why_not_spot}"));
+    notify::enqueue(
+        orch,
+        ctx.workload,
+        "workload.fallback",
+        json!({ "to": od.offer.describe(), "price_per_hour": od.offer.on_demand_price, "why": output["fallback"] }),
+    )
+    .await?;
+    tracing::warn!(workload_id = %ctx.workload.id, offer = %od.offer.describe(), "no spot offer matches: placed on on-demand capacity");
+    Ok(output)
+}
+
+/// The placement step's record of an offer, and the market it is taken on.
+fn placement_output(offer: &computearbitrage_core::Offer, reason: &str, on_demand: bool) -> Value {
+    let paid = if on_demand {
+        offer.on_demand_price.unwrap_or(offer.spot_price)
+    } else {
+        offer.spot_price
+    };
+    json!({
         "provider": offer.cloud.as_str(),
         "region": offer.region,
         "zone": offer.zone,
         "instance_type": offer.instance_type,
         "spot_price": offer.spot_price,
         "on_demand_price": offer.on_demand_price,
+        "market": if on_demand { "on_demand" } else { "spot" },
+        "price_per_hour": paid,
         "reason": reason,
-    }))
+    })
+}
+
+/// The placement a run's instance really has: the placement step's, unless the
+/// provision step fell back to on-demand capacity after spot capacity errors.
+pub(crate) fn provisioned_placement(ctx: &StepContext<'_>) -> Result<PlacementRecord, StepError> {
+    let mut placed = placement_record(ctx.output(PLACEMENT)?);
+    apply_market(&mut placed, ctx.output(PROVISION)?);
+    Ok(placed)
+}
+
+/// Applies a provision step's `market` and `price_per_hour` to a placement.
+pub(crate) fn apply_market(placed: &mut PlacementRecord, provisioned: &Value) {
+    if provisioned.get("market").and_then(Value::as_str) == Some("on_demand") {
+        placed.on_demand = true;
+        if let Some(price) = provisioned.get("price_per_hour").and_then(Value::as_f64) {
+            placed.price_per_hour = price;
+        }
+    }
 }
 
 pub(crate) fn placement_record(output: &Value) -> PlacementRecord {
@@ -149,11 +199,14 @@ pub(crate) fn placement_record(output: &Value) -> PlacementRecord {
         region: s("region"),
         zone: s("zone"),
         instance_type: s("instance_type"),
+        // Ledgers from before the market was recorded have only the spot price.
         price_per_hour: output
-            .get("spot_price")
+            .get("price_per_hour")
+            .or_else(|| output.get("spot_price"))
             .and_then(Value::as_f64)
             .unwrap_or(0.0),
         on_demand_price_per_hour: output.get("on_demand_price").and_then(Value::as_f64),
+        on_demand: output.get("market").and_then(Value::as_str) == Some("on_demand"),
     }
 }
 
@@ -177,37 +230,98 @@ async fn mark_provisioning(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result
     Ok(json!({}))
 }
 
+/// Spot capacity errors this many times in a row (within the step, backing off from
+/// [`CAPACITY_RETRY`]) count as persisting: `fallback = "on_demand"` then takes
+/// on-demand capacity of the same offer; without it the step fails, retryable.
+const CAPACITY_ATTEMPTS: u32 = 3;
+const CAPACITY_RETRY: Duration = Duration::from_millis(500);
+
 async fn provision(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, StepError> {
-    let placed = placement_record(ctx.output(PLACEMENT)?);
+    let mut placed = placement_record(ctx.output(PLACEMENT)?);
     let spec = &ctx.workload.spec;
     let mut tags = spec.tags.clone();
     tags.insert(WORKLOAD_TAG.into(), ctx.workload.id.clone());
     tags.insert(TENANT_TAG.into(), ctx.workload.tenant_id.clone());
     let driver = orch.driver(&placed.cloud)?;
-    let instance = driver
-        .create_spot_instance(&InstanceSpec {
-            idempotency_token: ctx.token(PROVISION),
-            cloud: placed.cloud.clone(),
-            region: placed.region.clone(),
-            zone: placed.zone.clone(),
-            instance_type: placed.instance_type.clone(),
-            // The seed's 10 % buffer over the spot price.
-            max_price: placed.price_per_hour * 1.1,
-            command: spec.command.clone(),
-            image: spec.image.clone(),
-            env: spec.env.clone(),
-            port: spec.port,
-            tcp_port: spec.tcp_port,
-            tags,
-            agent: orch.agent_boot(&ctx.run.id),
-        })
+    let base = InstanceSpec {
+        idempotency_token: ctx.token(PROVISION),
+        cloud: placed.cloud.clone(),
+        region: placed.region.clone(),
+        zone: placed.zone.clone(),
+        instance_type: placed.instance_type.clone(),
+        // The seed's 10 % buffer over the spot price.
+        max_price: placed.price_per_hour * 1.1,
+        on_demand: false,
+        command: spec.command.clone(),
+        image: spec.image.clone(),
+        env: spec.env.clone(),
+        port: spec.port,
+        tcp_port: spec.tcp_port,
+        tags,
+        agent: orch.agent_boot(&ctx.run.id),
+    };
+    let launch = |on_demand: bool, token: String| {
+        let instance = InstanceSpec {
+            idempotency_token: token,
+            on_demand,
+            ..base.clone()
+        };
+        let driver = driver.clone();
+        async move { driver.create_spot_instance(&instance).await }
+    };
+    // Its own token: a redo after a crash finds the on-demand instance it made.
+    let on_demand_token = format!("{}-on-demand", ctx.token(PROVISION));
+    let mut fell_back = None;
+    let instance = if placed.on_demand {
+        launch(true, on_demand_token).await?
+    } else {
+        let mut attempt = 1;
+        let mut delay = CAPACITY_RETRY;
+        loop {
+            match launch(false, ctx.token(PROVISION)).await {
+                Ok(instance) => break instance,
+                Err(computearbitrage_core::Error::Capacity { message, .. })
+                    if attempt < CAPACITY_ATTEMPTS =>
+                {
+                    tracing::warn!(workload_id = %ctx.workload.id, attempt, error = %message, "no spot capacity; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                Err(computearbitrage_core::Error::Capacity { message, .. })
+                    if spec.fallback == Fallback::OnDemand
+                        && placed.on_demand_price_per_hour.is_some() =>
+                {
+                    placed.on_demand = true;
+                    placed.price_per_hour = placed.on_demand_price_per_hour.unwrap_or_default();
+                    tracing::warn!(workload_id = %ctx.workload.id, error = %message, "spot capacity errors persist: taking on-demand capacity");
+                    fell_back = Some(message);
+                    break launch(true, on_demand_token).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    if let Some(why) = &fell_back {
+        notify::enqueue(
+            orch,
+            ctx.workload,
+            "workload.fallback",
+            json!({ "to": format!("on-demand {} {} in {}", placed.cloud, placed.instance_type, placed.region), "price_per_hour": placed.price_per_hour, "why": format!("spot capacity errors persist: {why}") }),
+        )
         .await?;
+    }
     let started_ms = now_ms();
+    let output = json!({
+        "instance_id": instance.instance_id,
+        "started_at_ms": started_ms,
+        "driver": driver.name(),
+        "market": if placed.on_demand { "on_demand" } else { "spot" },
+        "price_per_hour": placed.price_per_hour,
+    });
     // A replacement becomes the workload's instance only when the route switches.
     if ctx.run.kind == computearbitrage_store::RunKind::Migrate {
-        return Ok(
-            json!({ "instance_id": instance.instance_id, "started_at_ms": started_ms, "driver": driver.name() }),
-        );
+        return Ok(output);
     }
     orch.store
         .update_workload(
@@ -216,14 +330,14 @@ async fn provision(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, 
             WorkloadChanges {
                 instance_id: Some(Some(instance.instance_id.clone())),
                 instance_started_at: Some(Some(started_ms)),
+                // What is paid, if the market changed here.
+                placement: fell_back.is_some().then(|| Some(placed.clone())),
                 ..Default::default()
             },
             started_ms,
         )
         .await?;
-    Ok(
-        json!({ "instance_id": instance.instance_id, "started_at_ms": started_ms, "driver": driver.name() }),
-    )
+    Ok(output)
 }
 
 pub(crate) fn instance_id(ctx: &StepContext<'_>) -> Result<String, StepError> {

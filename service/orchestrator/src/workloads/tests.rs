@@ -164,6 +164,7 @@ fn workload_spec(name: &str) -> WorkloadSpec {
         on_interruption: OnInterruption::Terminate,
         on_unhealthy: Default::default(),
         replace_unhealthy_after: std::time::Duration::from_secs(300),
+        fallback: Default::default(),
         storage: StorageSpec::default(),
         checkpoint: Default::default(),
         tags: BTreeMap::new(),

@@ -123,7 +123,9 @@ pub(crate) fn core_status(error: computearbitrage_core::Error) -> Status {
         Error::InvalidTransition { .. } => {
             Reason::WrongWorkloadState.status(false, error.to_string())
         }
-        Error::Collect { .. } | Error::Driver { .. } => service_status(&ServiceError::Core(error)),
+        Error::Collect { .. } | Error::Driver { .. } | Error::Capacity { .. } => {
+            service_status(&ServiceError::Core(error))
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use computearbitrage_core::fmt::rfc3339;
 use computearbitrage_core::hints::UnknownName;
 use computearbitrage_core::workload::WrittenBlocks;
 use computearbitrage_core::{
-    gpu, Architecture, Candidate, CheckpointSpec, Cloud, HealthCheck, Offer, OfferFilter,
+    gpu, Architecture, Candidate, CheckpointSpec, Cloud, Fallback, HealthCheck, Offer, OfferFilter,
     OnInterruption, OnUnhealthy, Requirements, StorageSpec, WorkloadSpec,
 };
 use computearbitrage_store::WorkloadRecord;
@@ -223,6 +223,11 @@ pub fn on_unhealthy(text: &str) -> OnUnhealthy {
     OnUnhealthy::parse(text).unwrap_or_default()
 }
 
+/// Validated text → choice; the empty string is the default.
+pub fn fallback(text: &str) -> Fallback {
+    Fallback::parse(text).unwrap_or_default()
+}
+
 /// Validated seconds → the wait before `replace`; 0 is the default.
 pub fn replace_unhealthy_after(seconds: u32) -> Duration {
     Duration::from_secs(u64::from(if seconds == 0 {
@@ -251,6 +256,7 @@ pub fn spec_from_pb(spec: &pb::WorkloadSpec) -> WorkloadSpec {
         on_interruption: on_interruption(&spec.on_interruption),
         on_unhealthy: on_unhealthy(&spec.on_unhealthy),
         replace_unhealthy_after: replace_unhealthy_after(spec.replace_unhealthy_after_seconds),
+        fallback: fallback(&spec.fallback),
         storage: storage_from_pb(spec.storage.as_ref()),
         checkpoint: checkpoint_from_pb(spec.checkpoint.as_ref()),
         tags: spec.tags.clone().into_iter().collect(),
@@ -298,6 +304,7 @@ pub fn spec_to_pb(s: &WorkloadSpec) -> pb::WorkloadSpec {
         checkpoint: written.checkpoint.then(|| checkpoint_to_pb(&s.checkpoint)),
         on_unhealthy: s.on_unhealthy.as_str().into(),
         replace_unhealthy_after_seconds: s.replace_unhealthy_after.as_secs() as u32,
+        fallback: s.fallback.as_str().into(),
     }
 }
 
@@ -351,6 +358,10 @@ pub fn workload_to_pb(
         },
         price_per_hour: placement.map(|p| p.price_per_hour),
         on_demand_price_per_hour: placement.and_then(|p| p.on_demand_price_per_hour),
+        market: placement
+            .map(|p| if p.on_demand { "on_demand" } else { "spot" })
+            .unwrap_or_default()
+            .into(),
         created_at: rfc3339(w.created_at / 1000),
         updated_at: rfc3339(w.updated_at / 1000),
     }
@@ -398,6 +409,7 @@ mod tests {
             ),
             ("keep", 300)
         );
+        assert_eq!(back.fallback, "none");
 
         let with = pb::WorkloadSpec {
             health_check: Some(pb::HealthCheck {

@@ -151,6 +151,7 @@ impl Workloads for WorkloadsApi {
                 replace_unhealthy_after: wire::replace_unhealthy_after(
                     req.replace_unhealthy_after_seconds,
                 ),
+                fallback: wire::fallback(&req.fallback),
                 storage: req.storage.as_ref().map(|s| wire::storage_from_pb(Some(s))),
                 tcp_allowed_cidrs: wire::canonical_cidrs(&req.tcp_allowed_cidrs),
                 checkpoint: wire::checkpoint_from_pb(req.checkpoint.as_ref()),

@@ -401,6 +401,7 @@ fn placement_json(p: &PlacementRecord) -> String {
         "instance_type": p.instance_type,
         "price_per_hour": p.price_per_hour,
         "on_demand_price_per_hour": p.on_demand_price_per_hour,
+        "market": if p.on_demand { "on_demand" } else { "spot" },
     })
     .to_string()
 }
@@ -424,6 +425,8 @@ fn placement_from_json(text: &str) -> Result<PlacementRecord, StoreError> {
             .and_then(|x| x.as_f64())
             .unwrap_or(0.0),
         on_demand_price_per_hour: v.get("on_demand_price_per_hour").and_then(|x| x.as_f64()),
+        // Stored before fallback existed: spot.
+        on_demand: v.get("market").and_then(|x| x.as_str()) == Some("on_demand"),
     })
 }
 
