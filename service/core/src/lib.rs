@@ -9,7 +9,9 @@
 //! - [`filter`]: the constraints a user can put on offers (list filter and placement
 //!   requirements), compiled against a catalog.
 //! - [`catalog`]: the in-memory, interned, price-sorted offer index with keyset paging.
-//! - [`placement`]: scoring, ranked placement, and the "nothing matches" explanation.
+//! - [`placement`]: scoring, ranked placement, and the "nothing matches" explanation;
+//!   on-demand placement for `fallback`.
+//! - [`rebalance`]: when a price move is worth a move (the rule alone, pure).
 //! - [`hints`]: names a request uses that no offer has, with the closest known names.
 //! - [`spot_advisor`]: the parser of AWS's Spot Instance Advisor feed (interruption rates).
 //! - [`collector`]: the trait every price source implements.
@@ -34,6 +36,7 @@ pub mod hints;
 pub mod lifecycle;
 pub mod offer;
 pub mod placement;
+pub mod rebalance;
 pub mod retry;
 pub mod spot_advisor;
 pub mod workflow;
