@@ -1,5 +1,6 @@
 //! Operator tasks (`exec`, `checkpoint`, `stop`, `pause`, `resume`): pulled from the
-//! service one at a time and run in the order they come.
+//! service and run side by side (at most [`CONCURRENT`] at once), so a `pause` or a
+//! second `exec` never waits behind a long `exec`.
 //!
 //! - Delivered at least once: a task id that already ran to a result is not run
 //!   again; its kept result is reported again (the first report may have been lost).
@@ -25,6 +26,8 @@ use tokio::sync::mpsc;
 const OUTPUT_MAX: usize = 64 << 10;
 /// Results kept to answer a repeated delivery without running the task again.
 const REMEMBERED: usize = 64;
+/// Tasks run at once; a further one waits for a slot before it is pulled.
+pub(crate) const CONCURRENT: usize = 8;
 /// How long the service may hold a request for the next task.
 const WAIT_MS: u64 = 5_000;
 
@@ -34,6 +37,7 @@ pub(crate) struct StopRequest {
 }
 
 /// What the task loop needs of the running workload.
+#[derive(Clone)]
 pub(crate) struct Context {
     pub client: Arc<Client>,
     pub args: Arc<RunArgs>,
@@ -46,10 +50,19 @@ pub(crate) struct Context {
     pub stops: mpsc::Sender<StopRequest>,
 }
 
-/// Pulls and runs tasks until the agent ends it.
+/// Pulls and runs tasks until the agent ends it. Dropping this future (the agent
+/// aborts it on a notice or a stop) ends the tasks under way with it.
 pub(crate) async fn task_loop(context: Context) {
-    let mut done: VecDeque<protocol::TaskResult> = VecDeque::new();
+    let done: Arc<Mutex<VecDeque<protocol::TaskResult>>> = Arc::default();
+    let running: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
+    let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENT));
+    let mut under_way = tokio::task::JoinSet::new();
     loop {
+        while under_way.try_join_next().is_some() {}
+        // A slot first, so no task is pulled (and leased) that cannot start.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let reply = context
             .client
             .call::<_, protocol::NextTaskReply>(
@@ -71,8 +84,8 @@ pub(crate) async fn task_loop(context: Context) {
             }
         };
         tracing::info!(task_id = %task.id, kind = %task.kind, attempt = task.attempt, "task");
-        if let Some(kept) = done.iter().find(|r| r.id == task.id) {
-            let mut again = kept.clone();
+        let kept = lock(&done).iter().find(|r| r.id == task.id).cloned();
+        if let Some(mut again) = kept {
             again.attempt = task.attempt;
             report(&context.client, &again).await;
             continue;
@@ -82,16 +95,30 @@ pub(crate) async fn task_loop(context: Context) {
             let _ = context.stops.send(StopRequest { task }).await;
             continue;
         }
-        let result = run_task(&context, &task).await;
-        report(&context.client, &result).await;
-        // A failed attempt is not remembered: its redelivery is the retry.
-        if result.error.is_none() {
-            if done.len() == REMEMBERED {
-                done.pop_front();
-            }
-            done.push_back(result);
+        // Delivered again while it still runs (its lease ran out): it reports once done.
+        if !lock(&running).insert(task.id.clone()) {
+            continue;
         }
+        let (context, done, running) = (context.clone(), done.clone(), running.clone());
+        under_way.spawn(async move {
+            let result = run_task(&context, &task).await;
+            report(&context.client, &result).await;
+            lock(&running).remove(&task.id);
+            // A failed attempt is not remembered: its redelivery is the retry.
+            if result.error.is_none() {
+                let mut done = lock(&done);
+                if done.len() == REMEMBERED {
+                    done.pop_front();
+                }
+                done.push_back(result);
+            }
+            drop(slot);
+        });
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Reports one result, retrying a while; a result that does not get through is

@@ -126,7 +126,7 @@ fn gcp(dir: &Path) -> Scenario {
         let pool = pools
             .entry(format!("gcp {} {}", r[1], r[2]))
             .or_insert_with(|| Pool {
-                    spot: Series::default(),
+                spot: Series::default(),
                 on_demand: Series::default(),
                 hazard: hazard(InterruptionRate::from_aws_bucket(ASSUMED_BUCKET)),
                 notice_seconds: 30.0,

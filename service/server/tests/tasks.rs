@@ -199,12 +199,25 @@ async fn tasks_run_on_the_instance_report_back_retry_into_the_dead_and_stay_in_t
         objects.objects.iter().map(|o| &o.key).collect::<Vec<_>>()
     );
 
-    // pause freezes the workload: its endpoint stops answering until resume.
+    // pause freezes the workload: its endpoint stops answering until resume. It runs
+    // beside a long exec, not after it.
     let url = format!("{}/count", running.endpoint.trim_end_matches('/'));
     assert!(answers(&url, &running.access_token).await);
+    let long = queue_task(&mut client, &id, "exec", &["sleep", "15"], 30).await;
     let pause = queue_task(&mut client, &id, "pause", &[], 0).await;
-    let pause = wait_task(&mut client, &pause, Duration::from_secs(20)).await;
+    let pause = wait_task(&mut client, &pause, Duration::from_secs(10)).await;
     assert_eq!(pause.exit_code, Some(0), "{pause:?}");
+    let still = client
+        .get_task(authed(pb::GetTaskRequest {
+            id: long.id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        still.state, "DELIVERED",
+        "the long exec still runs: {still:?}"
+    );
     assert!(
         !answers(&url, &running.access_token).await,
         "a paused workload answered"

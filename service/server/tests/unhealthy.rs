@@ -164,11 +164,19 @@ async fn an_unhealthy_workload_moves_to_a_fresh_instance_with_its_state_and_endp
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let told = notifications(&mut client, &created.id).await;
-    let migrated = told
-        .iter()
-        .find(|n| n.kind == "workload.migrated")
-        .expect("a workload.migrated notification");
+    // The last step of the move, a moment after the switch.
+    let notified = Instant::now() + Duration::from_secs(15);
+    let (told, migrated) = loop {
+        let told = notifications(&mut client, &created.id).await;
+        if let Some(m) = told.iter().find(|n| n.kind == "workload.migrated").cloned() {
+            break (told, m);
+        }
+        assert!(
+            Instant::now() < notified,
+            "no workload.migrated notification"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert!(
         migrated.payload.contains("\"cause\":\"unhealthy\""),
         "{}",
@@ -244,8 +252,19 @@ async fn a_replacement_that_cannot_become_healthy_leaves_the_workload_on_its_ins
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let told = notifications(&mut client, &created.id).await;
-    assert!(told.iter().any(|n| n.kind == "workload.replacement_failed"));
+    // Told right after the workload is back.
+    let notified = Instant::now() + Duration::from_secs(15);
+    let told = loop {
+        let told = notifications(&mut client, &created.id).await;
+        if told.iter().any(|n| n.kind == "workload.replacement_failed") {
+            break told;
+        }
+        assert!(
+            Instant::now() < notified,
+            "no workload.replacement_failed: {told:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert!(!told.iter().any(|n| n.kind == "workload.failed"));
     // Healthy again, it stays where it is.
     std::fs::write(&health, "ok").unwrap();
