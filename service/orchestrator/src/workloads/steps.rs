@@ -110,25 +110,24 @@ async fn placement(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, 
         computearbitrage_core::placement::MAX_ALTERNATIVES
     };
     let spec = &ctx.workload.spec;
-    let spot = place(&catalog, &spec.requirements, alternatives, &orch.policy).and_then(|p| {
-        std::iter::once(p.best)
-            .chain(p.alternatives)
+    let why_not_spot = match place(&catalog, &spec.requirements, alternatives, &orch.policy) {
+        Ok(placed) => match std::iter::once(placed.best)
+            .chain(placed.alternatives)
             .find(|c| !excluded.iter().any(|x| x.matches(&c.offer)))
-            .ok_or_else(|| computearbitrage_core::Error::Driver {
-                driver: "placement".into(),
-                message: format!(
-                    "no offer matches the workload's requirements except the {} excluded after interruptions ({}); widen the requirements, or wait for the cooldown (migration.cooldown_seconds)",
-                    excluded.len(),
-                    excluded.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
-                ),
-                retryable: false,
-            })
-    });
-    let why_not_spot = match spot {
-        Ok(best) => return Ok(placement_output(&best.offer, &best.reason, false)),
-        Err(e) if spec.fallback == Fallback::OnDemand && !e.is_retryable() => e.to_string(),
+        {
+            Some(best) => return Ok(placement_output(&best.offer, &best.reason, false)),
+            None => format!(
+                "no offer matches the workload's requirements except the {} excluded after interruptions ({}); widen the requirements, or wait for the cooldown (migration.cooldown_seconds)",
+                excluded.len(),
+                excluded.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        },
+        Err(e @ computearbitrage_core::Error::NoMatch(_)) => e.to_string(),
         Err(e) => return Err(e.into()),
     };
+    if spec.fallback != Fallback::OnDemand {
+        return Err(StepError::permanent(why_not_spot));
+    }
     // On-demand is never reclaimed: the excluded offers' capacity is not the problem.
     let od = place_on_demand(&catalog, &spec.requirements, &orch.policy).map_err(|e| {
         StepError::permanent(format!(
