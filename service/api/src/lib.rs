@@ -212,6 +212,13 @@ pub fn is_retryable(status: &tonic::Status) -> bool {
     }
 }
 
+/// Default and maximum page sizes of `ListOffers`.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+/// Maximum `alternatives` of `FindPlacement`.
+pub const MAX_ALTERNATIVES: u32 = 50;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,10 +239,3 @@ mod tests {
         assert_eq!(Reason::of(&tonic::Status::unavailable("x")), None);
     }
 }
-
-/// Default and maximum page sizes of `ListOffers`.
-pub const DEFAULT_PAGE_SIZE: u32 = 100;
-pub const MAX_PAGE_SIZE: u32 = 1000;
-
-/// Maximum `alternatives` of `FindPlacement`.
-pub const MAX_ALTERNATIVES: u32 = 50;

@@ -134,7 +134,7 @@ impl PageCursor {
 
     pub fn decode(token: &str) -> Result<PageCursor, Error> {
         let bad = |why: &str| Error::InvalidPageToken(why.to_string());
-        if token.len() % 2 != 0 || !token.is_ascii() {
+        if !token.len().is_multiple_of(2) || !token.is_ascii() {
             return Err(bad("not a token this service issued"));
         }
         let bytes = (0..token.len())

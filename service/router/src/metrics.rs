@@ -280,6 +280,46 @@ impl<M: Deref<Target = WorkloadMetrics>> Drop for GaugeGuard<M> {
     }
 }
 
+/// Serves `GET /metrics` (any path, in fact) until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper_util::rt::TokioIo;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let metrics = metrics.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_req| {
+                        let body = metrics.render();
+                        async move {
+                            let mut response = http::Response::new(Full::new(Bytes::from(body)));
+                            response.headers_mut().insert(
+                                http::header::CONTENT_TYPE,
+                                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                            );
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+            () = &mut shutdown => return,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,45 +389,5 @@ mod tests {
         assert!(text.contains(
             "computearbitrage_router_active_connections{workload=\"wl-1\",protocol=\"http\"} 0"
         ));
-    }
-}
-
-/// Serves `GET /metrics` (any path, in fact) until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    use bytes::Bytes;
-    use http_body_util::Full;
-    use hyper_util::rt::TokioIo;
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                };
-                let metrics = metrics.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |_req| {
-                        let body = metrics.render();
-                        async move {
-                            let mut response = http::Response::new(Full::new(Bytes::from(body)));
-                            response.headers_mut().insert(
-                                http::header::CONTENT_TYPE,
-                                http::HeaderValue::from_static("text/plain; version=0.0.4"),
-                            );
-                            Ok::<_, std::convert::Infallible>(response)
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-            () = &mut shutdown => return,
-        }
     }
 }

@@ -289,6 +289,69 @@ fn write_private(path: &Path, contents: &str) -> Result<(), ServiceError> {
         .map_err(|e| ServiceError::io(format!("cannot write {}", path.display()), e))
 }
 
+/// File, inside the data dir, holding the key workload access tokens derive from.
+pub const ACCESS_TOKEN_KEY_FILE: &str = "workload-token-key";
+
+/// File, inside the data dir, holding the key the local storage backend signs URLs with.
+pub const STORAGE_URL_KEY_FILE: &str = "storage-url-key";
+
+/// A 32-byte secret kept as hex in `data_dir/file`, created (mode 0600) on first use.
+/// `lost` says what deleting it breaks, for the error on a damaged file.
+fn load_or_create_secret(
+    data_dir: &Path,
+    file: &str,
+    lost: &str,
+) -> Result<[u8; 32], ServiceError> {
+    let path = data_dir.join(file);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            // Private even if it was created wider (by hand, or a restore).
+            crate::server::set_private(&path)?;
+            hex::decode(text.trim())
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+                .ok_or_else(|| {
+                    ServiceError::config(format!(
+                        "{} is not 64 hex characters; restore it from a backup (deleting it {lost})",
+                        path.display()
+                    ))
+                })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut key = [0u8; 32];
+            rand::thread_rng().fill_bytes(&mut key);
+            write_private(&path, &hex::encode(key))?;
+            Ok(key)
+        }
+        Err(e) => Err(ServiceError::io(
+            format!("cannot read {}", path.display()),
+            e,
+        )),
+    }
+}
+
+/// The key in `data_dir` that workload access tokens derive from.
+pub fn load_or_create_access_token_key(data_dir: &Path) -> Result<AccessTokenKey, ServiceError> {
+    let key = load_or_create_secret(
+        data_dir,
+        ACCESS_TOKEN_KEY_FILE,
+        "invalidates every workload access token",
+    )?;
+    Ok(AccessTokenKey::from_bytes(key))
+}
+
+/// The key in `data_dir` the local storage backend signs its URLs with.
+pub fn load_or_create_storage_url_key(
+    data_dir: &Path,
+) -> Result<computearbitrage_storage::UrlSigner, ServiceError> {
+    let key = load_or_create_secret(
+        data_dir,
+        STORAGE_URL_KEY_FILE,
+        "invalidates every signed storage URL handed out",
+    )?;
+    Ok(computearbitrage_storage::UrlSigner::new(key))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -414,67 +477,4 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("COMPUTEARBITRAGE_BOOTSTRAP_TOKEN"));
     }
-}
-
-/// File, inside the data dir, holding the key workload access tokens derive from.
-pub const ACCESS_TOKEN_KEY_FILE: &str = "workload-token-key";
-
-/// File, inside the data dir, holding the key the local storage backend signs URLs with.
-pub const STORAGE_URL_KEY_FILE: &str = "storage-url-key";
-
-/// A 32-byte secret kept as hex in `data_dir/file`, created (mode 0600) on first use.
-/// `lost` says what deleting it breaks, for the error on a damaged file.
-fn load_or_create_secret(
-    data_dir: &Path,
-    file: &str,
-    lost: &str,
-) -> Result<[u8; 32], ServiceError> {
-    let path = data_dir.join(file);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            // Private even if it was created wider (by hand, or a restore).
-            crate::server::set_private(&path)?;
-            hex::decode(text.trim())
-                .ok()
-                .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-                .ok_or_else(|| {
-                    ServiceError::config(format!(
-                        "{} is not 64 hex characters; restore it from a backup (deleting it {lost})",
-                        path.display()
-                    ))
-                })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut key = [0u8; 32];
-            rand::thread_rng().fill_bytes(&mut key);
-            write_private(&path, &hex::encode(key))?;
-            Ok(key)
-        }
-        Err(e) => Err(ServiceError::io(
-            format!("cannot read {}", path.display()),
-            e,
-        )),
-    }
-}
-
-/// The key in `data_dir` that workload access tokens derive from.
-pub fn load_or_create_access_token_key(data_dir: &Path) -> Result<AccessTokenKey, ServiceError> {
-    let key = load_or_create_secret(
-        data_dir,
-        ACCESS_TOKEN_KEY_FILE,
-        "invalidates every workload access token",
-    )?;
-    Ok(AccessTokenKey::from_bytes(key))
-}
-
-/// The key in `data_dir` the local storage backend signs its URLs with.
-pub fn load_or_create_storage_url_key(
-    data_dir: &Path,
-) -> Result<computearbitrage_storage::UrlSigner, ServiceError> {
-    let key = load_or_create_secret(
-        data_dir,
-        STORAGE_URL_KEY_FILE,
-        "invalidates every signed storage URL handed out",
-    )?;
-    Ok(computearbitrage_storage::UrlSigner::new(key))
 }

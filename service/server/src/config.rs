@@ -382,7 +382,7 @@ pub enum StoreEngine {
 }
 
 /// Pricing settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PricingConfig {
     /// The bundled (or a local) price snapshot collector.
@@ -442,15 +442,6 @@ impl Default for StoreConfig {
         StoreConfig {
             engine: StoreEngine::Sqlite,
             sqlite_path: PathBuf::from("state.db"),
-        }
-    }
-}
-
-impl Default for PricingConfig {
-    fn default() -> Self {
-        PricingConfig {
-            snapshot: SnapshotConfig::default(),
-            scoring: ScoringConfig::default(),
         }
     }
 }

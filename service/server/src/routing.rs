@@ -314,30 +314,6 @@ impl Worker for ConnectionFlusher {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn endpoints_use_the_path_form_or_the_host_form() {
-        let mut config = RouterConfig::default();
-        let bound: SocketAddr = "127.0.0.1:7080".parse().unwrap();
-        let public = PublicAddress::new(&config, bound);
-        assert_eq!(public.endpoint("wl-1"), "http://127.0.0.1:7080/w/wl-1/");
-        assert_eq!(public.tcp_endpoint(20000), "127.0.0.1:20000");
-
-        config.public_url = "https://run.example.com/".into();
-        config.base_domain = "run.example.com.".into();
-        let public = PublicAddress::new(&config, bound);
-        assert_eq!(public.endpoint("wl-1"), "https://wl-1.run.example.com/");
-        assert_eq!(public.tcp_endpoint(20001), "run.example.com:20001");
-
-        config.public_url = "http://edge:8080".into();
-        let public = PublicAddress::new(&config, bound);
-        assert_eq!(public.endpoint("wl-1"), "http://wl-1.run.example.com:8080/");
-    }
-}
-
 /// `computearbitrage router`: the router as its own process. It opens the same store
 /// as the service (the route table and connection records live there) and follows the
 /// service's route changes at `service_endpoint`.
@@ -378,4 +354,28 @@ pub async fn run_standalone(
     tracing::info!("router shutting down");
     router.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_use_the_path_form_or_the_host_form() {
+        let mut config = RouterConfig::default();
+        let bound: SocketAddr = "127.0.0.1:7080".parse().unwrap();
+        let public = PublicAddress::new(&config, bound);
+        assert_eq!(public.endpoint("wl-1"), "http://127.0.0.1:7080/w/wl-1/");
+        assert_eq!(public.tcp_endpoint(20000), "127.0.0.1:20000");
+
+        config.public_url = "https://run.example.com/".into();
+        config.base_domain = "run.example.com.".into();
+        let public = PublicAddress::new(&config, bound);
+        assert_eq!(public.endpoint("wl-1"), "https://wl-1.run.example.com/");
+        assert_eq!(public.tcp_endpoint(20001), "run.example.com:20001");
+
+        config.public_url = "http://edge:8080".into();
+        let public = PublicAddress::new(&config, bound);
+        assert_eq!(public.endpoint("wl-1"), "http://wl-1.run.example.com:8080/");
+    }
 }

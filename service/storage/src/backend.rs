@@ -102,9 +102,10 @@ impl StorageConfig {
                 "storage.retention_sweep_interval_minutes is 0; use 1 or more".into(),
             ));
         }
-        if !self.public_url.is_empty()
-            && !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://"))
-        {
+        let scheme_ok = ["http://", "https://"]
+            .iter()
+            .any(|scheme| self.public_url.starts_with(scheme));
+        if !self.public_url.is_empty() && !scheme_ok {
             return Some((
                 "storage.public_url",
                 format!(

@@ -270,8 +270,8 @@ impl Prefix {
     /// Whether `key` lies under this prefix.
     pub fn contains(&self, key: &ObjectKey) -> bool {
         key.workload_id == self.workload_id
-            && self.area.map_or(true, |a| a == key.area)
-            && self.dir.as_deref().map_or(true, |d| {
+            && self.area.is_none_or(|a| a == key.area)
+            && self.dir.as_deref().is_none_or(|d| {
                 key.path
                     .strip_prefix(d)
                     .is_some_and(|rest| rest.starts_with('/'))
