@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use computearbitrage_api::pb;
 use computearbitrage_orchestrator::workloads::notify::{verify, SIGNATURE_HEADER};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const SECRET: &str = "webhook-secret-for-tests-0123";
 
@@ -267,12 +267,20 @@ async fn the_quota_check_fails_provisioning_with_the_quota_named_and_leaves_a_de
         failed.status_reason
     );
 
-    let dead = client
-        .list_dead_letters(authed(pb::ListDeadLettersRequest {}))
-        .await
-        .unwrap()
-        .into_inner()
-        .runs;
+    // The run is marked dead a moment after the workload FAILED: two store writes.
+    let listed = Instant::now() + Duration::from_secs(10);
+    let dead = loop {
+        let dead = client
+            .list_dead_letters(authed(pb::ListDeadLettersRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+            .runs;
+        if !dead.is_empty() || Instant::now() > listed {
+            break dead;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].workload_id, second.id);
     assert_eq!(dead[0].failed_step, "quota-check");
