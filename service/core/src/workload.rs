@@ -134,6 +134,13 @@ pub struct StorageSpec {
     pub retention_days: u32,
 }
 
+impl StorageSpec {
+    /// `quota_gb` in bytes, as uploads are counted.
+    pub fn quota_bytes(&self) -> u64 {
+        u64::from(self.quota_gb) << 30
+    }
+}
+
 /// How the workload is checkpointed: what tells it a notice is here, and how often
 /// `$CHECKPOINT_DIR` is copied while it runs. Checkpoints need storage.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

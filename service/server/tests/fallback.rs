@@ -19,17 +19,6 @@ async fn create(client: &mut Client, spec: pb::WorkloadSpec) -> pb::Workload {
         .into_inner()
 }
 
-async fn kinds(client: &mut Client, id: &str) -> Vec<pb::Notification> {
-    client
-        .list_notifications(authed(pb::ListNotificationsRequest {
-            workload_id: id.into(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .notifications
-}
-
 fn assert_paid_on_demand(w: &pb::Workload) {
     assert_eq!(w.market, "on_demand", "{w:?}");
     let od = w.on_demand_price_per_hour.expect("an on-demand price");
@@ -83,7 +72,7 @@ async fn no_matching_spot_offer_takes_on_demand_capacity_only_with_fallback() {
     // It serves through the router like any other.
     let (status, _) = get_json(&running.endpoint, &running.access_token).await;
     assert_eq!(status, 200);
-    let told = kinds(&mut client, &created.id).await;
+    let told = notifications(&mut client, &created.id).await;
     let fallback = told
         .iter()
         .find(|n| n.kind == "workload.fallback")
@@ -179,7 +168,7 @@ async fn persistent_spot_capacity_errors_move_to_on_demand_of_the_same_offer() {
     let placement: serde_json::Value = serde_json::from_str(&placed.output).unwrap();
     assert_eq!(placement["market"], "spot");
     assert_eq!(placement["instance_type"], running.instance_type.as_str());
-    let told = kinds(&mut client, &created.id).await;
+    let told = notifications(&mut client, &created.id).await;
     let fallback = told.iter().find(|n| n.kind == "workload.fallback").unwrap();
     assert!(
         fallback.payload.contains("InsufficientInstanceCapacity"),

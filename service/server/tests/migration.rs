@@ -12,11 +12,7 @@ use std::time::{Duration, Instant};
 fn migrating_spec(name: &str) -> pb::WorkloadSpec {
     let mut spec = spec(name, &[]);
     spec.on_interruption = "migrate".into();
-    spec.storage = Some(pb::StorageSpec {
-        enabled: true,
-        quota_gb: 1,
-        retention_days: 1,
-    });
+    spec.storage = test_storage();
     spec
 }
 

@@ -28,11 +28,7 @@ async fn tasks_run_on_the_instance_report_back_retry_into_the_dead_and_stay_in_t
     let mut client = service.workloads().await;
     let name = format!("tasks-{}", std::process::id());
     let mut spec = spec(&name, &[]);
-    spec.storage = Some(pb::StorageSpec {
-        enabled: true,
-        quota_gb: 1,
-        retention_days: 1,
-    });
+    spec.storage = test_storage();
     let created = client
         .apply_workload(authed(pb::ApplyWorkloadRequest { spec: Some(spec) }))
         .await

@@ -19,11 +19,7 @@ fn replacing_spec(name: &str, health_file: &str) -> pb::WorkloadSpec {
             ("HEALTH_STATUS_FILE", health_file),
         ],
     );
-    spec.storage = Some(pb::StorageSpec {
-        enabled: true,
-        quota_gb: 1,
-        retention_days: 1,
-    });
+    spec.storage = test_storage();
     spec.checkpoint = Some(pb::CheckpointSpec {
         interval_seconds: 1,
         ..Default::default()
@@ -58,17 +54,6 @@ async fn watch_until(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-async fn notifications(client: &mut Client, id: &str) -> Vec<pb::Notification> {
-    client
-        .list_notifications(authed(pb::ListNotificationsRequest {
-            workload_id: id.into(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .notifications
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -43,11 +43,7 @@ fn error_of(value: &serde_json::Value) -> String {
 
 async fn start_workload(client: &mut Client, name: &str) -> pb::Workload {
     let mut spec = spec(name, &[]);
-    spec.storage = Some(pb::StorageSpec {
-        enabled: true,
-        quota_gb: 1,
-        retention_days: 1,
-    });
+    spec.storage = test_storage();
     let created = client
         .apply_workload(authed(pb::ApplyWorkloadRequest { spec: Some(spec) }))
         .await

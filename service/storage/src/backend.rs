@@ -481,6 +481,21 @@ impl Storage {
         Ok(objects)
     }
 
+    /// The objects under `prefix`, and the bytes its whole workload holds: one listing
+    /// of the namespace gives both.
+    pub async fn list_with_usage(
+        &self,
+        prefix: &Prefix,
+    ) -> Result<(Vec<ObjectInfo>, u64), StorageError> {
+        let everything = self.list(&Prefix::workload(prefix.workload_id())?).await?;
+        let used = everything.iter().map(|o| o.size).sum();
+        let under = everything
+            .into_iter()
+            .filter(|o| prefix.contains(&o.key))
+            .collect();
+        Ok((under, used))
+    }
+
     /// Bytes a workload's objects hold.
     pub async fn usage(&self, workload_id: &str) -> Result<u64, StorageError> {
         Ok(self

@@ -22,7 +22,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-const GIB: u64 = 1 << 30;
 /// A registration credential outlives a slow boot.
 pub const REGISTRATION_LIFETIME: Duration = Duration::from_secs(3600);
 /// Session tokens are short-lived and refreshed by every heartbeat.
@@ -419,7 +418,7 @@ impl Orchestrator {
                     .enabled
                     .then(|| protocol::StorageGrant {
                         prefix: format!("workloads/{}/", workload.id),
-                        quota_bytes: u64::from(workload.spec.storage.quota_gb) * GIB,
+                        quota_bytes: workload.spec.storage.quota_bytes(),
                     }),
                 restore,
             },
@@ -546,7 +545,7 @@ impl Orchestrator {
                 "chunk {bad:?} is not a lowercase hex SHA-256"
             )));
         }
-        let quota = u64::from(workload.spec.storage.quota_gb) * GIB;
+        let quota = workload.spec.storage.quota_bytes();
         let declared = request
             .chunks
             .values()
@@ -722,7 +721,7 @@ impl Orchestrator {
             Area::Artifacts,
             &format!("logs/{instance}/{}", request.name),
         )?;
-        let quota = u64::from(workload.spec.storage.quota_gb) * GIB;
+        let quota = workload.spec.storage.quota_bytes();
         let signed = link
             .storage
             .signed_url(Method::Put, &key, Some(quota), request.size)

@@ -14,8 +14,6 @@ use computearbitrage_storage::{Area, Method, ObjectKey, Prefix};
 use computearbitrage_store::WorkloadRecord;
 use std::time::Duration;
 
-const GIB: u64 = 1 << 30;
-
 /// Where a workload may not sign for itself.
 fn refuse_agents_own(key: &ObjectKey, method: Method) -> Result<(), AgentError> {
     match key.area() {
@@ -71,7 +69,7 @@ impl Orchestrator {
         })?;
         let key = ObjectKey::in_namespace(&workload.id, &request.key)?;
         refuse_agents_own(&key, method)?;
-        let quota = u64::from(workload.spec.storage.quota_gb) * GIB;
+        let quota = workload.spec.storage.quota_bytes();
         let signed = link
             .storage
             .signed_url(method, &key, Some(quota), request.size_bytes)
@@ -104,12 +102,10 @@ impl Orchestrator {
                 "checkpoints/ is the agent's; list state/ or artifacts/ (or \"\" for both)".into(),
             ));
         }
-        // One listing gives both the usage and the objects under `prefix`.
-        let everything = link.storage.list(&Prefix::workload(&workload.id)?).await?;
-        let used_bytes = everything.iter().map(|o| o.size).sum();
-        let objects = everything
+        let (objects, used_bytes) = link.storage.list_with_usage(&prefix).await?;
+        let objects = objects
             .into_iter()
-            .filter(|o| prefix.contains(&o.key) && o.key.area() != Area::Checkpoints)
+            .filter(|o| o.key.area() != Area::Checkpoints)
             .map(|o| protocol::StoredObject {
                 key: o.key.relative(),
                 size_bytes: o.size,
@@ -119,7 +115,7 @@ impl Orchestrator {
         Ok(protocol::StorageList {
             objects,
             used_bytes,
-            quota_bytes: u64::from(workload.spec.storage.quota_gb) * GIB,
+            quota_bytes: workload.spec.storage.quota_bytes(),
         })
     }
 }

@@ -11,8 +11,6 @@ use computearbitrage_storage::{Method, ObjectKey, Prefix, Storage, StorageError}
 use computearbitrage_store::{Scope, WorkloadRecord};
 use tonic::{Request, Status};
 
-const GIB: u64 = 1 << 30;
-
 /// The one mapping of storage failures onto statuses.
 pub(crate) fn storage_status(error: StorageError, field: &'static str) -> Status {
     match &error {
@@ -66,17 +64,11 @@ pub(crate) async fn list_objects(
     .await?;
     let prefix = Prefix::in_namespace(&workload.id, &request.prefix)
         .map_err(|e| storage_status(e, "prefix"))?;
-    // One listing of the namespace gives both the usage and the objects under `prefix`.
     let namespace = Prefix::workload(&workload.id).map_err(|e| storage_status(e, "workload_id"))?;
-    let everything = storage
-        .list(&namespace)
+    let (objects, used_bytes) = storage
+        .list_with_usage(&prefix)
         .await
         .map_err(|e| storage_status(e, "prefix"))?;
-    let used_bytes = everything.iter().map(|o| o.size).sum();
-    let objects: Vec<_> = everything
-        .into_iter()
-        .filter(|o| prefix.contains(&o.key))
-        .collect();
     Ok(pb::ListObjectsResponse {
         storage_prefix: namespace.to_string(),
         objects: objects
@@ -88,7 +80,7 @@ pub(crate) async fn list_objects(
             })
             .collect(),
         used_bytes,
-        quota_bytes: u64::from(workload.spec.storage.quota_gb) * GIB,
+        quota_bytes: workload.spec.storage.quota_bytes(),
     })
 }
 
@@ -116,7 +108,7 @@ pub(crate) async fn sign_storage_url(
         workload_with_storage(orchestrator, &caller, scope, call, &request.workload_id).await?;
     let key = ObjectKey::in_namespace(&workload.id, &request.key)
         .map_err(|e| storage_status(e, "key"))?;
-    let quota = u64::from(workload.spec.storage.quota_gb) * GIB;
+    let quota = workload.spec.storage.quota_bytes();
     let result = storage
         .signed_url(method, &key, Some(quota), request.size_bytes)
         .await

@@ -332,6 +332,30 @@ pub async fn complete_checkpoints(service: &Service, workload_id: &str) -> Vec<S
     names
 }
 
+/// A storage block for tests: enabled, 1 GB, kept a day.
+pub fn test_storage() -> Option<pb::StorageSpec> {
+    Some(pb::StorageSpec {
+        enabled: true,
+        quota_gb: 1,
+        retention_days: 1,
+    })
+}
+
+/// The notifications the service holds for a workload.
+pub async fn notifications(
+    client: &mut WorkloadsClient<Channel>,
+    workload_id: &str,
+) -> Vec<pb::Notification> {
+    client
+        .list_notifications(authed(pb::ListNotificationsRequest {
+            workload_id: workload_id.into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .notifications
+}
+
 /// Queues an operator task.
 pub async fn queue_task(
     client: &mut WorkloadsClient<Channel>,
