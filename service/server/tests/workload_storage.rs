@@ -54,6 +54,10 @@ async fn start_workload(client: &mut Client, name: &str) -> pb::Workload {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_workload_reaches_its_own_storage_through_its_agent_and_nothing_else() {
+    assert!(
+        std::path::Path::new("/usr/bin/curl").exists(),
+        "this test runs /usr/bin/curl as the workload; install curl (Debian: apt-get install curl)"
+    );
     let dir = tempfile::tempdir().unwrap();
     // Each workload its own uid (when root), as the service runs by default.
     let service = Service::start(
