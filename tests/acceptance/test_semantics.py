@@ -6,6 +6,7 @@ their cause."""
 import json
 import sys
 import time
+import urllib.request
 
 from conftest import TOKEN, WORKLOAD_SERVER, Service, free_port
 
@@ -566,3 +567,92 @@ def test_fallback_takes_on_demand_capacity_when_no_spot_offer_matches(workload_s
     assert web["price_per_hour"] == web["on_demand_price_per_hour"], web
     assert ws.plan_is_noop()
     ws.run("destroy", "-auto-approve")
+
+
+def http_get(url, token):
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return response.read().decode()
+
+
+def write_two_offer_prices(directory, aws_spot, gcp_spot):
+    """AWS m5.large and GCP n2-standard-2 (both 2 vCPU, 8 GiB); each file whole."""
+    header = "InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,GpuInfo,Price,SpotPrice,Region,AvailabilityZone\n"
+    files = {
+        "manifest.toml": '[[files]]\nfile = "aws.csv"\ncloud = "aws"\nobserved_at = "2026-12-01T00:00:00Z"\n\n'
+                         '[[files]]\nfile = "gcp.csv"\ncloud = "gcp"\nobserved_at = "2026-12-01T00:00:00Z"\n',
+        "aws.csv": header + f"m5.large,,,2.0,8.0,,0.096,{aws_spot},us-east-1,use1-az1\n",
+        "gcp.csv": header + f"n2-standard-2,,,2.0,8.0,,0.097,{gcp_spot},us-central1,\n",
+    }
+    for name, text in files.items():
+        tmp = directory / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(directory / name)
+
+
+def test_a_rebalance_moves_the_workload_and_terraform_sees_no_change(tmp_path, workload_for_service, terraform):
+    """rebalance { ... }: when another offer stays cheaper enough, the workload moves
+    make-before-break (RUNNING throughout, same id, endpoint and token, state restored),
+    and the next plan is a no-op; bad values are named on their paths."""
+    prices = tmp_path / "prices"
+    prices.mkdir()
+    write_two_offer_prices(prices, 0.05, 0.08)
+    service = Service(tmp_path / "svc", prices, extra_env={
+        "COMPUTEARBITRAGE_PRICING__SNAPSHOT__INTERVAL_SECONDS": "1",
+        "COMPUTEARBITRAGE_WORKLOADS__REBALANCE_CHECK_MS": "200",
+        "COMPUTEARBITRAGE_WORKLOADS__DRAIN_MS": "500",
+    })
+    try:
+        name = unique("mover", terraform)
+        ws = workload_for_service(service)
+        bad = workload(name, tmp_path / "health", requirements="allow_unknown_interruption_rate = true",
+                       extra='rebalance {\n    min_savings_percent = 99\n    min_duration = "soon"\n  }')
+        ws.write(bad)
+        failed = ws.run("plan", check=False)
+        text = " ".join(failed.stderr.split())
+        assert failed.returncode != 0
+        assert "Invalid value for rebalance.min_duration" in text and '"soon" is not a duration' in text, text
+        assert "99 is outside 1 to 95 percent" in text, text
+
+        extra = ('storage {\n    enabled = true\n    quota_gb = 1\n  }\n'
+                 '  rebalance {\n    min_savings_percent = 30\n    min_duration = "2s"\n  }')
+        config = workload(name, tmp_path / "health", requirements="allow_unknown_interruption_rate = true", extra=extra)
+        config = config.replace('HEALTH_STATUS_FILE', 'SAVE_EVERY_COUNT = "1", HEALTH_STATUS_FILE')
+        # What a move leaves as it was: the plan after it has nothing to show.
+        config = config.split('output "web"')[0] + (
+            'output "web" {\n  value = { id = computearbitrage_workload.web.id, endpoint = computearbitrage_workload.web.endpoint,'
+            ' access_token = computearbitrage_workload.web.access_token, rebalance = computearbitrage_workload.web.rebalance }\n'
+            '  sensitive = true\n}\n')
+        ws.write(config)
+        ws.apply()
+        web = ws.outputs()["web"]
+        assert web["rebalance"] == [{"min_savings_percent": 30, "min_duration": "2s"}], web
+        before = service.cli("workload", "get", web["id"])
+        assert before["cloud"] == "aws" and before["spec"]["rebalance"] == {"min_savings_percent": 30.0, "min_duration_seconds": 2}, before
+        assert ws.plan_is_noop()
+        count_url = web["endpoint"] + "count"
+        for _ in range(3):
+            http_get(count_url, web["access_token"])
+
+        write_two_offer_prices(prices, 0.05, 0.02)
+        deadline = time.monotonic() + 60
+        statuses = set()
+        while True:
+            now = service.cli("workload", "get", web["id"])
+            statuses.add(now["status"])
+            if now["cloud"] == "gcp":
+                break
+            assert time.monotonic() < deadline, f"not moved: {now['status']} ({now['status_reason']})"
+            time.sleep(0.2)
+        assert statuses == {"RUNNING"}, statuses
+        assert now["endpoint"] == web["endpoint"] and now["instance_id"] != before["instance_id"]
+        state = json.loads(http_get(web["endpoint"] + "state", web["access_token"]))
+        assert (state["count"], state["restored"]) == (3, True), state
+        assert ws.plan_is_noop(), ws.run("plan", check=False).stdout
+        ws.run("apply", "-refresh-only", "-auto-approve")
+        assert ws.outputs()["web"] == web
+        shown = ws.run("state", "show", "computearbitrage_workload.web").stdout
+        assert now["instance_id"] in shown and '"n2-standard-2"' in shown and "0.02" in shown, shown
+        ws.run("destroy", "-auto-approve")
+    finally:
+        service.stop()

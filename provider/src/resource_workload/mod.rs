@@ -35,7 +35,7 @@ use crate::number::Number;
 use crate::requirements::{self, check_whole};
 use computearbitrage_api::{pb, validate, Reason, ERROR_FIELD_METADATA};
 use state::{
-    port_of, CheckpointBlock, StorageBlock, WorkloadState, DEFAULT_CREATE_TIMEOUT,
+    port_of, CheckpointBlock, RebalanceBlock, StorageBlock, WorkloadState, DEFAULT_CREATE_TIMEOUT,
     DEFAULT_DELETE_TIMEOUT,
 };
 use std::time::Duration;
@@ -109,6 +109,45 @@ fn check_checkpoint(
         _ => true,
     });
     report_violations(diags, root, &v);
+    ok && v.is_empty()
+}
+
+/// The `rebalance` block's rules, on its attributes' paths.
+fn check_rebalance(block: &RebalanceBlock, diags: &mut Diagnostics) -> bool {
+    let root = AttributePath::new("rebalance").index(0);
+    let mut ok = true;
+    if let Value::Value(text) = &block.min_duration {
+        let max = Duration::from_secs(
+            computearbitrage_api::defaults::REBALANCE_MIN_DURATION_MAX_SECONDS.into(),
+        );
+        let problem = match duration::parse(text) {
+            None => Some(format!(
+                "{text:?} is not a duration; write it like \"30m\", \"90s\" or \"1h30m\""
+            )),
+            Some(d) if d > max => Some(format!(
+                "{text:?} is more than a week; use up to \"168h\", or leave it unset for \"1h\""
+            )),
+            Some(_) => None,
+        };
+        if let Some(detail) = problem {
+            diags.error(
+                "Invalid value for rebalance.min_duration",
+                detail,
+                root.clone().attribute("min_duration"),
+            );
+            ok = false;
+        }
+    }
+    let mut v = validate::rebalance(&block.to_pb());
+    v.retain(|v| match v.path.first() {
+        Some(validate::PathStep::Field("min_savings_percent")) => {
+            block.min_savings_percent.is_value()
+        }
+        // The wire's seconds; checked above as the duration written.
+        Some(validate::PathStep::Field("min_duration_seconds")) => false,
+        _ => true,
+    });
+    crate::client::report_violations(diags, root, &v);
     ok && v.is_empty()
 }
 
@@ -216,6 +255,9 @@ fn check(state: &WorkloadState, diags: &mut Diagnostics, from_config: bool) -> b
         let v = validate::storage(&block.to_pb());
         report_violations(diags, root, &v);
         ok &= v.is_empty();
+    }
+    if let Some(block) = state.rebalance.as_ref_option() {
+        ok &= check_rebalance(block, diags);
     }
     if let Some(block) = state.checkpoint.as_ref_option() {
         ok &= check_checkpoint(state, block, diags);
@@ -625,6 +667,7 @@ impl Resource for WorkloadResource {
             on_unhealthy: spec.on_unhealthy,
             replace_unhealthy_after_seconds: spec.replace_unhealthy_after_seconds,
             fallback: spec.fallback,
+            rebalance: spec.rebalance,
             env: spec.env,
             storage: spec.storage,
             tcp_allowed_cidrs: spec.tcp_allowed_cidrs,

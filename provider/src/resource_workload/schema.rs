@@ -89,6 +89,14 @@ pub fn schema() -> Schema {
         description: "How the workload is checkpointed: told of a reclaim by a signal or a command, and copied every `interval`. A migration restores the newest complete checkpoint on the new instance; the whole block changes in place.".into(),
         ..Default::default()
     };
+    let rebalance = Block {
+        attributes: HashMap::from([
+            ("min_savings_percent".to_string(), optional_computed(AttributeType::Number, "How much cheaper, in percent of what the workload pays now, the offer a fresh placement would choose must be, 1 to 95. Default 20. Changed in place.")),
+            ("min_duration".to_string(), optional_computed(AttributeType::String, "How long that offer must have stayed that much cheaper, such as `30m` or `2h`, up to `168h`; `0s` moves at the next check. Default `1h`: one price blip is no reason to move. Changed in place.")),
+        ]),
+        description: "Price-driven moves: once another offer has been `min_savings_percent` cheaper for `min_duration`, the workload moves there make-before-break. The replacement is started and restored from a checkpoint taken for the move (with `storage`), it becomes healthy, the route switches in one step, and then the old instance drains and stops. The workload stays `RUNNING` with the same id, endpoint and token, and Terraform sees no change. A workload on on-demand capacity (`fallback = \"on_demand\"`) returns to spot by this rule, or after 10 minutes of a cheaper spot offer without the block. Unset: the workload stays on its offer while it runs.".into(),
+        ..Default::default()
+    };
     let timeouts = Block {
         attributes: HashMap::from([
             (
@@ -118,6 +126,7 @@ pub fn schema() -> Schema {
                 ("health_check".to_string(), NestedBlock::Optional(health_check)),
                 ("storage".to_string(), NestedBlock::Optional(storage)),
                 ("checkpoint".to_string(), NestedBlock::Optional(checkpoint)),
+                ("rebalance".to_string(), NestedBlock::Optional(rebalance)),
                 ("timeouts".to_string(), NestedBlock::Optional(timeouts)),
             ]),
             description: "A workload on the cheapest matching spot capacity across clouds, kept running by the computearbitrage service.".into(),

@@ -39,6 +39,12 @@ pub struct CheckpointBlock {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RebalanceBlock {
+    pub min_savings_percent: Value<Number>,
+    pub min_duration: Value<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct TimeoutsBlock {
     pub create: Value<String>,
     pub delete: Value<String>,
@@ -68,6 +74,8 @@ pub struct WorkloadState {
     pub storage: Value<StorageBlock>,
     #[serde(with = "serde_as_vec")]
     pub checkpoint: Value<CheckpointBlock>,
+    #[serde(with = "serde_as_vec")]
+    pub rebalance: Value<RebalanceBlock>,
     pub tags: StringMap,
     #[serde(with = "serde_as_vec")]
     pub timeouts: Value<TimeoutsBlock>,
@@ -348,6 +356,74 @@ impl CheckpointBlock {
     }
 }
 
+impl RebalanceBlock {
+    pub fn to_pb(&self) -> pb::RebalanceSpec {
+        pb::RebalanceSpec {
+            min_savings_percent: self
+                .min_savings_percent
+                .as_ref_option()
+                .map(Number::value)
+                .unwrap_or(0.0),
+            min_duration_seconds: match &self.min_duration {
+                Value::Value(text) => Some(
+                    duration::parse(text)
+                        .map(|d| d.as_secs())
+                        // Unparseable: past the limit, so validation names it.
+                        .unwrap_or(u64::MAX)
+                        .min(u64::from(u32::MAX)) as u32,
+                ),
+                _ => None,
+            },
+        }
+    }
+
+    fn from_pb(r: &pb::RebalanceSpec) -> RebalanceBlock {
+        RebalanceBlock {
+            min_savings_percent: Value::Value(Number::from(r.min_savings_percent)),
+            min_duration: Value::Value(duration::format(Duration::from_secs(
+                r.min_duration_seconds
+                    .unwrap_or(defaults::REBALANCE_MIN_DURATION_SECONDS)
+                    .into(),
+            ))),
+        }
+    }
+
+    /// Left out, each attribute means the service's default: 20 %, for an hour.
+    fn planned(config: &RebalanceBlock, prior: Option<&RebalanceBlock>) -> RebalanceBlock {
+        let none = RebalanceBlock::default();
+        let prior = prior.unwrap_or(&none);
+        RebalanceBlock {
+            min_savings_percent: planned(
+                &config.min_savings_percent,
+                &prior.min_savings_percent,
+                Some(Value::Value(Number::from(
+                    defaults::REBALANCE_MIN_SAVINGS_PERCENT,
+                ))),
+                canonical::number,
+            ),
+            min_duration: planned(
+                &config.min_duration,
+                &prior.min_duration,
+                Some(Value::Value(duration::format(Duration::from_secs(
+                    defaults::REBALANCE_MIN_DURATION_SECONDS.into(),
+                )))),
+                seconds,
+            ),
+        }
+    }
+
+    fn refreshed(prior: &RebalanceBlock, actual: &RebalanceBlock) -> RebalanceBlock {
+        RebalanceBlock {
+            min_savings_percent: refreshed(
+                &prior.min_savings_percent,
+                &actual.min_savings_percent,
+                canonical::number,
+            ),
+            min_duration: refreshed(&prior.min_duration, &actual.min_duration, seconds),
+        }
+    }
+}
+
 /// A block planned from its configuration: present exactly when configured.
 fn planned_block<T: Clone>(
     config: &Value<T>,
@@ -413,6 +489,7 @@ impl WorkloadState {
             fallback: self.fallback.as_ref_option().cloned().unwrap_or_default(),
             storage: self.storage.as_ref_option().map(StorageBlock::to_pb),
             checkpoint: self.checkpoint.as_ref_option().map(CheckpointBlock::to_pb),
+            rebalance: self.rebalance.as_ref_option().map(RebalanceBlock::to_pb),
             tags: canonical::map(&self.tags).into_iter().collect(),
             create_timeout_seconds: self
                 .timeout(|t| &t.create, DEFAULT_CREATE_TIMEOUT)
@@ -484,6 +561,9 @@ impl WorkloadState {
         self.checkpoint = planned_block(&config.checkpoint, &prior.checkpoint, |c, p| {
             CheckpointBlock::planned(c, p)
         });
+        self.rebalance = planned_block(&config.rebalance, &prior.rebalance, |c, p| {
+            RebalanceBlock::planned(c, p)
+        });
         // Durations compare by length: `5m` and `300s` are one timeout.
         self.timeouts = planned_block(&config.timeouts, &prior.timeouts, |c, p| {
             let seconds = |v: &Value<String>| v.as_ref_option().and_then(|d| duration::parse(d));
@@ -536,6 +616,7 @@ impl WorkloadState {
             || self.fallback != other.fallback
             || self.storage != other.storage
             || self.checkpoint != other.checkpoint
+            || self.rebalance != other.rebalance
             || self.tags != other.tags
             || self.timeouts != other.timeouts
     }
@@ -681,6 +762,7 @@ impl WorkloadState {
             fallback: Value::Null,
             storage: Value::Null,
             checkpoint: Value::Null,
+            rebalance: Value::Null,
             tags: Value::Null,
             timeouts: Value::Null,
             status: Value::Null,
@@ -734,6 +816,7 @@ impl WorkloadState {
             .as_ref()
             .map(CheckpointBlock::from_pb)
             .into();
+        state.rebalance = spec.rebalance.as_ref().map(RebalanceBlock::from_pb).into();
         // The service keeps the create timeout; one other than the default was written.
         if spec.create_timeout_seconds != 0
             && spec.create_timeout_seconds != defaults::CREATE_TIMEOUT_SECONDS
@@ -795,6 +878,10 @@ impl WorkloadState {
         };
         state.checkpoint = match (&prior.checkpoint, &actual.checkpoint) {
             (Value::Value(p), Value::Value(a)) => Value::Value(CheckpointBlock::refreshed(p, a)),
+            (_, a) => a.clone(),
+        };
+        state.rebalance = match (&prior.rebalance, &actual.rebalance) {
+            (Value::Value(p), Value::Value(a)) => Value::Value(RebalanceBlock::refreshed(p, a)),
             (_, a) => a.clone(),
         };
         state.set_computed(w);
@@ -943,6 +1030,41 @@ mod tests {
         stored.checkpoint.as_mut().unwrap().interval_seconds = 60;
         let drifted = WorkloadState::refreshed(&planned, &workload(stored));
         assert!(plan(&drifted, &c).configured_differs(&drifted));
+    }
+
+    #[test]
+    fn a_rebalance_block_plans_its_defaults_and_reads_back_in_the_written_spelling() {
+        let tags = map_value(&HashMap::from([("team".into(), "ml".into())]));
+        let mut c = config("x86_64", Value::Value(true), tags);
+        c.rebalance = Value::Value(RebalanceBlock {
+            min_duration: Value::Value("90m".into()),
+            ..Default::default()
+        });
+        let planned = plan(&WorkloadState::empty(), &c);
+        let block = planned.rebalance.as_ref_option().unwrap();
+        assert_eq!(
+            block.to_pb(),
+            pb::RebalanceSpec {
+                min_savings_percent: 20.0,
+                min_duration_seconds: Some(5400)
+            }
+        );
+        // The service answers 20.0 and 5400 s: "1h30m" is "90m", so no diff.
+        let mut stored = stored_spec();
+        stored.rebalance = Some(block.to_pb());
+        let refreshed = WorkloadState::refreshed(&planned, &workload(stored.clone()));
+        assert_eq!(refreshed.rebalance, planned.rebalance);
+        assert!(!plan(&refreshed, &c).configured_differs(&refreshed));
+        let imported = WorkloadState::from_workload(&workload(stored.clone()));
+        assert!(!plan(&imported, &c).configured_differs(&imported));
+        // Changed or removed through the API: a diff either way.
+        stored.rebalance.as_mut().unwrap().min_savings_percent = 35.0;
+        let drifted = WorkloadState::refreshed(&planned, &workload(stored.clone()));
+        assert!(plan(&drifted, &c).configured_differs(&drifted));
+        stored.rebalance = None;
+        let removed = WorkloadState::refreshed(&planned, &workload(stored));
+        assert!(removed.rebalance.is_null());
+        assert!(plan(&removed, &c).configured_differs(&removed));
     }
 
     #[test]

@@ -483,6 +483,31 @@ fn on_unhealthy(value: &str, after_seconds: u32, out: &mut Vec<Violation>) {
     }
 }
 
+/// The rules of a `rebalance` block, on its own field names.
+pub fn rebalance(spec: &pb::RebalanceSpec) -> Vec<Violation> {
+    use computearbitrage_conventions::defaults;
+    let mut out = Vec::new();
+    let (low, high) = defaults::REBALANCE_MIN_SAVINGS_PERCENT_RANGE;
+    let percent = spec.min_savings_percent;
+    if percent != 0.0 && !(low..=high).contains(&percent) {
+        out.push(Violation::field(
+            "min_savings_percent",
+            format!(
+                "{percent} is outside {low} to {high} percent; leave it out for the default, {}",
+                defaults::REBALANCE_MIN_SAVINGS_PERCENT
+            ),
+        ));
+    }
+    let max = defaults::REBALANCE_MIN_DURATION_MAX_SECONDS;
+    if let Some(seconds) = spec.min_duration_seconds.filter(|s| *s > max) {
+        out.push(Violation::field(
+            "min_duration_seconds",
+            format!("{seconds} seconds is more than a week; use up to {max}, or leave it out for the default, {}", defaults::REBALANCE_MIN_DURATION_SECONDS),
+        ));
+    }
+    out
+}
+
 /// Every rule of `UpdateWorkload`: the same as for the fields of a new workload.
 pub fn update_workload(req: &pb::UpdateWorkloadRequest) -> Vec<Violation> {
     let mut out = Vec::new();
@@ -501,6 +526,9 @@ pub fn update_workload(req: &pb::UpdateWorkloadRequest) -> Vec<Violation> {
         &mut out,
     );
     fallback(&req.fallback, &mut out);
+    if let Some(r) = &req.rebalance {
+        out.extend(rebalance(r).into_iter().map(|v| v.within("rebalance")));
+    }
     tcp_allowed_cidrs(&req.tcp_allowed_cidrs, &mut out);
     if let Some(check) = &req.health_check {
         out.extend(
@@ -664,6 +692,9 @@ pub fn workload_spec(spec: &pb::WorkloadSpec) -> Vec<Violation> {
     }
     if let Some(s) = &spec.storage {
         out.extend(storage(s).into_iter().map(|v| v.within("storage")));
+    }
+    if let Some(r) = &spec.rebalance {
+        out.extend(rebalance(r).into_iter().map(|v| v.within("rebalance")));
     }
     if let Some(c) = &spec.checkpoint {
         out.extend(checkpoint(c).into_iter().map(|v| v.within("checkpoint")));
@@ -1023,5 +1054,55 @@ mod tests {
         };
         assert!(requirements(&req).is_empty());
         assert!(list_offers(&pb::ListOffersRequest::default()).is_empty());
+    }
+
+    #[test]
+    fn a_rebalance_block_is_bounded_and_names_its_fields() {
+        let ok = pb::RebalanceSpec {
+            min_savings_percent: 0.0,
+            min_duration_seconds: Some(0),
+        };
+        assert!(
+            rebalance(&ok).is_empty(),
+            "0 % is the default, 0 s moves at once"
+        );
+        let bad = pb::RebalanceSpec {
+            min_savings_percent: f64::NAN,
+            min_duration_seconds: Some(604_801),
+        };
+        let v = rebalance(&bad);
+        assert_eq!(
+            v.iter().map(|v| v.path.clone()).collect::<Vec<_>>(),
+            vec![
+                vec![PathStep::Field("min_savings_percent")],
+                vec![PathStep::Field("min_duration_seconds")]
+            ]
+        );
+        assert!(
+            v[1].message.contains("more than a week"),
+            "{}",
+            v[1].message
+        );
+        let mut spec = pb::WorkloadSpec {
+            rebalance: Some(pb::RebalanceSpec {
+                min_savings_percent: 96.0,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let within = workload_spec(&spec);
+        assert!(
+            within.iter().any(|v| v.path
+                == vec![
+                    PathStep::Field("rebalance"),
+                    PathStep::Field("min_savings_percent")
+                ]
+                && v.message.contains("1 to 95")),
+            "{within:?}"
+        );
+        spec.rebalance = None;
+        assert!(!workload_spec(&spec)
+            .iter()
+            .any(|v| v.path.first() == Some(&PathStep::Field("rebalance"))));
     }
 }

@@ -111,6 +111,18 @@ pub mod defaults {
     pub const CHECKPOINT_INTERVAL_MAX_SECONDS: u32 = 604_800;
     /// The most complete checkpoints a spec may ask to keep.
     pub const CHECKPOINTS_KEPT_MAX: u32 = 100;
+    /// A `rebalance` block's defaults: another offer 20 % cheaper for an hour.
+    pub const REBALANCE_MIN_SAVINGS_PERCENT: f64 = 20.0;
+    pub const REBALANCE_MIN_DURATION_SECONDS: u32 = 3600;
+    /// The bounds a `rebalance` block may ask for: a move for less than 1 % is churn,
+    /// and no offer is 95 % cheaper than another in any catalog we know.
+    pub const REBALANCE_MIN_SAVINGS_PERCENT_RANGE: (f64, f64) = (1.0, 95.0);
+    /// Zero moves at the next check once the saving is there; a week is the most.
+    pub const REBALANCE_MIN_DURATION_MAX_SECONDS: u32 = 604_800;
+    /// How long a workload on on-demand capacity (`fallback = "on_demand"`) waits for
+    /// a matching spot offer to stay available before it returns to spot, when it has
+    /// no `rebalance` block to say so.
+    pub const RETURN_TO_SPOT_AFTER_SECONDS: u32 = 600;
 
     /// The default timeout of a check every `interval_seconds`: 5 s, or the whole
     /// interval when that is shorter, so a check always ends before the next starts.

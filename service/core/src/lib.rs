@@ -53,6 +53,7 @@ pub use filter::{OfferFilter, Requirements};
 pub use lifecycle::{Transition, WorkloadStatus};
 pub use offer::{InterruptionRate, Offer};
 pub use placement::{place, place_on_demand, Candidate, Placement, ScoringPolicy};
+pub use rebalance::RebalancePolicy;
 pub use retry::RetryPolicy;
 pub use workload::{
     CheckpointSpec, Fallback, HealthCheck, OnInterruption, OnUnhealthy, StorageSpec, WorkloadSpec,

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 /// A workload's `rebalance { min_savings_percent, min_duration }`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RebalancePolicy {
     /// How much cheaper, in percent of the current price, another offer must be.
     pub min_savings_percent: f64,
@@ -21,6 +21,40 @@ pub struct RebalancePolicy {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RebalanceWatch<K> {
     cheaper: Option<(K, i64)>,
+}
+
+impl Default for RebalancePolicy {
+    fn default() -> Self {
+        use computearbitrage_conventions::defaults;
+        RebalancePolicy {
+            min_savings_percent: defaults::REBALANCE_MIN_SAVINGS_PERCENT,
+            min_duration: Duration::from_secs(defaults::REBALANCE_MIN_DURATION_SECONDS.into()),
+        }
+    }
+}
+
+impl RebalancePolicy {
+    /// What a workload on on-demand capacity without a `rebalance` block waits for
+    /// before it returns to spot: any spot offer cheaper than what it pays, for
+    /// `RETURN_TO_SPOT_AFTER_SECONDS`.
+    pub fn return_to_spot() -> RebalancePolicy {
+        RebalancePolicy {
+            min_savings_percent: 0.0,
+            min_duration: Duration::from_secs(
+                computearbitrage_conventions::defaults::RETURN_TO_SPOT_AFTER_SECONDS.into(),
+            ),
+        }
+    }
+
+    /// Whether `price` is cheaper enough than `current` to be worth a move.
+    pub fn worth_it(&self, current: f64, price: f64) -> bool {
+        let threshold = current * (1.0 - self.min_savings_percent / 100.0);
+        if self.min_savings_percent <= 0.0 {
+            price < current
+        } else {
+            price <= threshold
+        }
+    }
 }
 
 impl<K: Clone + PartialEq> RebalanceWatch<K> {
@@ -38,8 +72,7 @@ impl<K: Clone + PartialEq> RebalanceWatch<K> {
         current_price: f64,
         best_other: Option<(K, f64)>,
     ) -> Option<K> {
-        let threshold = current_price * (1.0 - policy.min_savings_percent / 100.0);
-        let Some((key, _)) = best_other.filter(|(_, p)| *p <= threshold) else {
+        let Some((key, _)) = best_other.filter(|(_, p)| policy.worth_it(current_price, *p)) else {
             self.cheaper = None;
             return None;
         };
@@ -110,5 +143,18 @@ mod tests {
             Some("d")
         );
         assert_eq!(watch.observe(&POLICY, 20_000, 1.0, None), None);
+    }
+
+    #[test]
+    fn a_zero_saving_means_any_cheaper_offer_and_the_defaults_are_documented() {
+        let back = RebalancePolicy::return_to_spot();
+        assert!(back.worth_it(0.10, 0.099));
+        assert!(!back.worth_it(0.10, 0.10));
+        let default = RebalancePolicy::default();
+        assert_eq!(
+            (default.min_savings_percent, default.min_duration.as_secs()),
+            (20.0, 3600)
+        );
+        assert!(default.worth_it(1.0, 0.8) && !default.worth_it(1.0, 0.81));
     }
 }

@@ -188,6 +188,10 @@ pub struct WorkloadSpec {
     /// Stored before fallback existed: none.
     #[serde(default)]
     pub fallback: Fallback,
+    /// Price-driven moves (make-before-break); `None`: the workload stays where it is
+    /// placed while it runs.
+    #[serde(default)]
+    pub rebalance: Option<crate::rebalance::RebalancePolicy>,
     pub storage: StorageSpec,
     /// Stored before checkpoints were configurable: the defaults.
     #[serde(default)]
@@ -264,6 +268,7 @@ impl WorkloadSpec {
         );
         check("on_unhealthy", self.on_unhealthy == other.on_unhealthy);
         check("fallback", self.fallback == other.fallback);
+        check("rebalance", self.rebalance == other.rebalance);
         check(
             "replace_unhealthy_after_seconds",
             self.replace_unhealthy_after == other.replace_unhealthy_after,
@@ -307,6 +312,7 @@ mod tests {
             on_unhealthy: OnUnhealthy::Keep,
             replace_unhealthy_after: default_replace_unhealthy_after(),
             fallback: Fallback::None,
+            rebalance: None,
             storage: StorageSpec::default(),
             checkpoint: CheckpointSpec::default(),
             tags: BTreeMap::new(),
@@ -334,9 +340,17 @@ mod tests {
         other.storage.quota_gb = 5;
         other.health_check.path = "/ready".into();
         other.checkpoint.interval = Duration::from_secs(600);
+        other.rebalance = Some(crate::RebalancePolicy::default());
         assert_eq!(
             base.differences(&other),
-            vec!["env", "health_check", "storage", "checkpoint", "tags"]
+            vec![
+                "env",
+                "health_check",
+                "rebalance",
+                "storage",
+                "checkpoint",
+                "tags"
+            ]
         );
         let mut written = base.clone();
         written.written = Some(WrittenBlocks {

@@ -313,6 +313,7 @@ fn spec(name: &str) -> WorkloadSpec {
         on_unhealthy: Default::default(),
         replace_unhealthy_after: std::time::Duration::from_secs(300),
         fallback: Default::default(),
+        rebalance: None,
         storage: StorageSpec::default(),
         checkpoint: Default::default(),
         tags: BTreeMap::new(),

@@ -41,6 +41,15 @@ pub enum WorkloadCommand {
         /// `none` or `on_demand` (capacity when spot has none).
         #[arg(long)]
         fallback: Option<String>,
+        /// Rebalance: move once another offer is this many percent cheaper (1 to 95).
+        #[arg(long, value_name = "PERCENT")]
+        rebalance_min_savings: Option<f64>,
+        /// Rebalance: ... for this many seconds (0 to 604800).
+        #[arg(long, value_name = "SECONDS")]
+        rebalance_min_duration: Option<u32>,
+        /// Stop rebalancing (remove the `rebalance` block).
+        #[arg(long, conflicts_with_all = ["rebalance_min_savings", "rebalance_min_duration"])]
+        no_rebalance: bool,
         /// The health check's path.
         #[arg(long)]
         health_path: Option<String>,
@@ -451,6 +460,9 @@ pub async fn run(target: Target, command: ClientCommand) -> Result<i32, String> 
                 on_unhealthy,
                 replace_unhealthy_after,
                 fallback,
+                rebalance_min_savings,
+                rebalance_min_duration,
+                no_rebalance,
                 health_path,
                 health_interval,
                 storage_quota_gb,
@@ -473,6 +485,7 @@ pub async fn run(target: Target, command: ClientCommand) -> Result<i32, String> 
                     on_unhealthy: spec.on_unhealthy,
                     replace_unhealthy_after_seconds: spec.replace_unhealthy_after_seconds,
                     fallback: spec.fallback,
+                    rebalance: spec.rebalance,
                     env: spec.env,
                     storage: spec.storage,
                     tcp_allowed_cidrs: spec.tcp_allowed_cidrs,
@@ -503,6 +516,17 @@ pub async fn run(target: Target, command: ClientCommand) -> Result<i32, String> 
                 }
                 if let Some(choice) = fallback {
                     request.fallback = choice;
+                }
+                if no_rebalance {
+                    request.rebalance = None;
+                } else if rebalance_min_savings.is_some() || rebalance_min_duration.is_some() {
+                    let rebalance = request.rebalance.get_or_insert_with(Default::default);
+                    if let Some(percent) = rebalance_min_savings {
+                        rebalance.min_savings_percent = percent;
+                    }
+                    if let Some(seconds) = rebalance_min_duration {
+                        rebalance.min_duration_seconds = Some(seconds);
+                    }
                 }
                 if health_path.is_some() || health_interval.is_some() {
                     let check = request.health_check.get_or_insert_with(Default::default);

@@ -188,6 +188,10 @@ pub struct WorkloadsConfig {
     pub agent_heartbeat_ms: u64,
     /// Seconds placement skips an offer (cloud, region, zone, type) after one of its instances was reclaimed.
     pub migration_cooldown_seconds: u64,
+    /// Milliseconds the old instance of a make-before-break move (rebalance) keeps running after the route switched, so the requests it was sent before the switch finish there.
+    pub drain_ms: u64,
+    /// Milliseconds between rebalancing checks: each RUNNING workload with a `rebalance` block (or on on-demand capacity) compares its price with the best other offer.
+    pub rebalance_check_ms: u64,
     /// Seconds between sweeps for instances no workload owns.
     pub orphan_sweep_interval_seconds: u64,
     /// What the local driver's workloads can reach.
@@ -321,6 +325,8 @@ impl Default for WorkloadsConfig {
             interruption_delay_ms: 0,
             agent_heartbeat_ms: 2000,
             migration_cooldown_seconds: 1800,
+            drain_ms: 10_000,
+            rebalance_check_ms: 10_000,
             orphan_sweep_interval_seconds: 60,
             local: LocalWorkloadsConfig::default(),
         }
@@ -633,6 +639,24 @@ fn validate(config: &Config, origin: &BTreeMap<String, String>) -> Result<(), Se
         return fail(
             "workloads.orphan_sweep_interval_seconds",
             "must be at least 1 second".into(),
+        );
+    }
+    if !(100..=3_600_000).contains(&config.workloads.rebalance_check_ms) {
+        return fail(
+            "workloads.rebalance_check_ms",
+            format!(
+                "{} is outside 100..=3600000 ms (a tenth of a second to an hour)",
+                config.workloads.rebalance_check_ms
+            ),
+        );
+    }
+    if config.workloads.drain_ms > 600_000 {
+        return fail(
+            "workloads.drain_ms",
+            format!(
+                "{} ms is more than 10 minutes of two instances billed for one workload; use up to 600000",
+                config.workloads.drain_ms
+            ),
         );
     }
     let router = &config.router;

@@ -21,7 +21,8 @@ use computearbitrage_orchestrator::pricing::snapshot::{
 use computearbitrage_orchestrator::pricing::PriceBook;
 use computearbitrage_orchestrator::worker::Supervisor;
 use computearbitrage_orchestrator::workloads::background::{
-    DriverEventListener, LostInstanceWatch, OrphanSweeper, RunResumer, UnhealthyReplacer,
+    DriverEventListener, LostInstanceWatch, OrphanSweeper, Rebalancer, RunResumer,
+    UnhealthyReplacer,
 };
 use computearbitrage_orchestrator::workloads::monitor::{Monitor, MonitorWorker};
 use computearbitrage_orchestrator::workloads::notify::NotificationSender;
@@ -166,6 +167,7 @@ pub async fn serve(
             tcp_ports: config.router.tcp_port_min..=config.router.tcp_port_max,
             agent_heartbeat: Duration::from_millis(config.workloads.agent_heartbeat_ms),
             migration_cooldown: Duration::from_secs(config.workloads.migration_cooldown_seconds),
+            drain: Duration::from_millis(config.workloads.drain_ms),
         },
     );
     // Agents reach the service where storage URLs point: its own HTTP side.
@@ -190,6 +192,10 @@ pub async fn serve(
     supervisor.spawn(UnhealthyReplacer {
         orchestrator: orchestrator.clone(),
         interval: Duration::from_secs(1),
+    });
+    supervisor.spawn(Rebalancer {
+        orchestrator: orchestrator.clone(),
+        interval: Duration::from_millis(config.workloads.rebalance_check_ms),
     });
     supervisor.spawn(LostInstanceWatch {
         orchestrator: orchestrator.clone(),

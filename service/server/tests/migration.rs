@@ -818,6 +818,7 @@ async fn set_checkpoint(
             on_unhealthy: spec.on_unhealthy,
             replace_unhealthy_after_seconds: spec.replace_unhealthy_after_seconds,
             fallback: spec.fallback,
+            rebalance: spec.rebalance,
             env: spec.env,
             storage: spec.storage,
             tcp_allowed_cidrs: spec.tcp_allowed_cidrs,

@@ -246,6 +246,7 @@ fn spec(name: &str) -> WorkloadSpec {
         on_unhealthy: computearbitrage_core::OnUnhealthy::Replace,
         replace_unhealthy_after: Duration::from_secs(42),
         fallback: Default::default(),
+        rebalance: None,
         storage: StorageSpec::default(),
         checkpoint: Default::default(),
         tags: BTreeMap::from([("team".into(), "ml".into())]),

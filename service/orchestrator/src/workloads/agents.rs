@@ -8,6 +8,11 @@
 //! - otherwise **fenced**: its instance was replaced (or its workload ended), and
 //!   every call of it is refused, so a reclaimed or cut-off machine that comes back
 //!   cannot report, take grants or upload over its successor.
+//!
+//! One exception: the instance a make-before-break move is leaving **drains** after
+//! the switch. Its heartbeats are still answered (without a stop), so it serves the
+//! requests it already has until `terminate-replaced` ends it; everything else it
+//! asks is refused as fenced.
 
 use super::{notify, now_ms, Orchestrator};
 use crate::error::OrchestratorError;
@@ -465,9 +470,18 @@ impl Orchestrator {
         token: &str,
         heartbeat: protocol::Heartbeat,
     ) -> Result<protocol::HeartbeatReply, AgentError> {
-        let session = self
+        let session = match self
             .agent_session(token, AgentTokenKind::Session, REFRESH_GRACE)
-            .await?;
+            .await
+        {
+            Err(AgentError::Fenced(why)) => {
+                return match self.draining(token).await? {
+                    Some(reply) => Ok(reply),
+                    None => Err(AgentError::Fenced(why)),
+                }
+            }
+            other => other?,
+        };
         tracing::debug!(workload_id = %session.workload.id, run_id = %session.run.id, phase = %heartbeat.phase, "agent heartbeat");
         if session.role == Role::Current {
             self.heard(&session.workload.id);
@@ -478,6 +492,62 @@ impl Orchestrator {
             token_expires_at,
             checkpointing: checkpointing(&session.workload.spec),
         })
+    }
+
+    /// The heartbeat reply of an agent whose instance a running make-before-break move
+    /// is leaving (it drains until the move terminates it); `None` for any other.
+    async fn draining(&self, token: &str) -> Result<Option<protocol::HeartbeatReply>, AgentError> {
+        use super::migration::Cause;
+        let Some(claims) = self
+            .settings
+            .access_tokens
+            .verify_agent_token(token)
+            .filter(|c| c.kind == AgentTokenKind::Session)
+            .filter(|c| c.expires_at + REFRESH_GRACE.as_secs() as i64 > now_ms() / 1000)
+        else {
+            return Ok(None);
+        };
+        let (Some(run), Some(launched)) = (
+            self.store.run(&claims.run_id).await?,
+            self.launched_instance(&claims.run_id).await?,
+        ) else {
+            return Ok(None);
+        };
+        let Some(workload) = self
+            .store
+            .workload(&run.tenant_id, &run.workload_id)
+            .await?
+        else {
+            return Ok(None);
+        };
+        for moving in self.store.runs_of(&run.tenant_id, &run.workload_id).await? {
+            if moving.status != RunStatus::Running
+                || moving.kind != RunKind::Migrate
+                || !Cause::of(&moving).keeps_serving()
+            {
+                continue;
+            }
+            let left = self
+                .store
+                .steps(&moving.id)
+                .await?
+                .into_iter()
+                .find(|s| {
+                    s.step == computearbitrage_core::workflow::RECORD_INTERRUPTION && s.completed
+                })
+                .and_then(|s| s.output)
+                .and_then(|o| serde_json::from_str::<Value>(&o).ok());
+            if left.as_ref().and_then(|l| l["instance_id"].as_str()) == Some(launched.as_str()) {
+                tracing::debug!(workload_id = %workload.id, instance_id = %launched, "draining instance heartbeat");
+                let (token, token_expires_at) = self.session_token(&claims.run_id);
+                return Ok(Some(protocol::HeartbeatReply {
+                    token,
+                    token_expires_at,
+                    checkpointing: checkpointing(&workload.spec),
+                }));
+            }
+        }
+        Ok(None)
     }
 
     /// The agent saw its cloud's notice: act as on the driver's event (whichever comes

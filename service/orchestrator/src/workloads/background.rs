@@ -357,6 +357,29 @@ impl Worker for UnhealthyReplacer {
     }
 }
 
+/// Moves workloads to cheaper offers once the saving holds (`rebalance` blocks), and
+/// on-demand fallbacks back to spot.
+pub struct Rebalancer {
+    pub orchestrator: Arc<Orchestrator>,
+    pub interval: Duration,
+}
+
+#[async_trait::async_trait]
+impl Worker for Rebalancer {
+    type Error = OrchestratorError;
+    fn name(&self) -> String {
+        "rebalancer".into()
+    }
+
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    async fn tick(&mut self) -> Result<(), OrchestratorError> {
+        self.orchestrator.rebalance().await.map(|_| ())
+    }
+}
+
 /// Restarts runs that are `running` in the store but not executing here.
 pub struct RunResumer {
     pub orchestrator: Arc<Orchestrator>,

@@ -20,7 +20,15 @@
 //! "replace"`, [`Cause::Unhealthy`]): nothing was reclaimed, so no offer is excluded,
 //! there is no final checkpoint to wait for (the newest complete one is restored), and
 //! a replacement that fails leaves the workload on its instance
-//! ([`Orchestrator::fail_unhealthy_replacement`]).
+//! ([`Orchestrator::fail_replacement`]).
+//!
+//! And it moves a workload to a cheaper offer ([`Cause::Rebalance`], see
+//! [`super::rebalance`]), make-before-break: the workload stays RUNNING on its
+//! instance throughout; `await-checkpoint` asks the old agent for a fresh checkpoint
+//! (a checkpoint task) and the move is abandoned if that fails; `switch-route` changes
+//! the instance and endpoint in one write without a status change; the old instance
+//! drains for `drain` (its agent is told nothing yet, and the router has switched)
+//! before `terminate-replaced` stops it.
 
 use super::agents::complete_checkpoints;
 use super::engine::{StepContext, StepError};
@@ -44,9 +52,13 @@ pub enum Cause {
     Notice { deadline: i64 },
     /// The workload stayed UNHEALTHY past `replace_unhealthy_after`.
     Unhealthy,
+    /// Another offer stayed cheaper enough for long enough (or spot came back for a
+    /// workload on on-demand capacity): a make-before-break move.
+    Rebalance,
 }
 
 const UNHEALTHY_MARK: &str = "cause=unhealthy";
+const REBALANCE_MARK: &str = "cause=rebalance";
 
 impl Cause {
     /// The cause and deadline ride in the run's reason, its only free-form field.
@@ -58,12 +70,18 @@ impl Cause {
                     "replacing an unhealthy instance (on_unhealthy = replace); {UNHEALTHY_MARK}"
                 )
             }
+            Cause::Rebalance => {
+                format!("moving to a cheaper offer (rebalance); {REBALANCE_MARK}")
+            }
         }
     }
 
     pub(crate) fn of(run: &RunRecord) -> Cause {
         if run.reason.ends_with(UNHEALTHY_MARK) {
             return Cause::Unhealthy;
+        }
+        if run.reason.ends_with(REBALANCE_MARK) {
+            return Cause::Rebalance;
         }
         let deadline = run
             .reason
@@ -77,12 +95,24 @@ impl Cause {
         match self {
             Cause::Notice { .. } => "interruption",
             Cause::Unhealthy => "unhealthy",
+            Cause::Rebalance => "rebalance",
         }
+    }
+
+    /// Make-before-break: the workload serves from its instance until the switch, so
+    /// its status never leaves RUNNING.
+    pub(crate) fn keeps_serving(self) -> bool {
+        self == Cause::Rebalance
+    }
+
+    /// Nothing was reclaimed: a replacement that fails leaves the workload where it is.
+    fn stays_on_failure(self) -> bool {
+        matches!(self, Cause::Unhealthy | Cause::Rebalance)
     }
 }
 
 /// An offer a workload must not be placed on: (cloud, region, zone, type).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ExcludedOffer {
     pub cloud: String,
     pub region: String,
@@ -98,12 +128,21 @@ impl ExcludedOffer {
             && offer.instance_type == self.instance_type
     }
 
-    fn of(placed: &PlacementRecord) -> ExcludedOffer {
+    pub(crate) fn of(placed: &PlacementRecord) -> ExcludedOffer {
         ExcludedOffer {
             cloud: placed.cloud.clone(),
             region: placed.region.clone(),
             zone: placed.zone.clone(),
             instance_type: placed.instance_type.clone(),
+        }
+    }
+
+    pub(crate) fn of_offer(offer: &Offer) -> ExcludedOffer {
+        ExcludedOffer {
+            cloud: offer.cloud.as_str().to_string(),
+            region: offer.region.clone(),
+            zone: offer.zone.clone(),
+            instance_type: offer.instance_type.clone(),
         }
     }
 }
@@ -136,15 +175,22 @@ pub(crate) fn excluded_offers(
         RunKind::Provision => Vec::new(),
         RunKind::Terminate => return Ok(Vec::new()),
     };
-    let now = now_ms();
-    let mut reclaimed = orch.reclaimed.lock().unwrap_or_else(|p| p.into_inner());
-    reclaimed.retain(|(_, until)| *until > now);
-    for (offer, _) in reclaimed.iter() {
-        if !excluded.contains(offer) {
-            excluded.push(offer.clone());
+    for offer in orch.offers_in_cooldown() {
+        if !excluded.contains(&offer) {
+            excluded.push(offer);
         }
     }
     Ok(excluded)
+}
+
+impl Orchestrator {
+    /// The offers reclaimed within `migration_cooldown` anywhere in this service.
+    pub(crate) fn offers_in_cooldown(&self) -> Vec<ExcludedOffer> {
+        let now = now_ms();
+        let mut reclaimed = self.reclaimed.lock().unwrap_or_else(|p| p.into_inner());
+        reclaimed.retain(|(_, until)| *until > now);
+        reclaimed.iter().map(|(offer, _)| offer.clone()).collect()
+    }
 }
 
 fn left_offer(ctx: &StepContext<'_>) -> Result<ExcludedOffer, StepError> {
@@ -191,7 +237,7 @@ fn record_interruption(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Val
                 .push((ExcludedOffer::of(placed), ctx.run.created_at + cooldown_ms));
             deadline
         }
-        Cause::Unhealthy => ctx.run.created_at / 1000,
+        Cause::Unhealthy | Cause::Rebalance => ctx.run.created_at / 1000,
     };
     Ok(json!({
         "cause": cause.name(),
@@ -215,20 +261,24 @@ async fn mark_migrating(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Va
         "migrating from {from} to {} {} in {}",
         to.cloud, to.instance_type, to.region
     );
-    // An unhealthy workload was never INTERRUPTED: it goes straight to PROVISIONING.
+    // An unhealthy workload was never INTERRUPTED: it goes straight to PROVISIONING;
+    // a rebalancing one keeps serving (RUNNING) until the switch.
     let cause = Cause::of(ctx.run);
     let was = match cause {
-        Cause::Unhealthy => WorkloadStatus::Unhealthy,
-        Cause::Notice { .. } => WorkloadStatus::Interrupted,
+        Cause::Unhealthy => Some(WorkloadStatus::Unhealthy),
+        Cause::Notice { .. } => Some(WorkloadStatus::Interrupted),
+        Cause::Rebalance => None,
     };
-    orch.transition(
-        ctx.workload,
-        was,
-        WorkloadStatus::Provisioning,
-        &reason,
-        WorkloadChanges::default(),
-    )
-    .await?;
+    if let Some(was) = was {
+        orch.transition(
+            ctx.workload,
+            was,
+            WorkloadStatus::Provisioning,
+            &reason,
+            WorkloadChanges::default(),
+        )
+        .await?;
+    }
     notify::enqueue(
         orch,
         ctx.workload,
@@ -281,6 +331,9 @@ async fn await_checkpoint(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<
             json!({ "checkpoint": null, "why": "the workload has no storage: the replacement starts from scratch" }),
         );
     };
+    if Cause::of(ctx.run) == Cause::Rebalance {
+        return fresh_checkpoint(orch, ctx, &link.storage).await;
+    }
     if Cause::of(ctx.run) == Cause::Unhealthy {
         // An unhealthy workload's last word is not worth waiting for.
         let newest = complete_checkpoints(&link.storage, &ctx.workload.id)
@@ -379,6 +432,85 @@ async fn await_checkpoint(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<
     }
 }
 
+/// How long a rebalance waits for the checkpoint it asked for: the task's own
+/// timeout, each of its attempts, and their backoff.
+const FRESH_CHECKPOINT_WAIT: Duration = Duration::from_secs(300);
+
+/// A rebalance restores a checkpoint taken for it: one checkpoint task on the old
+/// (still serving) instance. If it fails, the move is abandoned: the workload is fine
+/// where it is, and a move must not lose what it wrote since its last checkpoint.
+async fn fresh_checkpoint(
+    orch: &Orchestrator,
+    ctx: &StepContext<'_>,
+    storage: &computearbitrage_storage::Storage,
+) -> Result<Value, StepError> {
+    let w = ctx.workload;
+    // The task's id rides in the step's own attempts: ask once per run.
+    let task_id = match orch
+        .store
+        .tasks_of(&w.tenant_id, &w.id)
+        .await?
+        .into_iter()
+        .find(|t| t.kind == "checkpoint" && t.created_at >= ctx.run.created_at)
+    {
+        Some(task) => task.id,
+        None => {
+            orch.create_task(
+                &w.tenant_id,
+                &w.id,
+                super::tasks::NewTask {
+                    kind: "checkpoint".into(),
+                    command: Vec::new(),
+                    timeout_seconds: 0,
+                },
+            )
+            .await
+            .map_err(|e| StepError::permanent(format!("cannot ask for a checkpoint: {e}")))?
+            .id
+        }
+    };
+    let give_up = std::time::Instant::now() + FRESH_CHECKPOINT_WAIT;
+    loop {
+        let newest = complete_checkpoints(storage, &w.id)
+            .await
+            .map_err(|e| StepError::transient(format!("cannot list the checkpoints: {e}")))?
+            .pop()
+            .filter(|name| name.parse::<i64>().unwrap_or(0) >= ctx.run.created_at);
+        if let Some(name) = newest {
+            return Ok(json!({ "checkpoint": name, "final": true, "task_id": task_id }));
+        }
+        let task = orch.store.task(&w.tenant_id, &task_id).await?;
+        let failed = match &task {
+            None => Some("the checkpoint task is gone".to_string()),
+            Some(t) if t.state == computearbitrage_store::TaskState::Dead => Some(
+                t.error
+                    .clone()
+                    .unwrap_or_else(|| "the checkpoint task failed".into()),
+            ),
+            _ => None,
+        };
+        if let Some(error) = failed.or_else(|| {
+            (std::time::Instant::now() > give_up)
+                .then(|| format!("no checkpoint within {} s", FRESH_CHECKPOINT_WAIT.as_secs()))
+        }) {
+            notify::enqueue(
+                orch,
+                w,
+                "workload.checkpoint_failed",
+                json!({ "trigger": "rebalance", "error": error }),
+            )
+            .await?;
+            return Err(StepError::permanent(format!(
+                "the checkpoint for the move failed ({error}); the workload stays where it is"
+            )));
+        }
+        if orch.is_cancelled(&w.id) {
+            return Err(StepError::permanent("cancelled"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn switch_route(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, StepError> {
     let placed = super::steps::provisioned_placement(ctx)?;
     let replacement = instance_id(ctx)?;
@@ -387,24 +519,30 @@ async fn switch_route(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Valu
     let address = running["address"].as_str().unwrap_or_default().to_string();
     let tcp_address = running["tcp_address"].as_str().map(str::to_string);
     let switched_ms = now_ms();
-    orch.transition(
-        ctx.workload,
-        WorkloadStatus::Provisioning,
-        WorkloadStatus::Running,
-        &format!(
-            "migrated to {} {} in {}",
-            placed.cloud, placed.instance_type, placed.region
-        ),
-        WorkloadChanges {
-            placement: Some(Some(placed.clone())),
-            instance_id: Some(Some(replacement.clone())),
-            instance_started_at: Some(started),
-            endpoint: Some(Some(address.clone())),
-            tcp_endpoint: Some(tcp_address),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let reason = format!(
+        "migrated to {} {} in {}",
+        placed.cloud, placed.instance_type, placed.region
+    );
+    let changes = WorkloadChanges {
+        placement: Some(Some(placed.clone())),
+        instance_id: Some(Some(replacement.clone())),
+        instance_started_at: Some(started),
+        endpoint: Some(Some(address.clone())),
+        tcp_endpoint: Some(tcp_address),
+        ..Default::default()
+    };
+    if Cause::of(ctx.run).keeps_serving() {
+        switch_serving(orch, ctx, &reason, changes).await?;
+    } else {
+        orch.transition(
+            ctx.workload,
+            WorkloadStatus::Provisioning,
+            WorkloadStatus::Running,
+            &reason,
+            changes,
+        )
+        .await?;
+    }
     // The new instance is heard from from now on; the old one's silence is not its.
     orch.heard(&ctx.workload.id);
     orch.silent
@@ -414,12 +552,87 @@ async fn switch_route(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Valu
     Ok(json!({ "instance_id": replacement, "endpoint": address, "switched_at_ms": switched_ms }))
 }
 
+/// The switch of a make-before-break move: the workload keeps its status (it served
+/// throughout), and the instance, endpoint and placement change in one write, which
+/// the router applies at once. If the old instance was reclaimed or went unhealthy
+/// meanwhile, the replacement (healthy by now) brings the workload back to RUNNING.
+async fn switch_serving(
+    orch: &Orchestrator,
+    ctx: &StepContext<'_>,
+    reason: &str,
+    changes: WorkloadChanges,
+) -> Result<(), StepError> {
+    let current = orch
+        .store
+        .workload(&ctx.workload.tenant_id, &ctx.workload.id)
+        .await?
+        .ok_or_else(|| StepError::permanent("the workload is gone"))?;
+    match current.status {
+        WorkloadStatus::Running => {
+            orch.store
+                .update_workload(&current.tenant_id, &current.id, changes, now_ms())
+                .await?;
+        }
+        WorkloadStatus::Unhealthy | WorkloadStatus::Provisioning => {
+            orch.transition(
+                &current,
+                current.status,
+                WorkloadStatus::Running,
+                reason,
+                changes,
+            )
+            .await?;
+        }
+        WorkloadStatus::Interrupted => {
+            orch.transition(
+                &current,
+                WorkloadStatus::Interrupted,
+                WorkloadStatus::Provisioning,
+                "the instance being left was reclaimed during the move",
+                WorkloadChanges::default(),
+            )
+            .await?;
+            let current = orch
+                .store
+                .workload(&current.tenant_id, &current.id)
+                .await?
+                .ok_or_else(|| StepError::permanent("the workload is gone"))?;
+            orch.transition(
+                &current,
+                WorkloadStatus::Provisioning,
+                WorkloadStatus::Running,
+                reason,
+                changes,
+            )
+            .await?;
+        }
+        other => {
+            return Err(StepError::permanent(format!(
+                "the workload became {other} during the move"
+            )))
+        }
+    }
+    tracing::info!(workload_id = %current.id, reason, "route switched to the replacement (make-before-break)");
+    Ok(())
+}
+
 async fn terminate_replaced(
     orch: &Orchestrator,
     ctx: &StepContext<'_>,
 ) -> Result<Value, StepError> {
     let left = ctx.output(RECORD_INTERRUPTION)?;
     let old_id = left["instance_id"].as_str().unwrap_or_default();
+    if Cause::of(ctx.run).keeps_serving() {
+        // Requests the router sent the old instance before the switch finish there.
+        let switched = ctx.output(SWITCH_ROUTE)?["switched_at_ms"]
+            .as_i64()
+            .unwrap_or_else(now_ms);
+        let drain_until = switched + orch.settings.drain.as_millis() as i64;
+        let wait = drain_until - now_ms();
+        if wait > 0 {
+            tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+        }
+    }
     let driver = orch.driver(left["placement"]["cloud"].as_str().unwrap_or_default())?;
     driver.terminate(old_id).await?;
     // The old instance's segment ends when it does (billing is once per instance).
@@ -468,7 +681,8 @@ async fn notify_migrated(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<V
             "instance_type": to.instance_type,
         },
         "cause": left["cause"].as_str().unwrap_or("interruption"),
-        "downtime_ms": switched - notice_ms,
+        // A make-before-break move never stopped serving.
+        "downtime_ms": if Cause::of(ctx.run).keeps_serving() { 0 } else { switched - notice_ms },
         "checkpoint": checkpoint["checkpoint"],
         "final_checkpoint": checkpoint["final"],
     });
@@ -497,13 +711,15 @@ fn replacement_of(ledger: &[StepRecord]) -> Option<(PlacementRecord, String, i64
 }
 
 impl Orchestrator {
-    /// A replacement of an unhealthy instance failed before the switch: only the
-    /// replacement goes, and the workload stays on its instance (RUNNING again if the
-    /// move had begun, so the monitor judges it afresh); the next attempt comes after
-    /// another `replace_unhealthy_after`.
-    async fn fail_unhealthy_replacement(
+    /// A replacement nothing forced (of an unhealthy instance, or a rebalance) failed
+    /// before the switch: only the replacement goes, and the workload stays on its
+    /// instance (RUNNING again if the move had begun, so the monitor judges it
+    /// afresh); the next attempt comes after another `replace_unhealthy_after`, or
+    /// once the saving has held again.
+    async fn fail_replacement(
         self: &Arc<Self>,
         workload: &WorkloadRecord,
+        cause: Cause,
         ledger: &[StepRecord],
         step: &str,
         error: &str,
@@ -517,13 +733,23 @@ impl Orchestrator {
                 .await?;
         }
         let on = workload.instance_id.as_deref().unwrap_or("its instance");
-        tracing::warn!(workload_id = %workload.id, step, error, instance_id = on, "replacing the unhealthy instance failed; the workload stays on it");
+        tracing::warn!(workload_id = %workload.id, step, error, instance_id = on, cause = cause.name(), "the replacement failed; the workload stays on its instance");
         if workload.status == WorkloadStatus::Provisioning {
+            let (what, again) = match cause {
+                Cause::Rebalance => (
+                    "moving to a cheaper offer",
+                    "moved once the saving holds again",
+                ),
+                _ => (
+                    "replacing the unhealthy instance",
+                    "tried again after replace_unhealthy_after_seconds",
+                ),
+            };
             self.transition(
                 workload,
                 WorkloadStatus::Provisioning,
                 WorkloadStatus::Running,
-                &format!("replacing the unhealthy instance failed at {step}: {error}; still on {on}, tried again after replace_unhealthy_after_seconds"),
+                &format!("{what} failed at {step}: {error}; still on {on}, {again}"),
                 WorkloadChanges::default(),
             )
             .await?;
@@ -539,7 +765,7 @@ impl Orchestrator {
             self,
             workload,
             "workload.replacement_failed",
-            json!({ "failed_step": step, "error": error, "instance_id": on }),
+            json!({ "failed_step": step, "error": error, "instance_id": on, "cause": cause.name() }),
         )
         .await?;
         Ok(())
@@ -658,9 +884,10 @@ impl Orchestrator {
             tracing::warn!(workload_id = %workload.id, step, error, "migration finished its move but not its cleanup; the orphan sweeper terminates the old instance");
             return Ok(());
         }
-        if Cause::of(run) == Cause::Unhealthy {
+        let cause = Cause::of(run);
+        if cause.stays_on_failure() {
             return self
-                .fail_unhealthy_replacement(&workload, &ledger, step, error)
+                .fail_replacement(&workload, cause, &ledger, step, error)
                 .await;
         }
         // The replacement, if one was started, is billed for what it ran.

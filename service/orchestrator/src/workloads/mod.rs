@@ -7,7 +7,9 @@
 //! - [`steps`]: what each provisioning and termination step does.
 //! - [`agents`]: what the on-instance agents may do (register, heartbeat, report
 //!   notices, checkpoints and exits), and who is fenced.
-//! - [`migration`]: moving an interrupted workload to a replacement instance.
+//! - [`migration`]: moving an interrupted workload to a replacement instance (and
+//!   the make-before-break moves of rebalancing).
+//! - [`rebalance`]: when a running workload moves to a cheaper offer, or back to spot.
 //! - [`monitor`]: health checks of running workloads.
 //! - [`notify`]: signed webhook notifications with retries, per-tenant delivery.
 //! - [`webhook_target`]: where webhooks may go (no internal addresses, no redirects).
@@ -28,6 +30,7 @@ pub mod engine;
 pub mod migration;
 pub mod monitor;
 pub mod notify;
+pub mod rebalance;
 pub mod retention;
 pub mod steps;
 pub mod tasks;
@@ -83,6 +86,9 @@ pub struct Settings {
     pub agent_heartbeat: Duration,
     /// How long placement skips an offer after one of its instances was reclaimed.
     pub migration_cooldown: Duration,
+    /// How long the old instance of a make-before-break move keeps serving the
+    /// requests sent before the switch.
+    pub drain: Duration,
 }
 
 /// An API-level failure of an orchestrator operation, one variant per cause the API
@@ -135,6 +141,8 @@ pub struct WorkloadUpdate {
     pub on_unhealthy: computearbitrage_core::OnUnhealthy,
     pub replace_unhealthy_after: std::time::Duration,
     pub fallback: computearbitrage_core::Fallback,
+    /// `None`: no price-driven moves.
+    pub rebalance: Option<computearbitrage_core::RebalancePolicy>,
     /// `None` keeps the current storage.
     pub storage: Option<computearbitrage_core::StorageSpec>,
     /// Empty: this machine only.
@@ -183,6 +191,10 @@ pub struct Orchestrator {
     pub(crate) task_changes: tokio::sync::Mutex<()>,
     /// Wakes agents waiting for a task when one is queued.
     pub(crate) task_queued: tokio::sync::Notify,
+    /// Each rebalancing workload's wait for a cheaper offer to hold.
+    pub(crate) rebalance_watches: Mutex<
+        HashMap<String, computearbitrage_core::rebalance::RebalanceWatch<migration::ExcludedOffer>>,
+    >,
 }
 
 impl Orchestrator {
@@ -223,6 +235,7 @@ impl Orchestrator {
             started: std::time::Instant::now(),
             task_changes: tokio::sync::Mutex::new(()),
             task_queued: tokio::sync::Notify::new(),
+            rebalance_watches: Mutex::new(HashMap::new()),
         })
     }
 
@@ -426,7 +439,7 @@ impl Orchestrator {
     }
 
     /// Replaces what can change in place: tags, env, health check, on_interruption,
-    /// on_unhealthy and its wait, fallback, and storage's quota and retention.
+    /// on_unhealthy and its wait, fallback, rebalance, and storage's quota and retention.
     pub async fn update(
         &self,
         tenant: &str,
@@ -464,6 +477,7 @@ impl Orchestrator {
         spec.on_unhealthy = update.on_unhealthy;
         spec.replace_unhealthy_after = update.replace_unhealthy_after;
         spec.fallback = update.fallback;
+        spec.rebalance = update.rebalance;
         spec.tcp_allowed_cidrs = update.tcp_allowed_cidrs;
         if !update.checkpoint.interval.is_zero() && !spec.storage.enabled {
             return Err(OperationError::InvalidField {
@@ -615,7 +629,7 @@ impl Orchestrator {
     }
 
     /// Completed migrations and the time they kept the workload unreachable (from the
-    /// notice until the route switched), in seconds.
+    /// notice until the route switched; none for a rebalance), in seconds.
     pub async fn migration_downtime(
         &self,
         workload: &WorkloadRecord,
@@ -640,7 +654,10 @@ impl Orchestrator {
                 .and_then(|o| o["switched_at_ms"].as_i64());
             if let Some(switched) = switched {
                 count += 1;
-                seconds += (switched - run.created_at).max(0) as f64 / 1000.0;
+                // A make-before-break move served throughout.
+                if !migration::Cause::of(&run).keeps_serving() {
+                    seconds += (switched - run.created_at).max(0) as f64 / 1000.0;
+                }
             }
         }
         Ok((count, seconds))

@@ -115,7 +115,12 @@ async fn placement(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, 
             .chain(placed.alternatives)
             .find(|c| !excluded.iter().any(|x| x.matches(&c.offer)))
         {
-            Some(best) => return Ok(placement_output(&best.offer, &best.reason, false)),
+            Some(best) => {
+                if rebalancing(ctx) {
+                    still_worth_it(orch, ctx, &best.offer)?;
+                }
+                return Ok(placement_output(&best.offer, &best.reason, false));
+            }
             None => format!(
                 "no offer matches the workload's requirements except the {} excluded after interruptions ({}); widen the requirements, or wait for the cooldown (migration.cooldown_seconds)",
                 excluded.len(),
@@ -125,7 +130,8 @@ async fn placement(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, 
         Err(e @ computearbitrage_core::Error::NoMatch(_)) => e.to_string(),
         Err(e) => return Err(e.into()),
     };
-    if spec.fallback != Fallback::OnDemand {
+    // A move to a cheaper offer is on spot or not at all.
+    if spec.fallback != Fallback::OnDemand || rebalancing(ctx) {
         return Err(StepError::permanent(why_not_spot));
     }
     // On-demand is never reclaimed: the excluded offers' capacity is not the problem.
@@ -145,6 +151,37 @@ async fn placement(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, 
     .await?;
     tracing::warn!(workload_id = %ctx.workload.id, offer = %od.offer.describe(), "no spot offer matches: placed on on-demand capacity");
     Ok(output)
+}
+
+/// Whether this run is a price-driven move (make-before-break).
+fn rebalancing(ctx: &StepContext<'_>) -> bool {
+    ctx.run.kind == computearbitrage_store::RunKind::Migrate
+        && super::migration::Cause::of(ctx.run) == super::migration::Cause::Rebalance
+}
+
+/// A rebalance decided on the prices of its check; by the time it places, they may
+/// have moved back. Then it is abandoned before anything starts.
+fn still_worth_it(
+    orch: &Orchestrator,
+    ctx: &StepContext<'_>,
+    to: &computearbitrage_core::Offer,
+) -> Result<(), StepError> {
+    let w = ctx.workload;
+    let (Some(policy), Some(placed)) = (super::rebalance::policy_of(w), &w.placement) else {
+        return Err(StepError::permanent("the workload no longer rebalances"));
+    };
+    let catalog = orch.book.catalog();
+    let offers = super::rebalance::current_offers(&catalog, std::iter::once(placed));
+    let paid = super::rebalance::price_now(&offers, placed).unwrap_or(f64::INFINITY);
+    if policy.worth_it(paid, to.spot_price) {
+        return Ok(());
+    }
+    Err(StepError::permanent(format!(
+        "the saving went away: {} costs {:.4}/h against {paid:.4}/h now, less than the {} % the rebalance block asks for",
+        to.describe(),
+        to.spot_price,
+        policy.min_savings_percent
+    )))
 }
 
 /// The placement step's record of an offer, and the market it is taken on.
@@ -289,7 +326,8 @@ async fn provision(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, 
                 }
                 Err(computearbitrage_core::Error::Capacity { message, .. })
                     if spec.fallback == Fallback::OnDemand
-                        && placed.on_demand_price_per_hour.is_some() =>
+                        && placed.on_demand_price_per_hour.is_some()
+                        && !rebalancing(ctx) =>
                 {
                     placed.on_demand = true;
                     placed.price_per_hour = placed.on_demand_price_per_hour.unwrap_or_default();

@@ -148,6 +148,7 @@ async fn setup(driver: Arc<ScriptedDriver>) -> Arc<Orchestrator> {
             tcp_ports: 20000..=20999,
             agent_heartbeat: Duration::from_secs(1),
             migration_cooldown: Duration::from_secs(600),
+            drain: Duration::from_millis(100),
         },
     )
 }
@@ -165,6 +166,7 @@ fn workload_spec(name: &str) -> WorkloadSpec {
         on_unhealthy: Default::default(),
         replace_unhealthy_after: std::time::Duration::from_secs(300),
         fallback: Default::default(),
+        rebalance: None,
         storage: StorageSpec::default(),
         checkpoint: Default::default(),
         tags: BTreeMap::new(),

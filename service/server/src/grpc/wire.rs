@@ -11,7 +11,7 @@ use computearbitrage_core::hints::UnknownName;
 use computearbitrage_core::workload::WrittenBlocks;
 use computearbitrage_core::{
     gpu, Architecture, Candidate, CheckpointSpec, Cloud, Fallback, HealthCheck, Offer, OfferFilter,
-    OnInterruption, OnUnhealthy, Requirements, StorageSpec, WorkloadSpec,
+    OnInterruption, OnUnhealthy, RebalancePolicy, Requirements, StorageSpec, WorkloadSpec,
 };
 use computearbitrage_store::WorkloadRecord;
 use std::time::Duration;
@@ -237,6 +237,28 @@ pub fn replace_unhealthy_after(seconds: u32) -> Duration {
     }))
 }
 
+/// A validated `rebalance` block with its defaults filled in.
+pub fn rebalance_from_pb(spec: Option<&pb::RebalanceSpec>) -> Option<RebalancePolicy> {
+    spec.map(|r| RebalancePolicy {
+        min_savings_percent: if r.min_savings_percent == 0.0 {
+            defaults::REBALANCE_MIN_SAVINGS_PERCENT
+        } else {
+            r.min_savings_percent
+        },
+        min_duration: Duration::from_secs(u64::from(
+            r.min_duration_seconds
+                .unwrap_or(defaults::REBALANCE_MIN_DURATION_SECONDS),
+        )),
+    })
+}
+
+pub fn rebalance_to_pb(policy: &RebalancePolicy) -> pb::RebalanceSpec {
+    pb::RebalanceSpec {
+        min_savings_percent: policy.min_savings_percent,
+        min_duration_seconds: Some(policy.min_duration.as_secs() as u32),
+    }
+}
+
 /// A validated request spec in canonical form.
 pub fn spec_from_pb(spec: &pb::WorkloadSpec) -> WorkloadSpec {
     WorkloadSpec {
@@ -257,6 +279,7 @@ pub fn spec_from_pb(spec: &pb::WorkloadSpec) -> WorkloadSpec {
         on_unhealthy: on_unhealthy(&spec.on_unhealthy),
         replace_unhealthy_after: replace_unhealthy_after(spec.replace_unhealthy_after_seconds),
         fallback: fallback(&spec.fallback),
+        rebalance: rebalance_from_pb(spec.rebalance.as_ref()),
         storage: storage_from_pb(spec.storage.as_ref()),
         checkpoint: checkpoint_from_pb(spec.checkpoint.as_ref()),
         tags: spec.tags.clone().into_iter().collect(),
@@ -305,6 +328,7 @@ pub fn spec_to_pb(s: &WorkloadSpec) -> pb::WorkloadSpec {
         on_unhealthy: s.on_unhealthy.as_str().into(),
         replace_unhealthy_after_seconds: s.replace_unhealthy_after.as_secs() as u32,
         fallback: s.fallback.as_str().into(),
+        rebalance: s.rebalance.as_ref().map(rebalance_to_pb),
     }
 }
 

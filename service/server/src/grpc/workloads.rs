@@ -152,6 +152,7 @@ impl Workloads for WorkloadsApi {
                     req.replace_unhealthy_after_seconds,
                 ),
                 fallback: wire::fallback(&req.fallback),
+                rebalance: wire::rebalance_from_pb(req.rebalance.as_ref()),
                 storage: req.storage.as_ref().map(|s| wire::storage_from_pb(Some(s))),
                 tcp_allowed_cidrs: wire::canonical_cidrs(&req.tcp_allowed_cidrs),
                 checkpoint: wire::checkpoint_from_pb(req.checkpoint.as_ref()),

@@ -1,0 +1,177 @@
+//! Price-driven rebalancing: every check, each RUNNING workload with a `rebalance`
+//! block (or on on-demand capacity, to return to spot) compares what it pays now
+//! with the offer a fresh placement would choose, through core's
+//! [`RebalanceWatch`]. Once the saving has held for `min_duration`, it moves with the
+//! migration run, make-before-break ([`super::migration::Cause::Rebalance`]).
+//!
+//! The watches live in memory: a restart starts every wait again, which only delays
+//! a move.
+
+use super::migration::{Cause, ExcludedOffer};
+use super::{now_ms, Orchestrator};
+use crate::error::OrchestratorError;
+use computearbitrage_core::rebalance::{RebalancePolicy, RebalanceWatch};
+use computearbitrage_core::{place, Catalog, Offer, WorkloadStatus};
+use computearbitrage_store::{PlacementRecord, RunKind, RunStatus, WorkloadRecord};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// After a failed rebalance, the least time before the next attempt (a zero
+/// `min_duration` must not turn a failing move into a loop).
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(60);
+
+/// The rule a workload moves by, if any: its `rebalance` block, or (on on-demand
+/// capacity without one) the default return to spot.
+pub(crate) fn policy_of(workload: &WorkloadRecord) -> Option<RebalancePolicy> {
+    let on_demand = workload.placement.as_ref().is_some_and(|p| p.on_demand);
+    workload
+        .spec
+        .rebalance
+        .or_else(|| on_demand.then(RebalancePolicy::return_to_spot))
+}
+
+/// What the workload's offer costs now, on the market it runs on; `None` when the
+/// catalog no longer lists it (then any matching offer is worth the move).
+pub(crate) fn price_now(
+    offers: &HashMap<ExcludedOffer, Offer>,
+    placed: &PlacementRecord,
+) -> Option<f64> {
+    let offer = offers.get(&ExcludedOffer::of(placed))?;
+    Some(if placed.on_demand {
+        offer.on_demand_price.unwrap_or(offer.spot_price)
+    } else {
+        offer.spot_price
+    })
+}
+
+/// The offers of the catalog that these placements are on, by their key.
+pub(crate) fn current_offers<'a>(
+    catalog: &Catalog,
+    placements: impl Iterator<Item = &'a PlacementRecord>,
+) -> HashMap<ExcludedOffer, Offer> {
+    let wanted: std::collections::HashSet<ExcludedOffer> =
+        placements.map(ExcludedOffer::of).collect();
+    if wanted.is_empty() {
+        return HashMap::new();
+    }
+    catalog
+        .iter()
+        .filter_map(|o| {
+            let key = ExcludedOffer::of_offer(&o);
+            wanted.contains(&key).then_some((key, o))
+        })
+        .collect()
+}
+
+/// The spot offer a fresh placement would choose for the workload, other than the
+/// ones excluded (its own, and those in cooldown after a reclaim).
+pub(crate) fn best_other(
+    orch: &Orchestrator,
+    catalog: &Catalog,
+    workload: &WorkloadRecord,
+    excluded: &[ExcludedOffer],
+) -> Option<Offer> {
+    let placed = place(
+        catalog,
+        &workload.spec.requirements,
+        computearbitrage_core::placement::MAX_ALTERNATIVES,
+        &orch.policy,
+    )
+    .ok()?;
+    std::iter::once(placed.best)
+        .chain(placed.alternatives)
+        .find(|c| !excluded.iter().any(|x| x.matches(&c.offer)))
+        .map(|c| c.offer)
+}
+
+impl Orchestrator {
+    /// One rebalancing check over every RUNNING workload; starts the moves that are
+    /// due and returns their workload ids.
+    pub async fn rebalance(self: &Arc<Self>) -> Result<Vec<String>, OrchestratorError> {
+        let _one_at_a_time = self.interruptions.lock().await;
+        let running = self.store.workloads_in(&[WorkloadStatus::Running]).await?;
+        let candidates: Vec<(WorkloadRecord, RebalancePolicy)> = running
+            .into_iter()
+            .filter(|w| w.placement.is_some() && w.instance_id.is_some())
+            .filter_map(|w| policy_of(&w).map(|p| (w, p)))
+            .collect();
+        {
+            // Forget the watches of workloads that no longer rebalance.
+            let mut watches = self
+                .rebalance_watches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            watches.retain(|id, _| candidates.iter().any(|(w, _)| &w.id == id));
+        }
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let catalog = self.book.catalog();
+        let offers = current_offers(
+            &catalog,
+            candidates.iter().filter_map(|(w, _)| w.placement.as_ref()),
+        );
+        let cooling = self.offers_in_cooldown();
+        let now = now_ms();
+        let mut started = Vec::new();
+        for (workload, policy) in candidates {
+            let Some(placed) = workload.placement.as_ref() else {
+                continue;
+            };
+            let current = ExcludedOffer::of(placed);
+            let mut excluded = cooling.clone();
+            excluded.push(current.clone());
+            let best = best_other(self, &catalog, &workload, &excluded);
+            let paid = price_now(&offers, placed).unwrap_or(f64::INFINITY);
+            let due = {
+                let mut watches = self
+                    .rebalance_watches
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let watch = watches
+                    .entry(workload.id.clone())
+                    .or_insert_with(RebalanceWatch::new);
+                watch.observe(
+                    &policy,
+                    now / 1000,
+                    paid,
+                    best.as_ref()
+                        .map(|o| (ExcludedOffer::of_offer(o), o.spot_price)),
+                )
+            };
+            let (Some(target), Some(best)) = (due, best) else {
+                continue;
+            };
+            let runs = self
+                .store
+                .runs_of(&workload.tenant_id, &workload.id)
+                .await?;
+            let busy = runs.iter().any(|r| r.status == RunStatus::Running);
+            let wait_ms = policy.min_duration.max(RETRY_AFTER_FAILURE).as_millis() as i64;
+            let failed_lately = runs.iter().any(|r| {
+                r.kind == RunKind::Migrate
+                    && r.status != RunStatus::Running
+                    && r.status != RunStatus::Completed
+                    && Cause::of(r) == Cause::Rebalance
+                    && now - r.updated_at < wait_ms
+            });
+            if busy || failed_lately {
+                continue;
+            }
+            tracing::info!(
+                workload_id = %workload.id,
+                from = %current,
+                to = %target,
+                paid_per_hour = paid,
+                offered_per_hour = best.spot_price,
+                min_savings_percent = policy.min_savings_percent,
+                min_duration_s = policy.min_duration.as_secs(),
+                "a cheaper offer held for the rebalance duration: moving, make-before-break"
+            );
+            self.start_migration(&workload, Cause::Rebalance).await?;
+            started.push(workload.id.clone());
+        }
+        Ok(started)
+    }
+}

@@ -1,0 +1,381 @@
+//! Price-driven rebalancing through the real binaries: a price snapshot the test
+//! rewrites makes another offer cheaper, and a workload with a `rebalance` block moves
+//! there make-before-break: RUNNING throughout, restored from a checkpoint taken for
+//! the move, and not one failed request through the router while clients keep
+//! calling it. A workload on on-demand capacity returns to spot the same way.
+
+mod common;
+
+use common::*;
+use computearbitrage_api::pb;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+type Client = pb::workloads_client::WorkloadsClient<tonic::transport::Channel>;
+
+/// Writes a two-offer catalog: AWS m5.large and GCP n2-standard-2, both 2 vCPU / 8 GiB.
+/// Each file is written whole and renamed, so the collector never reads half of one.
+fn write_prices(dir: &Path, aws: (f64, f64), gcp: (f64, f64)) {
+    let write = |name: &str, text: String| {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, dir.join(name)).unwrap();
+    };
+    write(
+        "manifest.toml",
+        "[[files]]\nfile = \"aws.csv\"\ncloud = \"aws\"\nobserved_at = \"2026-12-01T00:00:00Z\"\n\n\
+         [[files]]\nfile = \"gcp.csv\"\ncloud = \"gcp\"\nobserved_at = \"2026-12-01T00:00:00Z\"\n"
+            .into(),
+    );
+    let header = "InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,GpuInfo,Price,SpotPrice,Region,AvailabilityZone\n";
+    write(
+        "aws.csv",
+        format!(
+            "{header}m5.large,,,2.0,8.0,,{},{},us-east-1,use1-az1\n",
+            aws.0, aws.1
+        ),
+    );
+    write(
+        "gcp.csv",
+        format!(
+            "{header}n2-standard-2,,,2.0,8.0,,{},{},us-central1,\n",
+            gcp.0, gcp.1
+        ),
+    );
+}
+
+fn start(dir: &Path, prices: &Path) -> Service {
+    Service::start(
+        dir,
+        &[
+            (
+                "COMPUTEARBITRAGE_PRICING__SNAPSHOT__DIR",
+                prices.to_str().unwrap(),
+            ),
+            ("COMPUTEARBITRAGE_PRICING__SNAPSHOT__INTERVAL_SECONDS", "1"),
+            ("COMPUTEARBITRAGE_WORKLOADS__REBALANCE_CHECK_MS", "200"),
+            ("COMPUTEARBITRAGE_WORKLOADS__DRAIN_MS", "1500"),
+            ("COMPUTEARBITRAGE_WORKLOADS__AGENT_HEARTBEAT_MS", "300"),
+        ],
+    )
+}
+
+/// What the clients saw: status codes, and requests that got no answer at all.
+#[derive(Default, Debug)]
+struct Seen {
+    statuses: std::collections::BTreeMap<u16, usize>,
+    errors: Vec<String>,
+    served_by: std::collections::BTreeSet<String>,
+}
+
+/// `clients` keep-alive clients calling the workload through the router until `stop`.
+fn load(
+    url: String,
+    token: String,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> (Arc<Mutex<Seen>>, Vec<tokio::task::JoinHandle<()>>) {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let handles = (0..clients)
+        .map(|_| {
+            let (url, token, stop, seen) = (url.clone(), token.clone(), stop.clone(), seen.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let answer = http
+                        .get(&url)
+                        .bearer_auth(&token)
+                        .timeout(Duration::from_secs(10))
+                        .send()
+                        .await;
+                    match answer {
+                        Ok(response) => {
+                            let status = response.status().as_u16();
+                            let body: serde_json::Value = match response.bytes().await {
+                                Ok(bytes) => serde_json::from_slice(&bytes)
+                                    .unwrap_or(serde_json::Value::Null),
+                                Err(e) => {
+                                    seen.lock().unwrap().errors.push(format!("body: {e}"));
+                                    continue;
+                                }
+                            };
+                            let mut seen = seen.lock().unwrap();
+                            *seen.statuses.entry(status).or_default() += 1;
+                            if let Some(pid) = body.get("pid") {
+                                seen.served_by.insert(pid.to_string());
+                            }
+                        }
+                        Err(e) => seen.lock().unwrap().errors.push(e.to_string()),
+                    }
+                }
+            })
+        })
+        .collect();
+    (seen, handles)
+}
+
+async fn wait_notification(
+    client: &mut Client,
+    id: &str,
+    kind: &str,
+    within: Duration,
+) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        if let Some(n) = notifications(client, id)
+            .await
+            .into_iter()
+            .find(|n| n.kind == kind)
+        {
+            let payload: serde_json::Value = serde_json::from_str(&n.payload).unwrap();
+            return payload["details"].clone();
+        }
+        assert!(
+            started.elapsed() < within,
+            "no {kind} for {id} within {within:?}; it is {:?}",
+            get(client, id).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cheaper_offer_moves_the_workload_make_before_break_with_no_failed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let prices = tempfile::tempdir().unwrap();
+    write_prices(prices.path(), (0.096, 0.050), (0.097, 0.080));
+    let service = start(dir.path(), prices.path());
+    let mut client = service.workloads().await;
+    let mut spec = spec(
+        &format!("rebalance-{}", std::process::id()),
+        &[("SAVE_EVERY_COUNT", "1")],
+    );
+    if let Some(r) = spec.requirements.as_mut() {
+        r.allow_unknown_interruption_rate = Some(true);
+    }
+    spec.storage = test_storage();
+    spec.rebalance = Some(pb::RebalanceSpec {
+        min_savings_percent: 30.0,
+        min_duration_seconds: Some(2),
+    });
+    let created = client
+        .apply_workload(authed(pb::ApplyWorkloadRequest { spec: Some(spec) }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        created.spec.as_ref().unwrap().rebalance,
+        Some(pb::RebalanceSpec {
+            min_savings_percent: 30.0,
+            min_duration_seconds: Some(2)
+        })
+    );
+    let before = wait_status(
+        &mut client,
+        &created.id,
+        &["RUNNING"],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        (before.cloud.as_str(), before.instance_type.as_str()),
+        ("aws", "m5.large")
+    );
+    let base = before.endpoint.trim_end_matches('/').to_string();
+    for _ in 0..5 {
+        assert_eq!(
+            get_json(&format!("{base}/count"), &before.access_token)
+                .await
+                .0,
+            200
+        );
+    }
+
+    // GCP drops to 0.02: 60 % under AWS's 0.05, more than the 30 % asked for.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (seen, clients) = load(
+        format!("{base}/"),
+        before.access_token.clone(),
+        4,
+        stop.clone(),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    write_prices(prices.path(), (0.096, 0.050), (0.097, 0.020));
+    let moved_at = Instant::now();
+
+    // RUNNING at every look until the workload is on GCP.
+    let mut statuses = Vec::new();
+    let after = loop {
+        let w = get(&mut client, &created.id).await;
+        if statuses.last() != Some(&w.status) {
+            statuses.push(w.status.clone());
+        }
+        if w.cloud == "gcp" {
+            break w;
+        }
+        assert!(moved_at.elapsed() < Duration::from_secs(60), "still {w:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let migrated = wait_notification(
+        &mut client,
+        &created.id,
+        "workload.migrated",
+        Duration::from_secs(30),
+    )
+    .await;
+    // The old instance drained and was terminated while the clients kept calling.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.errors.is_empty(),
+        "requests without an answer: {:?}",
+        seen.errors
+    );
+    assert_eq!(
+        seen.statuses.keys().collect::<Vec<_>>(),
+        vec![&200],
+        "{:?}",
+        seen.statuses
+    );
+    assert!(
+        seen.statuses[&200] > 50,
+        "too few requests to mean anything: {:?}",
+        seen.statuses
+    );
+    assert_eq!(
+        statuses,
+        ["RUNNING"],
+        "make-before-break never leaves RUNNING"
+    );
+    assert_eq!(
+        seen.served_by.len(),
+        2,
+        "the clients were served by the old instance and then the new one: {:?}",
+        seen.served_by
+    );
+
+    assert_eq!(
+        (after.status.as_str(), after.instance_type.as_str()),
+        ("RUNNING", "n2-standard-2")
+    );
+    assert_eq!(after.price_per_hour, Some(0.02));
+    assert_ne!(after.instance_id, before.instance_id);
+    assert_eq!(
+        (after.endpoint.as_str(), after.access_token.as_str()),
+        (before.endpoint.as_str(), before.access_token.as_str())
+    );
+    assert_eq!(migrated["cause"], "rebalance", "{migrated}");
+    assert_eq!(migrated["downtime_ms"], 0, "{migrated}");
+    assert_eq!(migrated["final_checkpoint"], true, "{migrated}");
+    let checkpoint: i64 = migrated["checkpoint"].as_str().unwrap().parse().unwrap();
+    // The state came with it, from the checkpoint taken for the move.
+    let (_, state) = get_json(&format!("{base}/state"), &after.access_token).await;
+    assert_eq!(
+        (state["count"].as_i64(), state["restored"].as_bool()),
+        (Some(5), Some(true)),
+        "{state}"
+    );
+    let tasks = client
+        .list_tasks(authed(pb::ListTasksRequest {
+            workload_id: created.id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert!(
+        tasks
+            .iter()
+            .any(|t| t.kind == "checkpoint" && t.state == "COMPLETED"),
+        "{tasks:?}"
+    );
+    assert!(checkpoint > 0);
+
+    // The old instance is gone; billing has its segment and the new one's.
+    let billing = client
+        .get_billing(authed(pb::GetBillingRequest {
+            workload_id: created.id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let types: Vec<&str> = billing
+        .records
+        .iter()
+        .map(|r| r.instance_type.as_str())
+        .collect();
+    assert_eq!(types, ["m5.large", "n2-standard-2"], "{billing:?}");
+    assert_eq!(billing.downtime_seconds, 0.0, "{billing:?}");
+
+    // AWS coming back by less than 30 % does not move it again.
+    write_prices(prices.path(), (0.096, 0.016), (0.097, 0.020));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(get(&mut client, &created.id).await.cloud, "gcp");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workload_on_on_demand_capacity_returns_to_spot_when_spot_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let prices = tempfile::tempdir().unwrap();
+    // Spot is above the price limit everywhere; AWS's on-demand price is under it.
+    write_prices(prices.path(), (0.045, 0.050), (0.097, 0.080));
+    let service = start(dir.path(), prices.path());
+    let mut client = service.workloads().await;
+    let mut spec = spec(&format!("back-to-spot-{}", std::process::id()), &[]);
+    if let Some(r) = spec.requirements.as_mut() {
+        r.allow_unknown_interruption_rate = Some(true);
+        r.max_price_per_hour = Some(0.046);
+    }
+    spec.fallback = "on_demand".into();
+    spec.rebalance = Some(pb::RebalanceSpec {
+        min_savings_percent: 10.0,
+        min_duration_seconds: Some(1),
+    });
+    let created = client
+        .apply_workload(authed(pb::ApplyWorkloadRequest { spec: Some(spec) }))
+        .await
+        .unwrap()
+        .into_inner();
+    let before = wait_status(
+        &mut client,
+        &created.id,
+        &["RUNNING"],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        (before.market.as_str(), before.cloud.as_str()),
+        ("on_demand", "aws"),
+        "{before:?}"
+    );
+
+    write_prices(prices.path(), (0.045, 0.050), (0.097, 0.030));
+    let migrated = wait_notification(
+        &mut client,
+        &created.id,
+        "workload.migrated",
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(migrated["cause"], "rebalance", "{migrated}");
+    let after = get(&mut client, &created.id).await;
+    assert_eq!(
+        (
+            after.status.as_str(),
+            after.market.as_str(),
+            after.cloud.as_str(),
+            after.price_per_hour
+        ),
+        ("RUNNING", "spot", "gcp", Some(0.03)),
+        "{after:?}"
+    );
+    assert_eq!(after.endpoint, before.endpoint);
+    let (status, _) = get_json(&after.endpoint, &after.access_token).await;
+    assert_eq!(status, 200);
+}
