@@ -656,3 +656,34 @@ def test_a_rebalance_moves_the_workload_and_terraform_sees_no_change(tmp_path, w
         ws.run("destroy", "-auto-approve")
     finally:
         service.stop()
+
+
+def test_an_env_change_is_a_rolling_replacement_that_apply_waits_for(workload_service, workload_for_service, terraform, tmp_path):
+    """An env change plans an in-place update with a warning that says what it does;
+    the apply returns once the replacement serves the new env behind the same endpoint,
+    and the next plan is a no-op."""
+    name = unique("rolling", terraform)
+    ws = workload_for_service(workload_service)
+    config = workload(name, tmp_path / "health").split('output "web"')[0]
+    config += ('output "web" {\n  value = { id = computearbitrage_workload.web.id, endpoint = computearbitrage_workload.web.endpoint,'
+               ' access_token = computearbitrage_workload.web.access_token }\n  sensitive = true\n}\n')
+    ws.write(config)
+    ws.apply()
+    web = ws.outputs()["web"]
+    before = workload_service.cli("workload", "get", web["id"])
+    assert before["env_applied"] is True, before
+    ws.write(config.replace(f'WORKLOAD_NAME = "{name}"', f'WORKLOAD_NAME = "{name}-v2"'))
+    plan = ws.run("plan").stdout
+    text = " ".join(plan.split())
+    assert "1 to change" in text and "forces replacement" not in text, text
+    assert "Changing env replaces the workload's instance" in text and "rolling replacement behind the same endpoint" in text, text
+    ws.apply()
+    # Returned once the replacement serves: no waiting here.
+    now = workload_service.cli("workload", "get", web["id"])
+    assert (now["status"], now["env_applied"]) == ("RUNNING", True), now
+    assert now["instance_id"] != before["instance_id"]
+    body = json.loads(http_get(web["endpoint"], web["access_token"]))
+    assert body["workload"] == f"{name}-v2", body
+    assert ws.outputs()["web"] == web
+    assert ws.plan_is_noop(), ws.run("plan", check=False).stdout
+    ws.run("destroy", "-auto-approve")

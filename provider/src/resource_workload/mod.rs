@@ -326,6 +326,112 @@ async fn wait_for(
     }
 }
 
+/// Whether a plan changes `env` of an existing workload (a rolling replacement).
+fn env_changes(prior: &WorkloadState, planned: &WorkloadState) -> bool {
+    prior.id.is_value()
+        && (planned.env.is_unknown()
+            || crate::canonical::map(&planned.env) != crate::canonical::map(&prior.env))
+}
+
+/// The ids of the workload's rolling replacements that failed (dead restart runs).
+async fn failed_restarts(connection: &Connection, id: &str) -> Vec<String> {
+    let mut client = connection.workloads();
+    match client
+        .list_runs(pb::ListRunsRequest {
+            workload_id: id.to_string(),
+        })
+        .await
+    {
+        Ok(runs) => runs
+            .into_inner()
+            .runs
+            .into_iter()
+            .filter(|r| {
+                r.kind == "migrate" && r.status == "dead" && r.reason.ends_with("cause=restart")
+            })
+            .map(|r| r.id)
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Waits until the workload serves with its new env (`env_applied`), a rolling
+/// replacement of this apply failed, or the timeout; the workload as last seen, with
+/// an error diagnostic unless it got there.
+async fn wait_for_env(
+    diags: &mut Diagnostics,
+    connection: &Connection,
+    mut w: pb::Workload,
+    failed_before: &[String],
+    timeout: Duration,
+) -> pb::Workload {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if w.env_applied && w.status == "RUNNING" {
+            return w;
+        }
+        let mut client = connection.workloads();
+        if let Ok(runs) = client
+            .list_runs(pb::ListRunsRequest {
+                workload_id: w.id.clone(),
+            })
+            .await
+        {
+            if let Some(failed) = runs.into_inner().runs.into_iter().find(|r| {
+                r.kind == "migrate"
+                    && r.status == "dead"
+                    && r.reason.ends_with("cause=restart")
+                    && !failed_before.contains(&r.id)
+            }) {
+                diags.error(
+                    "The rolling replacement for the env change failed",
+                    format!(
+                        "At step {}: {}\n\nThe workload still serves from instance {} with its previous env; the service tries the replacement again every few minutes. Fix the cause (the workload's last output is in `computearbitrage workload logs {}`) and apply again.",
+                        failed.failed_step, failed.error, w.instance_id, w.id
+                    ),
+                    AttributePath::new("env"),
+                );
+                return w;
+            }
+        }
+        if matches!(w.status.as_str(), "FAILED" | "TERMINATED" | "STOPPING") {
+            diags.error(
+                "The workload ended during the rolling replacement",
+                format!("It is {}: {}", w.status, w.status_reason),
+                AttributePath::new("env"),
+            );
+            return w;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            diags.error(
+                "The rolling replacement for the env change did not finish in time",
+                format!(
+                    "Workload {} is still {} on instance {} with its previous env after {} s (timeouts.create); the replacement goes on. `computearbitrage workload runs {}` shows its steps; the next apply or refresh sees the result.",
+                    w.id,
+                    w.status,
+                    w.instance_id,
+                    timeout.as_secs(),
+                    w.id
+                ),
+                AttributePath::new("env"),
+            );
+            return w;
+        }
+        tokio::time::sleep(POLL).await;
+        let id = w.id.clone();
+        if let Ok(now) = connection
+            .retrying(CALL_RETRY_BUDGET, || {
+                let mut client = connection.workloads();
+                let request = pb::GetWorkloadRequest { id: id.clone() };
+                async move { client.get_workload(request).await }
+            })
+            .await
+        {
+            w = now.into_inner();
+        }
+    }
+}
+
 /// The last lines of a failure for a diagnostic.
 fn failure_detail(w: &pb::Workload) -> String {
     format!(
@@ -505,6 +611,13 @@ impl Resource for WorkloadResource {
         if StorageBlock::enabled(&proposed.storage) != StorageBlock::enabled(&prior.storage) {
             replace.push(AttributePath::new("storage").index(0).attribute("enabled"));
         }
+        if replace.is_empty() && env_changes(&prior, &proposed) {
+            diags.warning(
+                "Changing env replaces the workload's instance",
+                "The new env reaches the workload on a new instance: a rolling replacement behind the same endpoint and token. The replacement starts with the new env (restored from a checkpoint taken for it, with storage) and passes its health check; then the route switches and the old instance drains and stops. The workload stays RUNNING, and the apply returns once the replacement serves.",
+                AttributePath::new("env"),
+            );
+        }
         Some((proposed, private, replace))
     }
 
@@ -648,7 +761,7 @@ impl Resource for WorkloadResource {
     async fn update<'a>(
         &self,
         diags: &mut Diagnostics,
-        _prior: WorkloadState,
+        prior: WorkloadState,
         mut planned: WorkloadState,
         _config: WorkloadState,
         private: ValueEmpty,
@@ -658,6 +771,14 @@ impl Resource for WorkloadResource {
             return None;
         }
         let connection = self.connection.get(diags).await?;
+        let id = planned.id.as_ref_option().cloned().unwrap_or_default();
+        let restarts = env_changes(&prior, &planned);
+        // Rolling replacements that failed before this apply are not its failure.
+        let failed_before = if restarts {
+            failed_restarts(&connection, &id).await
+        } else {
+            Vec::new()
+        };
         let spec = planned.spec_pb();
         let request = pb::UpdateWorkloadRequest {
             id: planned.id.as_ref_option().cloned().unwrap_or_default(),
@@ -683,7 +804,12 @@ impl Resource for WorkloadResource {
             .await;
         match answer {
             Ok(w) => {
-                planned.set_computed(&w.into_inner());
+                let mut w = w.into_inner();
+                if restarts && !w.env_applied {
+                    let timeout = planned.timeout(|t| &t.create, DEFAULT_CREATE_TIMEOUT);
+                    w = wait_for_env(diags, &connection, w, &failed_before, timeout).await;
+                }
+                planned.set_computed(&w);
                 Some((planned, private))
             }
             Err(status) => {

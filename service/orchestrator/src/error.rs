@@ -42,6 +42,10 @@ pub enum OrchestratorError {
     Core(#[from] computearbitrage_core::Error),
     #[error(transparent)]
     Storage(#[from] computearbitrage_storage::StorageError),
+    /// A compare-and-set status change found the workload moved on by someone else
+    /// (a health check, a notice). Retrying re-reads it and may well succeed.
+    #[error("{0}")]
+    ChangedConcurrently(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -65,7 +69,9 @@ impl OrchestratorError {
     pub fn origin(&self) -> Origin {
         match self {
             OrchestratorError::Config(_) => Origin::Config,
-            OrchestratorError::Store(_) => Origin::Store,
+            OrchestratorError::Store(_) | OrchestratorError::ChangedConcurrently(_) => {
+                Origin::Store
+            }
             OrchestratorError::Core(computearbitrage_core::Error::Collect { .. }) => {
                 Origin::Collector
             }
@@ -79,6 +85,7 @@ impl OrchestratorError {
     pub fn is_retryable(&self) -> bool {
         match self {
             OrchestratorError::Config(_) => false,
+            OrchestratorError::ChangedConcurrently(_) => true,
             OrchestratorError::Store(e) => e.is_retryable(),
             OrchestratorError::Core(e) => e.is_retryable(),
             OrchestratorError::Storage(e) => e.is_retryable(),

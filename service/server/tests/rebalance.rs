@@ -379,3 +379,173 @@ async fn a_workload_on_on_demand_capacity_returns_to_spot_when_spot_comes_back()
     let (status, _) = get_json(&after.endpoint, &after.access_token).await;
     assert_eq!(status, 200);
 }
+
+fn update_request(w: &pb::Workload) -> pb::UpdateWorkloadRequest {
+    let spec = w.spec.clone().unwrap();
+    pb::UpdateWorkloadRequest {
+        id: w.id.clone(),
+        tags: spec.tags,
+        health_check: spec.health_check,
+        on_interruption: spec.on_interruption,
+        on_unhealthy: spec.on_unhealthy,
+        replace_unhealthy_after_seconds: spec.replace_unhealthy_after_seconds,
+        fallback: spec.fallback,
+        rebalance: spec.rebalance,
+        env: spec.env,
+        storage: spec.storage,
+        tcp_allowed_cidrs: spec.tcp_allowed_cidrs,
+        checkpoint: spec.checkpoint,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_env_change_is_a_rolling_replacement_with_no_failed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let prices = tempfile::tempdir().unwrap();
+    write_prices(prices.path(), (0.096, 0.050), (0.097, 0.080));
+    let service = start(dir.path(), prices.path());
+    let mut client = service.workloads().await;
+    let name = format!("rolling-{}", std::process::id());
+    let mut spec = spec(&name, &[("SAVE_EVERY_COUNT", "1")]);
+    if let Some(r) = spec.requirements.as_mut() {
+        r.allow_unknown_interruption_rate = Some(true);
+    }
+    spec.storage = test_storage();
+    spec.create_timeout_seconds = 8;
+    let created = client
+        .apply_workload(authed(pb::ApplyWorkloadRequest { spec: Some(spec) }))
+        .await
+        .unwrap()
+        .into_inner();
+    let before = wait_status(
+        &mut client,
+        &created.id,
+        &["RUNNING"],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(before.env_applied, "{before:?}");
+    let base = before.endpoint.trim_end_matches('/').to_string();
+    for _ in 0..3 {
+        assert_eq!(
+            get_json(&format!("{base}/count"), &before.access_token)
+                .await
+                .0,
+            200
+        );
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (seen, clients) = load(
+        format!("{base}/"),
+        before.access_token.clone(),
+        4,
+        stop.clone(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut request = update_request(&before);
+    request
+        .env
+        .insert("WORKLOAD_NAME".into(), format!("{name}-v2"));
+    let updated = client
+        .update_workload(authed(request))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !updated.env_applied,
+        "the instance still runs the old env: {updated:?}"
+    );
+    assert_eq!(updated.status, "RUNNING");
+    let mut statuses = Vec::new();
+    let after = loop {
+        let w = get(&mut client, &created.id).await;
+        if statuses.last() != Some(&w.status) {
+            statuses.push(w.status.clone());
+        }
+        if w.env_applied {
+            break w;
+        }
+        assert!(statuses.len() < 5, "{statuses:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    wait_notification(
+        &mut client,
+        &created.id,
+        "workload.migrated",
+        Duration::from_secs(30),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    {
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen.errors.is_empty(),
+            "requests without an answer: {:?}",
+            seen.errors
+        );
+        assert_eq!(
+            seen.statuses.keys().collect::<Vec<_>>(),
+            vec![&200],
+            "{:?}",
+            seen.statuses
+        );
+        assert_eq!(seen.served_by.len(), 2, "{:?}", seen.served_by);
+    }
+    assert_eq!(statuses, ["RUNNING"]);
+    assert_ne!(after.instance_id, before.instance_id);
+    assert_eq!(
+        (after.endpoint.as_str(), after.access_token.as_str()),
+        (before.endpoint.as_str(), before.access_token.as_str())
+    );
+    let (_, body) = get_json(&format!("{base}/"), &after.access_token).await;
+    assert_eq!(
+        body["workload"],
+        format!("{name}-v2"),
+        "the new env is in effect"
+    );
+    let (_, state) = get_json(&format!("{base}/state"), &after.access_token).await;
+    assert_eq!(
+        (state["count"].as_i64(), state["restored"].as_bool()),
+        (Some(3), Some(true)),
+        "{state}"
+    );
+
+    // An env the workload cannot serve with: the replacement never passes its health
+    // check, is given up, and the workload goes on serving with the env before.
+    let failing = dir.path().join("failing");
+    std::fs::write(&failing, "fail").unwrap();
+    let mut request = update_request(&after);
+    request.env.insert(
+        "HEALTH_STATUS_FILE".into(),
+        failing.to_str().unwrap().into(),
+    );
+    client.update_workload(authed(request)).await.unwrap();
+    let failed = wait_notification(
+        &mut client,
+        &created.id,
+        "workload.replacement_failed",
+        Duration::from_secs(40),
+    )
+    .await;
+    assert_eq!(failed["cause"], "restart", "{failed}");
+    let now = get(&mut client, &created.id).await;
+    assert_eq!(
+        (
+            now.status.as_str(),
+            now.instance_id.as_str(),
+            now.env_applied
+        ),
+        ("RUNNING", after.instance_id.as_str(), false),
+        "{now:?}"
+    );
+    let (status, body) = get_json(&format!("{base}/"), &now.access_token).await;
+    assert_eq!(
+        (status, body["workload"].as_str()),
+        (200, Some(format!("{name}-v2").as_str()))
+    );
+}

@@ -380,6 +380,7 @@ async fn transitions_are_compare_and_set_with_history(store: &dyn Store) {
         price_per_hour: 0.005,
         on_demand_price_per_hour: Some(0.0168),
         on_demand: true,
+        env_fingerprint: Some("0123abcd".into()),
     };
     let changes = WorkloadChanges {
         placement: Some(Some(placement.clone())),

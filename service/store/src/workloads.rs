@@ -16,6 +16,10 @@ pub struct PlacementRecord {
     pub on_demand_price_per_hour: Option<f64>,
     /// On-demand capacity (`fallback = "on_demand"`), not spot.
     pub on_demand: bool,
+    /// A digest of the env the instance was started with, so a changed `env` is seen
+    /// to need a rolling replacement; `None` for instances started before it was kept.
+    /// Kept in the store only, never served.
+    pub env_fingerprint: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

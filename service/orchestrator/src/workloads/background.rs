@@ -11,7 +11,7 @@ use crate::error::OrchestratorError;
 use crate::worker::Worker;
 use computearbitrage_core::driver::{TENANT_TAG, WORKLOAD_TAG};
 use computearbitrage_core::{Driver, DriverEvent, InstanceState, OnInterruption, WorkloadStatus};
-use computearbitrage_store::{WorkloadChanges, WorkloadRecord};
+use computearbitrage_store::{RunKind, RunStatus, WorkloadChanges, WorkloadRecord};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -358,7 +358,7 @@ impl Worker for UnhealthyReplacer {
 }
 
 /// Moves workloads to cheaper offers once the saving holds (`rebalance` blocks), and
-/// on-demand fallbacks back to spot.
+/// on-demand fallbacks back to spot; replaces instances that run an older env.
 pub struct Rebalancer {
     pub orchestrator: Arc<Orchestrator>,
     pub interval: Duration,
@@ -376,6 +376,7 @@ impl Worker for Rebalancer {
     }
 
     async fn tick(&mut self) -> Result<(), OrchestratorError> {
+        self.orchestrator.restart_stale().await?;
         self.orchestrator.rebalance().await.map(|_| ())
     }
 }
@@ -433,7 +434,19 @@ impl OrphanSweeper {
                         _ => w.instance_id.as_deref() != Some(instance.instance_id.as_str()),
                     },
                 };
-                if orphan {
+                // A move under way ends the instances it leaves or started itself (the
+                // one a make-before-break move leaves is draining); if it fails, the
+                // next sweep finds them.
+                let moving = match &owner {
+                    Some(w) if orphan && w.status.is_active() => orch
+                        .store
+                        .runs_of(tenant, workload_id)
+                        .await?
+                        .iter()
+                        .any(|r| r.kind == RunKind::Migrate && r.status == RunStatus::Running),
+                    _ => false,
+                };
+                if orphan && !moving {
                     tracing::warn!(instance_id = %instance.instance_id, workload_id = %workload_id, "terminating an orphaned instance");
                     driver.terminate(&instance.instance_id).await?;
                     swept.push(instance.instance_id);

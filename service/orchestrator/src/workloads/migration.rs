@@ -55,10 +55,14 @@ pub enum Cause {
     /// Another offer stayed cheaper enough for long enough (or spot came back for a
     /// workload on on-demand capacity): a make-before-break move.
     Rebalance,
+    /// The spec changed in a way only a new instance applies (`env`): a rolling
+    /// replacement, make-before-break, on the best offer now.
+    Restart,
 }
 
 const UNHEALTHY_MARK: &str = "cause=unhealthy";
 const REBALANCE_MARK: &str = "cause=rebalance";
+const RESTART_MARK: &str = "cause=restart";
 
 impl Cause {
     /// The cause and deadline ride in the run's reason, its only free-form field.
@@ -73,6 +77,9 @@ impl Cause {
             Cause::Rebalance => {
                 format!("moving to a cheaper offer (rebalance); {REBALANCE_MARK}")
             }
+            Cause::Restart => {
+                format!("rolling replacement: the env changed; {RESTART_MARK}")
+            }
         }
     }
 
@@ -82,6 +89,9 @@ impl Cause {
         }
         if run.reason.ends_with(REBALANCE_MARK) {
             return Cause::Rebalance;
+        }
+        if run.reason.ends_with(RESTART_MARK) {
+            return Cause::Restart;
         }
         let deadline = run
             .reason
@@ -96,18 +106,19 @@ impl Cause {
             Cause::Notice { .. } => "interruption",
             Cause::Unhealthy => "unhealthy",
             Cause::Rebalance => "rebalance",
+            Cause::Restart => "restart",
         }
     }
 
     /// Make-before-break: the workload serves from its instance until the switch, so
     /// its status never leaves RUNNING.
     pub(crate) fn keeps_serving(self) -> bool {
-        self == Cause::Rebalance
+        matches!(self, Cause::Rebalance | Cause::Restart)
     }
 
     /// Nothing was reclaimed: a replacement that fails leaves the workload where it is.
     fn stays_on_failure(self) -> bool {
-        matches!(self, Cause::Unhealthy | Cause::Rebalance)
+        matches!(self, Cause::Unhealthy | Cause::Rebalance | Cause::Restart)
     }
 }
 
@@ -170,7 +181,9 @@ pub(crate) fn excluded_offers(
 ) -> Result<Vec<ExcludedOffer>, StepError> {
     let mut excluded = match ctx.run.kind {
         // A fresh instance of an unhealthy one's offer is a new machine all the same.
-        RunKind::Migrate if Cause::of(ctx.run) == Cause::Unhealthy => Vec::new(),
+        RunKind::Migrate if matches!(Cause::of(ctx.run), Cause::Unhealthy | Cause::Restart) => {
+            Vec::new()
+        }
         RunKind::Migrate => vec![left_offer(ctx)?],
         RunKind::Provision => Vec::new(),
         RunKind::Terminate => return Ok(Vec::new()),
@@ -237,7 +250,7 @@ fn record_interruption(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Val
                 .push((ExcludedOffer::of(placed), ctx.run.created_at + cooldown_ms));
             deadline
         }
-        Cause::Unhealthy | Cause::Rebalance => ctx.run.created_at / 1000,
+        Cause::Unhealthy | Cause::Rebalance | Cause::Restart => ctx.run.created_at / 1000,
     };
     Ok(json!({
         "cause": cause.name(),
@@ -267,7 +280,7 @@ async fn mark_migrating(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Va
     let was = match cause {
         Cause::Unhealthy => Some(WorkloadStatus::Unhealthy),
         Cause::Notice { .. } => Some(WorkloadStatus::Interrupted),
-        Cause::Rebalance => None,
+        Cause::Rebalance | Cause::Restart => None,
     };
     if let Some(was) = was {
         orch.transition(
@@ -331,7 +344,7 @@ async fn await_checkpoint(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<
             json!({ "checkpoint": null, "why": "the workload has no storage: the replacement starts from scratch" }),
         );
     };
-    if Cause::of(ctx.run) == Cause::Rebalance {
+    if Cause::of(ctx.run).keeps_serving() {
         return fresh_checkpoint(orch, ctx, &link.storage).await;
     }
     if Cause::of(ctx.run) == Cause::Unhealthy {
@@ -613,6 +626,10 @@ async fn switch_serving(
         }
     }
     tracing::info!(workload_id = %current.id, reason, "route switched to the replacement (make-before-break)");
+    // The monitor checks the replacement from now on; the old one is draining.
+    if let Some(switched) = orch.store.workload(&current.tenant_id, &current.id).await? {
+        orch.monitor.watch(&switched);
+    }
     Ok(())
 }
 
@@ -627,10 +644,11 @@ async fn terminate_replaced(
         let switched = ctx.output(SWITCH_ROUTE)?["switched_at_ms"]
             .as_i64()
             .unwrap_or_else(now_ms);
+        // A destroy meanwhile ends the drain: everything goes now.
         let drain_until = switched + orch.settings.drain.as_millis() as i64;
-        let wait = drain_until - now_ms();
-        if wait > 0 {
-            tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+        while now_ms() < drain_until && !orch.is_cancelled(&ctx.workload.id) {
+            let left = (drain_until - now_ms()).clamp(1, 100) as u64;
+            tokio::time::sleep(Duration::from_millis(left)).await;
         }
     }
     let driver = orch.driver(left["placement"]["cloud"].as_str().unwrap_or_default())?;
@@ -740,6 +758,7 @@ impl Orchestrator {
                     "moving to a cheaper offer",
                     "moved once the saving holds again",
                 ),
+                Cause::Restart => ("the rolling replacement", "tried again in a few minutes"),
                 _ => (
                     "replacing the unhealthy instance",
                     "tried again after replace_unhealthy_after_seconds",

@@ -441,7 +441,7 @@ impl Orchestrator {
     /// Replaces what can change in place: tags, env, health check, on_interruption,
     /// on_unhealthy and its wait, fallback, rebalance, and storage's quota and retention.
     pub async fn update(
-        &self,
+        self: &Arc<Self>,
         tenant: &str,
         id: &str,
         update: WorkloadUpdate,
@@ -508,6 +508,9 @@ impl Orchestrator {
         ) {
             self.monitor.watch(&updated);
         }
+        // A new env reaches the workload only on a new instance: a rolling replacement
+        // now (or, if a move is under way, by the rebalancer's check once it is done).
+        self.restart_one_if_stale(&updated).await?;
         Ok(updated)
     }
 
@@ -734,17 +737,13 @@ impl Orchestrator {
                 .await?;
             return Ok(());
         }
-        Err(computearbitrage_core::Error::InvalidInput {
-            field: "status".into(),
-            message: format!(
-                "workload {} is {}, not {from}; it changed concurrently",
-                workload.id,
-                current
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| "gone".into())
-            ),
-        }
-        .into())
+        Err(OrchestratorError::ChangedConcurrently(format!(
+            "workload {} is {}, not {from}; it changed concurrently",
+            workload.id,
+            current
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "gone".into())
+        )))
     }
 
     /// Drops what this process remembers about a workload that has ended.

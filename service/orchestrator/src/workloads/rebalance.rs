@@ -6,6 +6,11 @@
 //!
 //! The watches live in memory: a restart starts every wait again, which only delays
 //! a move.
+//!
+//! The same check replaces the instances whose `env` is not the spec's any more (a
+//! rolling replacement, [`Cause::Restart`]): the update starts one at once, and this
+//! catches what it could not (a move was under way, or the service stopped between
+//! the write and the run).
 
 use super::migration::{Cause, ExcludedOffer};
 use super::{now_ms, Orchestrator};
@@ -20,6 +25,19 @@ use std::time::Duration;
 /// After a failed rebalance, the least time before the next attempt (a zero
 /// `min_duration` must not turn a failing move into a loop).
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(60);
+
+/// After a failed rolling replacement, the wait before the next (its health check
+/// had `create_timeout` to fail; a broken env should not launch an instance a minute).
+const RESTART_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(300);
+
+/// Whether the workload's instance was started with another env than its spec's.
+pub fn env_is_stale(workload: &WorkloadRecord) -> bool {
+    workload
+        .placement
+        .as_ref()
+        .and_then(|p| p.env_fingerprint.as_deref())
+        .is_some_and(|launched| launched != super::steps::env_fingerprint(&workload.spec.env))
+}
 
 /// The rule a workload moves by, if any: its `rebalance` block, or (on on-demand
 /// capacity without one) the default return to spot.
@@ -86,6 +104,66 @@ pub(crate) fn best_other(
 }
 
 impl Orchestrator {
+    /// Starts a rolling replacement for each RUNNING workload whose instance runs an
+    /// older env, unless a run is under way or one failed lately; their ids.
+    pub async fn restart_stale(self: &Arc<Self>) -> Result<Vec<String>, OrchestratorError> {
+        let _one_at_a_time = self.interruptions.lock().await;
+        let mut started = Vec::new();
+        for workload in self
+            .store
+            .workloads_in(&[WorkloadStatus::Running, WorkloadStatus::Unhealthy])
+            .await?
+        {
+            if self.restart_if_stale(&workload, true).await? {
+                started.push(workload.id.clone());
+            }
+        }
+        Ok(started)
+    }
+
+    /// The update's own trigger: this workload only, at once even after a failure (the
+    /// update may be the fix).
+    pub(crate) async fn restart_one_if_stale(
+        self: &Arc<Self>,
+        workload: &WorkloadRecord,
+    ) -> Result<bool, OrchestratorError> {
+        let _one_at_a_time = self.interruptions.lock().await;
+        self.restart_if_stale(workload, false).await
+    }
+
+    async fn restart_if_stale(
+        self: &Arc<Self>,
+        workload: &WorkloadRecord,
+        wait_after_failure: bool,
+    ) -> Result<bool, OrchestratorError> {
+        let serving = matches!(
+            workload.status,
+            WorkloadStatus::Running | WorkloadStatus::Unhealthy
+        );
+        if !serving || !env_is_stale(workload) {
+            return Ok(false);
+        }
+        let now = now_ms();
+        let runs = self
+            .store
+            .runs_of(&workload.tenant_id, &workload.id)
+            .await?;
+        let busy = runs.iter().any(|r| r.status == RunStatus::Running);
+        let failed_lately = wait_after_failure
+            && runs.iter().any(|r| {
+                r.kind == RunKind::Migrate
+                    && r.status == RunStatus::Dead
+                    && Cause::of(r) == Cause::Restart
+                    && now - r.updated_at < RESTART_RETRY_AFTER_FAILURE.as_millis() as i64
+            });
+        if busy || failed_lately {
+            return Ok(false);
+        }
+        tracing::info!(workload_id = %workload.id, "the instance runs an older env: rolling replacement");
+        self.start_migration(workload, Cause::Restart).await?;
+        Ok(true)
+    }
+
     /// One rebalancing check over every RUNNING workload; starts the moves that are
     /// due and returns their workload ids.
     pub async fn rebalance(self: &Arc<Self>) -> Result<Vec<String>, OrchestratorError> {

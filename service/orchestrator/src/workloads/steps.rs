@@ -214,6 +214,10 @@ pub(crate) fn provisioned_placement(ctx: &StepContext<'_>) -> Result<PlacementRe
 
 /// Applies a provision step's `market` and `price_per_hour` to a placement.
 pub(crate) fn apply_market(placed: &mut PlacementRecord, provisioned: &Value) {
+    placed.env_fingerprint = provisioned
+        .get("env_fingerprint")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     if provisioned.get("market").and_then(Value::as_str) == Some("on_demand") {
         placed.on_demand = true;
         if let Some(price) = provisioned.get("price_per_hour").and_then(Value::as_f64) {
@@ -243,7 +247,17 @@ pub(crate) fn placement_record(output: &Value) -> PlacementRecord {
             .unwrap_or(0.0),
         on_demand_price_per_hour: output.get("on_demand_price").and_then(Value::as_f64),
         on_demand: output.get("market").and_then(Value::as_str) == Some("on_demand"),
+        env_fingerprint: None,
     }
+}
+
+/// A digest of a workload's env: equal exactly when the env is. It goes into the
+/// store with the instance's placement (never onto the API), so a changed env is seen
+/// to need a rolling replacement.
+pub(crate) fn env_fingerprint(env: &std::collections::BTreeMap<String, String>) -> String {
+    use sha2::{Digest, Sha256};
+    let canonical = serde_json::to_vec(env).unwrap_or_default();
+    hex::encode(&Sha256::digest(&canonical)[..16])
 }
 
 async fn mark_provisioning(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, StepError> {
@@ -349,12 +363,14 @@ async fn provision(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, 
         .await?;
     }
     let started_ms = now_ms();
+    placed.env_fingerprint = Some(env_fingerprint(&spec.env));
     let output = json!({
         "instance_id": instance.instance_id,
         "started_at_ms": started_ms,
         "driver": driver.name(),
         "market": if placed.on_demand { "on_demand" } else { "spot" },
         "price_per_hour": placed.price_per_hour,
+        "env_fingerprint": placed.env_fingerprint,
     });
     // A replacement becomes the workload's instance only when the route switches.
     if ctx.run.kind == computearbitrage_store::RunKind::Migrate {
@@ -367,8 +383,9 @@ async fn provision(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, 
             WorkloadChanges {
                 instance_id: Some(Some(instance.instance_id.clone())),
                 instance_started_at: Some(Some(started_ms)),
-                // What is paid, if the market changed here.
-                placement: fell_back.is_some().then(|| Some(placed.clone())),
+                // What is paid (the market may have changed here), and the env the
+                // instance runs with.
+                placement: Some(Some(placed.clone())),
                 ..Default::default()
             },
             started_ms,

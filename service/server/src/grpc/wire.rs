@@ -386,6 +386,7 @@ pub fn workload_to_pb(
             .map(|p| if p.on_demand { "on_demand" } else { "spot" })
             .unwrap_or_default()
             .into(),
+        env_applied: !computearbitrage_orchestrator::workloads::rebalance::env_is_stale(w),
         created_at: rfc3339(w.created_at / 1000),
         updated_at: rfc3339(w.updated_at / 1000),
     }

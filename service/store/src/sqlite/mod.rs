@@ -402,6 +402,7 @@ fn placement_json(p: &PlacementRecord) -> String {
         "price_per_hour": p.price_per_hour,
         "on_demand_price_per_hour": p.on_demand_price_per_hour,
         "market": if p.on_demand { "on_demand" } else { "spot" },
+        "env_fingerprint": p.env_fingerprint,
     })
     .to_string()
 }
@@ -427,6 +428,10 @@ fn placement_from_json(text: &str) -> Result<PlacementRecord, StoreError> {
         on_demand_price_per_hour: v.get("on_demand_price_per_hour").and_then(|x| x.as_f64()),
         // Stored before fallback existed: spot.
         on_demand: v.get("market").and_then(|x| x.as_str()) == Some("on_demand"),
+        env_fingerprint: v
+            .get("env_fingerprint")
+            .and_then(|x| x.as_str())
+            .map(str::to_string),
     })
 }
 
