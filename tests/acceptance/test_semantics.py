@@ -613,6 +613,12 @@ def test_a_rebalance_moves_the_workload_and_terraform_sees_no_change(tmp_path, w
         assert failed.returncode != 0
         assert "Invalid value for rebalance.min_duration" in text and '"soon" is not a duration' in text, text
         assert "99 is outside 1 to 95 percent" in text, text
+        # Storage left at its default quota of 0 could not hold the move's checkpoint.
+        ws.write(workload(name, tmp_path / "health", requirements="allow_unknown_interruption_rate = true",
+                          extra='storage {\n    enabled = true\n  }'))
+        planned = ws.run("plan")
+        warned = " ".join((planned.stdout + planned.stderr).split())
+        assert "Storage without a quota holds nothing" in warned and "Set quota_gb" in warned, warned
 
         extra = ('storage {\n    enabled = true\n    quota_gb = 1\n  }\n'
                  '  rebalance {\n    min_savings_percent = 30\n    min_duration = "2s"\n  }')

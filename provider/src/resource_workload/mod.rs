@@ -252,6 +252,16 @@ fn check(state: &WorkloadState, diags: &mut Diagnostics, from_config: bool) -> b
                 }
             }
         }
+        // Unset, the quota is 0: every upload is refused, checkpoints included.
+        let no_quota = matches!(&block.quota_gb, Value::Null)
+            || block.quota_gb.as_ref_option().and_then(Number::as_integer) == Some(0);
+        if from_config && StorageBlock::enabled(&state.storage) && no_quota {
+            diags.warning(
+                "Storage without a quota holds nothing",
+                "storage.quota_gb is 0 (the default), so every upload is refused: checkpoints too, and a migration or a move then restores nothing. Set quota_gb to the GB the workload may keep (its checkpoints times checkpoint.keep, plus its state/ and artifacts/).",
+                root.clone().attribute("quota_gb"),
+            );
+        }
         let v = validate::storage(&block.to_pb());
         report_violations(diags, root, &v);
         ok &= v.is_empty();

@@ -540,10 +540,13 @@ impl Orchestrator {
             if left.as_ref().and_then(|l| l["instance_id"].as_str()) == Some(launched.as_str()) {
                 tracing::debug!(workload_id = %workload.id, instance_id = %launched, "draining instance heartbeat");
                 let (token, token_expires_at) = self.session_token(&claims.run_id);
+                // Its checkpoints would be refused: the replacement's are the workload's.
+                let mut settings = checkpointing(&workload.spec);
+                settings.interval_ms = 0;
                 return Ok(Some(protocol::HeartbeatReply {
                     token,
                     token_expires_at,
-                    checkpointing: checkpointing(&workload.spec),
+                    checkpointing: settings,
                 }));
             }
         }
