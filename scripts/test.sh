@@ -9,8 +9,8 @@
 #   2. The router benchmark in short mode (wrk, nginx and haproxy from Debian packages,
 #      installed by the script), the call-latency benchmark in short mode (grpcio and
 #      Terraform against the debug build), the migration benchmark and the moves-under-
-#      load benchmark (wrk during a rebalance and a migration) in short mode, and 30 s
-#      runs of each fuzz target.
+#      load benchmark (wrk during a rebalance and a migration) and the large-checkpoint
+#      benchmark in short mode, and 30 s runs of each fuzz target.
 #   3. Acceptance: real Terraform 1.15.5 and 1.0.3 against the built provider and a
 #      real service (tests/acceptance, pytest).
 set -euo pipefail
@@ -40,6 +40,9 @@ echo "== migration benchmark, short mode (numbers are reported, not asserted)"
 
 echo "== moves under load, short mode (numbers are reported, not asserted)"
 ./scripts/bench-moves.sh --short
+
+echo "== large checkpoint through the agent, short mode (numbers are reported, not asserted)"
+./scripts/bench-checkpoint.sh --short
 
 echo "== fuzzing the router's request parsing"
 FUZZ_SECONDS="${FUZZ_SECONDS:-30}" ./scripts/fuzz.sh

@@ -13,7 +13,9 @@ random bytes into the workload's $CHECKPOINT_DIR. Then:
   replacement agent's own `checkpoint restored … duration_ms`, read from its log; the
   whole move is timed from the notice until the restored workload answers;
 - cp: the same file copied with `cp` from one directory to another on the disk the
-  service stores on, flushed (`sync`), as the baseline.
+  service stores on, as the baseline. Neither the agent's path nor `cp` fsyncs (the
+  local object store does not), so both land in the page cache; `cp` then `sync` is
+  shown too.
 
 Prints a Markdown report (docs/benchmarks.md, "A large checkpoint through the agent").
 Target: checkpoint and restore throughput ≥ 0.8 × cp.
@@ -64,6 +66,7 @@ def agent_durations(data_dir, marker):
     found = []
     for log in data_dir.rglob("*.log"):
         for line in log.read_text(errors="replace").splitlines():
+            line = re.sub(r"\x1b\[[0-9;]*m", "", line)
             if marker in line:
                 match = re.search(r"duration_ms=(\d+)", line)
                 if match:
@@ -79,8 +82,9 @@ def cp_seconds(directory, mib):
     subprocess.run(["sync"], check=True)
     started = time.perf_counter()
     subprocess.run(["cp", str(source / "blob"), str(target / "blob")], check=True)
+    cached = time.perf_counter() - started
     subprocess.run(["sync"], check=True)
-    return time.perf_counter() - started
+    return cached, time.perf_counter() - started
 
 
 def main():
@@ -142,13 +146,14 @@ def main():
         finally:
             process.terminate()
             process.wait(timeout=60)
-        baseline = cp_seconds(tmp, args.mib)
+        baseline, synced = cp_seconds(tmp, args.mib)
     mib = args.mib
     print(f"Binaries: {args.bin_dir}; {mib} MiB of random bytes in $CHECKPOINT_DIR; local storage.\n")
     print(f"Checkpoint task: {output.strip()}\n")
     print("| path | time | MiB/s | against cp |")
     print("|---|---:|---:|---:|")
-    print(f"| `cp` + `sync`, same disk | {baseline:.2f} s | {mib / baseline:.0f} | 1.00 |")
+    print(f"| `cp`, same disk (into the page cache, as the agent's uploads land) | {baseline:.2f} s | {mib / baseline:.0f} | 1.00 |")
+    print(f"| `cp` then `sync` | {synced:.2f} s | {mib / synced:.0f} | {baseline / synced:.2f} |")
     print(f"| checkpoint task (pack, hash, upload through signed URLs) | {checkpoint_s:.2f} s | {mib / checkpoint_s:.0f} | {baseline / checkpoint_s:.2f} |")
     print(f"| restore on the replacement (download, verify, write; its agent's own timing) | {restore_s:.2f} s | {mib / restore_s:.0f} | {baseline / restore_s:.2f} |")
     print(f"\nThe whole move, notice → serving restored (final checkpoint of {mib} MiB, restore, start): {move_s:.2f} s.")
