@@ -39,7 +39,8 @@ from latency import REPO, TOKEN, grpc_stubs  # noqa: E402
 WORKLOAD = REPO / "tests" / "workloads" / "http_server.py"
 
 
-def start_service(bin_dir, data_dir):
+def start_service(bin_dir, data_dir, extra_env=None):
+    """A service on embedded defaults; `extra_env` adds or overrides settings."""
     env = dict(os.environ, COMPUTEARBITRAGE_BOOTSTRAP_TOKEN=TOKEN, RUST_LOG="warn")
     env["COMPUTEARBITRAGE_ROUTER__LISTEN"] = "127.0.0.1:0"
     env["COMPUTEARBITRAGE_ROUTER__METRICS_LISTEN"] = ""
@@ -47,6 +48,7 @@ def start_service(bin_dir, data_dir):
     env["COMPUTEARBITRAGE_WORKLOADS__LOCAL__RUN_AS"] = "service"
     env["COMPUTEARBITRAGE_ROUTER__TCP_PORT_MIN"] = "39000"
     env["COMPUTEARBITRAGE_ROUTER__TCP_PORT_MAX"] = "39009"
+    env.update(extra_env or {})
     process = subprocess.Popen(
         [str(bin_dir / "computearbitrage"), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,

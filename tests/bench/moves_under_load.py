@@ -17,7 +17,6 @@ Usage: moves_under_load.py --bin-dir DIR [--seconds N] [--connections N]
 """
 
 import argparse
-import os
 import pathlib
 import re
 import shutil
@@ -28,6 +27,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from latency import REPO, TOKEN, grpc_stubs  # noqa: E402
+import migration  # noqa: E402
 
 WORKLOAD = REPO / "tests" / "workloads" / "http_server.py"
 HEADER = "InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,GpuInfo,Price,SpotPrice,Region,AvailabilityZone\n"
@@ -73,12 +73,7 @@ def write_prices(directory, aws_spot, gcp_spot):
 
 
 def start_service(bin_dir, data_dir, prices):
-    env = dict(os.environ, COMPUTEARBITRAGE_BOOTSTRAP_TOKEN=TOKEN, RUST_LOG="warn")
-    env.update({
-        "COMPUTEARBITRAGE_ROUTER__LISTEN": "127.0.0.1:0",
-        "COMPUTEARBITRAGE_ROUTER__METRICS_LISTEN": "",
-        "COMPUTEARBITRAGE_API__RATE_LIMIT_PER_SECOND": "0",
-        "COMPUTEARBITRAGE_WORKLOADS__LOCAL__RUN_AS": "service",
+    return migration.start_service(bin_dir, data_dir, {
         "COMPUTEARBITRAGE_ROUTER__TCP_PORT_MIN": "39010",
         "COMPUTEARBITRAGE_ROUTER__TCP_PORT_MAX": "39019",
         "COMPUTEARBITRAGE_PRICING__SNAPSHOT__DIR": str(prices),
@@ -86,22 +81,6 @@ def start_service(bin_dir, data_dir, prices):
         "COMPUTEARBITRAGE_WORKLOADS__REBALANCE_CHECK_MS": "200",
         # The default drain: what a user gets.
     })
-    process = subprocess.Popen(
-        [str(bin_dir / "computearbitrage"), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-    )
-    endpoint = None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        if "listening on " in line:
-            endpoint = line.strip().split("listening on ", 1)[1]
-        if "through the router at " in line:
-            return process, endpoint
-    process.kill()
-    raise SystemExit("moves_under_load: the service did not start")
 
 
 def wait(workloads, pb, metadata, workload_id, done, what, within=60):

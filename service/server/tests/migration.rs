@@ -808,24 +808,9 @@ async fn set_checkpoint(
     current: &pb::Workload,
     checkpoint: pb::CheckpointSpec,
 ) {
-    let spec = current.spec.clone().unwrap();
-    client
-        .update_workload(authed(pb::UpdateWorkloadRequest {
-            id: current.id.clone(),
-            tags: spec.tags,
-            health_check: spec.health_check,
-            on_interruption: spec.on_interruption,
-            on_unhealthy: spec.on_unhealthy,
-            replace_unhealthy_after_seconds: spec.replace_unhealthy_after_seconds,
-            fallback: spec.fallback,
-            rebalance: spec.rebalance,
-            env: spec.env,
-            storage: spec.storage,
-            tcp_allowed_cidrs: spec.tcp_allowed_cidrs,
-            checkpoint: Some(checkpoint),
-        }))
-        .await
-        .unwrap();
+    let mut request = update_request(current);
+    request.checkpoint = Some(checkpoint);
+    client.update_workload(authed(request)).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -380,24 +380,6 @@ async fn a_workload_on_on_demand_capacity_returns_to_spot_when_spot_comes_back()
     assert_eq!(status, 200);
 }
 
-fn update_request(w: &pb::Workload) -> pb::UpdateWorkloadRequest {
-    let spec = w.spec.clone().unwrap();
-    pb::UpdateWorkloadRequest {
-        id: w.id.clone(),
-        tags: spec.tags,
-        health_check: spec.health_check,
-        on_interruption: spec.on_interruption,
-        on_unhealthy: spec.on_unhealthy,
-        replace_unhealthy_after_seconds: spec.replace_unhealthy_after_seconds,
-        fallback: spec.fallback,
-        rebalance: spec.rebalance,
-        env: spec.env,
-        storage: spec.storage,
-        tcp_allowed_cidrs: spec.tcp_allowed_cidrs,
-        checkpoint: spec.checkpoint,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_env_change_is_a_rolling_replacement_with_no_failed_request() {
     let dir = tempfile::tempdir().unwrap();

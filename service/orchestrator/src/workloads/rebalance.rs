@@ -30,6 +30,23 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(60);
 /// had `create_timeout` to fail; a broken env should not launch an instance a minute).
 const RESTART_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(300);
 
+/// Whether a run is under way for the workload, or a `cause` move of it failed within
+/// `wait` (then the next try waits).
+fn busy_or_failed_lately(
+    runs: &[computearbitrage_store::RunRecord],
+    cause: Cause,
+    wait: Duration,
+    now: i64,
+) -> bool {
+    runs.iter().any(|r| r.status == RunStatus::Running)
+        || runs.iter().any(|r| {
+            r.kind == RunKind::Migrate
+                && r.status == RunStatus::Dead
+                && Cause::of(r) == cause
+                && now - r.updated_at < wait.as_millis() as i64
+        })
+}
+
 /// Whether the workload's instance was started with another env than its spec's.
 pub fn env_is_stale(workload: &WorkloadRecord) -> bool {
     workload
@@ -143,20 +160,16 @@ impl Orchestrator {
         if !serving || !env_is_stale(workload) {
             return Ok(false);
         }
-        let now = now_ms();
         let runs = self
             .store
             .runs_of(&workload.tenant_id, &workload.id)
             .await?;
-        let busy = runs.iter().any(|r| r.status == RunStatus::Running);
-        let failed_lately = wait_after_failure
-            && runs.iter().any(|r| {
-                r.kind == RunKind::Migrate
-                    && r.status == RunStatus::Dead
-                    && Cause::of(r) == Cause::Restart
-                    && now - r.updated_at < RESTART_RETRY_AFTER_FAILURE.as_millis() as i64
-            });
-        if busy || failed_lately {
+        let wait = if wait_after_failure {
+            RESTART_RETRY_AFTER_FAILURE
+        } else {
+            Duration::ZERO
+        };
+        if busy_or_failed_lately(&runs, Cause::Restart, wait, now_ms()) {
             return Ok(false);
         }
         tracing::info!(workload_id = %workload.id, "the instance runs an older env: rolling replacement");
@@ -225,16 +238,8 @@ impl Orchestrator {
                 .store
                 .runs_of(&workload.tenant_id, &workload.id)
                 .await?;
-            let busy = runs.iter().any(|r| r.status == RunStatus::Running);
-            let wait_ms = policy.min_duration.max(RETRY_AFTER_FAILURE).as_millis() as i64;
-            let failed_lately = runs.iter().any(|r| {
-                r.kind == RunKind::Migrate
-                    && r.status != RunStatus::Running
-                    && r.status != RunStatus::Completed
-                    && Cause::of(r) == Cause::Rebalance
-                    && now - r.updated_at < wait_ms
-            });
-            if busy || failed_lately {
+            let wait = policy.min_duration.max(RETRY_AFTER_FAILURE);
+            if busy_or_failed_lately(&runs, Cause::Rebalance, wait, now) {
                 continue;
             }
             tracing::info!(

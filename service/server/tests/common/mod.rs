@@ -573,3 +573,22 @@ pub fn free_port_range() -> (u16, u16) {
         }
     }
 }
+
+/// An update that changes nothing: the workload's spec as it is, to edit.
+pub fn update_request(w: &pb::Workload) -> pb::UpdateWorkloadRequest {
+    let spec = w.spec.clone().unwrap();
+    pb::UpdateWorkloadRequest {
+        id: w.id.clone(),
+        tags: spec.tags,
+        health_check: spec.health_check,
+        on_interruption: spec.on_interruption,
+        on_unhealthy: spec.on_unhealthy,
+        replace_unhealthy_after_seconds: spec.replace_unhealthy_after_seconds,
+        fallback: spec.fallback,
+        rebalance: spec.rebalance,
+        env: spec.env,
+        storage: spec.storage,
+        tcp_allowed_cidrs: spec.tcp_allowed_cidrs,
+        checkpoint: spec.checkpoint,
+    }
+}
