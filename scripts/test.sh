@@ -20,6 +20,17 @@ export RUST_LIB_BACKTRACE=0
 export CHECKPOINT_DISABLE=1 TF_IN_AUTOMATION=1 TF_INPUT=0
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+# Tests that kill -9 a service can leave an instance's network namespace behind (the
+# driver removes it when the instance ends, or at its next start); at the end, remove
+# the ones of ours that no process uses any more.
+sweep_namespaces() {
+  command -v ip >/dev/null && [ "$(id -u)" = 0 ] || return 0
+  for ns in $(ip netns list 2>/dev/null | awk '$1 ~ /^ca-local-/ {print $1}'); do
+    [ -z "$(ip netns pids "$ns" 2>/dev/null)" ] && ip netns del "$ns" 2>/dev/null || true
+  done
+}
+trap sweep_namespaces EXIT
+
 echo "== installing test tools"
 ./scripts/install-test-tools.sh
 

@@ -117,7 +117,8 @@ def kill_workload_processes(data_dir: pathlib.Path):
     """Workload processes outlive the service by design; tests must not leave any.
     Only processes still carrying their instance's marker are killed: pids are reused."""
     for record in (data_dir / "local-driver").glob("*.json"):
-        instance_id = json.loads(record.read_text()).get("instance_id")
+        data = json.loads(record.read_text())
+        instance_id = data.get("instance_id")
         marker = f"COMPUTEARBITRAGE_INSTANCE_ID={instance_id}".encode()
         for entry in os.listdir("/proc"):
             if not entry.isdigit() or int(entry) <= 1:
@@ -128,6 +129,10 @@ def kill_workload_processes(data_dir: pathlib.Path):
                         os.killpg(int(entry), signal.SIGKILL)
             except (OSError, ProcessLookupError):
                 pass
+        # An instance's network namespace (the default as root) goes with it.
+        namespace = (data.get("network") or {}).get("namespace")
+        if namespace:
+            subprocess.run(["ip", "netns", "del", namespace], stderr=subprocess.DEVNULL, check=False)
 
 
 def free_port_block(size: int = 10) -> int:

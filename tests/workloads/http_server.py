@@ -98,6 +98,11 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+# Every address, as on a VM: an instance in its own network namespace is reached at
+# its own address, not at 127.0.0.1.
+LISTEN_HOST = "0.0.0.0"
+
+
 def echo(connection):
     prefix = (os.environ.get("WORKLOAD_NAME", "") + ": ").encode()
     with connection:
@@ -106,7 +111,7 @@ def echo(connection):
 
 
 def serve_tcp(port):
-    listener = socket.create_server(("127.0.0.1", port))
+    listener = socket.create_server((LISTEN_HOST, port))
     while True:
         connection, _ = listener.accept()
         threading.Thread(target=echo, args=(connection,), daemon=True).start()
@@ -122,7 +127,7 @@ def main():
     # The default listen backlog (5) drops connections under a load test's dozens of
     # clients, and each dropped SYN costs its request a 1 s retransmit.
     ThreadingHTTPServer.request_queue_size = 1024
-    server = ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
+    server = ThreadingHTTPServer((LISTEN_HOST, int(os.environ["PORT"])), Handler)
     signal.signal(signal.SIGTERM, save_state_and_exit)
     print(f"{os.environ.get('WORKLOAD_NAME', '')} serving on {os.environ['PORT']}, restored={STATE['restored']}", flush=True)
     server.serve_forever()

@@ -4,7 +4,7 @@
 # when the workload moves; requests need `access_token` (or the tenant's token).
 resource "computearbitrage_workload" "web" {
   name    = "hello-web"
-  command = ["sh", "-c", "exec python3 -m http.server \"$PORT\" --bind 127.0.0.1"]
+  command = ["sh", "-c", "exec python3 -m http.server \"$PORT\" --bind 0.0.0.0"]
 
   requirements {
     min_vcpus             = 2

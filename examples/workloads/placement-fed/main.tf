@@ -23,7 +23,7 @@ data "computearbitrage_placement" "web" {
 
 resource "computearbitrage_workload" "web" {
   name    = "placed-web"
-  command = ["sh", "-c", "exec python3 -m http.server \"$PORT\" --bind 127.0.0.1"]
+  command = ["sh", "-c", "exec python3 -m http.server \"$PORT\" --bind 0.0.0.0"]
 
   requirements {
     min_vcpus             = local.needs.min_vcpus

@@ -12,10 +12,10 @@ resource "computearbitrage_workload" "echo" {
         with c:
             while data := c.recv(65536): c.sendall(data)
     def tcp():
-        s = socket.create_server(("127.0.0.1", int(os.environ["TCP_PORT"])))
+        s = socket.create_server(("0.0.0.0", int(os.environ["TCP_PORT"])))
         while True: threading.Thread(target=echo, args=(s.accept()[0],), daemon=True).start()
     threading.Thread(target=tcp, daemon=True).start()
-    HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Health).serve_forever()
+    HTTPServer(("0.0.0.0", int(os.environ["PORT"])), Health).serve_forever()
     PY
   ]
   tcp_port = 7000

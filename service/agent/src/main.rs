@@ -2,8 +2,10 @@
 //!
 //! - `run --service URL --credential-file FILE --instance-id ID --cloud aws|gcp|azure
 //!   --work-dir DIR --port N [--tcp-port N] [--owner UID:GID] [--metadata-url URL]
-//!   [--resource VM_NAME] [--poll-ms MS]`: registers, restores, runs the workload and
-//!   checkpoints it on a notice. Exits with the workload's code, 0 once checkpointed
+//!   [--resource VM_NAME] [--poll-ms MS] [--service-advertised URL]`: registers,
+//!   restores, runs the workload and checkpoints it on a notice. `--service-advertised`
+//!   is where the service's signed URLs say it is, when this machine reaches it at
+//!   `--service` instead (the local driver's per-instance network). Exits with the workload's code, 0 once checkpointed
 //!   after a notice, 70 when it cannot restore or start, 75 when the service refuses
 //!   this instance.
 //! - `watch --cloud aws|gcp|azure [--metadata-url URL] [--resource VM_NAME] [--poll-ms
@@ -23,7 +25,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-const USAGE: &str = "usage: computearbitrage-agent run --service URL --credential-file FILE --instance-id ID --cloud aws|gcp|azure --work-dir DIR --port N [--tcp-port N] [--owner UID:GID] [--metadata-url URL] [--resource VM_NAME] [--poll-ms MS]
+const USAGE: &str = "usage: computearbitrage-agent run --service URL --credential-file FILE --instance-id ID --cloud aws|gcp|azure --work-dir DIR --port N [--tcp-port N] [--owner UID:GID] [--metadata-url URL] [--resource VM_NAME] [--poll-ms MS] [--service-advertised URL]
        computearbitrage-agent watch --cloud aws|gcp|azure [--metadata-url URL] [--resource VM_NAME] [--poll-ms MS]";
 
 fn fail(message: &str) -> ! {
@@ -103,6 +105,7 @@ async fn main() {
                 args,
                 &[
                     "--service",
+                    "--service-advertised",
                     "--credential-file",
                     "--instance-id",
                     "--cloud",
@@ -124,6 +127,7 @@ async fn main() {
             });
             let exit = run(RunArgs {
                 service_url: required(&flags, "--service").to_string(),
+                service_advertised: flags.get("--service-advertised").cloned(),
                 credential_file: PathBuf::from(required(&flags, "--credential-file")),
                 cloud,
                 metadata_url: flags

@@ -42,6 +42,10 @@ const LAST_LINES: usize = 40;
 #[derive(Debug, Clone)]
 pub struct RunArgs {
     pub service_url: String,
+    /// Where the service says it is in the URLs it signs, when this machine reaches it
+    /// at `service_url` instead (through a forwarded port, a NAT): those URLs are
+    /// read with `service_url`'s origin.
+    pub service_advertised: Option<String>,
     pub credential_file: PathBuf,
     pub instance_id: String,
     pub cloud: Cloud,
@@ -97,6 +101,9 @@ pub(crate) enum CallError {
 pub(crate) struct Client {
     pub(crate) http: reqwest::Client,
     base: String,
+    /// `"ADVERTISED/` and `"BASE/`: the service's own URLs as it writes them, and as
+    /// this machine reaches them.
+    rewrite: Option<(String, String)>,
     token: Mutex<String>,
 }
 
@@ -131,7 +138,21 @@ impl Client {
             .bytes()
             .await
             .map_err(|e| CallError::Transient(format!("POST {path}: {e}")))?;
-        Ok((status, bytes))
+        Ok((status, self.reachable(bytes)))
+    }
+
+    /// The answer with every URL of the service's that starts a JSON string read
+    /// through the origin this machine reaches it at.
+    fn reachable(&self, bytes: bytes::Bytes) -> bytes::Bytes {
+        let Some((from, to)) = &self.rewrite else {
+            return bytes;
+        };
+        match std::str::from_utf8(&bytes) {
+            Ok(text) if text.contains(from.as_str()) => {
+                bytes::Bytes::from(text.replace(from.as_str(), to))
+            }
+            _ => bytes,
+        }
     }
 
     pub(crate) async fn call<Q: Serialize, A: DeserializeOwned>(
@@ -363,9 +384,16 @@ pub async fn run(args: RunArgs) -> Exit {
     };
     // Spent on registration; nothing on the machine needs it afterwards.
     let _ = std::fs::remove_file(&args.credential_file);
+    let base = args.service_url.trim_end_matches('/').to_string();
     let client = Arc::new(Client {
         http: http_client(),
-        base: args.service_url.trim_end_matches('/').to_string(),
+        rewrite: args
+            .service_advertised
+            .as_deref()
+            .map(|a| a.trim_end_matches('/'))
+            .filter(|a| *a != base)
+            .map(|a| (format!("\"{a}/"), format!("\"{base}/"))),
+        base,
         token: Mutex::new(credential),
     });
     let assignment = match register(&client, &args).await {
@@ -970,5 +998,39 @@ pub(crate) async fn run_checkpoint_command(
             "the checkpoint command did not finish within {} ms",
             budget.as_millis()
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(rewrite: Option<(&str, &str)>) -> Client {
+        Client {
+            http: http_client(),
+            base: "http://10.213.0.1:7070".into(),
+            rewrite: rewrite.map(|(a, b)| (format!("\"{a}/"), format!("\"{b}/"))),
+            token: Mutex::new(String::new()),
+        }
+    }
+
+    #[test]
+    fn the_services_own_urls_are_read_through_the_address_this_machine_reaches() {
+        let c = client(Some(("http://127.0.0.1:7070", "http://10.213.0.1:7070")));
+        let answer = br#"{"url":"http://127.0.0.1:7070/storage/x?sig=1","other":"http://127.0.0.1:70701/y","s3":"https://bucket.s3.amazonaws.com/http://127.0.0.1:7070/z"}"#;
+        let read = c.reachable(bytes::Bytes::from_static(answer));
+        let value: serde_json::Value = serde_json::from_slice(&read).unwrap();
+        assert_eq!(value["url"], "http://10.213.0.1:7070/storage/x?sig=1");
+        // Another port, and the origin inside another URL, are not the service's.
+        assert_eq!(value["other"], "http://127.0.0.1:70701/y");
+        assert_eq!(
+            value["s3"],
+            "https://bucket.s3.amazonaws.com/http://127.0.0.1:7070/z"
+        );
+        let plain = client(None);
+        assert_eq!(
+            plain.reachable(bytes::Bytes::from_static(answer)).as_ref(),
+            answer
+        );
     }
 }

@@ -16,6 +16,9 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+/// `10.213.0.0/16`: the addresses of namespaced instances unless configured.
+pub const DEFAULT_SUBNET: crate::network::Subnet = crate::network::Subnet::DEFAULT;
+
 /// The `PATH` a workload gets unless its spec sets one.
 pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
@@ -44,6 +47,8 @@ pub struct LocalOptions {
     pub agent: Option<PathBuf>,
     /// Offers with no spot capacity: a spot create for one fails as a capacity error.
     pub no_spot_capacity: Vec<crate::capacity::OfferPattern>,
+    /// Where instances get their addresses: a namespace each, or the loopback.
+    pub network: crate::network::Network,
 }
 
 impl LocalOptions {
@@ -62,6 +67,11 @@ impl LocalOptions {
             },
             agent: None,
             no_spot_capacity: Vec::new(),
+            network: if crate::network::namespaces_available() {
+                crate::network::Network::Namespace(DEFAULT_SUBNET)
+            } else {
+                crate::network::Network::Loopback
+            },
         }
     }
 
@@ -73,6 +83,7 @@ impl LocalOptions {
             run_as: RunAs::Service,
             agent: None,
             no_spot_capacity: Vec::new(),
+            network: crate::network::Network::Loopback,
         }
     }
 }

@@ -1,13 +1,17 @@
 //! The local driver: the embedded default for every cloud. It "provisions" an offer by
 //! running the workload's command as a local process with `PORT` set to a free port
-//! (and `TCP_PORT` to another when it asked for TCP exposure); the instance address
-//! is `127.0.0.1:PORT`.
+//! (and `TCP_PORT` to another when it asked for TCP exposure). The instance's address
+//! is its own network namespace's ([`network`]) when the service runs as root, else
+//! `127.0.0.1`.
 //!
 //! Module map:
 //! - [`LocalDriver`] (this file): the [`Driver`] implementation.
 //! - [`isolation`]: what a workload can reach: a cleared environment, its own working
 //!   directory, its own uid when the service runs as root; private files for the rest.
 //! - [`process`]: telling our processes from pid reuse, finding and stopping them.
+//! - [`network`]: each instance's own network namespace and address when the service
+//!   runs as root (a veth pair, the agent's one forwarded way to the service), or the
+//!   shared loopback interface.
 //! - [`metadata`]: each instance's metadata endpoint in its cloud's shape (AWS IMDSv2,
 //!   the GCP metadata server, Azure Scheduled Events), where interruptions are raised.
 //! - agent boot: with [`LocalOptions::agent`] set and an [`computearbitrage_core::AgentBoot`]
@@ -27,11 +31,14 @@
 pub mod capacity;
 pub mod isolation;
 pub mod metadata;
+pub mod network;
 mod process;
 
 use computearbitrage_core::{Driver, DriverEvent, Error, Instance, InstanceSpec, InstanceState};
 pub use isolation::{LocalOptions, RunAs};
 use metadata::{MetadataCloud, MetadataServer};
+use network::{Forwarder, InstanceNetwork};
+pub use network::{Network, Subnet};
 use process::{alive, find_by_marker, proc_stat, stop_process};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -84,6 +91,9 @@ struct Record {
     /// where the agent looks.
     #[serde(default)]
     metadata_port: Option<u16>,
+    /// Its own network namespace and address; `None` on the loopback interface.
+    #[serde(default)]
+    network: Option<InstanceNetwork>,
 }
 
 impl Record {
@@ -100,11 +110,18 @@ impl Record {
                     reason: reason.clone(),
                 },
             },
-            address: Some(format!("127.0.0.1:{}", self.port)),
-            tcp_address: self.tcp_port.map(|p| format!("127.0.0.1:{p}")),
+            address: Some(format!("{}:{}", self.ip(), self.port)),
+            tcp_address: self.tcp_port.map(|p| format!("{}:{p}", self.ip())),
             tags: self.tags.clone(),
             created_at: self.created_at,
         }
+    }
+
+    fn ip(&self) -> std::net::Ipv4Addr {
+        self.network
+            .as_ref()
+            .map(|n| n.address)
+            .unwrap_or(std::net::Ipv4Addr::LOCALHOST)
     }
 
     fn is_live(&self) -> bool {
@@ -120,6 +137,8 @@ struct Inner {
     next_serial: u64,
     /// The metadata endpoints of live instances that boot an agent.
     metadata: BTreeMap<String, MetadataServer>,
+    /// Each namespaced instance's way to the service.
+    forwarders: BTreeMap<String, Forwarder>,
 }
 
 /// The local driver. Cheap to clone; all clones share state.
@@ -205,6 +224,11 @@ impl LocalDriver {
                     remove_work_dir(&record);
                 }
             }
+            if !record.is_live() {
+                if let Some(network) = &record.network {
+                    network::destroy_blocking(network);
+                }
+            }
             // Rewritten, live or not, so records of older versions get mode 0600 too.
             write_record(dir, &record)?;
             if let Some(serial) = record
@@ -233,6 +257,7 @@ impl LocalDriver {
                 records,
                 next_serial,
                 metadata: BTreeMap::new(),
+                forwarders: BTreeMap::new(),
             })),
             events_tx,
             events_rx: Arc::new(Mutex::new(events_rx)),
@@ -240,34 +265,69 @@ impl LocalDriver {
     }
 
     /// Serves the metadata endpoints of live instances again (after a restart), on the
-    /// ports their agents know, with any notice already raised.
-    pub async fn resume_metadata(&self) {
+    /// ports their agents know, with any notice already raised; and forwards each
+    /// namespaced instance's control port to `service_url`, where the service is now.
+    pub async fn resume(&self, service_url: &str) {
         let mut inner = self.inner.lock().await;
         let live: Vec<Record> = inner
             .records
             .values()
-            .filter(|r| r.is_live() && r.metadata_port.is_some())
+            .filter(|r| r.is_live())
             .cloned()
             .collect();
         for record in live {
+            let id = &record.instance_id;
+            if let (Some(network), Some(port)) = (
+                &record.network,
+                record.network.as_ref().and_then(|n| n.control_port),
+            ) {
+                match control_forwarder(network, port, service_url).await {
+                    Ok(forwarder) => {
+                        inner.forwarders.insert(id.clone(), forwarder);
+                    }
+                    Err(e) => {
+                        tracing::warn!(instance_id = %id, port, error = %e, "cannot forward the instance's control port again; its agent cannot reach the service");
+                    }
+                }
+            }
             let (Some(cloud), Some(port)) =
                 (MetadataCloud::parse(&record.cloud), record.metadata_port)
             else {
                 continue;
             };
-            match MetadataServer::start(cloud, &record.instance_id, &record.instance_id, port).await
-            {
+            match start_metadata(cloud, id, record.network.as_ref(), port).await {
                 Ok(server) => {
                     if let RecordState::Interrupted { deadline } = record.state {
                         server.raise_interruption(deadline);
                     }
-                    inner.metadata.insert(record.instance_id.clone(), server);
+                    inner.metadata.insert(id.clone(), server);
                 }
                 Err(e) => {
-                    tracing::warn!(instance_id = %record.instance_id, port, error = %e, "cannot serve the instance's metadata endpoint again; its agent will not see a notice");
+                    tracing::warn!(instance_id = %id, port, error = %e, "cannot serve the instance's metadata endpoint again; its agent will not see a notice");
                 }
             }
         }
+    }
+
+    /// Cuts a namespaced instance off the network (its veth pair down), or connects it
+    /// again: the router's traffic and its agent's stop alike, the process runs on.
+    pub async fn set_connected(&self, instance_id: &str, connected: bool) -> Result<(), Error> {
+        let network = {
+            let inner = self.inner.lock().await;
+            let record = inner
+                .records
+                .get(instance_id)
+                .ok_or_else(|| failure(format!("no instance {instance_id}"), false))?;
+            record.network.clone().ok_or_else(|| {
+                failure(
+                    format!("instance {instance_id} is on the loopback interface; only an instance with its own network (workloads.local.network) can be cut off"),
+                    false,
+                )
+            })?
+        };
+        network::set_connected(&network, connected).await?;
+        tracing::info!(instance_id, connected, interface = %network.host_interface, "instance network switched");
+        Ok(())
     }
 
     /// Announces a spot interruption now, on the instance's metadata endpoint and as a
@@ -361,6 +421,16 @@ impl LocalDriver {
         if let Some(server) = inner.metadata.remove(instance_id) {
             server.shutdown();
         }
+        inner.forwarders.remove(instance_id);
+        let network = inner
+            .records
+            .get(instance_id)
+            .filter(|r| !r.is_live())
+            .and_then(|r| r.network.clone());
+        // Before returning: a service that stops right after must not leave it.
+        if let Some(network) = network {
+            network::destroy(&network).await;
+        }
     }
 
     /// Re-checks a live record against its process.
@@ -382,6 +452,68 @@ impl LocalDriver {
             }
         }
     }
+}
+
+/// Removes a network made for an instance whose create then failed.
+struct NetworkGuard(Option<InstanceNetwork>);
+
+impl Drop for NetworkGuard {
+    fn drop(&mut self) {
+        if let Some(network) = self.0.take() {
+            tokio::spawn(async move { network::destroy(&network).await });
+        }
+    }
+}
+
+/// The metadata endpoint of an instance: inside its namespace when it has one.
+async fn start_metadata(
+    cloud: MetadataCloud,
+    instance_id: &str,
+    network: Option<&InstanceNetwork>,
+    port: u16,
+) -> std::io::Result<MetadataServer> {
+    match network {
+        Some(network) => {
+            let address = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+            let listener = network::listen_in(&network.namespace, address)?;
+            MetadataServer::serve(cloud, instance_id, instance_id, listener)
+        }
+        None => MetadataServer::start(cloud, instance_id, instance_id, port).await,
+    }
+}
+
+/// Where `url` (`http://HOST:PORT/...`) listens, for forwarding to it.
+async fn service_address(url: &str) -> Result<std::net::SocketAddr, Error> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        failure(
+            format!("the agent's service URL {url:?} is not plain http://; an instance with its own network reaches the service through a forwarded port, which cannot carry the service's TLS name: set workloads.local.network = \"loopback\" with TLS"),
+            false,
+        )
+    })?;
+    let authority = rest.split('/').next().unwrap_or(rest);
+    tokio::net::lookup_host(authority)
+        .await
+        .ok()
+        .and_then(|mut found| found.find(|a| a.is_ipv4()))
+        .ok_or_else(|| {
+            failure(
+                format!("cannot resolve the service's address {authority:?}"),
+                false,
+            )
+        })
+}
+
+/// Forwards `network`'s control port (on the service's end of its pair) to the service.
+async fn control_forwarder(
+    network: &InstanceNetwork,
+    port: u16,
+    service_url: &str,
+) -> Result<Forwarder, Error> {
+    let target = service_address(service_url).await?;
+    let listen = std::net::SocketAddr::from((network.host_address, port));
+    Forwarder::start(listen, target)
+        .await
+        .map_err(|e| failure(format!("cannot forward {listen} to the service: {e}"), true))
 }
 
 fn write_record(dir: &Path, record: &Record) -> Result<(), Error> {
@@ -499,15 +631,43 @@ impl Driver for LocalDriver {
             on_demand: spec.on_demand,
             cloud: spec.cloud.clone(),
             metadata_port: None,
+            network: None,
         };
+        // Its own network first: the metadata endpoint and the control port live there.
+        let mut network_guard = NetworkGuard(None);
+        if let Network::Namespace(subnet) = &self.options.network {
+            match network::create(&instance_id, *subnet).await {
+                Ok(network) => {
+                    record.network = Some(network.clone());
+                    network_guard.0 = Some(network);
+                }
+                Err(e) => {
+                    remove_work_dir(&record);
+                    return Err(e);
+                }
+            }
+        }
         // The agent, when there is one, watches its cloud's metadata endpoint.
         let booted = match (&spec.agent, &self.options.agent) {
             (Some(boot), Some(agent)) => {
                 let cloud = MetadataCloud::parse(&spec.cloud).unwrap_or(MetadataCloud::Aws);
-                let server = MetadataServer::start(cloud, &instance_id, &instance_id, 0)
+                let server = start_metadata(cloud, &instance_id, record.network.as_ref(), 0)
                     .await
                     .map_err(|e| failure(format!("cannot serve a metadata endpoint: {e}"), true))?;
                 record.metadata_port = Some(server.port());
+                // A namespaced agent reaches the service through its forwarded port,
+                // and is told so, since the service's URLs name where it listens.
+                let reachable_url = match record.network.as_mut() {
+                    Some(network) => {
+                        let target = service_address(&boot.service_url).await?;
+                        let forwarder =
+                            control_forwarder(network, target.port(), &boot.service_url).await?;
+                        network.control_port = Some(target.port());
+                        inner.forwarders.insert(instance_id.clone(), forwarder);
+                        format!("http://{}:{}", network.host_address, target.port())
+                    }
+                    None => boot.service_url.clone(),
+                };
                 let credential = self.dir.join(format!("{instance_id}.credential"));
                 isolation::write_private(&credential, boot.credential.as_bytes()).map_err(|e| {
                     failure(format!("cannot write {}: {e}", credential.display()), true)
@@ -516,6 +676,7 @@ impl Driver for LocalDriver {
                 inner.metadata.insert(instance_id.clone(), server);
                 Some((
                     agent.clone(),
+                    reachable_url,
                     boot.service_url.clone(),
                     credential,
                     cloud,
@@ -530,8 +691,22 @@ impl Driver for LocalDriver {
         let log = isolation::create_private(&log_path)
             .map_err(|e| failure(format!("cannot create {}: {e}", log_path.display()), true))?;
         let log_err = log.try_clone().map_err(|e| failure(e.to_string(), true))?;
+        // Opened here: the child enters it between fork and exec.
+        let namespace = match &record.network {
+            Some(network) => Some(network::open_namespace(&network.namespace).map_err(|e| {
+                failure(
+                    format!("cannot open the namespace {}: {e}", network.namespace),
+                    true,
+                )
+            })?),
+            None => None,
+        };
+        let namespace_fd = namespace.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+        // Entering a namespace needs root, so a workload started directly drops to its
+        // own user after that, in the same place.
+        let mut identity_after_namespace = None;
         let mut command = match &booted {
-            Some((agent, service_url, credential, cloud, metadata_url)) => {
+            Some((agent, service_url, advertised_url, credential, cloud, metadata_url)) => {
                 // The agent runs as the service's user and starts the workload as
                 // the workload's own; it gets the workload's spec from the service.
                 let mut command = tokio::process::Command::new(agent);
@@ -544,6 +719,10 @@ impl Driver for LocalDriver {
                     .arg("run")
                     .arg("--service")
                     .arg(service_url)
+                    .args(
+                        (service_url != advertised_url)
+                            .then(|| format!("--service-advertised={advertised_url}")),
+                    )
                     .arg("--credential-file")
                     .arg(credential)
                     .arg("--instance-id")
@@ -574,9 +753,13 @@ impl Driver for LocalDriver {
                     .env(INSTANCE_ENV, &instance_id)
                     .envs(tcp_port.map(|p| ("TCP_PORT", p.to_string())))
                     .args(&spec.command[1..]);
-                if let Some((uid, gid)) = owner {
+                match owner {
+                    Some(ids) if namespace_fd.is_some() => identity_after_namespace = Some(ids),
                     // std drops the supplementary groups when root sets a uid.
-                    command.uid(uid).gid(gid);
+                    Some((uid, gid)) => {
+                        command.uid(uid).gid(gid);
+                    }
+                    None => {}
                 }
                 command
             }
@@ -590,7 +773,18 @@ impl Driver for LocalDriver {
             .kill_on_drop(false);
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
+                if let Some(fd) = namespace_fd {
+                    network::enter(fd)?;
+                }
+                if let Some((uid, gid)) = identity_after_namespace {
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(gid) != 0
+                        || libc::setuid(uid) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 // The service's umask is 077; the workload gets the usual one.
                 libc::umask(0o022);
                 // Nothing it runs can gain privileges (setuid binaries, file caps).
@@ -608,6 +802,10 @@ impl Driver for LocalDriver {
                 };
                 remove_work_dir(&record);
                 write_record(&self.dir, &record)?;
+                inner.forwarders.remove(&instance_id);
+                if let Some(server) = inner.metadata.remove(&instance_id) {
+                    server.shutdown();
+                }
                 inner.records.insert(instance_id, record);
                 let hint = match owner {
                     Some((uid, _)) if e.kind() == std::io::ErrorKind::PermissionDenied => format!(
@@ -621,6 +819,8 @@ impl Driver for LocalDriver {
                 ));
             }
         };
+        drop(namespace);
+        network_guard.0 = None;
         let pid = child.id().unwrap_or(0);
         record.pid = Some(pid);
         record.start_ticks = proc_stat(pid).map(|(_, s)| s);
@@ -909,6 +1109,7 @@ mod tests {
             cloud: String::new(),
             on_demand: false,
             metadata_port: None,
+            network: None,
         };
         write_record(dir.path(), &record).unwrap();
         let mut child = std::process::Command::new("sleep")
@@ -1037,6 +1238,7 @@ mod tests {
             },
             agent: None,
             no_spot_capacity: Vec::new(),
+            network: Network::Loopback,
         };
         let driver = LocalDriver::open(&dir.path().join("driver"), options).unwrap();
         let script = format!(
@@ -1069,5 +1271,195 @@ mod tests {
         assert!(!who_a.contains("secret") && !who_b.contains("secret"));
         driver.terminate(&a.instance_id).await.unwrap();
         driver.terminate(&b.instance_id).await.unwrap();
+    }
+}
+
+#[cfg(test)]
+mod network_tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    const SERVE: &str = r#"
+import http.server, os
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = os.environ["NAME"].encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.HTTPServer(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
+"#;
+
+    const PROBE: &str = r#"
+import os, socket, time
+def attempt(host, port):
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+        return "reached"
+    except OSError as e:
+        return "failed " + type(e).__name__
+# The far end of its own pair is known once it runs: the test writes it here.
+while not os.path.exists("service-side"):
+    time.sleep(0.05)
+service_side = open("service-side").read().strip()
+lines = [attempt(os.environ["OTHER"], os.environ["OTHER_PORT"]), attempt(service_side, os.environ["HOST_PORT"])]
+open("seen.tmp", "w").write("\n".join(lines) + "\n"); os.rename("seen.tmp", "seen")
+time.sleep(30)
+"#;
+
+    fn python(token: &str, script: &str, env: &[(&str, String)]) -> InstanceSpec {
+        let mut spec = InstanceSpec {
+            idempotency_token: token.into(),
+            cloud: "aws".into(),
+            region: "local".into(),
+            zone: String::new(),
+            instance_type: "local".into(),
+            max_price: 1.0,
+            on_demand: false,
+            command: vec!["python3".into(), "-c".into(), script.into()],
+            image: None,
+            env: BTreeMap::new(),
+            port: 8080,
+            tcp_port: None,
+            tags: BTreeMap::new(),
+            agent: None,
+        };
+        for (k, v) in env {
+            spec.env.insert(k.to_string(), v.clone());
+        }
+        spec
+    }
+
+    /// GET / at `address`, or why not, within 2 s.
+    fn get(address: &str) -> Result<String, String> {
+        let addr: std::net::SocketAddr = address.parse().map_err(|e| format!("{e}"))?;
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .map_err(|e| e.to_string())?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok();
+        stream
+            .write_all(b"GET / HTTP/1.0\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .map_err(|e| e.to_string())?;
+        Ok(answer)
+    }
+
+    async fn get_eventually(address: &str) -> String {
+        for _ in 0..100 {
+            let a = address.to_string();
+            if let Ok(answer) = tokio::task::spawn_blocking(move || get(&a)).await.unwrap() {
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{address} never answered");
+    }
+
+    fn network_of(dir: &Path, instance_id: &str) -> InstanceNetwork {
+        let text = std::fs::read_to_string(dir.join(format!("{instance_id}.json"))).unwrap();
+        let record: Record = serde_json::from_str(&text).unwrap();
+        record
+            .network
+            .expect("a namespaced instance records its network")
+    }
+
+    fn interface_exists(name: &str) -> bool {
+        std::path::Path::new("/sys/class/net").join(name).exists()
+    }
+
+    #[tokio::test]
+    async fn as_root_each_instance_has_an_address_of_its_own_that_other_instances_cannot_reach() {
+        if !network::namespaces_available() {
+            eprintln!("skipped: network namespaces need root and iproute2");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = LocalOptions::same_user(&dir.path().join("work"));
+        options.network = Network::Namespace(Subnet::DEFAULT);
+        let driver = LocalDriver::open(dir.path(), options).unwrap();
+        let a = driver
+            .create_spot_instance(&python("a", SERVE, &[("NAME", "instance-a".into())]))
+            .await
+            .unwrap();
+        let a_address = a.address.clone().unwrap();
+        assert!(a_address.starts_with("10.213."), "{a_address}");
+        // The service's side (the router) reaches it at its own address.
+        let answer = get_eventually(&a_address).await;
+        assert!(answer.ends_with("instance-a"), "{answer}");
+
+        // A listener of the service's machine on its loopback, as every local service
+        // (the service's own, PostgreSQL) listens.
+        let host_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (a_ip, a_port) = a_address.rsplit_once(':').unwrap();
+        let b = driver
+            .create_spot_instance(&python(
+                "b",
+                PROBE,
+                &[
+                    ("OTHER", a_ip.to_string()),
+                    ("OTHER_PORT", a_port.to_string()),
+                    (
+                        "HOST_PORT",
+                        host_listener.local_addr().unwrap().port().to_string(),
+                    ),
+                ],
+            ))
+            .await
+            .unwrap();
+        assert_ne!(b.address, a.address);
+        let b_work = dir.path().join("work").join(&b.instance_id);
+        let b_network = network_of(dir.path(), &b.instance_id);
+        std::fs::write(
+            b_work.join("service-side"),
+            b_network.host_address.to_string(),
+        )
+        .unwrap();
+        let seen = read_seen(&b_work.join("seen")).await;
+        let lines: Vec<&str> = seen.lines().collect();
+        assert!(
+            lines[0].starts_with("failed"),
+            "another instance is out of reach: {seen}"
+        );
+        assert!(
+            lines[1].starts_with("failed"),
+            "the machine's loopback services are out of reach: {seen}"
+        );
+
+        // Cut off, it answers nobody; connected again, it answers as before.
+        let a_network = network_of(dir.path(), &a.instance_id);
+        driver.set_connected(&a.instance_id, false).await.unwrap();
+        let a2 = a_address.clone();
+        let cut = tokio::task::spawn_blocking(move || get(&a2)).await.unwrap();
+        assert!(cut.is_err(), "a cut-off instance answered: {cut:?}");
+        driver.set_connected(&a.instance_id, true).await.unwrap();
+        assert!(get_eventually(&a_address).await.ends_with("instance-a"));
+
+        // Its network ends with it.
+        for (instance, network) in [(&a, &a_network), (&b, &b_network)] {
+            driver.terminate(&instance.instance_id).await.unwrap();
+            let mut gone = false;
+            for _ in 0..100 {
+                gone = !Path::new("/run/netns").join(&network.namespace).exists()
+                    && !interface_exists(&network.host_interface);
+                if gone {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(gone, "{network:?} outlived its instance");
+        }
+        let e = driver.set_connected("no-such", false).await.unwrap_err();
+        assert!(e.to_string().contains("no instance"), "{e}");
+    }
+
+    async fn read_seen(path: &Path) -> String {
+        for _ in 0..200 {
+            if let Ok(text) = std::fs::read_to_string(path) {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{} was never written", path.display());
     }
 }

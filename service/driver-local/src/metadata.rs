@@ -116,6 +116,26 @@ impl MetadataServer {
         port: u16,
     ) -> std::io::Result<MetadataServer> {
         let listener = bind(port).await?;
+        Self::serve_listener(cloud, instance_id, resource_name, listener)
+    }
+
+    /// Serves on a socket bound elsewhere (inside the instance's network namespace).
+    pub fn serve(
+        cloud: MetadataCloud,
+        instance_id: &str,
+        resource_name: &str,
+        listener: std::net::TcpListener,
+    ) -> std::io::Result<MetadataServer> {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        Self::serve_listener(cloud, instance_id, resource_name, listener)
+    }
+
+    fn serve_listener(
+        cloud: MetadataCloud,
+        instance_id: &str,
+        resource_name: &str,
+        listener: tokio::net::TcpListener,
+    ) -> std::io::Result<MetadataServer> {
         let port = listener.local_addr()?.port();
         let state = Arc::new(State {
             cloud,

@@ -212,6 +212,10 @@ pub struct LocalWorkloadsConfig {
     pub agent_path: PathBuf,
     /// Offers the local driver has no spot capacity for, as a cloud's capacity errors: comma-separated `cloud/region/zone/instance_type`, `*` for any segment (`aws/*/*/m5.large`). For drills of `fallback = "on_demand"`. Empty: capacity everywhere.
     pub no_spot_capacity: String,
+    /// Where local instances get their addresses: `auto` (a network namespace each when the service runs as root with iproute2, else the loopback interface), `namespace` (required: the service refuses to start without root and `ip`), or `loopback` (every instance on 127.0.0.1, reachable by every local process).
+    pub network: String,
+    /// The IPv4 subnet namespaced instances are addressed from, one /30 each (the service's end of its veth pair, then the instance). Choose one no network of this machine uses.
+    pub subnet: String,
 }
 
 impl Default for LocalWorkloadsConfig {
@@ -222,6 +226,8 @@ impl Default for LocalWorkloadsConfig {
             uid_range: "200000-299999".into(),
             agent_path: PathBuf::new(),
             no_spot_capacity: String::new(),
+            network: "auto".into(),
+            subnet: "10.213.0.0/16".into(),
         }
     }
 }
@@ -308,11 +314,34 @@ impl LocalWorkloadsConfig {
                 "invalid value for config key `workloads.local.no_spot_capacity`: {e}"
             ))
         })?;
+        use computearbitrage_driver_local::{network, Network};
+        let subnet = network::Subnet::parse(&self.subnet).map_err(|e| {
+            ServiceError::config(format!(
+                "invalid value for config key `workloads.local.subnet`: {e}"
+            ))
+        })?;
+        let network = match self.network.as_str() {
+            "loopback" => Network::Loopback,
+            "auto" if network::namespaces_available() => Network::Namespace(subnet),
+            "auto" => Network::Loopback,
+            "namespace" if network::namespaces_available() => Network::Namespace(subnet),
+            "namespace" => {
+                return Err(ServiceError::config(
+                    "invalid value for config key `workloads.local.network`: `namespace` needs the service to run as root with iproute2's `ip` on the PATH; run it so, or use `auto` or `loopback`".to_string(),
+                ))
+            }
+            other => {
+                return Err(ServiceError::config(format!(
+                    "invalid value for config key `workloads.local.network`: {other:?}; use `auto`, `namespace` or `loopback`"
+                )))
+            }
+        };
         Ok(LocalOptions {
             work_root,
             run_as,
             agent: Some(agent),
             no_spot_capacity,
+            network,
         })
     }
 }

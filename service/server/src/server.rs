@@ -50,7 +50,22 @@ pub async fn serve(
             )
         },
     )?;
-    let local_options = config.workloads.local.options(&config.data_dir)?;
+    let mut local_options = config.workloads.local.options(&config.data_dir)?;
+    // An instance with its own network reaches the service through a forwarded port at
+    // another address, which the service's TLS certificate does not name.
+    if config.tls.enabled()
+        && matches!(
+            local_options.network,
+            computearbitrage_driver_local::Network::Namespace(_)
+        )
+    {
+        if config.workloads.local.network == "namespace" {
+            return Err(ServiceError::config(
+                "invalid value for config key `workloads.local.network`: `namespace` cannot be used with TLS (an instance reaches the service at its own pair's address, which the certificate does not name); use `auto` or `loopback`".to_string(),
+            ));
+        }
+        local_options.network = computearbitrage_driver_local::Network::Loopback;
+    }
     let store: Arc<dyn Store> = match config.store.engine {
         StoreEngine::Sqlite => Arc::new(SqliteStore::open(&config.sqlite_file())?),
     };
@@ -145,7 +160,10 @@ pub async fn serve(
     {
         tracing::warn!("workloads.local.run_as is `service`: local workloads run as root, with the service's rights");
     }
-    tracing::info!(work_root = %local_options.work_root.display(), run_as = ?local_options.run_as, "local driver isolation");
+    tracing::info!(work_root = %local_options.work_root.display(), run_as = ?local_options.run_as, network = ?local_options.network, "local driver isolation");
+    if local_options.network == computearbitrage_driver_local::Network::Loopback {
+        tracing::warn!("local instances share the loopback interface: any local process can reach a workload without the router (a network namespace each needs root and iproute2; workloads.local.network)");
+    }
     let local = LocalDriver::open(&config.data_dir.join("local-driver"), local_options)?;
     let monitor = Monitor::new(config.monitor.max_concurrent_checks as usize);
     let orchestrator = Orchestrator::with_one_driver(
@@ -177,7 +195,7 @@ pub async fn serve(
             storage: storage.clone(),
         },
     );
-    local.resume_metadata().await;
+    local.resume(&storage_base).await;
     for workload in store
         .workloads_in(&[WorkloadStatus::Running, WorkloadStatus::Unhealthy])
         .await?

@@ -39,7 +39,7 @@ class H(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
     def log_message(self, *a):
         pass
-http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+http.server.HTTPServer(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
 "#;
 
 fn mode(path: &std::path::Path) -> u32 {

@@ -521,6 +521,11 @@ pub fn describe_http_error(e: &reqwest::Error) -> String {
         text = s.to_string();
         source = s.source();
     }
+    // The usual cause on a VM (and a namespaced local instance): a server bound to
+    // 127.0.0.1, which is the instance's own loopback.
+    if e.is_connect() && text.to_ascii_lowercase().contains("refused") {
+        text.push_str(" (nothing listens on the instance's address at that port: the workload must listen on 0.0.0.0:$PORT, not 127.0.0.1, which is the instance's own loopback)");
+    }
     text
 }
 

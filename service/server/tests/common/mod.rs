@@ -457,7 +457,25 @@ pub fn kill_workloads(data_dir: &Path) {
                 }
             }
         }
+        // Its network namespace, when it had one, goes too.
+        if let Some(namespace) = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["network"]["namespace"].as_str().map(str::to_string))
+        {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &namespace])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
+}
+
+/// The local driver's record of an instance, as it keeps it on disk.
+pub fn instance_record(data_dir: &Path, instance_id: &str) -> serde_json::Value {
+    let path = data_dir
+        .join("local-driver")
+        .join(format!("{instance_id}.json"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
 /// A webhook receiver on loopback that records every request.
