@@ -47,6 +47,21 @@ fn busy_or_failed_lately(
         })
 }
 
+impl Orchestrator {
+    /// Whether the serving instance runs the spec's env and no run under way is about
+    /// to change the instance: a move started before the last env change would switch
+    /// to an instance with the env it was given.
+    pub fn env_applied(&self, workload: &WorkloadRecord) -> bool {
+        !env_is_stale(workload)
+            && !self
+                .in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .any(|w| *w == workload.id)
+    }
+}
+
 /// Whether the workload's instance was started with another env than its spec's.
 pub fn env_is_stale(workload: &WorkloadRecord) -> bool {
     workload
