@@ -46,20 +46,32 @@ fn write_prices(dir: &Path, aws: (f64, f64), gcp: (f64, f64)) {
     );
 }
 
+fn settings(prices: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "COMPUTEARBITRAGE_PRICING__SNAPSHOT__DIR",
+            prices.to_str().unwrap().to_string(),
+        ),
+        (
+            "COMPUTEARBITRAGE_PRICING__SNAPSHOT__INTERVAL_SECONDS",
+            "1".into(),
+        ),
+        (
+            "COMPUTEARBITRAGE_WORKLOADS__REBALANCE_CHECK_MS",
+            "200".into(),
+        ),
+        ("COMPUTEARBITRAGE_WORKLOADS__DRAIN_MS", "1500".into()),
+        (
+            "COMPUTEARBITRAGE_WORKLOADS__AGENT_HEARTBEAT_MS",
+            "300".into(),
+        ),
+    ]
+}
+
 fn start(dir: &Path, prices: &Path) -> Service {
-    Service::start(
-        dir,
-        &[
-            (
-                "COMPUTEARBITRAGE_PRICING__SNAPSHOT__DIR",
-                prices.to_str().unwrap(),
-            ),
-            ("COMPUTEARBITRAGE_PRICING__SNAPSHOT__INTERVAL_SECONDS", "1"),
-            ("COMPUTEARBITRAGE_WORKLOADS__REBALANCE_CHECK_MS", "200"),
-            ("COMPUTEARBITRAGE_WORKLOADS__DRAIN_MS", "1500"),
-            ("COMPUTEARBITRAGE_WORKLOADS__AGENT_HEARTBEAT_MS", "300"),
-        ],
-    )
+    let env = settings(prices);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Service::start(dir, &env)
 }
 
 /// What the clients saw: status codes, and requests that got no answer at all.
@@ -530,4 +542,165 @@ async fn an_env_change_is_a_rolling_replacement_with_no_failed_request() {
         (status, body["workload"].as_str()),
         (200, Some(format!("{name}-v2").as_str()))
     );
+}
+
+/// kill -9 the service at a step of a rebalance, restart it where the agents call it,
+/// and check the move completes once: RUNNING at every look after the restart, the
+/// state restored on the cheaper offer, one live workload, the crashed step redone and
+/// no completed step redone.
+async fn crash_during_rebalance(step: &str, when: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let prices = tempfile::tempdir().unwrap();
+    write_prices(prices.path(), (0.096, 0.050), (0.097, 0.080));
+    let name = format!("rcrash-{step}-{when}-{}", std::process::id());
+    let pause = format!("migrate.{step}:{when}");
+    let env = settings(prices.path());
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let service = {
+        let mut paused = env.clone();
+        paused.push(("CA_TEST_PAUSE_AT", pause.as_str()));
+        Service::start(dir.path(), &paused)
+    };
+    let mut client = service.workloads().await;
+    let mut spec = spec(&name, &[("SAVE_EVERY_COUNT", "1")]);
+    if let Some(r) = spec.requirements.as_mut() {
+        r.allow_unknown_interruption_rate = Some(true);
+    }
+    spec.storage = test_storage();
+    spec.rebalance = Some(pb::RebalanceSpec {
+        min_savings_percent: 30.0,
+        min_duration_seconds: Some(0),
+    });
+    let created = client
+        .apply_workload(authed(pb::ApplyWorkloadRequest { spec: Some(spec) }))
+        .await
+        .unwrap()
+        .into_inner();
+    let before = wait_status(
+        &mut client,
+        &created.id,
+        &["RUNNING"],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(before.cloud, "aws");
+    let count_url = format!("{}/count", before.endpoint.trim_end_matches('/'));
+    for _ in 0..3 {
+        assert_eq!(get_json(&count_url, &before.access_token).await.0, 200);
+    }
+    write_prices(prices.path(), (0.096, 0.050), (0.097, 0.020));
+    service.wait_for_log(&format!("paused at {pause}"), Duration::from_secs(30));
+    let address = service.address();
+    service.kill();
+
+    env.retain(|(k, _)| *k != "CA_TEST_PAUSE_AT");
+    let service = Service::start_on(dir.path(), &address, &env);
+    let mut client = service.workloads().await;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let migration = loop {
+        let w = get(&mut client, &created.id).await;
+        assert_eq!(
+            w.status, "RUNNING",
+            "a rebalance never leaves RUNNING, even across a crash at {pause}: {}",
+            w.status_reason
+        );
+        let runs = client
+            .list_runs(authed(pb::ListRunsRequest {
+                workload_id: created.id.clone(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .runs;
+        if let Some(m) = runs.into_iter().find(|r| r.kind == "migrate") {
+            if m.status != "running" {
+                break m;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rebalance did not finish after a crash at {pause}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(migration.status, "completed", "{migration:?}");
+    for s in &migration.steps {
+        let expected = if s.name == step && when != "after" {
+            2
+        } else {
+            1
+        };
+        assert_eq!(
+            (s.completed, s.attempts),
+            (true, expected),
+            "{} after a crash at {pause}",
+            s.name
+        );
+    }
+    let after = get(&mut client, &created.id).await;
+    assert_eq!(
+        (after.cloud.as_str(), after.status.as_str()),
+        ("gcp", "RUNNING")
+    );
+    assert_ne!(after.instance_id, before.instance_id);
+    let state_url = format!("{}/state", after.endpoint.trim_end_matches('/'));
+    let (_, state) = get_json(&state_url, &after.access_token).await;
+    assert_eq!(
+        (state["restored"].clone(), state["count"].clone()),
+        (serde_json::json!(true), serde_json::json!(3)),
+        "after a crash at {pause}: {state}"
+    );
+    assert_eq!(
+        processes_with_env("WORKLOAD_NAME", &name).len(),
+        1,
+        "one live instance after a crash at {pause}"
+    );
+    let billing = client
+        .get_billing(authed(pb::GetBillingRequest {
+            workload_id: created.id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            billing.records.len(),
+            billing.records.iter().filter(|r| r.open).count()
+        ),
+        (2, 1),
+        "one closed segment and the open one: {billing:?}"
+    );
+    client
+        .delete_workload(authed(pb::DeleteWorkloadRequest {
+            id: created.id.clone(),
+            reason: String::new(),
+        }))
+        .await
+        .unwrap();
+    wait_status(
+        &mut client,
+        &created.id,
+        &["TERMINATED"],
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(processes_with_env("WORKLOAD_NAME", &name).is_empty());
+    service.stop();
+    kill_workloads(dir.path());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_at_each_step_of_a_rebalance_resumes_it_once() {
+    for step in [
+        "placement",
+        "provision",
+        "await-checkpoint",
+        "wait-healthy",
+        "switch-route",
+        "terminate-replaced",
+        "notify",
+    ] {
+        crash_during_rebalance(step, "uncommitted").await;
+    }
+    crash_during_rebalance("switch-route", "after").await;
 }
