@@ -19,7 +19,7 @@
 //! - [`ErrorBody`]: every refusal, with what to do.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub mod paths {
     pub const REGISTER: &str = "/agent/v1/register";
@@ -148,8 +148,11 @@ pub struct CheckpointGrantRequest {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CheckpointGrant {
-    /// Signed PUT URL per chunk, by SHA-256.
+    /// Signed PUT URL per chunk to upload, by SHA-256.
     pub chunk_urls: BTreeMap<String, String>,
+    /// Chunks an earlier checkpoint already stored: named by the manifest, not sent.
+    #[serde(default)]
+    pub reused: BTreeSet<String>,
     /// Signed PUT URL of `manifest.json`; upload it last.
     pub manifest_url: String,
 }

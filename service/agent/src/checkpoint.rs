@@ -229,15 +229,16 @@ pub async fn upload(
     if let Some(sha) = packed
         .chunks
         .keys()
-        .find(|sha| !grant.chunk_urls.contains_key(*sha))
+        .find(|sha| !grant.chunk_urls.contains_key(*sha) && !grant.reused.contains(*sha))
     {
         return Err(CheckpointError::Corrupt(format!(
-            "the grant has no URL for chunk {sha}"
+            "the grant has no URL for chunk {sha}, and it is not one already stored"
         )));
     }
     if let Some(sha) = grant
         .chunk_urls
         .keys()
+        .chain(grant.reused.iter())
         .find(|sha| !packed.chunks.contains_key(*sha))
     {
         return Err(CheckpointError::Corrupt(format!(
@@ -821,6 +822,7 @@ mod tests {
                     (sha, url)
                 })
                 .collect(),
+            reused: Default::default(),
             manifest_url: format!("{base}{MANIFEST_KEY}?signature=s"),
         }
     }

@@ -9,6 +9,8 @@ use common::*;
 use computearbitrage_api::pb;
 use std::time::{Duration, Instant};
 
+type Client = pb::workloads_client::WorkloadsClient<tonic::transport::Channel>;
+
 fn migrating_spec(name: &str) -> pb::WorkloadSpec {
     let mut spec = spec(name, &[]);
     spec.on_interruption = "migrate".into();
@@ -1022,4 +1024,115 @@ async fn periodic_checkpoints_keep_the_newest_change_in_place_and_bring_a_vanish
     .await;
     service.stop();
     kill_workloads(&root.path().join("data"));
+}
+
+/// The chunks stored under `checkpoints/chunks/`: (count, bytes).
+async fn shared_chunks(service: &Service, workload_id: &str) -> (usize, u64) {
+    let mut client = service.workloads().await;
+    let objects = client
+        .list_objects(authed(pb::ListObjectsRequest {
+            workload_id: workload_id.into(),
+            prefix: "checkpoints/chunks/".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .objects;
+    (objects.len(), objects.iter().map(|o| o.size_bytes).sum())
+}
+
+async fn exec_ok(client: &mut Client, id: &str, script: &str) -> String {
+    let task = queue_task(client, id, "exec", &["sh", "-c", script], 30).await;
+    let done = wait_task(client, &task, Duration::from_secs(30)).await;
+    assert_eq!(done.exit_code, Some(0), "{script}: {}", done.output);
+    done.output
+}
+
+async fn checkpoint_now(client: &mut Client, id: &str) {
+    let task = queue_task(client, id, "checkpoint", &[], 60).await;
+    let done = wait_task(client, &task, Duration::from_secs(60)).await;
+    assert_eq!(done.state, "COMPLETED", "{done:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_checkpoint_uploads_only_the_chunks_no_earlier_one_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(
+        dir.path(),
+        &[("COMPUTEARBITRAGE_WORKLOADS__AGENT_HEARTBEAT_MS", "300")],
+    );
+    let mut client = service.workloads().await;
+    let created = client
+        .apply_workload(authed(pb::ApplyWorkloadRequest {
+            spec: Some(migrating_spec(&format!("chunks-{}", std::process::id()))),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let before = wait_status(
+        &mut client,
+        &created.id,
+        &["RUNNING"],
+        Duration::from_secs(30),
+    )
+    .await;
+    // 20 MiB: three chunks of at most 8 MiB.
+    exec_ok(
+        &mut client,
+        &created.id,
+        "head -c 20971520 /dev/urandom > checkpoint/big",
+    )
+    .await;
+    checkpoint_now(&mut client, &created.id).await;
+    let (count, bytes) = shared_chunks(&service, &created.id).await;
+    assert_eq!(
+        (count, bytes),
+        (3, 20 << 20),
+        "the first copy stores it all"
+    );
+
+    // Nothing changed: the next checkpoint stores only its manifest.
+    checkpoint_now(&mut client, &created.id).await;
+    assert_eq!(shared_chunks(&service, &created.id).await, (3, 20 << 20));
+    assert_eq!(complete_checkpoints(&service, &created.id).await.len(), 2);
+
+    // One byte of the last chunk changes: one new chunk of 4 MiB, not 20 MiB again.
+    exec_ok(
+        &mut client,
+        &created.id,
+        "printf x | dd of=checkpoint/big bs=1 seek=20971000 conv=notrunc 2>/dev/null",
+    )
+    .await;
+    checkpoint_now(&mut client, &created.id).await;
+    assert_eq!(
+        shared_chunks(&service, &created.id).await,
+        (4, (20 << 20) + (4 << 20))
+    );
+    let digest = exec_ok(&mut client, &created.id, "sha256sum checkpoint/big").await;
+
+    // A migration restores the newest from the shared chunks, byte for byte.
+    service
+        .admin()
+        .await
+        .inject_interruption(authed(pb::InjectInterruptionRequest {
+            workload_id: created.id.clone(),
+            delay_ms: 0,
+        }))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let w = get(&mut client, &created.id).await;
+        if w.status == "RUNNING" && w.instance_id != before.instance_id {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not migrated: {}", w.status);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        exec_ok(&mut client, &created.id, "sha256sum checkpoint/big").await,
+        digest
+    );
+    service.stop();
+    kill_workloads(dir.path());
 }

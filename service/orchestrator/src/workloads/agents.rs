@@ -23,7 +23,7 @@ use computearbitrage_core::WorkloadStatus;
 use computearbitrage_storage::{Area, Method, ObjectKey, Prefix, Storage};
 use computearbitrage_store::{RunKind, RunRecord, RunStatus, WorkloadRecord};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -196,12 +196,53 @@ fn is_sha256_hex(text: &str) -> bool {
     text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-fn chunk_key(workload_id: &str, name: &str, sha: &str) -> Result<ObjectKey, AgentError> {
+/// Where a chunk is stored: once per workload, by content, shared by every checkpoint
+/// that holds it (`checkpoints/chunks/SHA`), so a checkpoint uploads only the chunks
+/// no earlier one stored.
+fn chunk_key(workload_id: &str, sha: &str) -> Result<ObjectKey, AgentError> {
+    Ok(ObjectKey::new(
+        workload_id,
+        Area::Checkpoints,
+        &format!("{SHARED_CHUNKS}/{sha}"),
+    )?)
+}
+
+/// Where checkpoints written before chunks were shared keep theirs.
+fn own_chunk_key(workload_id: &str, name: &str, sha: &str) -> Result<ObjectKey, AgentError> {
     Ok(ObjectKey::new(
         workload_id,
         Area::Checkpoints,
         &format!("{name}/chunks/{sha}"),
     )?)
+}
+
+/// The directory of shared chunks under `checkpoints/`; never a checkpoint's name
+/// (those are digits).
+const SHARED_CHUNKS: &str = "chunks";
+
+/// A chunk the collector finds unreferenced is still kept this long after it was
+/// written: a checkpoint under way has uploaded it, and its manifest is not there yet.
+const CHUNK_GRACE_MS: i64 = 2 * 3600 * 1000;
+
+/// Shared chunks that checkpoints under way were told to reuse: (checkpoint name,
+/// chunks, granted at).
+pub(crate) type ReusedChunks = Vec<(String, BTreeSet<String>, std::time::Instant)>;
+
+/// The shared chunks stored for a workload, with when each was written.
+async fn stored_chunks(
+    storage: &Storage,
+    workload_id: &str,
+) -> Result<BTreeMap<String, (u64, i64)>, computearbitrage_storage::StorageError> {
+    let prefix = Prefix::area(workload_id, Area::Checkpoints, Some(SHARED_CHUNKS))?;
+    Ok(storage
+        .list(&prefix)
+        .await?
+        .into_iter()
+        .filter_map(|o| {
+            let sha = o.key.path().strip_prefix("chunks/")?;
+            is_sha256_hex(sha).then(|| (sha.to_string(), (o.size, o.modified_ms)))
+        })
+        .collect())
 }
 
 fn manifest_key(workload_id: &str, name: &str) -> Result<ObjectKey, AgentError> {
@@ -446,13 +487,18 @@ impl Orchestrator {
                 workload.id
             )))
         })?;
+        let shared = stored_chunks(&link.storage, &workload.id).await?;
         let mut chunk_urls = BTreeMap::new();
         for file in &manifest.files {
             for sha in &file.chunks {
                 if chunk_urls.contains_key(sha) || !is_sha256_hex(sha) {
                     continue;
                 }
-                let key = chunk_key(&workload.id, name, sha)?;
+                let key = if shared.contains_key(sha) {
+                    chunk_key(&workload.id, sha)?
+                } else {
+                    own_chunk_key(&workload.id, name, sha)?
+                };
                 let signed = link.storage.signed_url(Method::Get, &key, None, 0).await?;
                 chunk_urls.insert(sha.clone(), signed.url);
             }
@@ -619,10 +665,22 @@ impl Orchestrator {
             )));
         }
         let quota = workload.spec.storage.quota_bytes();
+        // Chunks an earlier checkpoint stored (same content, same size) are reused,
+        // and held from the collector until this checkpoint reports.
+        let stored = stored_chunks(&link.storage, &workload.id).await?;
+        let reused: BTreeSet<String> = request
+            .chunks
+            .iter()
+            .filter(|(sha, size)| stored.get(*sha).is_some_and(|(s, _)| s == *size))
+            .map(|(sha, _)| sha.clone())
+            .collect();
         let declared = request
             .chunks
-            .values()
-            .try_fold(request.manifest_bytes, |sum, size| sum.checked_add(*size))
+            .iter()
+            .filter(|(sha, _)| !reused.contains(*sha))
+            .try_fold(request.manifest_bytes, |sum, (_, size)| {
+                sum.checked_add(*size)
+            })
             .ok_or_else(|| AgentError::Invalid("the declared sizes overflow".into()))?;
         let used = link.storage.usage(&workload.id).await?;
         if used + declared > quota {
@@ -631,9 +689,22 @@ impl Orchestrator {
                 request.name, workload.id
             )));
         }
+        {
+            let mut held = self.reused_chunks.lock().unwrap_or_else(|p| p.into_inner());
+            let held = held.entry(workload.id.clone()).or_default();
+            // A checkpoint that never reported lets go after its URLs have expired.
+            held.retain(|(name, _, at)| {
+                *name != request.name && at.elapsed() < Duration::from_millis(CHUNK_GRACE_MS as u64)
+            });
+            held.push((
+                request.name.clone(),
+                reused.clone(),
+                std::time::Instant::now(),
+            ));
+        }
         let mut chunk_urls = BTreeMap::new();
-        for sha in request.chunks.keys() {
-            let key = chunk_key(&workload.id, &request.name, sha)?;
+        for sha in request.chunks.keys().filter(|sha| !reused.contains(*sha)) {
+            let key = chunk_key(&workload.id, sha)?;
             // Checked against the quota once, above, for the whole checkpoint.
             let signed = link
                 .storage
@@ -657,6 +728,7 @@ impl Orchestrator {
             .await?;
         Ok(protocol::CheckpointGrant {
             chunk_urls,
+            reused,
             manifest_url: manifest.url,
         })
     }
@@ -691,12 +763,16 @@ impl Orchestrator {
                 tracing::info!(workload_id = %workload.id, checkpoint = %report.name, trigger = %report.trigger, bytes = report.bytes, files = report.files, duration_ms = report.duration_ms, "checkpoint complete");
                 if let Some(link) = self.agent_link() {
                     let keep = workload.spec.checkpoint.keep;
-                    if let Err(e) = prune_checkpoints(&link.storage, &workload.id, keep).await {
+                    let held = self.release_reused(&workload.id, &report.name);
+                    if let Err(e) =
+                        prune_checkpoints(&link.storage, &workload.id, keep, &held).await
+                    {
                         tracing::warn!(workload_id = %workload.id, error = %e, "cannot prune old checkpoints; will try after the next one");
                     }
                 }
             }
             Some(error) => {
+                self.release_reused(&workload.id, &report.name);
                 tracing::warn!(workload_id = %workload.id, checkpoint = %report.name, trigger = %report.trigger, error = %error, "checkpoint failed");
             }
         }
@@ -722,6 +798,19 @@ impl Orchestrator {
                 },
             );
         Ok(())
+    }
+
+    /// Lets go of the chunks checkpoint `name` reused; the chunks other checkpoints
+    /// under way still hold.
+    fn release_reused(&self, workload_id: &str, name: &str) -> BTreeSet<String> {
+        let mut held = self.reused_chunks.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(list) = held.get_mut(workload_id) else {
+            return BTreeSet::new();
+        };
+        list.retain(|(n, _, _)| n != name);
+        list.iter()
+            .flat_map(|(_, chunks, _)| chunks.iter().cloned())
+            .collect()
     }
 
     /// The workload exited: keep its last lines for the diagnostic of its run.
@@ -925,11 +1014,13 @@ fn checkpointing(spec: &computearbitrage_core::WorkloadSpec) -> protocol::Checkp
 
 /// Keeps the newest `keep` complete checkpoints (the spec's); deletes older complete
 /// ones and incomplete ones older than the newest complete one (an upload cut short).
-/// A complete checkpoint newer than every kept one is never deleted.
+/// A complete checkpoint newer than every kept one is never deleted. Then collects the
+/// shared chunks no checkpoint needs any more.
 async fn prune_checkpoints(
     storage: &Storage,
     workload_id: &str,
     keep: u32,
+    held: &BTreeSet<String>,
 ) -> Result<(), computearbitrage_storage::StorageError> {
     let complete = complete_checkpoints(storage, workload_id).await?;
     let Some(newest) = complete.last().and_then(|n| n.parse::<u64>().ok()) else {
@@ -963,12 +1054,122 @@ async fn prune_checkpoints(
         let removed = storage.delete_prefix(&dir).await?;
         tracing::info!(workload_id, checkpoint = %name, objects = removed, "old checkpoint deleted");
     }
+    collect_chunks(storage, workload_id, held, CHUNK_GRACE_MS).await
+}
+
+/// Deletes the shared chunks that no complete checkpoint names and no checkpoint under
+/// way reuses (`held`), once they are older than `grace_ms` ([`CHUNK_GRACE_MS`]): a
+/// newer one may belong to an upload whose manifest is still to come.
+async fn collect_chunks(
+    storage: &Storage,
+    workload_id: &str,
+    held: &BTreeSet<String>,
+    grace_ms: i64,
+) -> Result<(), computearbitrage_storage::StorageError> {
+    let mut referenced = held.clone();
+    for name in complete_checkpoints(storage, workload_id).await? {
+        let key = ObjectKey::new(
+            workload_id,
+            Area::Checkpoints,
+            &format!("{name}/{}", protocol::MANIFEST),
+        )?;
+        let bytes = storage.get(&key).await?;
+        // An unreadable manifest keeps everything: nothing is deleted on a guess.
+        let Ok(manifest) = serde_json::from_slice::<protocol::Manifest>(&bytes) else {
+            tracing::warn!(workload_id, checkpoint = %name, "unreadable manifest; no chunk collected");
+            return Ok(());
+        };
+        referenced.extend(manifest.files.into_iter().flat_map(|f| f.chunks));
+    }
+    let now = now_ms();
+    let mut removed = 0;
+    for (sha, (_, modified_ms)) in stored_chunks(storage, workload_id).await? {
+        if referenced.contains(&sha) || now - modified_ms < grace_ms {
+            continue;
+        }
+        let key = ObjectKey::new(
+            workload_id,
+            Area::Checkpoints,
+            &format!("{SHARED_CHUNKS}/{sha}"),
+        )?;
+        storage.delete(&key).await?;
+        removed += 1;
+    }
+    if removed > 0 {
+        tracing::info!(
+            workload_id,
+            chunks = removed,
+            "unreferenced checkpoint chunks deleted"
+        );
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_chunk_collector_keeps_what_a_manifest_names_what_is_held_and_what_is_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::local(
+            dir.path(),
+            computearbitrage_storage::UrlSigner::new([7; 32]),
+            "http://127.0.0.1:1",
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let sha = |c: char| c.to_string().repeat(64);
+        for c in ['a', 'b', 'c', 'd'] {
+            storage
+                .put(&chunk_key("w1", &sha(c)).unwrap(), bytes::Bytes::from("x"))
+                .await
+                .unwrap();
+        }
+        let manifest = protocol::Manifest {
+            version: 1,
+            created_at_ms: 1,
+            directories: Vec::new(),
+            files: vec![protocol::ManifestFile {
+                path: "f".into(),
+                size: 2,
+                mode: 0o644,
+                chunks: vec![sha('a'), sha('a')],
+            }],
+            total_bytes: 2,
+            trigger: "task".into(),
+        };
+        storage
+            .put(
+                &manifest_key("w1", "100").unwrap(),
+                bytes::Bytes::from(serde_json::to_vec(&manifest).unwrap()),
+            )
+            .await
+            .unwrap();
+        let held = BTreeSet::from([sha('b')]);
+        // Every chunk is new: within the grace, nothing goes.
+        collect_chunks(&storage, "w1", &held, 3_600_000)
+            .await
+            .unwrap();
+        assert_eq!(stored_chunks(&storage, "w1").await.unwrap().len(), 4);
+        // Past it: the named one and the held one stay.
+        collect_chunks(&storage, "w1", &held, -1).await.unwrap();
+        let left: Vec<String> = stored_chunks(&storage, "w1")
+            .await
+            .unwrap()
+            .into_keys()
+            .collect();
+        assert_eq!(left, vec![sha('a'), sha('b')]);
+        // A manifest that cannot be read keeps everything.
+        storage
+            .put(&manifest_key("w1", "200").unwrap(), bytes::Bytes::from("{"))
+            .await
+            .unwrap();
+        collect_chunks(&storage, "w1", &BTreeSet::new(), -1)
+            .await
+            .unwrap();
+        assert_eq!(stored_chunks(&storage, "w1").await.unwrap().len(), 2);
+    }
 
     #[test]
     fn the_log_ring_keeps_the_newest_lines_and_says_what_was_missed() {
