@@ -8,8 +8,8 @@ random bytes into the workload's $CHECKPOINT_DIR. Then:
   The agent packs $CHECKPOINT_DIR into content-hashed chunks and uploads them through
   signed URLs on the service's port, the manifest last;
 - restore: an interruption notice (the cloud's real window). The old agent takes its
-  final checkpoint (the whole directory again: chunks are kept per checkpoint), and the
-  replacement restores it, each chunk verified, and serves. The restore itself is the
+  final checkpoint (only its manifest: every chunk is stored already, and chunks are
+  shared by a workload's checkpoints), and the replacement restores it, each chunk verified, and serves. The restore itself is the
   replacement agent's own `checkpoint restored … duration_ms`, read from its log; the
   whole move is timed from the notice until the restored workload answers;
 - cp: the same file copied with `cp` from one directory to another on the disk the
@@ -72,6 +72,18 @@ def agent_durations(data_dir, marker):
                 if match:
                     found.append(int(match.group(1)) / 1000)
     return found
+
+
+def final_checkpoint_bytes(data_dir):
+    """The bytes the final checkpoint (after the notice) uploaded, from the old agent's log."""
+    for log in data_dir.rglob("*.log"):
+        for line in log.read_text(errors="replace").splitlines():
+            line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+            if re.search(r'trigger="?notice"?', line) and "duration_ms=" in line:
+                match = re.search(r"bytes=(\d+)", line)
+                if match:
+                    return int(match.group(1))
+    return None
 
 
 def cp_seconds(directory, mib):
@@ -142,6 +154,7 @@ def main():
             if not restores:
                 raise SystemExit("checkpoint_gib: no `checkpoint restored` line in the agents' logs")
             restore_s = max(restores)
+            final_bytes = final_checkpoint_bytes(tmp / "data")
             workloads.DeleteWorkload(pb.DeleteWorkloadRequest(id=w.id), metadata=metadata)
         finally:
             process.terminate()
@@ -156,7 +169,8 @@ def main():
     print(f"| `cp` then `sync` | {synced:.2f} s | {mib / synced:.0f} | {baseline / synced:.2f} |")
     print(f"| checkpoint task (pack, hash, upload through signed URLs) | {checkpoint_s:.2f} s | {mib / checkpoint_s:.0f} | {baseline / checkpoint_s:.2f} |")
     print(f"| restore on the replacement (download, verify, write; its agent's own timing) | {restore_s:.2f} s | {mib / restore_s:.0f} | {baseline / restore_s:.2f} |")
-    print(f"\nThe whole move, notice → serving restored (final checkpoint of {mib} MiB, restore, start): {move_s:.2f} s.")
+    sent = "unknown" if final_bytes is None else f"{final_bytes:,} bytes"
+    print(f"\nThe whole move, notice → serving restored (final checkpoint, restore, start): {move_s:.2f} s. The final checkpoint uploaded {sent} of the {mib} MiB directory.")
 
 
 if __name__ == "__main__":

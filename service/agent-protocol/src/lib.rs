@@ -144,6 +144,10 @@ pub struct CheckpointGrantRequest {
     /// SHA-256 (hex) → size of each distinct chunk.
     pub chunks: BTreeMap<String, u64>,
     pub manifest_bytes: u64,
+    /// The agent reuses chunks already stored ([`CheckpointGrant::reused`]). An agent
+    /// from before shared chunks sends nothing, and is granted a URL for every chunk.
+    #[serde(default)]
+    pub reuse_stored: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -53,6 +53,7 @@ where
         name: name.to_string(),
         chunks: packed.chunk_sizes(),
         manifest_bytes: packed.manifest_json().len() as u64,
+        reuse_stored: true,
     };
     let grant = grant(request).await?;
     let bytes = checkpoint::upload(http, &packed, &grant)

@@ -51,21 +51,6 @@ pub async fn serve(
         },
     )?;
     let mut local_options = config.workloads.local.options(&config.data_dir)?;
-    // An instance with its own network reaches the service through a forwarded port at
-    // another address, which the service's TLS certificate does not name.
-    if config.tls.enabled()
-        && matches!(
-            local_options.network,
-            computearbitrage_driver_local::Network::Namespace(_)
-        )
-    {
-        if config.workloads.local.network == "namespace" {
-            return Err(ServiceError::config(
-                "invalid value for config key `workloads.local.network`: `namespace` cannot be used with TLS (an instance reaches the service at its own pair's address, which the certificate does not name); use `auto` or `loopback`".to_string(),
-            ));
-        }
-        local_options.network = computearbitrage_driver_local::Network::Loopback;
-    }
     let store: Arc<dyn Store> = match config.store.engine {
         StoreEngine::Sqlite => Arc::new(SqliteStore::open(&config.sqlite_file())?),
     };
@@ -153,6 +138,33 @@ pub async fn serve(
         &storage_base,
     )?);
     tracing::info!(backend = ?storage.kind(), url = %storage_base, "workload storage");
+    // An instance with its own network reaches only the service, through a forwarded
+    // plain-TCP port at its pair's address: URLs that name the service over TLS (the
+    // certificate does not name that address), or another host (a cloud's object
+    // store, with no route from the namespace), cannot work there.
+    if let computearbitrage_driver_local::Network::Namespace(_) = local_options.network {
+        let why = if !storage_base.starts_with("http://") {
+            Some(format!(
+                "the service's URLs for agents are {storage_base}, not plain http://"
+            ))
+        } else if storage.kind() != computearbitrage_storage::BackendKind::Local {
+            Some(format!(
+                "storage is {:?}, whose signed URLs point at another host",
+                storage.kind()
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            if config.workloads.local.network == "namespace" {
+                return Err(ServiceError::config(format!(
+                    "invalid value for config key `workloads.local.network`: `namespace` cannot work here: {why}, and an instance with its own network reaches only the service, over a forwarded plain-TCP port; use `auto` or `loopback`"
+                )));
+            }
+            tracing::warn!(reason = %why, "local instances use the loopback interface, not a network namespace each");
+            local_options.network = computearbitrage_driver_local::Network::Loopback;
+        }
+    }
 
     // Workloads: the local driver stands in for every cloud on embedded defaults.
     if local_options.run_as == computearbitrage_driver_local::RunAs::Service

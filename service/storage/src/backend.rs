@@ -309,6 +309,11 @@ impl Storage {
     }
 
     /// The local backend's signer (the service's HTTP side verifies with it).
+    /// How long a signed URL works (`storage.url_expiry_seconds`).
+    pub fn url_expiry(&self) -> Duration {
+        self.url_expiry
+    }
+
     pub fn local_signer(&self) -> Option<&UrlSigner> {
         match &self.signing {
             Signing::Local { signer, .. } => Some(signer),

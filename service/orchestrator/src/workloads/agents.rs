@@ -221,12 +221,68 @@ fn own_chunk_key(workload_id: &str, name: &str, sha: &str) -> Result<ObjectKey, 
 const SHARED_CHUNKS: &str = "chunks";
 
 /// A chunk the collector finds unreferenced is still kept this long after it was
-/// written: a checkpoint under way has uploaded it, and its manifest is not there yet.
+/// written (or twice the URL expiry, if longer): a checkpoint under way has uploaded
+/// it, and its manifest is not there yet.
 const CHUNK_GRACE_MS: i64 = 2 * 3600 * 1000;
 
-/// Shared chunks that checkpoints under way were told to reuse: (checkpoint name,
-/// chunks, granted at).
-pub(crate) type ReusedChunks = Vec<(String, BTreeSet<String>, std::time::Instant)>;
+/// Beside a checkpoint under way, the chunks it names (a JSON list of SHA-256s),
+/// written at its grant. Kept in storage, not in memory: a service that restarts while
+/// a checkpoint is under way must not collect a chunk that checkpoint reuses.
+const HELD: &str = "held.json";
+
+fn held_key(workload_id: &str, name: &str) -> Result<ObjectKey, AgentError> {
+    Ok(ObjectKey::new(
+        workload_id,
+        Area::Checkpoints,
+        &format!("{name}/{HELD}"),
+    )?)
+}
+
+/// How long a checkpoint under way holds its chunks, and an unreferenced chunk is
+/// kept: an upload goes on as long as its URLs work, and the grace outlasts them.
+fn chunk_grace_ms(storage: &Storage) -> i64 {
+    CHUNK_GRACE_MS.max(2 * storage.url_expiry().as_millis() as i64)
+}
+
+/// The checkpoints under way (a hold younger than `grace_ms`, no manifest yet), each
+/// with the chunks it holds; `None` when a hold cannot be read, so nothing is deleted
+/// on a guess.
+async fn checkpoints_under_way(
+    storage: &Storage,
+    workload_id: &str,
+    grace_ms: i64,
+) -> Result<Option<BTreeMap<String, BTreeSet<String>>>, computearbitrage_storage::StorageError> {
+    let prefix = Prefix::area(workload_id, Area::Checkpoints, None)?;
+    let objects = storage.list(&prefix).await?;
+    let complete: BTreeSet<&str> = objects
+        .iter()
+        .filter_map(|o| {
+            o.key
+                .path()
+                .strip_suffix(&format!("/{}", protocol::MANIFEST))
+        })
+        .collect();
+    let now = now_ms();
+    let mut under_way = BTreeMap::new();
+    for object in &objects {
+        let Some(name) = object.key.path().strip_suffix(&format!("/{HELD}")) else {
+            continue;
+        };
+        if !checkpoint_name_ok(name)
+            || complete.contains(name)
+            || now - object.modified_ms >= grace_ms
+        {
+            continue;
+        }
+        let bytes = storage.get(&object.key).await?;
+        let Ok(chunks) = serde_json::from_slice::<BTreeSet<String>>(&bytes) else {
+            tracing::warn!(workload_id, checkpoint = %name, "unreadable chunk hold; no chunk collected");
+            return Ok(None);
+        };
+        under_way.insert(name.to_string(), chunks);
+    }
+    Ok(Some(under_way))
+}
 
 /// The shared chunks stored for a workload, with when each was written.
 async fn stored_chunks(
@@ -665,9 +721,24 @@ impl Orchestrator {
             )));
         }
         let quota = workload.spec.storage.quota_bytes();
-        // Chunks an earlier checkpoint stored (same content, same size) are reused,
-        // and held from the collector until this checkpoint reports.
-        let stored = stored_chunks(&link.storage, &workload.id).await?;
+        // Every chunk it names is held from the collector until this checkpoint
+        // reports (or the grace ends), before the stored ones are listed: a collection
+        // in between must not delete a chunk this checkpoint is then told to reuse.
+        let held: Vec<&String> = request.chunks.keys().collect();
+        link.storage
+            .put(
+                &held_key(&workload.id, &request.name)?,
+                bytes::Bytes::from(serde_json::to_vec(&held).map_err(|e| {
+                    AgentError::Invalid(format!("cannot encode the chunk list: {e}"))
+                })?),
+            )
+            .await?;
+        // Chunks an earlier checkpoint stored (same content, same size) are reused.
+        let stored = if request.reuse_stored {
+            stored_chunks(&link.storage, &workload.id).await?
+        } else {
+            BTreeMap::new()
+        };
         let reused: BTreeSet<String> = request
             .chunks
             .iter()
@@ -688,19 +759,6 @@ impl Orchestrator {
                 "checkpoint {} needs {declared} bytes and workload {} already stores {used} of its {quota} (storage.quota_gb); raise the quota or checkpoint less",
                 request.name, workload.id
             )));
-        }
-        {
-            let mut held = self.reused_chunks.lock().unwrap_or_else(|p| p.into_inner());
-            let held = held.entry(workload.id.clone()).or_default();
-            // A checkpoint that never reported lets go after its URLs have expired.
-            held.retain(|(name, _, at)| {
-                *name != request.name && at.elapsed() < Duration::from_millis(CHUNK_GRACE_MS as u64)
-            });
-            held.push((
-                request.name.clone(),
-                reused.clone(),
-                std::time::Instant::now(),
-            ));
         }
         let mut chunk_urls = BTreeMap::new();
         for sha in request.chunks.keys().filter(|sha| !reused.contains(*sha)) {
@@ -762,17 +820,17 @@ impl Orchestrator {
             None => {
                 tracing::info!(workload_id = %workload.id, checkpoint = %report.name, trigger = %report.trigger, bytes = report.bytes, files = report.files, duration_ms = report.duration_ms, "checkpoint complete");
                 if let Some(link) = self.agent_link() {
+                    self.release_chunks(link, &workload.id, &report.name).await;
                     let keep = workload.spec.checkpoint.keep;
-                    let held = self.release_reused(&workload.id, &report.name);
-                    if let Err(e) =
-                        prune_checkpoints(&link.storage, &workload.id, keep, &held).await
-                    {
+                    if let Err(e) = prune_checkpoints(&link.storage, &workload.id, keep).await {
                         tracing::warn!(workload_id = %workload.id, error = %e, "cannot prune old checkpoints; will try after the next one");
                     }
                 }
             }
             Some(error) => {
-                self.release_reused(&workload.id, &report.name);
+                if let Some(link) = self.agent_link() {
+                    self.release_chunks(link, &workload.id, &report.name).await;
+                }
                 tracing::warn!(workload_id = %workload.id, checkpoint = %report.name, trigger = %report.trigger, error = %error, "checkpoint failed");
             }
         }
@@ -800,17 +858,16 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// Lets go of the chunks checkpoint `name` reused; the chunks other checkpoints
-    /// under way still hold.
-    fn release_reused(&self, workload_id: &str, name: &str) -> BTreeSet<String> {
-        let mut held = self.reused_chunks.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(list) = held.get_mut(workload_id) else {
-            return BTreeSet::new();
+    /// Checkpoint `name` reported: its hold goes (a complete one's manifest names its
+    /// chunks). One that cannot be deleted lapses after the grace.
+    async fn release_chunks(&self, link: &AgentLink, workload_id: &str, name: &str) {
+        let deleted = match held_key(workload_id, name) {
+            Ok(key) => link.storage.delete(&key).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
         };
-        list.retain(|(n, _, _)| n != name);
-        list.iter()
-            .flat_map(|(_, chunks, _)| chunks.iter().cloned())
-            .collect()
+        if let Err(e) = deleted {
+            tracing::warn!(workload_id, checkpoint = %name, error = %e, "cannot release the checkpoint's chunk hold; it lapses after the grace");
+        }
     }
 
     /// The workload exited: keep its last lines for the diagnostic of its run.
@@ -1020,8 +1077,11 @@ async fn prune_checkpoints(
     storage: &Storage,
     workload_id: &str,
     keep: u32,
-    held: &BTreeSet<String>,
 ) -> Result<(), computearbitrage_storage::StorageError> {
+    let grace = chunk_grace_ms(storage);
+    let Some(under_way) = checkpoints_under_way(storage, workload_id, grace).await? else {
+        return Ok(());
+    };
     let complete = complete_checkpoints(storage, workload_id).await?;
     let Some(newest) = complete.last().and_then(|n| n.parse::<u64>().ok()) else {
         return Ok(());
@@ -1040,7 +1100,9 @@ async fn prune_checkpoints(
         let Ok(number) = name.parse::<u64>() else {
             continue;
         };
-        if kept.contains(&&name) || number >= newest {
+        // One still under way (older than the newest, as a long periodic one can be)
+        // keeps its hold.
+        if kept.contains(&&name) || number >= newest || under_way.contains_key(&name) {
             continue;
         }
         // The manifest first: a half-deleted checkpoint must not look complete.
@@ -1054,7 +1116,8 @@ async fn prune_checkpoints(
         let removed = storage.delete_prefix(&dir).await?;
         tracing::info!(workload_id, checkpoint = %name, objects = removed, "old checkpoint deleted");
     }
-    collect_chunks(storage, workload_id, held, CHUNK_GRACE_MS).await
+    let held: BTreeSet<String> = under_way.into_values().flatten().collect();
+    collect_chunks(storage, workload_id, &held, grace).await
 }
 
 /// Deletes the shared chunks that no complete checkpoint names and no checkpoint under
@@ -1146,7 +1209,34 @@ mod tests {
             )
             .await
             .unwrap();
-        let held = BTreeSet::from([sha('b')]);
+        // A checkpoint under way holds the chunks it names, in storage; a complete one
+        // needs no hold (its manifest names them).
+        let hold = |chunks: &[String]| bytes::Bytes::from(serde_json::to_vec(chunks).unwrap());
+        storage
+            .put(&held_key("w1", "150").unwrap(), hold(&[sha('b')]))
+            .await
+            .unwrap();
+        storage
+            .put(&held_key("w1", "100").unwrap(), hold(&[sha('c')]))
+            .await
+            .unwrap();
+        let under_way = checkpoints_under_way(&storage, "w1", 3_600_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            under_way,
+            BTreeMap::from([("150".to_string(), BTreeSet::from([sha('b')]))])
+        );
+        let lapsed = checkpoints_under_way(&storage, "w1", -1)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            lapsed.is_empty(),
+            "a hold lapses after the grace: {lapsed:?}"
+        );
+        let held: BTreeSet<String> = under_way.into_values().flatten().collect();
         // Every chunk is new: within the grace, nothing goes.
         collect_chunks(&storage, "w1", &held, 3_600_000)
             .await
@@ -1169,6 +1259,71 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(stored_chunks(&storage, "w1").await.unwrap().len(), 2);
+        // And so does a hold that cannot be read.
+        storage
+            .put(&held_key("w1", "250").unwrap(), bytes::Bytes::from("["))
+            .await
+            .unwrap();
+        assert!(checkpoints_under_way(&storage, "w1", 3_600_000)
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn pruning_keeps_the_newest_complete_checkpoints_and_those_under_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::local(
+            dir.path(),
+            computearbitrage_storage::UrlSigner::new([7; 32]),
+            "http://127.0.0.1:1",
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let manifest = bytes::Bytes::from(
+            serde_json::to_vec(&protocol::Manifest {
+                version: 1,
+                created_at_ms: 1,
+                directories: Vec::new(),
+                files: Vec::new(),
+                total_bytes: 0,
+                trigger: "periodic".into(),
+            })
+            .unwrap(),
+        );
+        for name in ["100", "200", "400"] {
+            storage
+                .put(&manifest_key("w1", name).unwrap(), manifest.clone())
+                .await
+                .unwrap();
+        }
+        // 300 started before 400 and is still uploading; 50 never finished (a chunk of
+        // its own and no hold, as before holds were kept).
+        storage
+            .put(&held_key("w1", "300").unwrap(), bytes::Bytes::from("[]"))
+            .await
+            .unwrap();
+        storage
+            .put(
+                &own_chunk_key("w1", "50", &"e".repeat(64)).unwrap(),
+                bytes::Bytes::from("x"),
+            )
+            .await
+            .unwrap();
+        prune_checkpoints(&storage, "w1", 2).await.unwrap();
+        let mut left: Vec<String> = storage
+            .list(&Prefix::area("w1", Area::Checkpoints, None).unwrap())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key.path().to_string())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec!["200/manifest.json", "300/held.json", "400/manifest.json"],
+            "the two newest complete ones and the one under way stay"
+        );
     }
 
     #[test]

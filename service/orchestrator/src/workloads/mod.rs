@@ -169,9 +169,6 @@ pub struct Orchestrator {
     pub(crate) agents: std::sync::OnceLock<agents::AgentLink>,
     /// The last checkpoint report per workload.
     pub(crate) checkpoint_reports: Mutex<HashMap<String, agents::CheckpointOutcome>>,
-    /// Stored chunks that checkpoints under way reuse instead of uploading, by
-    /// workload: kept from the chunk collector until their checkpoint reports.
-    pub(crate) reused_chunks: Mutex<HashMap<String, agents::ReusedChunks>>,
     /// The last output lines of exited workloads, by the run that launched them.
     pub(crate) exit_reports: Mutex<HashMap<String, (String, Vec<String>)>>,
     /// Offers recently reclaimed, skipped by placement until the time (unix ms).
@@ -228,7 +225,6 @@ impl Orchestrator {
             cancelled: Mutex::new(HashSet::new()),
             agents: std::sync::OnceLock::new(),
             checkpoint_reports: Mutex::new(HashMap::new()),
-            reused_chunks: Mutex::new(HashMap::new()),
             exit_reports: Mutex::new(HashMap::new()),
             reclaimed: Mutex::new(Vec::new()),
             heard_from: Mutex::new(HashMap::new()),
@@ -758,7 +754,6 @@ impl Orchestrator {
         drop_key(&self.heard_from, workload_id);
         drop_key(&self.exited, workload_id);
         drop_key(&self.checkpoint_reports, workload_id);
-        drop_key(&self.reused_chunks, workload_id);
         drop_key(&self.logs, workload_id);
     }
 

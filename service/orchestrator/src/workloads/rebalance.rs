@@ -48,17 +48,19 @@ fn busy_or_failed_lately(
 }
 
 impl Orchestrator {
-    /// Whether the serving instance runs the spec's env and no run under way is about
-    /// to change the instance: a move started before the last env change would switch
-    /// to an instance with the env it was given.
-    pub fn env_applied(&self, workload: &WorkloadRecord) -> bool {
-        !env_is_stale(workload)
-            && !self
-                .in_flight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .values()
-                .any(|w| *w == workload.id)
+    /// Whether the serving instance runs the spec's env and no run of the workload is
+    /// unfinished: a move begun before the last env change would switch to an
+    /// instance with the env it was given. Read from the store, so a run waiting to be
+    /// resumed after a restart counts too.
+    pub async fn env_applied(&self, workload: &WorkloadRecord) -> Result<bool, OrchestratorError> {
+        if env_is_stale(workload) {
+            return Ok(false);
+        }
+        let runs = self
+            .store
+            .runs_of(&workload.tenant_id, &workload.id)
+            .await?;
+        Ok(!runs.iter().any(|r| r.status == RunStatus::Running))
     }
 }
 

@@ -32,7 +32,11 @@ impl WorkloadsApi {
             .await
             .map_err(|e| status_of(e.into()))?;
         out.cost_to_date = Some(closed.iter().map(|b| b.cost).sum());
-        out.env_applied = self.orchestrator.env_applied(w);
+        out.env_applied = self
+            .orchestrator
+            .env_applied(w)
+            .await
+            .map_err(|e| status_of(e.into()))?;
         Ok(out)
     }
 }
