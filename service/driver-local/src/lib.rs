@@ -636,6 +636,13 @@ impl Driver for LocalDriver {
         // Its own network first: the metadata endpoint and the control port live there.
         let mut network_guard = NetworkGuard(None);
         if let Network::Namespace(subnet) = &self.options.network {
+            // Before the instance has an address: nothing reaches it around the router.
+            // SAFETY: geteuid has no preconditions.
+            let service_uid = unsafe { libc::geteuid() };
+            if let Err(e) = network::guard_from_machine(*subnet, service_uid).await {
+                remove_work_dir(&record);
+                return Err(e);
+            }
             match network::create(&instance_id, *subnet).await {
                 Ok(network) => {
                     record.network = Some(network.clone());
@@ -647,6 +654,9 @@ impl Driver for LocalDriver {
                 }
             }
         }
+        // Entered in the maps only once the process runs; dropped (stopped) otherwise.
+        let mut pending_metadata = None;
+        let mut pending_forwarder = None;
         // The agent, when there is one, watches its cloud's metadata endpoint.
         let booted = match (&spec.agent, &self.options.agent) {
             (Some(boot), Some(agent)) => {
@@ -663,7 +673,7 @@ impl Driver for LocalDriver {
                         let forwarder =
                             control_forwarder(network, target.port(), &boot.service_url).await?;
                         network.control_port = Some(target.port());
-                        inner.forwarders.insert(instance_id.clone(), forwarder);
+                        pending_forwarder = Some(forwarder);
                         format!("http://{}:{}", network.host_address, target.port())
                     }
                     None => boot.service_url.clone(),
@@ -673,7 +683,7 @@ impl Driver for LocalDriver {
                     failure(format!("cannot write {}: {e}", credential.display()), true)
                 })?;
                 let url = server.url();
-                inner.metadata.insert(instance_id.clone(), server);
+                pending_metadata = Some(server);
                 Some((
                     agent.clone(),
                     reachable_url,
@@ -685,6 +695,14 @@ impl Driver for LocalDriver {
             }
             _ => None,
         };
+        if let Some(network) = &record.network {
+            if !network::filter(network).await? {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!("nft (nftables) is not installed: a namespaced workload can reach the machine's services that listen on all addresses through its pair, and the machine's other users can reach workloads around the router; install nftables for the packet filters");
+                });
+            }
+        }
         // Recorded before the spawn, so a crash in between leaves a trace to follow.
         write_record(&self.dir, &record)?;
         let log_path = self.dir.join(format!("{instance_id}.log"));
@@ -802,8 +820,7 @@ impl Driver for LocalDriver {
                 };
                 remove_work_dir(&record);
                 write_record(&self.dir, &record)?;
-                inner.forwarders.remove(&instance_id);
-                if let Some(server) = inner.metadata.remove(&instance_id) {
+                if let Some(server) = pending_metadata {
                     server.shutdown();
                 }
                 inner.records.insert(instance_id, record);
@@ -821,6 +838,12 @@ impl Driver for LocalDriver {
         };
         drop(namespace);
         network_guard.0 = None;
+        if let Some(server) = pending_metadata {
+            inner.metadata.insert(instance_id.clone(), server);
+        }
+        if let Some(forwarder) = pending_forwarder {
+            inner.forwarders.insert(instance_id.clone(), forwarder);
+        }
         let pid = child.id().unwrap_or(0);
         record.pid = Some(pid);
         record.start_ticks = proc_stat(pid).map(|(_, s)| s);
@@ -1278,6 +1301,7 @@ mod tests {
 mod network_tests {
     use super::*;
     use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
 
     const SERVE: &str = r#"
 import http.server, os
@@ -1301,7 +1325,7 @@ def attempt(host, port):
 while not os.path.exists("service-side"):
     time.sleep(0.05)
 service_side = open("service-side").read().strip()
-lines = [attempt(os.environ["OTHER"], os.environ["OTHER_PORT"]), attempt(service_side, os.environ["HOST_PORT"])]
+lines = [attempt(os.environ["OTHER"], os.environ["OTHER_PORT"]), attempt(service_side, os.environ["HOST_PORT"]), attempt(service_side, open("open-port").read().strip())]
 open("seen.tmp", "w").write("\n".join(lines) + "\n"); os.rename("seen.tmp", "seen")
 time.sleep(30)
 "#;
@@ -1387,11 +1411,29 @@ time.sleep(30)
         // The service's side (the router) reaches it at its own address.
         let answer = get_eventually(&a_address).await;
         assert!(answer.ends_with("instance-a"), "{answer}");
+        // Another user of the machine cannot go around the router.
+        let (a_ip, a_port) = a_address.rsplit_once(':').unwrap();
+        let other_user = std::process::Command::new("python3")
+            .args(["-c", "import socket, sys\ntry:\n    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1).close(); print('reached')\nexcept OSError as e:\n    print('failed', type(e).__name__)", a_ip, a_port])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let other_user = String::from_utf8_lossy(&other_user.stdout)
+            .trim()
+            .to_string();
+        if network::packet_filter_available() {
+            assert!(
+                other_user.starts_with("failed"),
+                "another user of the machine reached the instance: {other_user}"
+            );
+        } else {
+            assert_eq!(other_user, "reached", "without nftables there is no filter");
+        }
 
         // A listener of the service's machine on its loopback, as every local service
         // (the service's own, PostgreSQL) listens.
         let host_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let (a_ip, a_port) = a_address.rsplit_once(':').unwrap();
         let b = driver
             .create_spot_instance(&python(
                 "b",
@@ -1410,12 +1452,24 @@ time.sleep(30)
         assert_ne!(b.address, a.address);
         let b_work = dir.path().join("work").join(&b.instance_id);
         let b_network = network_of(dir.path(), &b.instance_id);
+        // A service of the machine that listens on every address, as sshd does: here
+        // bound to the service's end of B's pair only, which only B can reach.
+        let open_listener = std::net::TcpListener::bind((b_network.host_address, 0)).unwrap();
+        std::fs::write(
+            b_work.join("open-port"),
+            open_listener.local_addr().unwrap().port().to_string(),
+        )
+        .unwrap();
         std::fs::write(
             b_work.join("service-side"),
             b_network.host_address.to_string(),
         )
         .unwrap();
-        let seen = read_seen(&b_work.join("seen")).await;
+        let seen = read_seen(
+            &b_work.join("seen"),
+            &dir.path().join(format!("{}.log", b.instance_id)),
+        )
+        .await;
         let lines: Vec<&str> = seen.lines().collect();
         assert!(
             lines[0].starts_with("failed"),
@@ -1425,6 +1479,17 @@ time.sleep(30)
             lines[1].starts_with("failed"),
             "the machine's loopback services are out of reach: {seen}"
         );
+        if network::packet_filter_available() {
+            assert!(
+                lines[2].starts_with("failed"),
+                "with nftables, nor its services on every address: {seen}"
+            );
+        } else {
+            assert_eq!(
+                lines[2], "reached",
+                "without nftables there is no filter, as the docs say: {seen}"
+            );
+        }
 
         // Cut off, it answers nobody; connected again, it answers as before.
         let a_network = network_of(dir.path(), &a.instance_id);
@@ -1453,13 +1518,17 @@ time.sleep(30)
         assert!(e.to_string().contains("no instance"), "{e}");
     }
 
-    async fn read_seen(path: &Path) -> String {
-        for _ in 0..200 {
+    async fn read_seen(path: &Path, log: &Path) -> String {
+        for _ in 0..300 {
             if let Ok(text) = std::fs::read_to_string(path) {
                 return text;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("{} was never written", path.display());
+        panic!(
+            "{} was never written; the probe's output: {}",
+            path.display(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
     }
 }

@@ -241,11 +241,136 @@ async fn wire(
     ))
 }
 
-/// Removes the namespace, and with it the veth pair. Gone already is fine.
+/// Whether `nft` (nftables) is on the path: the namespaces' packet filter.
+pub fn packet_filter_available() -> bool {
+    std::process::Command::new("nft")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// What the instance may send, inside its namespace: its own loopback, answers on
+/// connections made to it (the router's, the monitor's), and new connections only
+/// to its control port. Everything else it sends is dropped, IPv6 included: without
+/// the filter, the service's end of the pair reaches every service of the machine
+/// that listens on all addresses. The control port is open to the workload's user
+/// too: the agent uploads checkpoints as that user. Returns whether a filter is in
+/// place; without `nft` there is none.
+pub async fn filter(network: &InstanceNetwork) -> Result<bool, Error> {
+    if !packet_filter_available() {
+        return Ok(false);
+    }
+    let control = match network.control_port {
+        Some(port) => format!("ip daddr {} tcp dport {port} accept", network.host_address),
+        None => String::new(),
+    };
+    let rules = format!(
+        "table inet computearbitrage {{\n  chain output {{\n    type filter hook output priority 0; policy drop;\n    oifname \"lo\" accept\n    ct state established,related accept\n    {control}\n  }}\n}}\n"
+    );
+    nft(Some(&network.namespace), &rules).await.map_err(|e| {
+        failure(
+            format!(
+                "cannot install the packet filter of {}: {e}",
+                network.namespace
+            ),
+            true,
+        )
+    })?;
+    Ok(true)
+}
+
+/// What the machine's own processes may send to the instances: only the service's
+/// user (`uid`, the router's and the health monitor's) opens connections into
+/// `subnet`; the processes of other users, workloads on loopback among them, cannot
+/// go around the router. Replaced whole each time, so every service on the subnet
+/// (they share the rule) leaves it the same. Returns whether it is in place.
+pub async fn guard_from_machine(subnet: Subnet, uid: u32) -> Result<bool, Error> {
+    if !packet_filter_available() {
+        return Ok(false);
+    }
+    let table = format!(
+        "computearbitrage_{}",
+        subnet.to_string().replace(['.', '/'], "_")
+    );
+    let rules = format!(
+        "table ip {table}\ndelete table ip {table}\ntable ip {table} {{\n  chain output {{\n    type filter hook output priority 0; policy accept;\n    ip daddr {subnet} meta skuid != {uid} drop\n  }}\n}}\n"
+    );
+    nft(None, &rules).await.map_err(|e| {
+        failure(
+            format!("cannot install the machine's packet filter for {subnet}: {e}"),
+            true,
+        )
+    })?;
+    Ok(true)
+}
+
+/// Loads `rules` with `nft -f -`, inside `namespace` when one is named.
+async fn nft(namespace: Option<&str>, rules: &str) -> Result<(), String> {
+    let mut command = match namespace {
+        Some(namespace) => {
+            let mut c = tokio::process::Command::new("ip");
+            c.args(["netns", "exec", namespace, "nft", "-f", "-"]);
+            c
+        }
+        None => {
+            let mut c = tokio::process::Command::new("nft");
+            c.args(["-f", "-"]);
+            c
+        }
+    };
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run nft: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use tokio::io::AsyncWriteExt;
+        let _ = stdin.write_all(rules.as_bytes()).await;
+    }
+    let output = child
+        .wait_with_output()
+        .await
+        .map_err(|e| format!("cannot run nft: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+    }
+}
+
+/// Kills every process still in the namespace: one that left the instance's process
+/// group (`setsid`, a daemon) would otherwise keep the namespace, its pair and its
+/// address alive after the instance.
+async fn kill_stragglers(namespace: &str) {
+    let Ok(output) = tokio::process::Command::new("ip")
+        .args(["netns", "pids", namespace])
+        .output()
+        .await
+    else {
+        return;
+    };
+    for pid in String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .filter(|p| *p > 1)
+    {
+        // SAFETY: kill(2) on a process inside this instance's own namespace.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// Removes the namespace, and with it the veth pair, after killing whatever still
+/// runs in it. Gone already is fine.
 pub async fn destroy(network: &InstanceNetwork) {
     if !namespace_path(&network.namespace).exists() {
         return;
     }
+    kill_stragglers(&network.namespace).await;
     if let Err(e) = ip(&["netns", "del", &network.namespace]).await {
         tracing::warn!(namespace = %network.namespace, error = %e, "cannot remove an instance's network namespace");
     }
