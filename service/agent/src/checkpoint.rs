@@ -486,6 +486,30 @@ pub async fn restore(
     Ok((manifest.files.len() as u64, bytes))
 }
 
+/// [`restore`], started over after each failure of the network's (a reset mid-chunk,
+/// the service restarting, a 5xx) until `patience` has passed; any other failure, or
+/// one after that, is returned at once.
+pub async fn restore_patiently(
+    client: &reqwest::Client,
+    restore_of: &Restore,
+    dir: &Path,
+    owner: Option<(u32, u32)>,
+    patience: std::time::Duration,
+) -> Result<(u64, u64), CheckpointError> {
+    let started = std::time::Instant::now();
+    let mut delay = std::time::Duration::from_millis(100);
+    loop {
+        match restore(client, restore_of, dir, owner).await {
+            Err(e) if e.is_retryable() && started.elapsed() < patience => {
+                tracing::warn!(checkpoint = %restore_of.name, error = %e, retry_in_ms = delay.as_millis() as u64, "checkpoint restore failed; starting it over");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Refuses a manifest that could write outside the directory, or could not be
 /// restored whole, before anything is written.
 pub fn check_manifest(restore: &Restore) -> Result<(), CheckpointError> {
@@ -752,6 +776,9 @@ mod tests {
         puts: Vec<String>,
         /// Every chunk PUT is answered with this status instead.
         refuse_chunks: Option<u16>,
+        /// The next this many GETs are answered with the status instead.
+        refuse_gets: (usize, u16),
+        gets: usize,
     }
 
     type Shared = Arc<Mutex<Objects>>;
@@ -782,8 +809,16 @@ mod tests {
                                             (201, Bytes::new())
                                         }
                                     },
-                                    "GET" => match objects.stored.get(&path) {
-                                        Some(data) => (200, Bytes::from(data.clone())),
+                                    "GET" if objects.refuse_gets.0 > 0 => {
+                                        objects.gets += 1;
+                                        objects.refuse_gets.0 -= 1;
+                                        (objects.refuse_gets.1, Bytes::from("refused by the test"))
+                                    }
+                                    "GET" => match objects.stored.get(&path).cloned() {
+                                        Some(data) => {
+                                            objects.gets += 1;
+                                            (200, Bytes::from(data))
+                                        }
                                         None => (404, Bytes::from("no such object")),
                                     },
                                     _ => (405, Bytes::new()),
@@ -966,6 +1001,65 @@ mod tests {
                 & 0o7777,
             0o755
         );
+    }
+
+    #[tokio::test]
+    async fn a_restore_is_started_over_after_network_failures_only() {
+        let objects = Shared::default();
+        let base = object_server(objects.clone()).await;
+        let temp = tempfile::tempdir().unwrap();
+        let source = temp.path().join("source");
+        sample_tree(&source);
+        let packed = scan(&source, 0).unwrap();
+        upload(&client(), &packed, &grant(&base, &packed))
+            .await
+            .unwrap();
+        let chunks = packed.chunk_sizes().len();
+        let plan = restore_of(&base, &packed.manifest);
+        let mut expected = contents(&source);
+        expected.remove("link");
+        let patience = std::time::Duration::from_secs(60);
+
+        // The service answering 503 for a while (restarting): started over, restored whole.
+        objects.lock().unwrap().refuse_gets = (3, 503);
+        let target = temp.path().join("after-503");
+        let (files, _) = restore_patiently(&client(), &plan, &target, None, patience)
+            .await
+            .unwrap();
+        assert_eq!(files, 4);
+        assert_eq!(contents(&target), expected);
+        assert!(objects.lock().unwrap().gets > chunks, "it was retried");
+
+        // Without patience left, the network's failure is returned as it is.
+        objects.lock().unwrap().refuse_gets = (1, 503);
+        let error = restore_patiently(
+            &client(),
+            &plan,
+            &temp.path().join("impatient"),
+            None,
+            std::time::Duration::ZERO,
+        )
+        .await
+        .unwrap_err();
+        assert!(error.is_retryable(), "{error:?}");
+
+        // A refusal (an expired URL) is not the network's: one pass, then the error.
+        {
+            let mut state = objects.lock().unwrap();
+            state.refuse_gets = (1, 403);
+            state.gets = 0;
+        }
+        let error = restore_patiently(
+            &client(),
+            &plan,
+            &temp.path().join("refused"),
+            None,
+            patience,
+        )
+        .await
+        .unwrap_err();
+        assert!(!error.is_retryable(), "{error:?}");
+        assert!(objects.lock().unwrap().gets <= chunks, "not started over");
     }
 
     #[tokio::test]

@@ -221,6 +221,9 @@ struct Tail {
     segment: Mutex<(i64, Vec<u8>)>,
 }
 
+/// How long the agent keeps retrying a service that does not answer before it gives up
+/// on starting the workload.
+const SERVICE_PATIENCE: Duration = Duration::from_secs(3600);
 /// A longer output line is kept cut to this many bytes.
 const LINE_BYTES: usize = 8 << 10;
 /// Lines per batch sent to the service (batches stay well under its 4 MiB body limit).
@@ -406,8 +409,16 @@ pub async fn run(args: RunArgs) -> Exit {
         return Exit::Failed(format!("cannot create {}: {e}", checkpoint_dir.display()));
     }
     if let Some(restore) = &assignment.restore {
+        // A control-plane blip (the service restarting) must not cost the instance.
         let started = Instant::now();
-        match checkpoint::restore(&client.http, restore, &checkpoint_dir, args.owner).await {
+        let restored = checkpoint::restore_patiently(
+            &client.http,
+            restore,
+            &checkpoint_dir,
+            args.owner,
+            SERVICE_PATIENCE,
+        );
+        match restored.await {
             Ok((files, bytes)) => {
                 tracing::info!(checkpoint = %restore.name, files, bytes, duration_ms = started.elapsed().as_millis() as u64, "checkpoint restored");
             }
@@ -548,7 +559,7 @@ async fn register(client: &Client, args: &RunArgs) -> Result<protocol::Assignmen
     };
     loop {
         match client
-            .call_patiently(paths::REGISTER, &request, Duration::from_secs(3600))
+            .call_patiently(paths::REGISTER, &request, SERVICE_PATIENCE)
             .await
         {
             Ok(protocol::RegisterReply::Run(assignment)) => return Ok(*assignment),

@@ -382,9 +382,10 @@ async fn crash_during_migration(step: &str, when: &str) {
         }
         assert!(
             Instant::now() < deadline,
-            "no migration after a crash at {pause}: {} ({})",
+            "no migration after a crash at {pause}: {} ({}){}",
             w.status,
-            w.status_reason
+            w.status_reason,
+            instance_logs(dir.path())
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };

@@ -470,6 +470,32 @@ pub fn kill_workloads(data_dir: &Path) {
     }
 }
 
+/// The last lines of every instance's log under `data_dir`, for a failing assertion's
+/// message (an agent's exit reason is there and nowhere else once its process is gone).
+pub fn instance_logs(data_dir: &Path) -> String {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("local-driver")) else {
+        return "no instance logs".into();
+    };
+    let mut logs: Vec<_> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("log"))
+        .collect();
+    logs.sort();
+    let mut out = String::new();
+    for path in logs {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<_> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(15)..];
+        out.push_str(&format!(
+            "\n--- {} ---\n{}",
+            path.display(),
+            tail.join("\n")
+        ));
+    }
+    out
+}
+
 /// The local driver's record of an instance, as it keeps it on disk.
 pub fn instance_record(data_dir: &Path, instance_id: &str) -> serde_json::Value {
     let path = data_dir
