@@ -333,6 +333,18 @@ async fn a_cheaper_offer_moves_the_workload_make_before_break_with_no_failed_req
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_workload_on_on_demand_capacity_returns_to_spot_when_spot_comes_back() {
+    returns_to_spot((0.045, 0.050), (0.097, 0.030), ("gcp", 0.03)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workload_on_on_demand_capacity_returns_to_spot_on_its_own_offer() {
+    // The spot side of the offer it runs on comes back under the limit.
+    returns_to_spot((0.045, 0.020), (0.097, 0.080), ("aws", 0.02)).await;
+}
+
+/// Starts a workload on AWS's on-demand capacity (no spot price under its limit), then
+/// writes these prices and waits for the rebalance to spot on `expected` (cloud, price).
+async fn returns_to_spot(aws: (f64, f64), gcp: (f64, f64), expected: (&str, f64)) {
     let dir = tempfile::tempdir().unwrap();
     let prices = tempfile::tempdir().unwrap();
     // Spot is above the price limit everywhere; AWS's on-demand price is under it.
@@ -367,7 +379,7 @@ async fn a_workload_on_on_demand_capacity_returns_to_spot_when_spot_comes_back()
         "{before:?}"
     );
 
-    write_prices(prices.path(), (0.045, 0.050), (0.097, 0.030));
+    write_prices(prices.path(), aws, gcp);
     let migrated = wait_notification(
         &mut client,
         &created.id,
@@ -384,7 +396,7 @@ async fn a_workload_on_on_demand_capacity_returns_to_spot_when_spot_comes_back()
             after.cloud.as_str(),
             after.price_per_hour
         ),
-        ("RUNNING", "spot", "gcp", Some(0.03)),
+        ("RUNNING", "spot", expected.0, Some(expected.1)),
         "{after:?}"
     );
     assert_eq!(after.endpoint, before.endpoint);

@@ -454,6 +454,40 @@ impl Orchestrator {
         )))
     }
 
+    /// The checkpoints that unfinished moves of the workload chose to restore: pruning
+    /// keeps them, or a replacement that registers late finds its manifest gone.
+    async fn checkpoints_chosen_for_restore(
+        &self,
+        workload: &WorkloadRecord,
+    ) -> Result<BTreeSet<String>, AgentError> {
+        let mut chosen = BTreeSet::new();
+        for run in self
+            .store
+            .runs_of(&workload.tenant_id, &workload.id)
+            .await?
+        {
+            if run.status != RunStatus::Running {
+                continue;
+            }
+            let awaited = self
+                .store
+                .steps(&run.id)
+                .await?
+                .into_iter()
+                .find(|s| s.step == AWAIT_CHECKPOINT && s.completed)
+                .and_then(|s| s.output)
+                .and_then(|o| serde_json::from_str::<Value>(&o).ok());
+            if let Some(name) = awaited
+                .as_ref()
+                .and_then(|a| a.get("checkpoint"))
+                .and_then(Value::as_str)
+            {
+                chosen.insert(name.to_string());
+            }
+        }
+        Ok(chosen)
+    }
+
     /// Registration: the assignment, or "wait" while the final checkpoint of the
     /// instance this one replaces is still being written.
     pub async fn agent_register(
@@ -822,7 +856,13 @@ impl Orchestrator {
                 if let Some(link) = self.agent_link() {
                     self.release_chunks(link, &workload.id, &report.name).await;
                     let keep = workload.spec.checkpoint.keep;
-                    if let Err(e) = prune_checkpoints(&link.storage, &workload.id, keep).await {
+                    let pruned = match self.checkpoints_chosen_for_restore(workload).await {
+                        Ok(chosen) => prune_checkpoints(&link.storage, &workload.id, keep, &chosen)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    if let Err(e) = pruned {
                         tracing::warn!(workload_id = %workload.id, error = %e, "cannot prune old checkpoints; will try after the next one");
                     }
                 }
@@ -1077,6 +1117,7 @@ async fn prune_checkpoints(
     storage: &Storage,
     workload_id: &str,
     keep: u32,
+    chosen: &BTreeSet<String>,
 ) -> Result<(), computearbitrage_storage::StorageError> {
     let grace = chunk_grace_ms(storage);
     let Some(under_way) = checkpoints_under_way(storage, workload_id, grace).await? else {
@@ -1102,7 +1143,12 @@ async fn prune_checkpoints(
         };
         // One still under way (older than the newest, as a long periodic one can be)
         // keeps its hold.
-        if kept.contains(&&name) || number >= newest || under_way.contains_key(&name) {
+        // One a move chose to restore stays until its replacement has it.
+        if kept.contains(&&name)
+            || number >= newest
+            || under_way.contains_key(&name)
+            || chosen.contains(&name)
+        {
             continue;
         }
         // The manifest first: a half-deleted checkpoint must not look complete.
@@ -1310,7 +1356,8 @@ mod tests {
             )
             .await
             .unwrap();
-        prune_checkpoints(&storage, "w1", 2).await.unwrap();
+        let chosen: BTreeSet<String> = ["100".to_string()].into();
+        prune_checkpoints(&storage, "w1", 2, &chosen).await.unwrap();
         let mut left: Vec<String> = storage
             .list(&Prefix::area("w1", Area::Checkpoints, None).unwrap())
             .await
@@ -1321,8 +1368,23 @@ mod tests {
         left.sort();
         assert_eq!(
             left,
-            vec!["200/manifest.json", "300/held.json", "400/manifest.json"],
-            "the two newest complete ones and the one under way stay"
+            vec![
+                "100/manifest.json",
+                "200/manifest.json",
+                "300/held.json",
+                "400/manifest.json"
+            ],
+            "the two newest complete ones, the one under way and the one a move chose stay"
+        );
+        prune_checkpoints(&storage, "w1", 2, &BTreeSet::new())
+            .await
+            .unwrap();
+        assert!(
+            storage
+                .get(&manifest_key("w1", "100").unwrap())
+                .await
+                .is_err(),
+            "once no move needs it, it goes"
         );
     }
 

@@ -44,10 +44,16 @@ impl Orchestrator {
                 instance_id,
                 deadline,
             } => {
-                let _one_at_a_time = self.interruptions.lock().await;
-                let Some(workload) = self.workload_with_instance(&instance_id).await? else {
+                let Some(found) = self.workload_with_instance(&instance_id).await? else {
                     return Ok(());
                 };
+                let Some((_moves, workload)) = self.lock_moves(&found).await? else {
+                    return Ok(());
+                };
+                if workload.instance_id.as_deref() != Some(instance_id.as_str()) {
+                    // Moved off that instance meanwhile.
+                    return Ok(());
+                }
                 tracing::warn!(tenant = %workload.tenant_id, workload_id = %workload.id, instance_id, deadline, "spot interruption notice");
                 self.monitor.unwatch(&workload.id);
                 let reason = format!(
@@ -128,13 +134,18 @@ impl Orchestrator {
     /// run's creation, or a notice came while the last migration was finishing):
     /// their migration or termination is started again.
     pub async fn recover_interrupted(self: &Arc<Self>) -> Result<usize, OrchestratorError> {
-        let _one_at_a_time = self.interruptions.lock().await;
         let mut started = 0;
         for workload in self
             .store
             .workloads_in(&[WorkloadStatus::Interrupted])
             .await?
         {
+            let Some((_moves, workload)) = self.lock_moves(&workload).await? else {
+                continue;
+            };
+            if workload.status != WorkloadStatus::Interrupted {
+                continue;
+            }
             if super::now_ms() - workload.updated_at < 10_000 {
                 continue;
             }
@@ -182,7 +193,7 @@ impl Orchestrator {
         reason: &str,
         quiet: Duration,
     ) -> Result<(), OrchestratorError> {
-        let _one_at_a_time = self.interruptions.lock().await;
+        let _moves = self.moves.lock(&workload.id).await;
         // A notice may have been acted on meanwhile.
         let Some(workload) = self
             .store

@@ -184,7 +184,7 @@ pub(crate) fn excluded_offers(
         RunKind::Migrate if matches!(Cause::of(ctx.run), Cause::Unhealthy | Cause::Restart) => {
             Vec::new()
         }
-        RunKind::Migrate => vec![left_offer(ctx)?],
+        RunKind::Migrate => left_offer(ctx)?.into_iter().collect(),
         RunKind::Provision => Vec::new(),
         RunKind::Terminate => return Ok(Vec::new()),
     };
@@ -206,13 +206,18 @@ impl Orchestrator {
     }
 }
 
-fn left_offer(ctx: &StepContext<'_>) -> Result<ExcludedOffer, StepError> {
+/// The offer a move leaves, which its placement skips; none for a rebalance off
+/// on-demand capacity, whose way back to spot may be the same offer.
+fn left_offer(ctx: &StepContext<'_>) -> Result<Option<ExcludedOffer>, StepError> {
     let left = ctx.output(RECORD_INTERRUPTION)?;
     let placed: PlacementRecord =
         serde_json::from_value(left["placement"].clone()).map_err(|e| {
             StepError::permanent(format!("the recorded interruption is unreadable: {e}"))
         })?;
-    Ok(ExcludedOffer::of(&placed))
+    if placed.on_demand && matches!(Cause::of(ctx.run), Cause::Rebalance) {
+        return Ok(None);
+    }
+    Ok(Some(ExcludedOffer::of(&placed)))
 }
 
 /// The migration-only steps; `None` for the provisioning steps it reuses.
@@ -795,7 +800,6 @@ impl Orchestrator {
     /// the store recorded it, so a restart does not reset the wait). One attempt per
     /// wait: a replacement that failed is tried again only once another has passed.
     pub async fn replace_unhealthy(self: &Arc<Self>) -> Result<Vec<String>, OrchestratorError> {
-        let _one_at_a_time = self.interruptions.lock().await;
         let now = now_ms();
         let mut started = Vec::new();
         for workload in self
@@ -804,6 +808,12 @@ impl Orchestrator {
             .await?
         {
             if workload.spec.on_unhealthy != OnUnhealthy::Replace {
+                continue;
+            }
+            let Some((_moves, workload)) = self.lock_moves(&workload).await? else {
+                continue;
+            };
+            if workload.status != WorkloadStatus::Unhealthy {
                 continue;
             }
             let wait_ms = workload.spec.replace_unhealthy_after.as_millis() as i64;

@@ -180,9 +180,11 @@ pub struct Orchestrator {
     pub(crate) exited: Mutex<HashMap<String, String>>,
     /// Instances already reported as silent but alive (warned once each).
     pub(crate) silent: Mutex<HashSet<String>>,
-    /// Notices are acted on one at a time, so the driver's and the agent's reports of
-    /// one notice cannot both start a migration.
-    pub(crate) interruptions: tokio::sync::Mutex<()>,
+    /// A lock per workload around deciding to move it (a notice, a lost instance, a
+    /// rebalance, a rolling restart, an unhealthy replacement), so two reports of one
+    /// notice, or a notice and a sweep, never both start a run; and a sweep over many
+    /// workloads never holds up another workload's notice.
+    pub(crate) moves: MoveLocks,
     /// Each workload's recent output, as its agents shipped it.
     pub(crate) logs: Mutex<HashMap<String, agents::LogRing>>,
     /// When this process started: agents not heard from since count from here.
@@ -197,7 +199,39 @@ pub struct Orchestrator {
     >,
 }
 
+/// One async lock per workload id; see [`Orchestrator::moves`].
+#[derive(Default)]
+pub(crate) struct MoveLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl MoveLocks {
+    pub(crate) async fn lock(&self, workload_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            if locks.len() > 1024 {
+                // Forget the locks nobody holds or waits for.
+                locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+            }
+            locks.entry(workload_id.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+}
+
 impl Orchestrator {
+    /// The workload as stored now, with its move lock held: a sweep's older snapshot
+    /// must not decide a move (`None` when it is gone).
+    pub(crate) async fn lock_moves(
+        &self,
+        workload: &WorkloadRecord,
+    ) -> Result<Option<(tokio::sync::OwnedMutexGuard<()>, WorkloadRecord)>, OrchestratorError> {
+        let guard = self.moves.lock(&workload.id).await;
+        Ok(self
+            .store
+            .workload(&workload.tenant_id, &workload.id)
+            .await?
+            .map(|fresh| (guard, fresh)))
+    }
+
     /// An orchestrator with a driver per cloud.
     pub fn new(
         store: Arc<dyn Store>,
@@ -231,7 +265,7 @@ impl Orchestrator {
             exited: Mutex::new(HashMap::new()),
             silent: Mutex::new(HashSet::new()),
             logs: Mutex::new(HashMap::new()),
-            interruptions: tokio::sync::Mutex::new(()),
+            moves: MoveLocks::default(),
             started: std::time::Instant::now(),
             task_changes: tokio::sync::Mutex::new(()),
             task_queued: tokio::sync::Notify::new(),

@@ -141,13 +141,18 @@ impl Orchestrator {
     /// Starts a rolling replacement for each RUNNING workload whose instance runs an
     /// older env, unless a run is under way or one failed lately; their ids.
     pub async fn restart_stale(self: &Arc<Self>) -> Result<Vec<String>, OrchestratorError> {
-        let _one_at_a_time = self.interruptions.lock().await;
         let mut started = Vec::new();
         for workload in self
             .store
             .workloads_in(&[WorkloadStatus::Running, WorkloadStatus::Unhealthy])
             .await?
         {
+            if !env_is_stale(&workload) {
+                continue;
+            }
+            let Some((_moves, workload)) = self.lock_moves(&workload).await? else {
+                continue;
+            };
             if self.restart_if_stale(&workload, true).await? {
                 started.push(workload.id.clone());
             }
@@ -161,8 +166,10 @@ impl Orchestrator {
         self: &Arc<Self>,
         workload: &WorkloadRecord,
     ) -> Result<bool, OrchestratorError> {
-        let _one_at_a_time = self.interruptions.lock().await;
-        self.restart_if_stale(workload, false).await
+        let Some((_moves, workload)) = self.lock_moves(workload).await? else {
+            return Ok(false);
+        };
+        self.restart_if_stale(&workload, false).await
     }
 
     async fn restart_if_stale(
@@ -197,7 +204,6 @@ impl Orchestrator {
     /// One rebalancing check over every RUNNING workload; starts the moves that are
     /// due and returns their workload ids.
     pub async fn rebalance(self: &Arc<Self>) -> Result<Vec<String>, OrchestratorError> {
-        let _one_at_a_time = self.interruptions.lock().await;
         let running = self.store.workloads_in(&[WorkloadStatus::Running]).await?;
         let candidates: Vec<(WorkloadRecord, RebalancePolicy)> = running
             .into_iter()
@@ -229,7 +235,10 @@ impl Orchestrator {
             };
             let current = ExcludedOffer::of(placed);
             let mut excluded = cooling.clone();
-            excluded.push(current.clone());
+            // From on-demand, the spot side of the same offer is a move too.
+            if !placed.on_demand {
+                excluded.push(current.clone());
+            }
             let best = best_other(self, &catalog, &workload, &excluded);
             let paid = price_now(&offers, placed).unwrap_or(f64::INFINITY);
             let due = {
@@ -251,6 +260,15 @@ impl Orchestrator {
             let (Some(target), Some(best)) = (due, best) else {
                 continue;
             };
+            let Some((_moves, workload)) = self.lock_moves(&workload).await? else {
+                continue;
+            };
+            if workload.status != WorkloadStatus::Running
+                || workload.placement.as_ref() != Some(placed)
+            {
+                // It changed while the sweep ran: the next sweep sees it as it is now.
+                continue;
+            }
             let runs = self
                 .store
                 .runs_of(&workload.tenant_id, &workload.id)
