@@ -74,7 +74,7 @@ pub fn schema() -> Schema {
         attributes: HashMap::from([
             ("enabled".to_string(), optional_computed(AttributeType::Bool, "Whether the workload gets a storage namespace for checkpoints and artifacts. Default `false`. Changing it replaces the workload.")),
             ("quota_gb".to_string(), optional_computed(AttributeType::Number, "Storage quota in GB. Default 0. Changed in place.")),
-            ("retention_days".to_string(), optional_computed(AttributeType::Number, "Days objects are kept after the workload terminates. Default 0. Changed in place.")),
+            ("retention_days".to_string(), optional_computed(AttributeType::Number, "Days objects are kept after the workload ends (terminated or failed). Default 0. Changed in place.")),
         ]),
         description: "Workload storage: a namespace (`storage_prefix`) for state, checkpoints and artifacts, reached through signed URLs. `enabled` forces a new workload; the quota and retention change in place.".into(),
         ..Default::default()

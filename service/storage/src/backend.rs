@@ -55,7 +55,7 @@ pub struct StorageConfig {
     /// `https` when `tls` is set.
     pub public_url: String,
     /// Minutes between runs of the retention cleaner, which deletes the objects of
-    /// workloads terminated more than their `retention_days` ago.
+    /// workloads that ended (terminated or failed) more than their `retention_days` ago.
     pub retention_sweep_interval_minutes: u64,
 }
 

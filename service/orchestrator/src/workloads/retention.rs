@@ -1,17 +1,19 @@
-//! The retention cleaner: a terminated workload's storage namespace is kept for its
-//! `storage.retention_days` after termination (so its artifacts and last checkpoint can
-//! still be downloaded), then deleted.
+//! The retention cleaner: the storage namespace of a workload that ended (TERMINATED or
+//! FAILED) is kept for its `storage.retention_days` after the end (so its artifacts,
+//! logs and last checkpoint can still be downloaded), then deleted.
 //!
-//! Each tick lists the namespace of every terminated workload with storage whose
-//! retention has passed, so a namespace already emptied costs one listing per tick;
-//! deletion is idempotent, so a tick cut short is finished by the next.
+//! A namespace is listed on every tick until one signed URL lifetime after it was due
+//! (a URL granted before the end may still upload into it), then remembered as done for
+//! the life of the process. Deletion is idempotent, so a tick cut short is finished by
+//! the next, and a restart lists each ended namespace once more.
 
 use crate::error::OrchestratorError;
 use crate::worker::Worker;
 use computearbitrage_core::WorkloadStatus;
 use computearbitrage_storage::{Prefix, Storage};
 use computearbitrage_store::Store;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
@@ -20,6 +22,8 @@ pub struct RetentionCleaner {
     store: Arc<dyn Store>,
     storage: Arc<Storage>,
     interval: Duration,
+    /// (workload id, end) of namespaces emptied after nothing could write to them.
+    done: Mutex<HashSet<(String, i64)>>,
 }
 
 impl RetentionCleaner {
@@ -32,6 +36,7 @@ impl RetentionCleaner {
             store,
             storage,
             interval,
+            done: Mutex::new(HashSet::new()),
         }
     }
 
@@ -41,27 +46,34 @@ impl RetentionCleaner {
         let mut cleaned = Vec::new();
         for workload in self
             .store
-            .workloads_in(&[WorkloadStatus::Terminated])
+            .workloads_in(&[WorkloadStatus::Terminated, WorkloadStatus::Failed])
             .await?
         {
             let storage = &workload.spec.storage;
             if !storage.enabled {
                 continue;
             }
-            // Nothing changes a terminated workload, so its last update is its end.
+            // Nothing changes an ended workload but its destruction, so its last update
+            // is its end.
+            let ended = (workload.id.clone(), workload.updated_at);
             let due = workload.updated_at + i64::from(storage.retention_days) * DAY_MS;
-            if now_ms < due {
+            if now_ms < due || self.done.lock().unwrap().contains(&ended) {
                 continue;
             }
             let deleted = self
                 .storage
                 .delete_prefix(&Prefix::workload(&workload.id)?)
                 .await?;
+            let url_lifetime_ms = self.storage.url_expiry().as_millis() as i64;
+            if now_ms > due + url_lifetime_ms {
+                self.done.lock().unwrap().insert(ended);
+            }
             if deleted > 0 {
                 tracing::info!(
                     workload_id = %workload.id,
                     tenant_id = %workload.tenant_id,
                     objects = deleted,
+                    status = %workload.status,
                     retention_days = storage.retention_days,
                     "retention passed; storage deleted"
                 );

@@ -363,9 +363,10 @@ async fn terminated_workloads_keep_their_storage_for_retention_days_only() {
         storage.clone(),
         Duration::from_secs(60),
     );
-    // Three workloads: kept 2 days, kept 0 days, and one still running.
+    // Terminated workloads kept 2 days and 0 days, one still running, and (below) one
+    // FAILED.
     let mut ids = Vec::new();
-    for (name, days) in [("kept", 2), ("gone", 0), ("live", 0)] {
+    for (name, days) in [("kept", 2), ("gone", 0)] {
         let mut spec = workload_spec(name);
         spec.create_timeout = Duration::from_secs(2);
         spec.storage = StorageSpec {
@@ -379,6 +380,15 @@ async fn terminated_workloads_keep_their_storage_for_retention_days_only() {
         storage.put(&key, bytes_of("log")).await.unwrap();
         ids.push(workload.id);
     }
+    let storage_for_days = |days| StorageSpec {
+        enabled: true,
+        quota_gb: 1,
+        retention_days: days,
+    };
+    let (live, _) = launched_with(&orch, "i-live", |spec| spec.storage = storage_for_days(0)).await;
+    let key = ObjectKey::new(&live.id, Area::Artifacts, "logs/app.log").unwrap();
+    storage.put(&key, bytes_of("log")).await.unwrap();
+    ids.push(live.id);
     for id in &ids[..2] {
         let current = orch.get("default", id).await.unwrap();
         orch.start_termination(&current, "test").await.unwrap();
@@ -388,6 +398,22 @@ async fn terminated_workloads_keep_their_storage_for_retention_days_only() {
             WorkloadStatus::Terminated
         );
     }
+    // A fourth whose provisioning failed for good: FAILED, kept 1 day.
+    *driver.create_failures.lock().unwrap() = vec![Error::Driver {
+        driver: "scripted".into(),
+        message: "bad image".into(),
+        retryable: false,
+    }];
+    let mut spec = workload_spec("failed");
+    spec.storage = storage_for_days(1);
+    let failed = orch.apply("default", spec).await.unwrap();
+    wait_for_run(&orch, &failed.id, RunKind::Provision).await;
+    assert_eq!(
+        orch.get("default", &failed.id).await.unwrap().status,
+        WorkloadStatus::Failed
+    );
+    let key = ObjectKey::new(&failed.id, Area::Artifacts, "logs/app.log").unwrap();
+    storage.put(&key, bytes_of("log")).await.unwrap();
     let now = now_ms();
     let cleaned = cleaner.clean(now).await.unwrap();
     assert_eq!(
@@ -395,18 +421,29 @@ async fn terminated_workloads_keep_their_storage_for_retention_days_only() {
         vec![(ids[1].clone(), 1)],
         "only the 0-day workload is due now"
     );
-    for (id, left) in [(&ids[0], 1), (&ids[1], 0), (&ids[2], 1)] {
+    // An upload through a URL granted before the end lands after the cleaning; it is
+    // deleted too while such a URL can still be valid (60 s here).
+    let late = ObjectKey::new(&ids[1], Area::State, "late.bin").unwrap();
+    storage.put(&late, bytes_of("late")).await.unwrap();
+    assert_eq!(
+        cleaner.clean(now + 30_000).await.unwrap(),
+        vec![(ids[1].clone(), 1)]
+    );
+    for (id, left) in [(&ids[0], 1), (&ids[1], 0), (&ids[2], 1), (&failed.id, 1)] {
         let listed = storage
             .list(&computearbitrage_storage::Prefix::workload(id).unwrap())
             .await
             .unwrap();
         assert_eq!(listed.len(), left, "{id}");
     }
-    // Two days and a bit later the 2-day workload goes too; the running one never.
-    let later = cleaner
-        .clean(now + 2 * 24 * 3600 * 1000 + 1000)
-        .await
-        .unwrap();
+    // A day and a bit later the failed workload's storage goes; two days later the
+    // 2-day one's too; the running one's never.
+    let day = 24 * 3600 * 1000;
+    assert_eq!(
+        cleaner.clean(now + day + 1000).await.unwrap(),
+        vec![(failed.id.clone(), 1)]
+    );
+    let later = cleaner.clean(now + 2 * day + 1000).await.unwrap();
     assert_eq!(later, vec![(ids[0].clone(), 1)]);
     assert_eq!(storage.usage(&ids[2]).await.unwrap(), 3);
     // Nothing left to do is not an error.
@@ -423,13 +460,23 @@ fn bytes_of(text: &'static str) -> bytes::Bytes {
 
 /// A workload as provisioning leaves it: the run that launched `instance` recorded it.
 async fn launched(orch: &Orchestrator, instance: &str) -> (WorkloadRecord, RunRecord) {
+    launched_with(orch, instance, |_| {}).await
+}
+
+async fn launched_with(
+    orch: &Orchestrator,
+    instance: &str,
+    edit: impl FnOnce(&mut WorkloadSpec),
+) -> (WorkloadRecord, RunRecord) {
     let now = now_ms();
     let id = new_id("wl");
+    let mut spec = workload_spec(&format!("agents-{id}"));
+    edit(&mut spec);
     let record = WorkloadRecord {
         id: id.clone(),
         tenant_id: "default".into(),
         name: format!("agents-{id}"),
-        spec: workload_spec(&format!("agents-{id}")),
+        spec,
         status: WorkloadStatus::Running,
         status_reason: String::new(),
         failed_step: None,
