@@ -196,13 +196,18 @@ pub struct LogSegmentGrant {
     pub url: String,
 }
 
-/// The workload exited on its own.
+/// The workload exited on its own, or the agent could not start it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ExitReport {
-    /// `exit status: 3`, `signal: 9`.
+    /// `exit status: 3`, `signal: 9`; with `not_started`, why the agent did not start
+    /// the workload (`cannot restore checkpoint …`).
     pub status: String,
     /// The last lines the workload wrote to stdout and stderr.
     pub last_output: Vec<String>,
+    /// The agent never started the workload's command (its restore or its spawn
+    /// failed). Absent from older agents, whose reports are all of an exit.
+    #[serde(default)]
+    pub not_started: bool,
 }
 
 /// Asks for the next operator task; the service holds the call up to `wait_ms`

@@ -406,7 +406,9 @@ pub async fn run(args: RunArgs) -> Exit {
     client.set_token(assignment.token.clone());
     let checkpoint_dir = args.work_dir.join("checkpoint");
     if let Err(e) = prepare_dir(&checkpoint_dir, args.owner) {
-        return Exit::Failed(format!("cannot create {}: {e}", checkpoint_dir.display()));
+        let message = format!("cannot create {}: {e}", checkpoint_dir.display());
+        report_not_started(&client, &message).await;
+        return Exit::Failed(message);
     }
     if let Some(restore) = &assignment.restore {
         // A control-plane blip (the service restarting) must not cost the instance.
@@ -423,7 +425,10 @@ pub async fn run(args: RunArgs) -> Exit {
                 tracing::info!(checkpoint = %restore.name, files, bytes, duration_ms = started.elapsed().as_millis() as u64, "checkpoint restored");
             }
             Err(e) => {
-                return Exit::Failed(format!("cannot restore checkpoint {}: {e}", restore.name))
+                // The workload never starts; the service's diagnostic says why.
+                let message = format!("cannot restore checkpoint {}: {e}", restore.name);
+                report_not_started(&client, &message).await;
+                return Exit::Failed(message);
             }
         }
     }
@@ -440,7 +445,7 @@ pub async fn run(args: RunArgs) -> Exit {
     let mut child = match spawn_workload(&args, &assignment, &checkpoint_dir, &tail) {
         Ok(child) => child,
         Err(message) => {
-            report_exit(&client, &message, vec![message.clone()]).await;
+            report_not_started(&client, &message).await;
             return Exit::Failed(message);
         }
     };
@@ -690,10 +695,31 @@ pub(crate) fn signal(pid: i32, signal: i32) {
 }
 
 async fn report_exit(client: &Client, status: &str, last_output: Vec<String>) {
-    let report = protocol::ExitReport {
-        status: status.to_string(),
-        last_output,
-    };
+    send_exit_report(
+        client,
+        protocol::ExitReport {
+            status: status.to_string(),
+            last_output,
+            not_started: false,
+        },
+    )
+    .await
+}
+
+/// Tells the service why the workload was never started, for its diagnostic.
+async fn report_not_started(client: &Client, why: &str) {
+    send_exit_report(
+        client,
+        protocol::ExitReport {
+            status: why.to_string(),
+            last_output: Vec::new(),
+            not_started: true,
+        },
+    )
+    .await
+}
+
+async fn send_exit_report(client: &Client, report: protocol::ExitReport) {
     if let Err(e) = client
         .call_patiently::<_, serde_json::Value>(paths::EXITED, &report, Duration::from_secs(10))
         .await

@@ -1137,3 +1137,80 @@ async fn a_checkpoint_uploads_only_the_chunks_no_earlier_one_stored() {
     service.stop();
     kill_workloads(dir.path());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replacement_that_cannot_restore_its_checkpoint_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(
+        dir.path(),
+        &[("COMPUTEARBITRAGE_WORKLOADS__AGENT_HEARTBEAT_MS", "300")],
+    );
+    let mut client = service.workloads().await;
+    let created = client
+        .apply_workload(authed(pb::ApplyWorkloadRequest {
+            spec: Some(migrating_spec(&format!(
+                "unrestorable-{}",
+                std::process::id()
+            ))),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    wait_status(
+        &mut client,
+        &created.id,
+        &["RUNNING"],
+        Duration::from_secs(30),
+    )
+    .await;
+    exec_ok(
+        &mut client,
+        &created.id,
+        "head -c 65536 /dev/urandom > checkpoint/data",
+    )
+    .await;
+    checkpoint_now(&mut client, &created.id).await;
+    // Every stored chunk goes bad in place (same key, same size), as a disk or a
+    // bucket could corrupt it. The final checkpoint reuses the chunk of `data`.
+    let chunks = dir
+        .path()
+        .join("storage/workloads")
+        .join(&created.id)
+        .join("checkpoints/chunks");
+    let mut corrupted = 0;
+    for entry in std::fs::read_dir(&chunks).unwrap() {
+        let path = entry.unwrap().path();
+        let flipped: Vec<u8> = std::fs::read(&path).unwrap().iter().map(|b| !b).collect();
+        std::fs::write(&path, flipped).unwrap();
+        corrupted += 1;
+    }
+    assert!(corrupted > 0, "no chunk under {}", chunks.display());
+    service
+        .admin()
+        .await
+        .inject_interruption(authed(pb::InjectInterruptionRequest {
+            workload_id: created.id.clone(),
+            delay_ms: 0,
+        }))
+        .await
+        .unwrap();
+    let failed = wait_status(
+        &mut client,
+        &created.id,
+        &["FAILED"],
+        Duration::from_secs(60),
+    )
+    .await;
+    // Not only "exited": the agent's own reason reaches the diagnostic.
+    assert!(
+        failed
+            .status_reason
+            .contains("did not start the workload: cannot restore checkpoint")
+            && failed.status_reason.contains("does not match its SHA-256")
+            && !failed.status_reason.contains("must listen on 0.0.0.0"),
+        "{}",
+        failed.status_reason
+    );
+    service.stop();
+    kill_workloads(dir.path());
+}

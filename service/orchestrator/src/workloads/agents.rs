@@ -920,13 +920,13 @@ impl Orchestrator {
             .agent_session(token, AgentTokenKind::Session, Duration::ZERO)
             .await?;
         tracing::warn!(workload_id = %session.workload.id, run_id = %session.run.id, status = %report.status, "workload exited (agent report)");
-        let mut lines = report.last_output;
-        let keep = lines.len().saturating_sub(20);
-        lines.drain(..keep);
+        let mut report = report;
+        let keep = report.last_output.len().saturating_sub(20);
+        report.last_output.drain(..keep);
         self.exit_reports
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(session.run.id.clone(), (report.status.clone(), lines));
+            .insert(session.run.id.clone(), report);
         if let (Role::Current, Some(instance)) = (session.role, &session.workload.instance_id) {
             self.exited
                 .lock()
@@ -1071,8 +1071,8 @@ impl Orchestrator {
     }
 
     /// How the workload of the instance `run_id` launched ended (`exit status: 3`) and
-    /// its last output lines, as its agent reported them.
-    pub(crate) fn last_output(&self, run_id: &str) -> Option<(String, Vec<String>)> {
+    /// its last output lines, or why it never started, as its agent reported it.
+    pub(crate) fn exit_report(&self, run_id: &str) -> Option<protocol::ExitReport> {
         self.exit_reports
             .lock()
             .unwrap_or_else(|p| p.into_inner())

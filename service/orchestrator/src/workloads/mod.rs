@@ -170,7 +170,7 @@ pub struct Orchestrator {
     /// The last checkpoint report per workload.
     pub(crate) checkpoint_reports: Mutex<HashMap<String, agents::CheckpointOutcome>>,
     /// The last output lines of exited workloads, by the run that launched them.
-    pub(crate) exit_reports: Mutex<HashMap<String, (String, Vec<String>)>>,
+    pub(crate) exit_reports: Mutex<HashMap<String, computearbitrage_agent_protocol::ExitReport>>,
     /// Offers recently reclaimed, skipped by placement until the time (unix ms).
     pub(crate) reclaimed: Mutex<Vec<(migration::ExcludedOffer, i64)>>,
     /// When each workload's current agent was last heard from (register, heartbeat).

@@ -477,6 +477,13 @@ async fn wait_healthy(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Valu
             Err(e) => last_error = describe_http_error(&e),
         }
         if let InstanceState::Terminated { reason } = driver.instance(&id).await?.state {
+            if let Some(report) = orch.exit_report(&ctx.run.id).filter(|r| r.not_started) {
+                // No health check could pass; the check's error would only mislead.
+                return Err(StepError::permanent(format!(
+                    "the agent on instance {id} did not start the workload: {}",
+                    report.status
+                )));
+            }
             let output = last_output_suffix(orch, ctx);
             return Err(StepError::permanent(format!("the workload exited before its health check passed ({reason}); last check of {url}: {last_error}{output}")));
         }
@@ -497,14 +504,16 @@ async fn wait_healthy(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Valu
 fn last_output_suffix(orch: &Orchestrator, ctx: &StepContext<'_>) -> String {
     // The agent's report names the exit status even when the driver saw only that the
     // instance's process ended.
-    match orch.last_output(&ctx.run.id) {
-        Some((status, lines)) if !lines.is_empty() => {
-            format!(
-                "; the workload ended with {status}; its last output:\n{}",
-                lines.join("\n")
-            )
+    match orch.exit_report(&ctx.run.id) {
+        Some(report) if report.not_started => {
+            format!("; its agent did not start the workload: {}", report.status)
         }
-        Some((status, _)) => format!("; the workload ended with {status}"),
+        Some(report) if !report.last_output.is_empty() => format!(
+            "; the workload ended with {}; its last output:\n{}",
+            report.status,
+            report.last_output.join("\n")
+        ),
+        Some(report) => format!("; the workload ended with {}", report.status),
         None => String::new(),
     }
 }
