@@ -1023,51 +1023,73 @@ impl Orchestrator {
             .store
             .workloads_in(&[WorkloadStatus::Running, WorkloadStatus::Unhealthy])
             .await?;
+        // One workload's failing driver or store call must not stop the sweep of the
+        // others; the first error is returned once every workload was looked at.
+        let mut first_error = None;
         for workload in candidates {
-            let Some(instance_id) = workload.instance_id.clone() else {
-                continue;
-            };
-            let last = self
-                .heard_from
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&workload.id)
-                .copied()
-                .unwrap_or(self.started);
-            let quiet = last.elapsed();
-            if quiet < silence {
-                continue;
-            }
-            let exited_itself = self
-                .exited
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&workload.id)
-                == Some(&instance_id);
-            if exited_itself {
-                continue;
-            }
-            let Some(cloud) = workload.placement.as_ref().map(|p| p.cloud.clone()) else {
-                continue;
-            };
-            let state = self.driver(&cloud)?.instance(&instance_id).await?.state;
-            let computearbitrage_core::InstanceState::Terminated { reason } = state else {
-                if self
-                    .silent
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(instance_id.clone())
-                {
-                    tracing::warn!(workload_id = %workload.id, instance_id, quiet_ms = quiet.as_millis() as u64, "no heartbeat from the agent, but the driver reports the instance alive: not declared lost");
+            match self.lost_instance_of(&workload, silence).await {
+                Ok(Some(instance_id)) => lost.push(instance_id),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(workload_id = %workload.id, error = %e, "cannot check whether the workload's instance was lost; the next sweep tries again");
+                    first_error.get_or_insert(e);
                 }
-                continue;
-            };
-            tracing::warn!(workload_id = %workload.id, instance_id, quiet_ms = quiet.as_millis() as u64, reason, "instance lost: its agent is silent and the driver reports it ended");
-            self.on_instance_lost(&workload, &instance_id, &reason, quiet)
-                .await?;
-            lost.push(instance_id);
+            }
         }
-        Ok(lost)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(lost),
+        }
+    }
+
+    /// The instance of `workload`, if it was lost and is now being handled.
+    async fn lost_instance_of(
+        self: &Arc<Self>,
+        workload: &WorkloadRecord,
+        silence: Duration,
+    ) -> Result<Option<String>, OrchestratorError> {
+        let Some(instance_id) = workload.instance_id.clone() else {
+            return Ok(None);
+        };
+        let last = self
+            .heard_from
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&workload.id)
+            .copied()
+            .unwrap_or(self.started);
+        let quiet = last.elapsed();
+        if quiet < silence {
+            return Ok(None);
+        }
+        let exited_itself = self
+            .exited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&workload.id)
+            == Some(&instance_id);
+        if exited_itself {
+            return Ok(None);
+        }
+        let Some(cloud) = workload.placement.as_ref().map(|p| p.cloud.clone()) else {
+            return Ok(None);
+        };
+        let state = self.driver(&cloud)?.instance(&instance_id).await?.state;
+        let computearbitrage_core::InstanceState::Terminated { reason } = state else {
+            if self
+                .silent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(instance_id.clone())
+            {
+                tracing::warn!(workload_id = %workload.id, instance_id, quiet_ms = quiet.as_millis() as u64, "no heartbeat from the agent, but the driver reports the instance alive: not declared lost");
+            }
+            return Ok(None);
+        };
+        tracing::warn!(workload_id = %workload.id, instance_id, quiet_ms = quiet.as_millis() as u64, reason, "instance lost: its agent is silent and the driver reports it ended");
+        self.on_instance_lost(workload, &instance_id, &reason, quiet)
+            .await?;
+        Ok(Some(instance_id))
     }
 
     /// How the workload of the instance `run_id` launched ended (`exit status: 3`) and

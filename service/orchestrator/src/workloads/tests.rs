@@ -43,14 +43,17 @@ impl Driver for ScriptedDriver {
         Ok(instance)
     }
     async fn instance(&self, id: &str) -> Result<Instance, Error> {
-        Ok(self
-            .instances
+        self.instances
             .lock()
             .unwrap()
             .iter()
             .find(|i| i.instance_id == id)
             .cloned()
-            .unwrap())
+            .ok_or_else(|| Error::Driver {
+                driver: "scripted".into(),
+                message: format!("DescribeInstances failed for {id}"),
+                retryable: true,
+            })
     }
     async fn terminate(&self, id: &str) -> Result<(), Error> {
         if self.terminate_broken.load(Ordering::SeqCst) {
@@ -655,4 +658,89 @@ async fn agents_are_current_replacement_or_fenced_and_tokens_cannot_be_stretched
     .unwrap();
     let ended = orch.agent_heartbeat(&new, beat()).await;
     assert!(matches!(ended, Err(AgentError::Fenced(_))), "{ended:?}");
+}
+
+#[tokio::test]
+async fn one_failing_driver_call_does_not_stop_the_lost_instance_sweep() {
+    let driver = Arc::new(ScriptedDriver::default());
+    let orch = setup(driver.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = computearbitrage_storage::Storage::local(
+        dir.path(),
+        computearbitrage_storage::UrlSigner::new([5; 32]),
+        "http://127.0.0.1:1",
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    orch.attach_agents(agents::AgentLink {
+        service_url: "http://127.0.0.1:1".into(),
+        storage: Arc::new(storage),
+    });
+    // Two silent agents: the driver cannot describe the first instance, and reports
+    // the second ended.
+    driver.instances.lock().unwrap().push(Instance {
+        instance_id: "i-gone".into(),
+        state: InstanceState::Terminated {
+            reason: "reclaimed".into(),
+        },
+        address: None,
+        tcp_address: None,
+        tags: BTreeMap::new(),
+        created_at: 0,
+    });
+    let mut ids = Vec::new();
+    for instance in ["i-undescribable", "i-gone"] {
+        let (workload, _) = launched(&orch, instance).await;
+        let placed = computearbitrage_store::PlacementRecord {
+            cloud: "aws".into(),
+            region: "us-east-1".into(),
+            zone: "use1-az1".into(),
+            instance_type: "m5.large".into(),
+            price_per_hour: 0.036,
+            on_demand_price_per_hour: Some(0.096),
+            on_demand: false,
+            env_fingerprint: None,
+        };
+        orch.store
+            .update_workload(
+                "default",
+                &workload.id,
+                WorkloadChanges {
+                    placement: Some(Some(placed)),
+                    ..Default::default()
+                },
+                now_ms(),
+            )
+            .await
+            .unwrap();
+        let long_ago = std::time::Instant::now() - Duration::from_secs(60);
+        orch.heard_from
+            .lock()
+            .unwrap()
+            .insert(workload.id.clone(), long_ago);
+        ids.push(workload.id);
+    }
+    let error = orch.find_lost_instances().await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("DescribeInstances failed for i-undescribable"),
+        "{error}"
+    );
+    assert_eq!(
+        orch.get("default", &ids[0]).await.unwrap().status,
+        WorkloadStatus::Running,
+        "not lost on a failed look"
+    );
+    let gone = orch.get("default", &ids[1]).await.unwrap();
+    assert_ne!(
+        gone.status,
+        WorkloadStatus::Running,
+        "the other was still handled"
+    );
+    assert!(
+        gone.status_reason.contains("i-gone lost"),
+        "{}",
+        gone.status_reason
+    );
 }
