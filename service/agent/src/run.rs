@@ -510,8 +510,7 @@ pub async fn run(args: RunArgs) -> Exit {
             }
             fenced = wait_fenced(&heartbeat) => {
                 tracing::warn!(reason = %fenced, "this instance was replaced; stopping the workload");
-                let _ = child.start_kill();
-                let _ = child.wait().await;
+                kill_workload(&mut child, pid).await;
                 break Exit::Refused(fenced);
             }
             notice = watcher.next() => {
@@ -694,6 +693,18 @@ pub(crate) fn signal(pid: i32, signal: i32) {
     }
 }
 
+/// Ends what is left of the workload: every process it started that is still its
+/// descendant, then the main process (reaped). The workload stays in the agent's
+/// process group, so the machine's end (the local driver kills that group) takes
+/// whatever escaped the tree too.
+async fn kill_workload(child: &mut tokio::process::Child, pid: i32) {
+    if child.try_wait().ok().flatten().is_none() {
+        crate::tasks::signal_tree(pid, libc::SIGKILL);
+    }
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+}
+
 async fn report_exit(client: &Client, status: &str, last_output: Vec<String>) {
     send_exit_report(
         client,
@@ -770,17 +781,18 @@ async fn stop_workload(
     task: &protocol::AgentTask,
 ) -> i32 {
     crate::tasks::signal_tree(pid, libc::SIGCONT);
-    signal(pid, settings.signal);
+    crate::tasks::signal_tree(pid, settings.signal);
     let grace = Duration::from_secs(u64::from(task.timeout_seconds.max(1)));
-    match tokio::time::timeout(grace, child.wait()).await {
+    let code = match tokio::time::timeout(grace, child.wait()).await {
         Ok(Ok(status)) => exit_code(status),
         Ok(Err(_)) => 70,
         Err(_) => {
             tracing::warn!(task_id = %task.id, grace_s = grace.as_secs(), "the workload did not stop within the task's timeout; killed");
-            let _ = child.start_kill();
+            crate::tasks::signal_tree(pid, libc::SIGKILL);
             child.wait().await.map(exit_code).unwrap_or(137)
         }
-    }
+    };
+    code
 }
 
 /// The running workload, as a notice needs it.
@@ -826,8 +838,7 @@ async fn on_notice(
     if let Some((uid, gid)) = args.owner {
         if let Err(e) = drop_privileges(uid, gid) {
             tracing::error!(error = %e, "cannot drop to the workload's user; no checkpoint is taken");
-            let _ = child.start_kill();
-            let _ = child.wait().await;
+            kill_workload(child, pid).await;
             report.await;
             return;
         }
@@ -845,7 +856,8 @@ async fn on_notice(
     // Tell the workload, then give it until the deadline minus the margin.
     let telling = async {
         if settings.command.is_empty() {
-            signal(pid, settings.signal);
+            // The whole tree: a shell wrapper does not pass the signal on.
+            crate::tasks::signal_tree(pid, settings.signal);
             let budget = budget();
             match tokio::time::timeout(budget, child.wait()).await {
                 Ok(_) => Ok(()),
@@ -882,8 +894,7 @@ async fn on_notice(
     }
     // Whatever is left of the workload goes with the machine (`start_kill` knows
     // whether the child was already reaped, so no reused pid is hit).
-    let _ = child.start_kill();
-    let _ = child.wait().await;
+    kill_workload(child, pid).await;
 }
 
 /// Takes a checkpoint every `interval_ms` of the settings in effect (none while it is

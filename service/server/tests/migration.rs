@@ -1214,3 +1214,79 @@ async fn a_replacement_that_cannot_restore_its_checkpoint_says_why() {
     service.stop();
     kill_workloads(dir.path());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_notice_signal_reaches_the_processes_a_shell_wrapper_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(
+        dir.path(),
+        &[
+            ("COMPUTEARBITRAGE_WORKLOADS__INTERRUPTION_DELAY_MS", "8000"),
+            ("COMPUTEARBITRAGE_WORKLOADS__AGENT_HEARTBEAT_MS", "300"),
+        ],
+    );
+    let mut client = service.workloads().await;
+    // A wrapper that, like most, does not pass SIGTERM on: it waits for its children.
+    // A helper records that it heard the signal into $CHECKPOINT_DIR.
+    let wrapper = r#"
+trap 'wait "$helper"; wait "$server"; exit 0' TERM
+(trap 'echo heard > "$CHECKPOINT_DIR/helper-heard"; exit 0' TERM
+ while :; do sleep 0.1; done) &
+helper=$!
+"$@" &
+server=$!
+wait
+"#;
+    let mut spec = migrating_spec(&format!("wrapped-{}", std::process::id()));
+    spec.command = [
+        "sh".to_string(),
+        "-c".into(),
+        wrapper.into(),
+        "wrapper".into(),
+    ]
+    .into_iter()
+    .chain(spec.command)
+    .collect();
+    let created = client
+        .apply_workload(authed(pb::ApplyWorkloadRequest { spec: Some(spec) }))
+        .await
+        .unwrap()
+        .into_inner();
+    let before = wait_status(
+        &mut client,
+        &created.id,
+        &["RUNNING"],
+        Duration::from_secs(30),
+    )
+    .await;
+    service
+        .admin()
+        .await
+        .inject_interruption(authed(pb::InjectInterruptionRequest {
+            workload_id: created.id.clone(),
+            delay_ms: 0,
+        }))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let w = get(&mut client, &created.id).await;
+        if w.status == "RUNNING" && w.instance_id != before.instance_id {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not migrated: {} {}",
+            w.status,
+            w.status_reason
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The final checkpoint, restored on the replacement, holds what the helper wrote.
+    assert_eq!(
+        exec_ok(&mut client, &created.id, "cat checkpoint/helper-heard").await,
+        "heard\n"
+    );
+    service.stop();
+    kill_workloads(dir.path());
+}
