@@ -213,8 +213,15 @@ fn fill(file: &mut std::fs::File, buffer: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
+/// How long one chunk or manifest PUT is retried after failures of the network's (a
+/// reset, a 5xx, a 429) before the checkpoint fails: a store or a link that blinks
+/// must not cost a final checkpoint, and the machine's end bounds it anyway.
+pub const UPLOAD_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Uploads every chunk the grant names (PUT, four at a time), then, only
-/// after all succeeded, the manifest. Returns the bytes uploaded.
+/// after all succeeded, the manifest. Returns the bytes uploaded. Each PUT that
+/// fails retryably is sent again, with backoff, for up to `patience`; the objects are
+/// named by content, so sending one twice is harmless.
 ///
 /// Each chunk is read again from its file and hashed again: a file changed since
 /// [`scan`] is a [`CheckpointError::Corrupt`] naming it (the workload must have
@@ -225,6 +232,7 @@ pub async fn upload(
     client: &reqwest::Client,
     packed: &Packed,
     grant: &CheckpointGrant,
+    patience: std::time::Duration,
 ) -> Result<u64, CheckpointError> {
     if let Some(sha) = packed
         .chunks
@@ -261,6 +269,7 @@ pub async fn upload(
             url.clone(),
             sha.clone(),
             source.clone(),
+            patience,
         ));
     }
     while let Some(done) = uploads.join_next().await {
@@ -275,6 +284,7 @@ pub async fn upload(
         manifest,
         "application/json",
         "PUT manifest",
+        patience,
     )
     .await?;
     Ok(sent + manifest_len)
@@ -303,13 +313,22 @@ async fn put_chunk(
     url: String,
     sha: String,
     source: ChunkSource,
+    patience: std::time::Duration,
 ) -> Result<u64, CheckpointError> {
     let what = format!("PUT chunk {sha}");
     let bytes = tokio::task::spawn_blocking(move || read_chunk(&source, &sha))
         .await
         .map_err(|e| task_failed(&what, e))??;
     let len = bytes.len() as u64;
-    put(&client, &url, bytes, "application/octet-stream", &what).await?;
+    put(
+        &client,
+        &url,
+        bytes,
+        "application/octet-stream",
+        &what,
+        patience,
+    )
+    .await?;
     Ok(len)
 }
 
@@ -343,15 +362,31 @@ async fn put(
     body: Vec<u8>,
     content_type: &str,
     what: &str,
+    patience: std::time::Duration,
 ) -> Result<(), CheckpointError> {
-    let response = client
-        .put(url)
-        .header(reqwest::header::CONTENT_TYPE, content_type)
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| transport(what, e))?;
-    successful(response, what).await.map(drop)
+    let body = bytes::Bytes::from(body);
+    let started = std::time::Instant::now();
+    let mut delay = std::time::Duration::from_millis(100);
+    loop {
+        let sent = match client
+            .put(url)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body.clone())
+            .send()
+            .await
+        {
+            Ok(response) => successful(response, what).await.map(drop),
+            Err(e) => Err(transport(what, e)),
+        };
+        match sent {
+            Err(e) if e.is_retryable() && started.elapsed() + delay < patience => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "upload failed; sending it again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The response if it is a 2xx; otherwise its status and the start of its body.
@@ -778,6 +813,10 @@ mod tests {
         refuse_chunks: Option<u16>,
         /// The next this many GETs are answered with the status instead.
         refuse_gets: (usize, u16),
+        /// The next this many PUTs are answered with the status instead.
+        refuse_puts: (usize, u16),
+        /// Every PUT received, refused or not.
+        put_attempts: usize,
         gets: usize,
     }
 
@@ -798,7 +837,14 @@ mod tests {
                                 let body = body.collect().await.unwrap().to_bytes();
                                 let path = parts.uri.path().to_string();
                                 let mut objects = objects.lock().unwrap();
+                                if parts.method == "PUT" {
+                                    objects.put_attempts += 1;
+                                }
                                 let (status, reply) = match parts.method.as_str() {
+                                    "PUT" if objects.refuse_puts.0 > 0 => {
+                                        objects.refuse_puts.0 -= 1;
+                                        (objects.refuse_puts.1, Bytes::from("refused by the test"))
+                                    }
                                     "PUT" => match objects.refuse_chunks {
                                         Some(status) if path.contains("/chunks/") => {
                                             (status, Bytes::from("refused by the test"))
@@ -840,6 +886,8 @@ mod tests {
         });
         base
     }
+
+    const NO_RETRY: std::time::Duration = std::time::Duration::ZERO;
 
     fn chunk_key(sha: &str) -> String {
         format!("/checkpoints/t/chunks/{sha}")
@@ -967,7 +1015,7 @@ mod tests {
         assert_eq!(sizes[&big.chunks[0]], CHUNK_BYTES);
         assert_eq!(sizes[&big.chunks[2]], 1 << 20);
 
-        let sent = upload(&client(), &packed, &grant(&base, &packed))
+        let sent = upload(&client(), &packed, &grant(&base, &packed), NO_RETRY)
             .await
             .unwrap();
         assert_eq!(
@@ -1011,7 +1059,7 @@ mod tests {
         let source = temp.path().join("source");
         sample_tree(&source);
         let packed = scan(&source, 0).unwrap();
-        upload(&client(), &packed, &grant(&base, &packed))
+        upload(&client(), &packed, &grant(&base, &packed), NO_RETRY)
             .await
             .unwrap();
         let chunks = packed.chunk_sizes().len();
@@ -1077,7 +1125,7 @@ mod tests {
             );
         }
         let packed = scan(temp.path(), 0).unwrap();
-        upload(&client(), &packed, &grant(&base, &packed))
+        upload(&client(), &packed, &grant(&base, &packed), NO_RETRY)
             .await
             .unwrap();
 
@@ -1098,7 +1146,7 @@ mod tests {
         write(&source, "a.txt", b"first, intact", 0o644);
         write(&source, "b/big.bin", &noise(9 << 20, 3), 0o644);
         let packed = scan(&source, 0).unwrap();
-        upload(&client(), &packed, &grant(&base, &packed))
+        upload(&client(), &packed, &grant(&base, &packed), NO_RETRY)
             .await
             .unwrap();
 
@@ -1176,7 +1224,7 @@ mod tests {
         let source = temp.path().join("source");
         write(&source, "nested/x", b"secret", 0o644);
         let packed = scan(&source, 0).unwrap();
-        upload(&client(), &packed, &grant(&base, &packed))
+        upload(&client(), &packed, &grant(&base, &packed), NO_RETRY)
             .await
             .unwrap();
 
@@ -1206,7 +1254,7 @@ mod tests {
             let objects = Shared::default();
             objects.lock().unwrap().refuse_chunks = Some(status);
             let base = object_server(objects.clone()).await;
-            let error = upload(&client(), &packed, &grant(&base, &packed))
+            let error = upload(&client(), &packed, &grant(&base, &packed), NO_RETRY)
                 .await
                 .unwrap_err();
             match &error {
@@ -1232,7 +1280,7 @@ mod tests {
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", closed.local_addr().unwrap());
         drop(closed);
-        let error = upload(&client(), &packed, &grant(&base, &packed))
+        let error = upload(&client(), &packed, &grant(&base, &packed), NO_RETRY)
             .await
             .unwrap_err();
         assert!(error.is_retryable(), "{error:?}");
@@ -1259,7 +1307,7 @@ mod tests {
         assert_eq!(files[2].chunks[0], files[2].chunks[1]);
         assert_eq!(packed.chunk_sizes().len(), 3);
 
-        let sent = upload(&client(), &packed, &grant(&base, &packed))
+        let sent = upload(&client(), &packed, &grant(&base, &packed), NO_RETRY)
             .await
             .unwrap();
         assert_eq!(
@@ -1294,7 +1342,7 @@ mod tests {
         let packed = scan(temp.path(), 0).unwrap();
         write(temp.path(), "state.db", b"after!", 0o644);
 
-        let error = upload(&client(), &packed, &grant(&base, &packed))
+        let error = upload(&client(), &packed, &grant(&base, &packed), NO_RETRY)
             .await
             .unwrap_err();
         assert!(matches!(error, CheckpointError::Corrupt(_)), "{error:?}");
@@ -1312,8 +1360,55 @@ mod tests {
         let packed = scan(temp.path(), 0).unwrap();
         let mut partial = grant(&base, &packed);
         partial.chunk_urls.pop_first();
-        let error = upload(&client(), &packed, &partial).await.unwrap_err();
+        let error = upload(&client(), &packed, &partial, NO_RETRY)
+            .await
+            .unwrap_err();
         assert!(matches!(error, CheckpointError::Corrupt(_)), "{error:?}");
         assert!(objects.lock().unwrap().puts.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_upload_sends_a_put_again_after_a_failure_of_the_network_but_not_a_refusal() {
+        let temp = tempfile::tempdir().unwrap();
+        sample_tree(temp.path());
+        let packed = scan(temp.path(), 0).unwrap();
+        let puts = packed.chunks.len() + 1;
+
+        // Three 503s (a store blinking): each is sent again, and the checkpoint completes.
+        let objects = Shared::default();
+        objects.lock().unwrap().refuse_puts = (3, 503);
+        let base = object_server(objects.clone()).await;
+        let patience = std::time::Duration::from_secs(30);
+        upload(&client(), &packed, &grant(&base, &packed), patience)
+            .await
+            .unwrap();
+        let state = objects.lock().unwrap();
+        assert_eq!(state.put_attempts, puts + 3);
+        assert!(state.stored.contains_key(MANIFEST_KEY));
+        drop(state);
+        let restored = tempfile::tempdir().unwrap();
+        let manifest: Manifest = serde_json::from_slice(&packed.manifest_json()).unwrap();
+        restore(
+            &client(),
+            &restore_of(&base, &manifest),
+            restored.path(),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(contents(temp.path()), contents(restored.path()));
+
+        // A 403 is an answer, not a blink: no second try, whatever the patience.
+        let objects = Shared::default();
+        objects.lock().unwrap().refuse_puts = (usize::MAX, 403);
+        let base = object_server(objects.clone()).await;
+        let error = upload(&client(), &packed, &grant(&base, &packed), patience)
+            .await
+            .unwrap_err();
+        assert!(!error.is_retryable(), "{error:?}");
+        assert!(
+            objects.lock().unwrap().put_attempts <= packed.chunks.len(),
+            "each chunk PUT was tried once at most"
+        );
     }
 }

@@ -56,7 +56,7 @@ where
         reuse_stored: true,
     };
     let grant = grant(request).await?;
-    let bytes = checkpoint::upload(http, &packed, &grant)
+    let bytes = checkpoint::upload(http, &packed, &grant, checkpoint::UPLOAD_PATIENCE)
         .await
         .map_err(|e| e.to_string())?;
     Ok((bytes, packed.manifest.files.len() as u64))
