@@ -3,7 +3,7 @@
 //!
 //! 1. `record-interruption`: what is being left (instance, offer, notice time).
 //! 2. `placement`: the provisioning step, excluding the reclaimed offer and every
-//!    offer reclaimed within `migration.cooldown_seconds`.
+//!    offer reclaimed within `workloads.migration_cooldown_seconds`.
 //! 3. `mark-migrating`: INTERRUPTED → PROVISIONING; the route keeps answering 503.
 //! 4. `provision`: the replacement is started at once, while the old instance is
 //!    still writing its final checkpoint; its agent waits for step 5.

@@ -122,7 +122,7 @@ async fn placement(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Value, 
                 return Ok(placement_output(&best.offer, &best.reason, false));
             }
             None => format!(
-                "no offer matches the workload's requirements except the {} excluded after interruptions ({}); widen the requirements, or wait for the cooldown (migration.cooldown_seconds)",
+                "no offer matches the workload's requirements except the {} excluded after interruptions ({}); widen the requirements, or wait for the cooldown (workloads.migration_cooldown_seconds)",
                 excluded.len(),
                 excluded.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
             ),
