@@ -1290,3 +1290,93 @@ wait
     service.stop();
     kill_workloads(dir.path());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workload_on_s3_storage_migrates_with_its_checkpoint() {
+    let moto = computearbitrage_storage::suite::Moto::start(
+        &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../.tools/venv/bin/moto_server"),
+    );
+    let bucket = "computearbitrage-e2e";
+    moto.create_bucket(bucket).await;
+    let dir = tempfile::tempdir().unwrap();
+    // As an operator switches it: configuration only, credentials from the environment.
+    let service = Service::start(
+        dir.path(),
+        &[
+            ("COMPUTEARBITRAGE_WORKLOADS__AGENT_HEARTBEAT_MS", "300"),
+            ("COMPUTEARBITRAGE_STORAGE__BACKEND", "s3"),
+            ("COMPUTEARBITRAGE_STORAGE__BUCKET", bucket),
+            ("COMPUTEARBITRAGE_STORAGE__REGION", "us-east-1"),
+            ("COMPUTEARBITRAGE_STORAGE__ENDPOINT", &moto.endpoint),
+            ("COMPUTEARBITRAGE_STORAGE__ALLOW_HTTP", "true"),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ],
+    );
+    let mut client = service.workloads().await;
+    let created = client
+        .apply_workload(authed(pb::ApplyWorkloadRequest {
+            spec: Some(migrating_spec(&format!("on-s3-{}", std::process::id()))),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let before = wait_status(
+        &mut client,
+        &created.id,
+        &["RUNNING"],
+        Duration::from_secs(30),
+    )
+    .await;
+    let count_url = format!("{}/count", before.endpoint.trim_end_matches('/'));
+    let state_url = format!("{}/state", before.endpoint.trim_end_matches('/'));
+    for expected in 1..=2 {
+        let (_, body) = get_json(&count_url, &before.access_token).await;
+        assert_eq!(body["count"], expected);
+    }
+    service
+        .admin()
+        .await
+        .inject_interruption(authed(pb::InjectInterruptionRequest {
+            workload_id: created.id.clone(),
+            delay_ms: 0,
+        }))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        let w = get(&mut client, &created.id).await;
+        if w.status == "RUNNING" && w.instance_id != before.instance_id {
+            break w;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not migrated: {} {}\n{}",
+            w.status,
+            w.status_reason,
+            instance_logs(dir.path())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(after.endpoint, before.endpoint);
+    let (status, state) = get_json(&state_url, &after.access_token).await;
+    assert_eq!(status, 200);
+    assert_eq!(state["restored"], true, "{state}");
+    assert_eq!(state["count"], 2, "{state}");
+    // The checkpoint is in the bucket, and nothing went to the local directory.
+    assert!(!complete_checkpoints(&service, &created.id).await.is_empty());
+    let listing = reqwest::get(format!(
+        "{}/{bucket}?list-type=2&prefix=workloads/{}/checkpoints/",
+        moto.endpoint, created.id
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(listing.contains("manifest.json"), "{listing}");
+    assert!(!dir.path().join("storage").join("workloads").exists());
+    service.stop();
+    kill_workloads(dir.path());
+}

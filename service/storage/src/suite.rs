@@ -250,3 +250,71 @@ pub async fn large_streams_are_stored_whole(storage: &Storage) {
         .await
         .unwrap();
 }
+
+/// moto's S3 server (`moto_server`) on a free loopback port, for the S3 runs of the
+/// suite and the service's end-to-end tests; killed when dropped. `MOTO_SERVER`
+/// names another program than `default_program` (`.tools/venv/bin/moto_server`,
+/// installed by `scripts/install-test-tools.sh`).
+pub struct Moto {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+}
+
+impl Moto {
+    pub fn start(default_program: &std::path::Path) -> Moto {
+        use std::time::{Duration, Instant};
+        let program = std::env::var_os("MOTO_SERVER")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| default_program.to_path_buf());
+        assert!(
+            program.exists(),
+            "moto_server not found at {}; run ./scripts/install-test-tools.sh (or set MOTO_SERVER)",
+            program.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new(&program)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server starts");
+        let moto = Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not listen on {port} within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        moto
+    }
+
+    /// Creates `bucket` (moto takes any credentials).
+    pub async fn create_bucket(&self, bucket: &str) {
+        let created = reqwest::Client::new()
+            .put(format!("{}/{bucket}", self.endpoint))
+            .send()
+            .await
+            .expect("moto answers");
+        assert!(
+            created.status().is_success(),
+            "create bucket {bucket}: {}",
+            created.status()
+        );
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

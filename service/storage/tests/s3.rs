@@ -5,62 +5,14 @@
 //! tested on the local backend (`tests/local.rs`); here the shared suite shows that
 //! S3's own signed URLs carry real uploads and downloads.
 
-use computearbitrage_storage::{suite, BackendKind, Storage, StorageConfig, UrlSigner};
-use std::net::TcpStream;
+use computearbitrage_storage::suite::{self, Moto};
+use computearbitrage_storage::{BackendKind, Storage, StorageConfig, UrlSigner};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-struct Moto {
-    child: Child,
-    endpoint: String,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn moto_server() -> PathBuf {
-    if let Some(path) = std::env::var_os("MOTO_SERVER") {
-        return PathBuf::from(path);
-    }
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tools/venv/bin/moto_server");
-    assert!(
-        path.exists(),
-        "moto_server not found at {}; run ./scripts/install-test-tools.sh (or set MOTO_SERVER)",
-        path.display()
-    );
-    path
-}
 
 fn start_moto() -> Moto {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(moto_server())
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("moto_server starts");
-    let moto = Moto {
-        child,
-        endpoint: format!("http://127.0.0.1:{port}"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "moto_server did not listen on {port} within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    moto
+    Moto::start(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tools/venv/bin/moto_server"),
+    )
 }
 
 #[tokio::test]
@@ -68,16 +20,7 @@ async fn the_shared_suite_passes_on_s3() {
     let moto = start_moto();
     let client = reqwest::Client::new();
     let bucket = "computearbitrage-test";
-    let created = client
-        .put(format!("{}/{bucket}", moto.endpoint))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        created.status().is_success(),
-        "create bucket: {}",
-        created.status()
-    );
+    moto.create_bucket(bucket).await;
 
     // Credentials come from the environment, as in production; moto takes any.
     std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
