@@ -1380,3 +1380,122 @@ async fn a_workload_on_s3_storage_migrates_with_its_checkpoint() {
     service.stop();
     kill_workloads(dir.path());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replacement_reclaimed_before_the_switch_gives_way_to_another_offer() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(
+        dir.path(),
+        &[
+            ("COMPUTEARBITRAGE_WORKLOADS__INTERRUPTION_DELAY_MS", "8000"),
+            ("COMPUTEARBITRAGE_WORKLOADS__AGENT_HEARTBEAT_MS", "300"),
+        ],
+    );
+    let mut client = service.workloads().await;
+    // A restored workload takes 4 s to serve: time for the cloud to reclaim the
+    // replacement before the switch.
+    let name = format!("twice-{}", std::process::id());
+    let mut spec = migrating_spec(&name);
+    spec.env.insert("SLOW_RESTORE_SECONDS".into(), "4".into());
+    let created = client
+        .apply_workload(authed(pb::ApplyWorkloadRequest { spec: Some(spec) }))
+        .await
+        .unwrap()
+        .into_inner();
+    let before = wait_status(
+        &mut client,
+        &created.id,
+        &["RUNNING"],
+        Duration::from_secs(30),
+    )
+    .await;
+    let count_url = format!("{}/count", before.endpoint.trim_end_matches('/'));
+    for expected in 1..=2 {
+        let (_, body) = get_json(&count_url, &before.access_token).await;
+        assert_eq!(body["count"], expected);
+    }
+    let mut admin = service.admin().await;
+    admin
+        .inject_interruption(authed(pb::InjectInterruptionRequest {
+            workload_id: created.id.clone(),
+            delay_ms: 0,
+        }))
+        .await
+        .unwrap();
+    // Once the replacement exists, the workload's notice goes to it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let replacement = loop {
+        let w = get(&mut client, &created.id).await;
+        if w.status != "RUNNING" {
+            match admin
+                .inject_interruption(authed(pb::InjectInterruptionRequest {
+                    workload_id: created.id.clone(),
+                    delay_ms: 1000,
+                }))
+                .await
+            {
+                Ok(reply) => break reply.into_inner().instance_id,
+                Err(status) => {
+                    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}")
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no replacement: {}", w.status);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(replacement, before.instance_id);
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let after = loop {
+        let w = get(&mut client, &created.id).await;
+        if w.status == "RUNNING" && w.instance_id != before.instance_id {
+            break w;
+        }
+        assert!(
+            Instant::now() < deadline && w.status != "FAILED",
+            "not moved: {} {}",
+            w.status,
+            w.status_reason
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_ne!(after.instance_id, replacement, "a third instance");
+    assert_eq!(after.endpoint, before.endpoint);
+    assert_eq!(after.access_token, before.access_token);
+    let state_url = format!("{}/state", after.endpoint.trim_end_matches('/'));
+    let (_, state) = get_json(&state_url, &after.access_token).await;
+    assert_eq!(state["restored"], true, "{state}");
+    assert_eq!(state["count"], 2, "{state}");
+    let runs = client
+        .list_runs(authed(pb::ListRunsRequest {
+            workload_id: created.id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .runs;
+    let shape: Vec<(&str, &str)> = runs
+        .iter()
+        .map(|r| (r.kind.as_str(), r.status.as_str()))
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            ("provision", "completed"),
+            ("migrate", "dead"),
+            ("migrate", "completed")
+        ]
+    );
+    // Three instances, each billed; the reclaimed replacement is gone.
+    let billing = client
+        .get_billing(authed(pb::GetBillingRequest {
+            workload_id: created.id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(billing.records.len(), 3, "{billing:?}");
+    assert_eq!(processes_with_env("WORKLOAD_NAME", &name).len(), 1);
+    service.stop();
+    kill_workloads(dir.path());
+}

@@ -696,7 +696,22 @@ impl Orchestrator {
         token: &str,
         notice: protocol::NoticeReport,
     ) -> Result<(), AgentError> {
-        let session = self.current_session(token).await?;
+        let session = self
+            .agent_session(token, AgentTokenKind::Session, Duration::ZERO)
+            .await?;
+        if session.role == Role::Replacement {
+            // The cloud reclaims the replacement before the switch: the move goes on
+            // to another offer. A rebalance recommendation for it changes nothing.
+            if notice.signal == "interruption" {
+                if let Some((run, _, id, _)) = self.replacement_in_flight(&session.workload).await?
+                {
+                    if run.id == session.run.id {
+                        self.on_replacement_notice(&id).await?;
+                    }
+                }
+            }
+            return Ok(());
+        }
         let Some(instance_id) = session.workload.instance_id.clone() else {
             return Ok(());
         };

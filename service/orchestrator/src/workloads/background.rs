@@ -45,6 +45,7 @@ impl Orchestrator {
                 deadline,
             } => {
                 let Some(found) = self.workload_with_instance(&instance_id).await? else {
+                    self.on_replacement_notice(&instance_id).await?;
                     return Ok(());
                 };
                 let Some((_moves, workload)) = self.lock_moves(&found).await? else {

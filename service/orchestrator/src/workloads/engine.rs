@@ -160,10 +160,11 @@ impl Orchestrator {
             }
             Outcome::Dead { step, error } => {
                 tracing::warn!(run_id = %run.id, workload_id = %run.workload_id, step = %step, %error, "run failed; moved to dead letters");
+                let mut next_move = None;
                 if run.kind == RunKind::Provision {
                     self.fail_provisioning(&run, &step, &error).await?;
                 } else if run.kind == RunKind::Migrate {
-                    self.fail_migration(&run, &step, &error).await?;
+                    next_move = self.fail_migration(&run, &step, &error).await?;
                 } else if let Some(workload) = self
                     .store
                     .workload(&run.tenant_id, &run.workload_id)
@@ -184,6 +185,18 @@ impl Orchestrator {
                 self.store
                     .finish_run(&run.id, RunStatus::Dead, Some(error), Some(step), now)
                     .await?;
+                // The reclaimed replacement's move starts over, now that no run moves it.
+                if let Some(cause) = next_move {
+                    if let Some(workload) = self
+                        .store
+                        .workload(&run.tenant_id, &run.workload_id)
+                        .await?
+                    {
+                        if let Some((_moves, workload)) = self.lock_moves(&workload).await? {
+                            self.start_migration(&workload, cause).await?;
+                        }
+                    }
+                }
             }
         }
         Ok(())

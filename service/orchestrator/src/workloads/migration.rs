@@ -733,7 +733,93 @@ fn replacement_of(ledger: &[StepRecord]) -> Option<(PlacementRecord, String, i64
     ))
 }
 
+/// Replacements one notice may start: the first, and two more if the cloud reclaims
+/// those too before the switch.
+pub const MAX_REPLACEMENTS: usize = 3;
+
 impl Orchestrator {
+    /// The replacement the unfinished migration of `workload` started, if any: its
+    /// run, placement, instance id and start.
+    pub(crate) async fn replacement_in_flight(
+        &self,
+        workload: &WorkloadRecord,
+    ) -> Result<Option<(RunRecord, PlacementRecord, String, i64)>, OrchestratorError> {
+        let runs = self
+            .store
+            .runs_of(&workload.tenant_id, &workload.id)
+            .await?;
+        let Some(run) = runs
+            .into_iter()
+            .find(|r| r.kind == RunKind::Migrate && r.status == RunStatus::Running)
+        else {
+            return Ok(None);
+        };
+        let ledger = self.store.steps(&run.id).await?;
+        if ledger.iter().any(|s| s.step == SWITCH_ROUTE && s.completed) {
+            return Ok(None); // the replacement is the workload's instance now
+        }
+        Ok(replacement_of(&ledger).map(|(placed, id, started)| (run, placed, id, started)))
+    }
+
+    /// A notice for an instance that is the replacement of an unfinished migration:
+    /// its offer is skipped like any reclaimed one, and the migration, failing at its
+    /// wait for the replacement, starts over on another offer. Whether it was one.
+    pub(crate) async fn on_replacement_notice(
+        &self,
+        instance_id: &str,
+    ) -> Result<bool, OrchestratorError> {
+        let moving = self
+            .store
+            .workloads_in(&[
+                WorkloadStatus::Interrupted,
+                WorkloadStatus::Provisioning,
+                WorkloadStatus::Running,
+                WorkloadStatus::Unhealthy,
+            ])
+            .await?;
+        for workload in moving {
+            let Some((run, placed, id, _)) = self.replacement_in_flight(&workload).await? else {
+                continue;
+            };
+            if id != instance_id {
+                continue;
+            }
+            let offer = ExcludedOffer::of(&placed);
+            let cooldown_ms = self.settings.migration_cooldown.as_millis() as i64;
+            tracing::warn!(workload_id = %workload.id, run_id = %run.id, instance_id, offer = %offer, "the replacement is reclaimed before the switch; the move goes on to another offer");
+            self.reclaimed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((offer, now_ms() + cooldown_ms));
+            self.reclaimed_replacements
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Whether the cloud reclaims (or reclaimed) replacement `id`: its notice came,
+    /// or its driver reports it interrupted.
+    pub(crate) async fn replacement_reclaimed(&self, cloud: &str, id: &str) -> bool {
+        if self
+            .reclaimed_replacements
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+        {
+            return true;
+        }
+        match self.driver(cloud) {
+            Ok(driver) => matches!(
+                driver.instance(id).await.map(|i| i.state),
+                Ok(InstanceState::Interrupted { .. })
+            ),
+            Err(_) => false,
+        }
+    }
+
     /// A replacement nothing forced (of an unhealthy instance, or a rebalance) failed
     /// before the switch: only the replacement goes, and the workload stays on its
     /// instance (RUNNING again if the move had begun, so the monitor judges it
@@ -891,19 +977,22 @@ impl Orchestrator {
     }
 
     /// A migration failed for good: release the replacement (the old instance is
-    /// reclaimed anyway), mark the workload FAILED with the step and error.
+    /// reclaimed anyway), mark the workload FAILED with the step and error. Except when
+    /// the cloud reclaimed the replacement of a notice's move too (fewer than
+    /// [`MAX_REPLACEMENTS`] times): then only the replacement goes, and the cause to
+    /// start a new migration with, once this run is finished, is returned.
     pub(crate) async fn fail_migration(
         self: &Arc<Self>,
         run: &RunRecord,
         step: &str,
         error: &str,
-    ) -> Result<(), OrchestratorError> {
+    ) -> Result<Option<Cause>, OrchestratorError> {
         let Some(workload) = self
             .store
             .workload(&run.tenant_id, &run.workload_id)
             .await?
         else {
-            return Ok(());
+            return Ok(None);
         };
         let ledger = self.store.steps(&run.id).await?;
         let done = |name: &str| ledger.iter().any(|s| s.step == name && s.completed);
@@ -911,13 +1000,38 @@ impl Orchestrator {
             // The workload runs on its replacement: a failure to terminate the old
             // instance or to notify must not kill it. The sweeper ends the old one.
             tracing::warn!(workload_id = %workload.id, step, error, "migration finished its move but not its cleanup; the orphan sweeper terminates the old instance");
-            return Ok(());
+            return Ok(None);
         }
         let cause = Cause::of(run);
         if cause.stays_on_failure() {
-            return self
-                .fail_replacement(&workload, cause, &ledger, step, error)
-                .await;
+            self.fail_replacement(&workload, cause, &ledger, step, error)
+                .await?;
+            return Ok(None);
+        }
+        if let Some((placed, id, started)) = replacement_of(&ledger) {
+            if self.replacement_reclaimed(&placed.cloud, &id).await
+                && self.replacements_for_this_notice(&workload, run).await? < MAX_REPLACEMENTS
+            {
+                self.reclaimed_replacements
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                if let Err(e) = self.driver(&placed.cloud)?.terminate(&id).await {
+                    tracing::warn!(workload_id = %workload.id, instance_id = %id, error = %e, "could not terminate the reclaimed replacement; the sweeper will retry");
+                }
+                self.store
+                    .add_billing(bill(&workload, &placed, &id, started, now_ms()))
+                    .await?;
+                tracing::warn!(workload_id = %workload.id, instance_id = %id, step, error, "the replacement was reclaimed before the switch; starting another on the next offer");
+                notify::enqueue(
+                    self,
+                    &workload,
+                    "workload.replacement_failed",
+                    json!({ "failed_step": step, "error": error, "instance_id": id, "cause": cause.name(), "reclaimed": true, "retrying": true }),
+                )
+                .await?;
+                return Ok(Some(cause));
+            }
         }
         // The replacement, if one was started, is billed for what it ran.
         if let Some((placed, id, started)) = replacement_of(&ledger) {
@@ -960,6 +1074,35 @@ impl Orchestrator {
             json!({ "failed_step": step, "error": error, "during": "migration" }),
         )
         .await?;
-        Ok(())
+        Ok(None)
+    }
+
+    /// The replacements started since the workload last finished a run (its
+    /// provisioning or its last completed move): the dead migrations since, and `run`.
+    async fn replacements_for_this_notice(
+        &self,
+        workload: &WorkloadRecord,
+        run: &RunRecord,
+    ) -> Result<usize, OrchestratorError> {
+        let runs = self
+            .store
+            .runs_of(&workload.tenant_id, &workload.id)
+            .await?;
+        let since = runs
+            .iter()
+            .filter(|r| r.status == RunStatus::Completed)
+            .map(|r| r.created_at)
+            .max()
+            .unwrap_or(0);
+        let dead = runs
+            .iter()
+            .filter(|r| {
+                r.kind == RunKind::Migrate
+                    && r.status == RunStatus::Dead
+                    && r.created_at > since
+                    && r.id != run.id
+            })
+            .count();
+        Ok(dead + 1)
     }
 }

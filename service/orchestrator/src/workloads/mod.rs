@@ -173,6 +173,8 @@ pub struct Orchestrator {
     pub(crate) exit_reports: Mutex<HashMap<String, computearbitrage_agent_protocol::ExitReport>>,
     /// Offers recently reclaimed, skipped by placement until the time (unix ms).
     pub(crate) reclaimed: Mutex<Vec<(migration::ExcludedOffer, i64)>>,
+    /// Replacements the cloud announced it reclaims before their migration switched.
+    pub(crate) reclaimed_replacements: Mutex<HashSet<String>>,
     /// When each workload's current agent was last heard from (register, heartbeat).
     pub(crate) heard_from: Mutex<HashMap<String, std::time::Instant>>,
     /// Workloads whose current instance's agent reported the workload's own exit, by
@@ -261,6 +263,7 @@ impl Orchestrator {
             checkpoint_reports: Mutex::new(HashMap::new()),
             exit_reports: Mutex::new(HashMap::new()),
             reclaimed: Mutex::new(Vec::new()),
+            reclaimed_replacements: Mutex::new(HashSet::new()),
             heard_from: Mutex::new(HashMap::new()),
             exited: Mutex::new(HashMap::new()),
             silent: Mutex::new(HashSet::new()),
@@ -700,7 +703,8 @@ impl Orchestrator {
         Ok((count, seconds))
     }
 
-    /// Local driver only: a spot interruption of the workload's instance.
+    /// Local driver only: a spot interruption of the workload's instance, or of the
+    /// replacement its unfinished migration started.
     pub async fn inject_interruption(
         &self,
         tenant: &str,
@@ -708,22 +712,29 @@ impl Orchestrator {
         delay: Option<Duration>,
     ) -> Result<(String, i64), OperationError> {
         let workload = self.get(tenant, id).await?;
-        let Some(instance_id) = workload
-            .instance_id
-            .clone()
-            .filter(|_| workload.status == WorkloadStatus::Running)
-        else {
-            return Err(OperationError::WrongState(format!(
-                "workload {id} is {}; only a RUNNING workload can be interrupted",
-                workload.status
-            )));
+        // A workload on the move: the notice goes to the replacement being started.
+        let moving = match workload.status {
+            WorkloadStatus::Running => None,
+            _ => self
+                .replacement_in_flight(&workload)
+                .await
+                .map_err(OperationError::Service)?,
         };
-        let Some(placement) = &workload.placement else {
-            return Err(OperationError::WrongState(format!(
-                "workload {id} has no placement; only a placed workload can be interrupted"
-            )));
+        let (instance_id, cloud) = match (&moving, &workload.instance_id, &workload.placement) {
+            (Some((_, placed, replacement, _)), _, _) => {
+                (replacement.clone(), placed.cloud.clone())
+            }
+            (None, Some(instance), Some(placed)) if workload.status == WorkloadStatus::Running => {
+                (instance.clone(), placed.cloud.clone())
+            }
+            _ => {
+                return Err(OperationError::WrongState(format!(
+                    "workload {id} is {}; only a RUNNING workload, or one whose replacement is starting, can be interrupted",
+                    workload.status
+                )))
+            }
         };
-        let driver = self.driver(&placement.cloud)?;
+        let driver = self.driver(&cloud)?;
         let deadline = driver
             .inject_interruption(
                 &instance_id,

@@ -427,6 +427,11 @@ async fn wait_running(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Valu
                     "instance {id} was interrupted before running"
                 )));
             }
+            InstanceState::Pending if announced_reclaimed(orch, &id) => {
+                return Err(StepError::permanent(format!(
+                    "instance {id} is reclaimed by its cloud before it ran"
+                )));
+            }
             InstanceState::Pending => {}
         }
         if tokio::time::Instant::now() >= deadline {
@@ -476,7 +481,13 @@ async fn wait_healthy(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Valu
             Ok(response) => last_error = format!("HTTP {}", response.status()),
             Err(e) => last_error = describe_http_error(&e),
         }
-        if let InstanceState::Terminated { reason } = driver.instance(&id).await?.state {
+        let state = driver.instance(&id).await?.state;
+        if matches!(state, InstanceState::Interrupted { .. }) || announced_reclaimed(orch, &id) {
+            return Err(StepError::permanent(format!(
+                "instance {id} is reclaimed by its cloud before its health check passed"
+            )));
+        }
+        if let InstanceState::Terminated { reason } = state {
             if let Some(report) = orch.exit_report(&ctx.run.id).filter(|r| r.not_started) {
                 // No health check could pass; the check's error would only mislead.
                 return Err(StepError::permanent(format!(
@@ -498,6 +509,14 @@ async fn wait_healthy(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Valu
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// The cloud announced it reclaims `id` (a migration's replacement) before the switch.
+fn announced_reclaimed(orch: &Orchestrator, id: &str) -> bool {
+    orch.reclaimed_replacements
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(id)
 }
 
 /// The last lines an exited workload wrote, as its agent reported them, for the error.
