@@ -1495,6 +1495,38 @@ async fn a_replacement_reclaimed_before_the_switch_gives_way_to_another_offer() 
         .unwrap()
         .into_inner();
     assert_eq!(billing.records.len(), 3, "{billing:?}");
+    // The third offer is neither the first's nor the reclaimed replacement's (which only
+    // the cooldown excludes), as each run's placement step chose them.
+    let placed = |run: &pb::Run| {
+        let step = run.steps.iter().find(|s| s.name == "placement").unwrap();
+        let output: serde_json::Value = serde_json::from_str(&step.output).unwrap();
+        let offer = |key: &str| {
+            output[key]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        };
+        let offer = (
+            offer("provider"),
+            offer("region"),
+            offer("zone"),
+            offer("instance_type"),
+        );
+        assert!(!offer.0.is_empty(), "{output}");
+        offer
+    };
+    let third = placed(&runs[2]);
+    assert_ne!(third, placed(&runs[1]), "the reclaimed replacement's offer");
+    assert_eq!(third.3, after.instance_type);
+    assert_ne!(
+        third,
+        (
+            before.cloud.clone(),
+            before.region.clone(),
+            before.zone.clone(),
+            before.instance_type.clone()
+        )
+    );
     assert_eq!(processes_with_env("WORKLOAD_NAME", &name).len(), 1);
     service.stop();
     kill_workloads(dir.path());
