@@ -1500,12 +1500,7 @@ async fn a_replacement_reclaimed_before_the_switch_gives_way_to_another_offer() 
     let placed = |run: &pb::Run| {
         let step = run.steps.iter().find(|s| s.name == "placement").unwrap();
         let output: serde_json::Value = serde_json::from_str(&step.output).unwrap();
-        let offer = |key: &str| {
-            output[key]
-                .as_str()
-                .unwrap_or_default()
-                .to_string()
-        };
+        let offer = |key: &str| output[key].as_str().unwrap_or_default().to_string();
         let offer = (
             offer("provider"),
             offer("region"),
@@ -1528,6 +1523,91 @@ async fn a_replacement_reclaimed_before_the_switch_gives_way_to_another_offer() 
         )
     );
     assert_eq!(processes_with_env("WORKLOAD_NAME", &name).len(), 1);
+    service.stop();
+    kill_workloads(dir.path());
+}
+
+/// Sends `message` on a new connection to `address`; the echo. The router follows a
+/// switch within milliseconds, so a refused or reset try is made again for 2 s.
+async fn tcp_echo(address: &str, message: &'static str) -> String {
+    let address = address.to_string();
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let once = || -> std::io::Result<String> {
+            let mut stream = std::net::TcpStream::connect(&address)?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            stream.write_all(message.as_bytes())?;
+            let mut buf = [0u8; 256];
+            let n = stream.read(&mut buf)?;
+            Ok(String::from_utf8_lossy(&buf[..n]).to_string())
+        };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match once() {
+                Ok(echo) if !echo.is_empty() => return echo,
+                other => assert!(Instant::now() < deadline, "{address}: {other:?}"),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_migrated_workload_keeps_its_tcp_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(
+        dir.path(),
+        &[("COMPUTEARBITRAGE_WORKLOADS__AGENT_HEARTBEAT_MS", "300")],
+    );
+    let mut client = service.workloads().await;
+    let name = format!("tcp-mover-{}", std::process::id());
+    let mut spec = migrating_spec(&name);
+    spec.tcp_port = Some(9000);
+    let created = client
+        .apply_workload(authed(pb::ApplyWorkloadRequest { spec: Some(spec) }))
+        .await
+        .unwrap()
+        .into_inner();
+    let before = wait_status(
+        &mut client,
+        &created.id,
+        &["RUNNING"],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(!before.tcp_endpoint.is_empty());
+    assert_eq!(
+        tcp_echo(&before.tcp_endpoint, "before").await,
+        format!("{name}: before")
+    );
+    service
+        .admin()
+        .await
+        .inject_interruption(authed(pb::InjectInterruptionRequest {
+            workload_id: created.id.clone(),
+            delay_ms: 0,
+        }))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        let w = get(&mut client, &created.id).await;
+        if w.status == "RUNNING" && w.instance_id != before.instance_id {
+            break w;
+        }
+        assert!(Instant::now() < deadline, "not migrated: {}", w.status);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(after.tcp_endpoint, before.tcp_endpoint, "the same listener");
+    assert_eq!(after.tcp_listen_port, before.tcp_listen_port);
+    assert_ne!(after.backend_endpoint, before.backend_endpoint);
+    // The old instance is gone, so an echo through the same address is the new one's.
+    assert_eq!(
+        tcp_echo(&after.tcp_endpoint, "after").await,
+        format!("{name}: after")
+    );
     service.stop();
     kill_workloads(dir.path());
 }
