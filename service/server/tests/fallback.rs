@@ -1,7 +1,8 @@
 //! `fallback = "on_demand"` through the real binaries: a workload no spot offer can
 //! hold, and one whose spot capacity errors persist (the local driver's
 //! `no_spot_capacity`), run on on-demand capacity and are billed at the on-demand
-//! price; without fallback the first fails with what to change.
+//! price; without fallback the first fails with what to change. A migration that meets
+//! persistent spot capacity errors moves to on-demand capacity too.
 
 mod common;
 
@@ -193,4 +194,96 @@ async fn persistent_spot_capacity_errors_move_to_on_demand_of_the_same_offer() {
     assert_ne!(now.market, "on_demand");
     assert!(processes_with_env("WORKLOAD_NAME", &now.spec.unwrap().name).is_empty());
     service.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_migration_without_spot_capacity_moves_to_on_demand_with_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let heartbeat = ("COMPUTEARBITRAGE_WORKLOADS__AGENT_HEARTBEAT_MS", "300");
+    let service = Service::start(dir.path(), &[heartbeat]);
+    let mut client = service.workloads().await;
+    let mut spec = spec(&format!("od-mover-{}", std::process::id()), &[]);
+    spec.on_interruption = "migrate".into();
+    spec.storage = test_storage();
+    spec.fallback = "on_demand".into();
+    let created = create(&mut client, spec).await;
+    let before = wait_status(
+        &mut client,
+        &created.id,
+        &["RUNNING"],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(before.market, "spot");
+    // The clouds run out of spot capacity: the service restarts into that world (the
+    // workload keeps running, its agent reconnects).
+    let address = service.address();
+    service.kill();
+    let service = Service::start_on(
+        dir.path(),
+        &address,
+        &[
+            heartbeat,
+            (
+                "COMPUTEARBITRAGE_WORKLOADS__LOCAL__NO_SPOT_CAPACITY",
+                "*/*/*/*",
+            ),
+        ],
+    );
+    let mut client = service.workloads().await;
+    service
+        .admin()
+        .await
+        .inject_interruption(authed(pb::InjectInterruptionRequest {
+            workload_id: created.id.clone(),
+            delay_ms: 0,
+        }))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        let w = get(&mut client, &created.id).await;
+        if w.status == "RUNNING" && w.instance_id != before.instance_id {
+            break w;
+        }
+        assert!(
+            std::time::Instant::now() < deadline && w.status != "FAILED",
+            "not moved: {} {}",
+            w.status,
+            w.status_reason
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_paid_on_demand(&after);
+    // The same route and token (the test's router listens on a new port per start).
+    assert!(after.endpoint.ends_with(&format!("/w/{}/", created.id)));
+    assert_eq!(after.access_token, before.access_token);
+    let (status, _) = get_json(&after.endpoint, &after.access_token).await;
+    assert_eq!(status, 200);
+    let told = notifications(&mut client, &created.id).await;
+    assert!(
+        told.iter()
+            .any(|n| n.kind == "workload.fallback"
+                && n.payload.contains("InsufficientInstanceCapacity")),
+        "{told:?}"
+    );
+    // Billed per instance at what each cost: spot, then on-demand.
+    let billing = client
+        .get_billing(authed(pb::GetBillingRequest {
+            workload_id: created.id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let paid: Vec<f64> = billing.records.iter().map(|r| r.price_per_hour).collect();
+    assert_eq!(
+        paid,
+        vec![
+            before.price_per_hour.unwrap(),
+            after.price_per_hour.unwrap()
+        ],
+        "{billing:?}"
+    );
+    service.stop();
+    kill_workloads(dir.path());
 }
