@@ -419,3 +419,48 @@ def test_an_interrupted_workload_migrates_with_its_state_and_terraform_sees_no_c
     runs = workload_service.cli("workload", "runs", web["id"])["runs"]
     assert [r["kind"] for r in runs] == ["provision", "migrate"] and runs[1]["status"] == "completed"
     ws.run("destroy", "-auto-approve")
+
+
+def test_terraform_refreshes_and_destroys_a_workload_in_the_middle_of_its_move(workload_service, workload_for_service, terraform):
+    """A plan while the workload moves (PROVISIONING, its replacement restoring) is a
+    no-op, and a destroy then stops the move and leaves nothing running."""
+    name = unique("midmove", terraform)
+    ws = workload_for_service(workload_service)
+    storage = 'storage {\n    enabled        = true\n    quota_gb       = 1\n    retention_days = 1\n  }'
+    text = config(name, extra=storage)
+    # The replacement takes 10 s after its restore to serve: the move lasts that long.
+    text = text.replace(f'env     = {{ WORKLOAD_NAME = "{name}" }}', f'env     = {{ WORKLOAD_NAME = "{name}", SLOW_RESTORE_SECONDS = "10" }}')
+    assert "SLOW_RESTORE_SECONDS" in text
+    # The stable values as a module exports them (an output of the whole resource shows
+    # its status change, which is Terraform reporting the move, not a change to make).
+    text = text.split('output "web"')[0] + """output "web" {
+  value = {
+    id           = computearbitrage_workload.web.id
+    endpoint     = computearbitrage_workload.web.endpoint
+    access_token = computearbitrage_workload.web.access_token
+  }
+  sensitive = true
+}
+"""
+    ws.write(text)
+    ws.apply()
+    web = ws.outputs()["web"]
+    before = workload_service.cli("workload", "get", web["id"])
+    workload_service.cli("workload", "interrupt", web["id"])
+    deadline = time.monotonic() + 30
+    while workload_service.cli("workload", "get", web["id"])["status"] != "PROVISIONING":
+        assert time.monotonic() < deadline, "the move did not start"
+        time.sleep(0.1)
+
+    assert ws.plan_is_noop(), ws.run("plan", check=False).stdout
+    during = workload_service.cli("workload", "get", web["id"])
+    assert during["status"] == "PROVISIONING", f"the move ended before the plan did: {during['status']}"
+
+    ws.run("destroy", "-auto-approve")
+    after = workload_service.cli("workload", "get", web["id"])
+    assert after["status"] == "TERMINATED", after
+    deadline = time.monotonic() + 10
+    while workload_pids(name):
+        assert time.monotonic() < deadline, f"left running: {workload_pids(name)}"
+        time.sleep(0.2)
+    assert before["instance_id"] != ""
