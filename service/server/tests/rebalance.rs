@@ -430,6 +430,16 @@ async fn an_env_change_is_a_rolling_replacement_with_no_failed_request() {
         Duration::from_secs(30),
     )
     .await;
+    // RUNNING comes at the health check; the provisioning run finishes just after, and
+    // only then is the env applied (no run of the workload is unfinished).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let before = loop {
+        let w = get(&mut client, &created.id).await;
+        if w.env_applied || std::time::Instant::now() > deadline {
+            break w;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(before.env_applied, "{before:?}");
     let base = before.endpoint.trim_end_matches('/').to_string();
     for _ in 0..3 {
