@@ -365,10 +365,8 @@ async fn put(
     patience: std::time::Duration,
 ) -> Result<(), CheckpointError> {
     let body = bytes::Bytes::from(body);
-    let started = std::time::Instant::now();
-    let mut delay = std::time::Duration::from_millis(100);
-    loop {
-        let sent = match client
+    patiently(patience, what, || async {
+        match client
             .put(url)
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(body.clone())
@@ -377,10 +375,29 @@ async fn put(
         {
             Ok(response) => successful(response, what).await.map(drop),
             Err(e) => Err(transport(what, e)),
-        };
-        match sent {
-            Err(e) if e.is_retryable() && started.elapsed() + delay < patience => {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "upload failed; sending it again");
+        }
+    })
+    .await
+}
+
+/// `attempt`, made again after each failure of the network's (backoff from 100 ms
+/// to 5 s) until `patience` has passed; any other failure, or one after that, is
+/// returned at once.
+async fn patiently<T, F, Fut>(
+    patience: std::time::Duration,
+    what: &str,
+    mut attempt: F,
+) -> Result<T, CheckpointError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, CheckpointError>>,
+{
+    let started = std::time::Instant::now();
+    let mut delay = std::time::Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Err(e) if e.is_retryable() && started.elapsed() < patience => {
+                tracing::warn!(what, error = %e, retry_in_ms = delay.as_millis() as u64, "failed; trying again");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(std::time::Duration::from_secs(5));
             }
@@ -531,18 +548,8 @@ pub async fn restore_patiently(
     owner: Option<(u32, u32)>,
     patience: std::time::Duration,
 ) -> Result<(u64, u64), CheckpointError> {
-    let started = std::time::Instant::now();
-    let mut delay = std::time::Duration::from_millis(100);
-    loop {
-        match restore(client, restore_of, dir, owner).await {
-            Err(e) if e.is_retryable() && started.elapsed() < patience => {
-                tracing::warn!(checkpoint = %restore_of.name, error = %e, retry_in_ms = delay.as_millis() as u64, "checkpoint restore failed; starting it over");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(std::time::Duration::from_secs(5));
-            }
-            other => return other,
-        }
-    }
+    let what = format!("restore of checkpoint {}", restore_of.name);
+    patiently(patience, &what, || restore(client, restore_of, dir, owner)).await
 }
 
 /// Refuses a manifest that could write outside the directory, or could not be

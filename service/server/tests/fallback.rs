@@ -240,20 +240,14 @@ async fn a_migration_without_spot_capacity_moves_to_on_demand_with_fallback() {
         }))
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let after = loop {
-        let w = get(&mut client, &created.id).await;
-        if w.status == "RUNNING" && w.instance_id != before.instance_id {
-            break w;
-        }
-        assert!(
-            std::time::Instant::now() < deadline && w.status != "FAILED",
-            "not moved: {} {}",
-            w.status,
-            w.status_reason
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let after = wait_moved(
+        &mut client,
+        &service,
+        &created.id,
+        &before.instance_id,
+        Duration::from_secs(60),
+    )
+    .await;
     assert_paid_on_demand(&after);
     // The same route and token (the test's router listens on a new port per start).
     assert!(after.endpoint.ends_with(&format!("/w/{}/", created.id)));

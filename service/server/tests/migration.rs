@@ -374,21 +374,14 @@ async fn crash_during_migration(step: &str, when: &str) {
 
     let service = Service::start_on(dir.path(), &address, &env);
     let mut client = service.workloads().await;
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let after = loop {
-        let w = get(&mut client, &created.id).await;
-        if w.status == "RUNNING" && w.instance_id != before.instance_id {
-            break w;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no migration after a crash at {pause}: {} ({}){}",
-            w.status,
-            w.status_reason,
-            instance_logs(dir.path())
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let after = wait_moved(
+        &mut client,
+        &service,
+        &created.id,
+        &before.instance_id,
+        Duration::from_secs(40),
+    )
+    .await;
     // The router of the restarted test service listens elsewhere; the route is the same.
     let route = |e: &str| e.split_once("/w/").map(|(_, r)| r.to_string());
     assert_eq!(route(&after.endpoint), route(&before.endpoint));
@@ -634,20 +627,14 @@ async fn a_silent_agent_is_not_lost_while_its_instance_lives_but_a_vanished_inst
     // The whole instance vanishes (its process group killed, no notice): the agent is
     // silent and the driver agrees it ended, so the workload moves.
     signal_process_group(agent);
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let after = loop {
-        let w = get(&mut client, &created.id).await;
-        if w.status == "RUNNING" && w.instance_id != before.instance_id {
-            break w;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not replaced: {} ({})",
-            w.status,
-            w.status_reason
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let after = wait_moved(
+        &mut client,
+        &service,
+        &created.id,
+        &before.instance_id,
+        Duration::from_secs(40),
+    )
+    .await;
     assert_eq!(after.endpoint, before.endpoint);
     let runs = client
         .list_runs(authed(pb::ListRunsRequest {
@@ -756,20 +743,14 @@ async fn a_workload_of_its_own_user_migrates_with_its_checkpoint() {
         }))
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let after = loop {
-        let w = get(&mut client, &created.id).await;
-        if w.status == "RUNNING" && w.instance_id != before.instance_id {
-            break w;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not migrated: {} ({})",
-            w.status,
-            w.status_reason
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let after = wait_moved(
+        &mut client,
+        &service,
+        &created.id,
+        &before.instance_id,
+        Duration::from_secs(40),
+    )
+    .await;
     let (_, state) = get_json(
         &format!("{}/state", after.endpoint.trim_end_matches('/')),
         &after.access_token,
@@ -988,20 +969,14 @@ async fn periodic_checkpoints_keep_the_newest_change_in_place_and_bring_a_vanish
     let agent = processes_with_env("COMPUTEARBITRAGE_INSTANCE_ID", &before.instance_id);
     assert_eq!(agent.len(), 1, "{agent:?}");
     signal_process_group(agent[0]);
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let after = loop {
-        let w = get(&mut client, &created.id).await;
-        if w.status == "RUNNING" && w.instance_id != before.instance_id {
-            break w;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not replaced: {} ({})",
-            w.status,
-            w.status_reason
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let after = wait_moved(
+        &mut client,
+        &service,
+        &created.id,
+        &before.instance_id,
+        Duration::from_secs(40),
+    )
+    .await;
     let (_, state) = get_json(
         &format!("{}/state", after.endpoint.trim_end_matches('/')),
         &after.access_token,
@@ -1121,15 +1096,14 @@ async fn a_checkpoint_uploads_only_the_chunks_no_earlier_one_stored() {
         }))
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let w = get(&mut client, &created.id).await;
-        if w.status == "RUNNING" && w.instance_id != before.instance_id {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not migrated: {}", w.status);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_moved(
+        &mut client,
+        &service,
+        &created.id,
+        &before.instance_id,
+        Duration::from_secs(60),
+    )
+    .await;
     assert_eq!(
         exec_ok(&mut client, &created.id, "sha256sum checkpoint/big").await,
         digest
@@ -1268,20 +1242,14 @@ wait
         }))
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let w = get(&mut client, &created.id).await;
-        if w.status == "RUNNING" && w.instance_id != before.instance_id {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not migrated: {} {}",
-            w.status,
-            w.status_reason
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_moved(
+        &mut client,
+        &service,
+        &created.id,
+        &before.instance_id,
+        Duration::from_secs(60),
+    )
+    .await;
     // The final checkpoint, restored on the replacement, holds what the helper wrote.
     assert_eq!(
         exec_ok(&mut client, &created.id, "cat checkpoint/helper-heard").await,
@@ -1344,21 +1312,14 @@ async fn a_workload_on_s3_storage_migrates_with_its_checkpoint() {
         }))
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let after = loop {
-        let w = get(&mut client, &created.id).await;
-        if w.status == "RUNNING" && w.instance_id != before.instance_id {
-            break w;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not migrated: {} {}\n{}",
-            w.status,
-            w.status_reason,
-            instance_logs(dir.path())
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let after = wait_moved(
+        &mut client,
+        &service,
+        &created.id,
+        &before.instance_id,
+        Duration::from_secs(60),
+    )
+    .await;
     assert_eq!(after.endpoint, before.endpoint);
     let (status, state) = get_json(&state_url, &after.access_token).await;
     assert_eq!(status, 200);
@@ -1445,20 +1406,14 @@ async fn a_replacement_reclaimed_before_the_switch_gives_way_to_another_offer() 
     };
     assert_ne!(replacement, before.instance_id);
 
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let after = loop {
-        let w = get(&mut client, &created.id).await;
-        if w.status == "RUNNING" && w.instance_id != before.instance_id {
-            break w;
-        }
-        assert!(
-            Instant::now() < deadline && w.status != "FAILED",
-            "not moved: {} {}",
-            w.status,
-            w.status_reason
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let after = wait_moved(
+        &mut client,
+        &service,
+        &created.id,
+        &before.instance_id,
+        Duration::from_secs(90),
+    )
+    .await;
     assert_ne!(after.instance_id, replacement, "a third instance");
     assert_eq!(after.endpoint, before.endpoint);
     assert_eq!(after.access_token, before.access_token);
@@ -1591,15 +1546,14 @@ async fn a_migrated_workload_keeps_its_tcp_listener() {
         }))
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let after = loop {
-        let w = get(&mut client, &created.id).await;
-        if w.status == "RUNNING" && w.instance_id != before.instance_id {
-            break w;
-        }
-        assert!(Instant::now() < deadline, "not migrated: {}", w.status);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let after = wait_moved(
+        &mut client,
+        &service,
+        &created.id,
+        &before.instance_id,
+        Duration::from_secs(60),
+    )
+    .await;
     assert_eq!(after.tcp_endpoint, before.tcp_endpoint, "the same listener");
     assert_eq!(after.tcp_listen_port, before.tcp_listen_port);
     assert_ne!(after.backend_endpoint, before.backend_endpoint);

@@ -423,7 +423,7 @@ async fn an_env_change_is_a_rolling_replacement_with_no_failed_request() {
         .await
         .unwrap()
         .into_inner();
-    let before = wait_status(
+    wait_status(
         &mut client,
         &created.id,
         &["RUNNING"],

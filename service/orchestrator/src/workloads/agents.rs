@@ -703,10 +703,11 @@ impl Orchestrator {
             // The cloud reclaims the replacement before the switch: the move goes on
             // to another offer. A rebalance recommendation for it changes nothing.
             if notice.signal == "interruption" {
-                if let Some((run, _, id, _)) = self.replacement_in_flight(&session.workload).await?
+                if let Some((run, placed, id, _)) =
+                    self.replacement_in_flight(&session.workload).await?
                 {
                     if run.id == session.run.id {
-                        self.on_replacement_notice(&id).await?;
+                        self.replacement_is_reclaimed(&run, &placed, &id);
                     }
                 }
             }

@@ -754,6 +754,15 @@ impl Orchestrator {
         else {
             return Ok(None);
         };
+        self.unswitched_replacement(run).await
+    }
+
+    /// The replacement `run` (a migration) started, while it is not yet the
+    /// workload's instance.
+    async fn unswitched_replacement(
+        &self,
+        run: RunRecord,
+    ) -> Result<Option<(RunRecord, PlacementRecord, String, i64)>, OrchestratorError> {
         let ledger = self.store.steps(&run.id).await?;
         if ledger.iter().any(|s| s.step == SWITCH_ROUTE && s.completed) {
             return Ok(None); // the replacement is the workload's instance now
@@ -761,54 +770,61 @@ impl Orchestrator {
         Ok(replacement_of(&ledger).map(|(placed, id, started)| (run, placed, id, started)))
     }
 
-    /// A notice for an instance that is the replacement of an unfinished migration:
-    /// its offer is skipped like any reclaimed one, and the migration, failing at its
-    /// wait for the replacement, starts over on another offer. Whether it was one.
+    /// A notice for an instance that may be the replacement of an unfinished
+    /// migration (the driver names only the instance): see
+    /// [`Self::replacement_is_reclaimed`]. Whether it was one.
     pub(crate) async fn on_replacement_notice(
         &self,
         instance_id: &str,
     ) -> Result<bool, OrchestratorError> {
-        let moving = self
-            .store
-            .workloads_in(&[
-                WorkloadStatus::Interrupted,
-                WorkloadStatus::Provisioning,
-                WorkloadStatus::Running,
-                WorkloadStatus::Unhealthy,
-            ])
-            .await?;
-        for workload in moving {
-            let Some((run, placed, id, _)) = self.replacement_in_flight(&workload).await? else {
-                continue;
-            };
-            if id != instance_id {
+        for run in self.store.unfinished_runs().await? {
+            if run.kind != RunKind::Migrate {
                 continue;
             }
-            let offer = ExcludedOffer::of(&placed);
-            let cooldown_ms = self.settings.migration_cooldown.as_millis() as i64;
-            tracing::warn!(workload_id = %workload.id, run_id = %run.id, instance_id, offer = %offer, "the replacement is reclaimed before the switch; the move goes on to another offer");
-            self.reclaimed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((offer, now_ms() + cooldown_ms));
-            self.reclaimed_replacements
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id);
-            return Ok(true);
+            if let Some((run, placed, id, _)) = self.unswitched_replacement(run).await? {
+                if id == instance_id {
+                    self.replacement_is_reclaimed(&run, &placed, &id);
+                    return Ok(true);
+                }
+            }
         }
         Ok(false)
+    }
+
+    /// The cloud reclaims replacement `id` of `run` before the switch: its offer is
+    /// skipped like any reclaimed one, and the migration, failing at its wait for the
+    /// replacement, starts over on another offer.
+    pub(crate) fn replacement_is_reclaimed(
+        &self,
+        run: &RunRecord,
+        placed: &PlacementRecord,
+        id: &str,
+    ) {
+        let offer = ExcludedOffer::of(placed);
+        let cooldown_ms = self.settings.migration_cooldown.as_millis() as i64;
+        tracing::warn!(workload_id = %run.workload_id, run_id = %run.id, instance_id = id, offer = %offer, "the replacement is reclaimed before the switch; the move goes on to another offer");
+        self.reclaimed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((offer, now_ms() + cooldown_ms));
+        self.reclaimed_replacements
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string());
+    }
+
+    /// Whether a notice for replacement `id` came (from its driver or its agent).
+    pub(crate) fn reclaim_announced(&self, id: &str) -> bool {
+        self.reclaimed_replacements
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
     }
 
     /// Whether the cloud reclaims (or reclaimed) replacement `id`: its notice came,
     /// or its driver reports it interrupted.
     pub(crate) async fn replacement_reclaimed(&self, cloud: &str, id: &str) -> bool {
-        if self
-            .reclaimed_replacements
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(id)
-        {
+        if self.reclaim_announced(id) {
             return true;
         }
         match self.driver(cloud) {

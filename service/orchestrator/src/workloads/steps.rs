@@ -427,7 +427,7 @@ async fn wait_running(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Valu
                     "instance {id} was interrupted before running"
                 )));
             }
-            InstanceState::Pending if announced_reclaimed(orch, &id) => {
+            InstanceState::Pending if orch.reclaim_announced(&id) => {
                 return Err(StepError::permanent(format!(
                     "instance {id} is reclaimed by its cloud before it ran"
                 )));
@@ -482,7 +482,7 @@ async fn wait_healthy(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Valu
             Err(e) => last_error = describe_http_error(&e),
         }
         let state = driver.instance(&id).await?.state;
-        if matches!(state, InstanceState::Interrupted { .. }) || announced_reclaimed(orch, &id) {
+        if matches!(state, InstanceState::Interrupted { .. }) || orch.reclaim_announced(&id) {
             return Err(StepError::permanent(format!(
                 "instance {id} is reclaimed by its cloud before its health check passed"
             )));
@@ -509,14 +509,6 @@ async fn wait_healthy(orch: &Orchestrator, ctx: &StepContext<'_>) -> Result<Valu
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-}
-
-/// The cloud announced it reclaims `id` (a migration's replacement) before the switch.
-fn announced_reclaimed(orch: &Orchestrator, id: &str) -> bool {
-    orch.reclaimed_replacements
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .contains(id)
 }
 
 /// The last lines an exited workload wrote, as its agent reported them, for the error.

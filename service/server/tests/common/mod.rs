@@ -292,6 +292,33 @@ pub async fn wait_status(
     }
 }
 
+/// Waits until the workload is RUNNING on another instance than `from` (it moved);
+/// a FAILED workload, or one still moving after `timeout`, fails the test with the
+/// instances' logs.
+pub async fn wait_moved(
+    client: &mut WorkloadsClient<Channel>,
+    service: &Service,
+    id: &str,
+    from: &str,
+    timeout: Duration,
+) -> pb::Workload {
+    let start = Instant::now();
+    loop {
+        let w = get(client, id).await;
+        if w.status == "RUNNING" && w.instance_id != from {
+            return w;
+        }
+        assert!(
+            start.elapsed() < timeout && w.status != "FAILED",
+            "workload {id} did not move off {from}: {} ({}){}",
+            w.status,
+            w.status_reason,
+            instance_logs(&service.data_dir)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// GET through the router with a token: the status and the JSON body (null if none).
 pub async fn get_json(url: &str, token: &str) -> (u16, serde_json::Value) {
     let response = reqwest::Client::new()
