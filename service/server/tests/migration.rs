@@ -11,13 +11,6 @@ use std::time::{Duration, Instant};
 
 type Client = pb::workloads_client::WorkloadsClient<tonic::transport::Channel>;
 
-fn migrating_spec(name: &str) -> pb::WorkloadSpec {
-    let mut spec = spec(name, &[]);
-    spec.on_interruption = "migrate".into();
-    spec.storage = test_storage();
-    spec
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_interrupted_workload_checkpoints_and_moves_with_its_endpoint_and_state() {
     let dir = tempfile::tempdir().unwrap();
@@ -1015,13 +1008,6 @@ async fn shared_chunks(service: &Service, workload_id: &str) -> (usize, u64) {
         .into_inner()
         .objects;
     (objects.len(), objects.iter().map(|o| o.size_bytes).sum())
-}
-
-async fn exec_ok(client: &mut Client, id: &str, script: &str) -> String {
-    let task = queue_task(client, id, "exec", &["sh", "-c", script], 30).await;
-    let done = wait_task(client, &task, Duration::from_secs(30)).await;
-    assert_eq!(done.exit_code, Some(0), "{script}: {}", done.output);
-    done.output
 }
 
 async fn checkpoint_now(client: &mut Client, id: &str) {

@@ -368,6 +368,14 @@ pub fn test_storage() -> Option<pb::StorageSpec> {
     })
 }
 
+/// A workload that migrates on a notice, with storage for its checkpoints.
+pub fn migrating_spec(name: &str) -> pb::WorkloadSpec {
+    let mut spec = spec(name, &[]);
+    spec.on_interruption = "migrate".into();
+    spec.storage = test_storage();
+    spec
+}
+
 /// The notifications the service holds for a workload.
 pub async fn notifications(
     client: &mut WorkloadsClient<Channel>,
@@ -430,6 +438,14 @@ pub async fn wait_task(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Runs `script` in the workload (an `exec` task) and returns its output; it must exit 0.
+pub async fn exec_ok(client: &mut WorkloadsClient<Channel>, id: &str, script: &str) -> String {
+    let task = queue_task(client, id, "exec", &["sh", "-c", script], 30).await;
+    let done = wait_task(client, &task, Duration::from_secs(30)).await;
+    assert_eq!(done.exit_code, Some(0), "{script}: {}", done.output);
+    done.output
 }
 
 /// Live processes whose environment has `KEY=VALUE`.
